@@ -1,0 +1,48 @@
+/* The graph compiler's passes and their product: a plan, a flat list of launches with
+ * every activation placed in one arena, specialised for a bucket. */
+#ifndef SQZ_GRAPH_PLAN_H
+#define SQZ_GRAPH_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "graph/graph.h"
+
+typedef struct sqz_bucket {
+    int64_t max_tokens, max_sequences, max_len;
+} sqz_bucket;
+
+#define SQZ_ARENA_ALIGN 256
+
+typedef struct sqz_plan {
+    sqz_graph graph;      /* after all passes; launches index its nodes */
+    sqz_bucket bucket;
+    size_t arena_bytes;   /* one allocation holds every input and activation */
+    size_t guard_bytes;   /* bytes after each tensor that must stay untouched (test builds) */
+    int64_t *offsets;     /* per tensor: byte offset in the arena; -1 for weights */
+    size_t *bytes;        /* per tensor: worst-case bytes for the bucket (0 for weights) */
+    int *launches;        /* node indices in execution order */
+    size_t n_launches;
+} sqz_plan;
+
+typedef struct sqz_compile_options {
+    size_t guard_bytes;   /* 0 in production; tests put canaries after every tensor */
+    int debug;            /* SQZ_DEBUG level: 1 = passes, 2 = graph after each pass */
+} sqz_compile_options;
+
+/* Runs the named passes (verify, eliminate-dead-nodes, plan-memory, lower) on a copy of
+ * `graph`, verifying between passes. */
+sqz_status sqz_plan_compile(const sqz_graph *graph, const sqz_bucket *bucket,
+                            const sqz_compile_options *options, sqz_plan **out);
+void sqz_plan_free(sqz_plan *plan);
+
+/* Worst-case run dims of a bucket (used to size every tensor). */
+sqz_run_dims sqz_bucket_worst_case(const sqz_bucket *bucket);
+
+/* Graph passes, exposed for tests. */
+sqz_status sqz_pass_eliminate_dead_nodes(sqz_graph *graph);
+
+/* Draws the plan as Graphviz DOT; *out is malloc'd. */
+sqz_status sqz_plan_to_dot(const sqz_plan *plan, char **out);
+
+#endif

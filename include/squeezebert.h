@@ -1,0 +1,170 @@
+/*
+ * squeezebert.h - the public C API of the squeezebert inference engine.
+ *
+ * The engine loads a Hugging Face SqueezeBERT (or BERT) checkpoint directory as
+ * downloaded, compiles the network into a plan of kernel launches and runs that plan on
+ * a backend. Every call returns an sqz_status; on failure sqz_last_error() gives a
+ * sentence naming what was wrong and where (file, tensor, field, expected vs found).
+ *
+ * Usage:
+ *
+ *     sqz_model *model = NULL;
+ *     if (sqz_model_load("squeezebert-mnli/", &model) != SQZ_OK) {
+ *         fprintf(stderr, "%s\n", sqz_last_error());
+ *         return 1;
+ *     }
+ *     sqz_session *session = NULL;
+ *     sqz_session_create(model, "cpu_ref", &session);
+ *     int64_t ids[2][5] = {{101, 7592, 2088, 102, 0}, {101, 2748, 102, 0, 0}};
+ *     int64_t mask[2][5] = {{1, 1, 1, 1, 0}, {1, 1, 1, 0, 0}};
+ *     sqz_input in = {.batch = 2, .seq_len = 5, .input_ids = &ids[0][0],
+ *                     .attention_mask = &mask[0][0]};
+ *     sqz_result *res = NULL;
+ *     if (sqz_session_run(session, &in, &res) == SQZ_OK) {
+ *         const sqz_output *logits = sqz_result_find(res, "logits");
+ *         ... logits->data holds [2][num_labels] floats ...
+ *         sqz_result_free(res);
+ *     }
+ *     sqz_session_free(session);
+ *     sqz_model_free(model);
+ *
+ * Ownership: every object is created by a *_load/_create/_run/_write call and released
+ * by the matching *_free. Strings returned by the library stay valid as long as the
+ * object they came from. The library never exits or aborts on bad input.
+ */
+#ifndef SQUEEZEBERT_H
+#define SQUEEZEBERT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SQZ_API_VERSION 1
+
+/* Status codes, grouped by who is at fault. */
+typedef enum sqz_status {
+    SQZ_OK = 0,
+    SQZ_ERR_INVALID_ARGUMENT, /* a caller passed something the API does not allow */
+    SQZ_ERR_IO,               /* a file could not be opened, read or written */
+    SQZ_ERR_FORMAT,           /* a file is malformed: truncated, corrupt, bad JSON */
+    SQZ_ERR_UNSUPPORTED,      /* well-formed, but outside what the engine handles */
+    SQZ_ERR_MODEL_MISMATCH,   /* weights disagree with the config: shape, dtype, missing */
+    SQZ_ERR_INPUT,            /* run input is invalid: id out of range, too long, bad mask */
+    SQZ_ERR_OUT_OF_MEMORY,
+    SQZ_ERR_NO_DEVICE,        /* the backend is built in but no usable device/driver */
+    SQZ_ERR_BACKEND,          /* a backend call failed (driver error) */
+    SQZ_ERR_INTERNAL,         /* a broken invariant: a bug in the engine */
+    SQZ_STATUS_COUNT
+} sqz_status;
+
+/* Short fixed name of a status ("format error"). Never NULL. */
+const char *sqz_status_str(sqz_status status);
+
+/* The detailed message of the most recent failure on this thread ("" if none). */
+const char *sqz_last_error(void);
+
+/* ---- models ------------------------------------------------------------------- */
+
+typedef struct sqz_model sqz_model;
+
+/* Which task head the checkpoint's `architectures` entry asks for. */
+typedef enum sqz_head {
+    SQZ_HEAD_BASE = 0,                 /* last_hidden_state, pooler_output */
+    SQZ_HEAD_SEQUENCE_CLASSIFICATION,  /* logits [N, num_labels] */
+    SQZ_HEAD_TOKEN_CLASSIFICATION,     /* logits [N, W, num_labels] */
+    SQZ_HEAD_QUESTION_ANSWERING,       /* start_logits, end_logits [N, W] */
+    SQZ_HEAD_MULTIPLE_CHOICE,          /* logits [N, K] */
+    SQZ_HEAD_MASKED_LM,                /* logits [N, W, vocab] */
+    SQZ_HEAD_COUNT
+} sqz_head;
+
+const char *sqz_head_name(sqz_head head);
+
+typedef struct sqz_model_info {
+    const char *model_type;    /* "squeezebert" or "bert" */
+    const char *architecture;  /* e.g. "SqueezeBertForSequenceClassification" */
+    const char *weights_path;  /* the file the weights came from */
+    sqz_head head;
+    int vocab_size, hidden_size, num_layers, num_heads, intermediate_size;
+    int max_position_embeddings, type_vocab_size, num_labels;
+    int q_groups, k_groups, v_groups, post_attention_groups, intermediate_groups,
+        output_groups;                    /* all 1 for BERT */
+    double layer_norm_eps;                /* embedding and MLM-head LayerNorm */
+    double encoder_layer_norm_eps;        /* LayerNorms inside the layers */
+    int64_t num_parameters;               /* floats held (tied weights counted once) */
+} sqz_model_info;
+
+/* Loads config.json plus model.safetensors or pytorch_model.bin from `dir`. */
+sqz_status sqz_model_load(const char *dir, sqz_model **out);
+void sqz_model_free(sqz_model *model);
+sqz_status sqz_model_get_info(const sqz_model *model, sqz_model_info *out);
+/* Label name for class `index` (id2label, or "LABEL_<i>"); NULL when out of range. */
+const char *sqz_model_label(const sqz_model *model, int index);
+/* Keys present in the weight file that the model does not use (listed by --verbose). */
+size_t sqz_model_ignored_key_count(const sqz_model *model);
+const char *sqz_model_ignored_key(const sqz_model *model, size_t index);
+
+/* Writes a deterministic random-weight checkpoint (config.json + model.safetensors) in
+ * the Hugging Face layout. preset: "squeezebert-uncased", "squeezebert-mnli" or "tiny". */
+sqz_status sqz_random_model_write(const char *preset, uint64_t seed, const char *out_dir);
+
+/* The compiled graph in Graphviz DOT form, for a bucket of `max_tokens` packed tokens in
+ * `max_sequences` sequences. *out is released with sqz_free. */
+sqz_status sqz_model_graph_dot(const sqz_model *model, int max_tokens, int max_sequences,
+                               char **out);
+void sqz_free(void *memory);
+
+/* ---- backends and sessions ------------------------------------------------------ */
+
+/* Backends compiled into this library, by index; NULL past the end. */
+const char *sqz_backend_name(size_t index);
+/* SQZ_OK when `name` can run here; otherwise the reason is in sqz_last_error(). */
+sqz_status sqz_backend_probe(const char *name);
+
+typedef struct sqz_session sqz_session;
+
+/* A session binds a model to a backend: weights uploaded once, plans cached per bucket.
+ * backend: "cpu_ref" (NULL means cpu_ref). The model must outlive the session. */
+sqz_status sqz_session_create(const sqz_model *model, const char *backend,
+                              sqz_session **out);
+void sqz_session_free(sqz_session *session);
+
+/* One padded batch, row-major. For multiple choice the arrays are [batch][choices][seq_len],
+ * otherwise [batch][seq_len]. attention_mask (1 = token, 0 = padding) and token_type_ids
+ * may be NULL (all ones / all zeros). Tokens with mask 0 are dropped before compute
+ * (packing), except position 0 which the pooler reads; outputs at masked positions are
+ * unspecified (written as 0). A row whose mask is all zero is rejected. */
+typedef struct sqz_input {
+    int batch;
+    int choices; /* K for multiple choice; 0 otherwise */
+    int seq_len;
+    const int64_t *input_ids;
+    const int64_t *attention_mask;
+    const int64_t *token_type_ids;
+} sqz_input;
+
+#define SQZ_MAX_DIMS 4
+
+typedef struct sqz_output {
+    const char *name; /* as transformers names it: "logits", "last_hidden_state", ... */
+    int ndim;
+    int64_t shape[SQZ_MAX_DIMS];
+    const float *data; /* row-major, product(shape) floats */
+} sqz_output;
+
+typedef struct sqz_result sqz_result;
+
+sqz_status sqz_session_run(sqz_session *session, const sqz_input *input, sqz_result **out);
+size_t sqz_result_count(const sqz_result *result);
+const sqz_output *sqz_result_get(const sqz_result *result, size_t index);
+const sqz_output *sqz_result_find(const sqz_result *result, const char *name);
+void sqz_result_free(sqz_result *result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SQUEEZEBERT_H */

@@ -1,0 +1,49 @@
+/* The backend contract: one const table of functions per backend. cpu_ref implements it,
+ * and so will the OpenCL and CUDA backends, so any backend can be run against any other.
+ * Nothing outside runtime/ calls a slot directly; runtime/backend.c wraps them. */
+#ifndef SQZ_RUNTIME_BACKEND_H
+#define SQZ_RUNTIME_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "graph/plan.h"
+#include "squeezebert.h"
+
+#define SQZ_BACKEND_API_VERSION 1
+
+typedef struct sqz_buffer sqz_buffer; /* defined by each backend */
+
+/* Where a plan's tensors live for one launch. */
+typedef struct sqz_binding {
+    const sqz_plan *plan;
+    sqz_buffer *weights;          /* every model weight, carved by weight_offsets */
+    const size_t *weight_offsets; /* byte offset of model weight i in `weights` */
+    sqz_buffer *arena;            /* inputs and activations at plan->offsets */
+} sqz_binding;
+
+typedef struct sqz_backend_ops {
+    int api_version;
+    const char *name;
+    /* SQZ_OK when the backend can run here; otherwise SQZ_ERR_NO_DEVICE with the reason. */
+    sqz_status (*probe)(void);
+    sqz_status (*create)(void **ctx);
+    void (*destroy)(void *ctx);
+    sqz_status (*buffer_alloc)(void *ctx, size_t bytes, sqz_buffer **out);
+    void (*buffer_free)(void *ctx, sqz_buffer *buffer);
+    sqz_status (*upload)(void *ctx, sqz_buffer *dst, size_t offset, const void *src, size_t bytes);
+    sqz_status (*download)(void *ctx, sqz_buffer *src, size_t offset, void *dst, size_t bytes);
+    /* Whether the backend implements this node (fused ops may be absent). NULL = all. */
+    bool (*supports)(void *ctx, const sqz_node *node);
+    /* Enqueues one node; may return before it completes. */
+    sqz_status (*launch)(void *ctx, const sqz_binding *binding, const sqz_node *node,
+                         const sqz_run_dims *dims);
+    /* Waits for everything enqueued. NULL = launches are synchronous. */
+    sqz_status (*synchronize)(void *ctx);
+} sqz_backend_ops;
+
+const sqz_backend_ops *sqz_backend_find(const char *name);
+
+extern const sqz_backend_ops sqz_cpu_ref_backend;
+
+#endif

@@ -1,0 +1,647 @@
+/* Sessions: a model bound to a backend, and the executor that packs a padded batch into
+ * real tokens, runs the plan for its bucket and scatters the outputs back. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "graph/builder.h"
+#include "graph/plan.h"
+#include "runtime/backend.h"
+#include "runtime/error.h"
+#include "runtime/model.h"
+
+#define PLAN_CACHE_SIZE 8
+#define MAX_BATCH_TOKENS (1 << 24) /* padded tokens per run; beyond this split the batch */
+#define GUARD_BYTE 0xA5
+
+typedef struct cached_plan {
+    sqz_bucket bucket;
+    sqz_plan *plan;
+    unsigned long last_used;
+} cached_plan;
+
+struct sqz_session {
+    const sqz_model *model;
+    const sqz_backend_ops *ops;
+    void *ctx;
+    sqz_graph graph;
+    sqz_buffer *weights;
+    size_t *weight_offsets;
+    sqz_buffer *arena;
+    size_t arena_bytes;
+    cached_plan plans[PLAN_CACHE_SIZE];
+    unsigned long clock;
+    sqz_compile_options compile;
+};
+
+struct sqz_result {
+    sqz_output *outputs;
+    size_t count;
+};
+
+/* ---- graph for a model ------------------------------------------------------------------ */
+
+static int model_weight_index(const void *user, const char *name)
+{
+    return sqz_model_weight_index(user, name);
+}
+
+static void model_weight_shape(const void *user, int index, int64_t *rows, int64_t *cols)
+{
+    const sqz_model *m = user;
+    *rows = m->weights[index].rows;
+    *cols = m->weights[index].cols;
+}
+
+static sqz_status build_model_graph(const sqz_model *m, sqz_graph *g)
+{
+    const sqz_config *c = &m->config;
+    sqz_net_desc net = {
+        .head = c->head,
+        .vocab_size = c->vocab_size,
+        .hidden_size = c->hidden_size,
+        .num_layers = c->num_layers,
+        .num_heads = c->num_heads,
+        .intermediate_size = c->intermediate_size,
+        .max_position_embeddings = c->max_position_embeddings,
+        .type_vocab_size = c->type_vocab_size,
+        .num_labels = c->num_labels,
+        .q_groups = c->q_groups,
+        .k_groups = c->k_groups,
+        .v_groups = c->v_groups,
+        .post_attention_groups = c->post_attention_groups,
+        .intermediate_groups = c->intermediate_groups,
+        .output_groups = c->output_groups,
+        .layer_norm_eps = (float)c->layer_norm_eps,
+        .encoder_layer_norm_eps = (float)c->encoder_layer_norm_eps,
+        .has_pooler = m->has_pooler,
+        .weight_index = model_weight_index,
+        .weight_shape = model_weight_shape,
+        .user = m,
+    };
+    return sqz_build_graph(&net, g);
+}
+
+void sqz_free(void *memory) { free(memory); }
+
+sqz_status sqz_model_graph_dot(const sqz_model *model, int max_tokens, int max_sequences, char **out)
+{
+    if (!model || !out || max_tokens < 1 || max_sequences < 1 || max_sequences > max_tokens)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT,
+                        "sqz_model_graph_dot: needs a model, out, and 1 <= sequences <= tokens");
+    *out = NULL;
+    sqz_graph g;
+    sqz_status s = build_model_graph(model, &g);
+    if (s != SQZ_OK)
+        return s;
+    int64_t max_len = max_tokens < model->config.max_position_embeddings
+                          ? max_tokens : model->config.max_position_embeddings;
+    sqz_bucket bucket = {max_tokens, max_sequences, max_len};
+    sqz_plan *plan = NULL;
+    s = sqz_plan_compile(&g, &bucket, NULL, &plan);
+    sqz_graph_release(&g);
+    if (s == SQZ_OK)
+        s = sqz_plan_to_dot(plan, out);
+    sqz_plan_free(plan);
+    return s;
+}
+
+/* ---- sessions ------------------------------------------------------------------------- */
+
+static size_t align_up(size_t x) { return (x + SQZ_ARENA_ALIGN - 1) / SQZ_ARENA_ALIGN * SQZ_ARENA_ALIGN; }
+
+static sqz_status upload_weights(sqz_session *s)
+{
+    const sqz_model *m = s->model;
+    s->weight_offsets = calloc(m->n_weights ? m->n_weights : 1, sizeof *s->weight_offsets);
+    if (!s->weight_offsets)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    size_t total = 0;
+    for (size_t i = 0; i < m->n_weights; i++) {
+        const sqz_weight *w = &m->weights[i];
+        if (w->alias_of >= 0) {
+            s->weight_offsets[i] = s->weight_offsets[w->alias_of];
+            continue;
+        }
+        s->weight_offsets[i] = total;
+        total += align_up((size_t)(w->rows * w->cols) * sizeof(float));
+    }
+    sqz_status st = s->ops->buffer_alloc(s->ctx, total, &s->weights);
+    for (size_t i = 0; i < m->n_weights && st == SQZ_OK; i++)
+        if (m->weights[i].alias_of < 0)
+            st = s->ops->upload(s->ctx, s->weights, s->weight_offsets[i], m->weights[i].data,
+                                (size_t)(m->weights[i].rows * m->weights[i].cols) * sizeof(float));
+    return st;
+}
+
+sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_session **out)
+{
+    if (!model || !out)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: model and out are required");
+    *out = NULL;
+    const char *name = backend ? backend : "cpu_ref";
+    sqz_status st = sqz_backend_probe(name);
+    if (st != SQZ_OK)
+        return st;
+    const sqz_backend_ops *ops = sqz_backend_find(name);
+    if (!ops || ops->api_version != SQZ_BACKEND_API_VERSION)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' cannot run plans", name);
+    sqz_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    s->model = model;
+    s->ops = ops;
+    const char *debug = getenv("SQZ_DEBUG");
+    s->compile.debug = debug ? atoi(debug) : 0;
+    const char *guard = getenv("SQZ_GUARD_BYTES");
+    s->compile.guard_bytes = guard ? (size_t)strtoul(guard, NULL, 10) : 0;
+    sqz_graph_init(&s->graph);
+    st = ops->create(&s->ctx);
+    if (st == SQZ_OK)
+        st = build_model_graph(model, &s->graph);
+    if (st == SQZ_OK)
+        st = upload_weights(s);
+    if (st == SQZ_OK && ops->supports)
+        for (size_t n = 0; n < s->graph.n_nodes && st == SQZ_OK; n++)
+            if (!ops->supports(s->ctx, &s->graph.nodes[n]))
+                st = sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' does not implement op %s (node '%s')",
+                              name, sqz_op_name(s->graph.nodes[n].op), s->graph.nodes[n].name);
+    if (st != SQZ_OK) {
+        sqz_session_free(s);
+        return st;
+    }
+    *out = s;
+    return SQZ_OK;
+}
+
+void sqz_session_free(sqz_session *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < PLAN_CACHE_SIZE; i++)
+        sqz_plan_free(s->plans[i].plan);
+    if (s->arena)
+        s->ops->buffer_free(s->ctx, s->arena);
+    if (s->weights)
+        s->ops->buffer_free(s->ctx, s->weights);
+    if (s->ops && s->ops->destroy)
+        s->ops->destroy(s->ctx);
+    free(s->weight_offsets);
+    sqz_graph_release(&s->graph);
+    free(s);
+}
+
+/* ---- packing ---------------------------------------------------------------------------- */
+
+typedef struct packed_batch {
+    int64_t rows;   /* sequences: batch * max(choices, 1) */
+    int64_t width;  /* padded length W */
+    int64_t tokens; /* kept tokens T */
+    int64_t score_rows, max_len;
+    int32_t *token_ids, *token_types, *positions, *key_valid; /* [T] */
+    int32_t *seq_offsets, *score_offsets;                     /* [rows + 1] */
+    int32_t *first_tokens;                                    /* [rows] */
+    int32_t *packed_index; /* [rows * W]: packed token of (row, w), or -1 when dropped */
+} packed_batch;
+
+static void packed_release(packed_batch *p)
+{
+    free(p->token_ids);
+    free(p->token_types);
+    free(p->positions);
+    free(p->key_valid);
+    free(p->seq_offsets);
+    free(p->score_offsets);
+    free(p->first_tokens);
+    free(p->packed_index);
+    memset(p, 0, sizeof *p);
+}
+
+/* "[i][j]" or "[i][k][j]" for messages. */
+static void position_name(const sqz_input *in, int64_t row, int64_t w, char *out, size_t size)
+{
+    if (in->choices > 0)
+        snprintf(out, size, "[%lld][%lld][%lld]", (long long)(row / in->choices),
+                 (long long)(row % in->choices), (long long)w);
+    else
+        snprintf(out, size, "[%lld][%lld]", (long long)row, (long long)w);
+}
+
+static sqz_status validate_and_pack(const sqz_model *m, const sqz_input *in, packed_batch *p)
+{
+    const sqz_config *c = &m->config;
+    memset(p, 0, sizeof *p);
+    if (!in || !in->input_ids)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_run: input_ids are required");
+    if (in->batch < 1 || in->seq_len < 1 || in->choices < 0)
+        return sqz_fail(SQZ_ERR_INPUT, "input: batch (%d) and sequence length (%d) must be at "
+                        "least 1", in->batch, in->seq_len);
+    if (c->head == SQZ_HEAD_MULTIPLE_CHOICE && in->choices < 1)
+        return sqz_fail(SQZ_ERR_INPUT, "input: a multiple-choice model (%s) needs input_ids shaped "
+                        "[batch][choices][length]", c->architecture);
+    if (c->head != SQZ_HEAD_MULTIPLE_CHOICE && in->choices > 0)
+        return sqz_fail(SQZ_ERR_INPUT, "input: input_ids shaped [batch][choices][length] are only "
+                        "for multiple-choice models; %s takes [batch][length]", c->architecture);
+    if (in->seq_len > c->max_position_embeddings)
+        return sqz_fail(SQZ_ERR_INPUT, "input: sequence length %d exceeds max_position_embeddings "
+                        "%d of this model", in->seq_len, c->max_position_embeddings);
+    const int64_t rows = (int64_t)in->batch * (in->choices > 0 ? in->choices : 1);
+    const int64_t W = in->seq_len;
+    if (rows * W > MAX_BATCH_TOKENS)
+        return sqz_fail(SQZ_ERR_INPUT, "input: %lld padded tokens in one run exceed the limit of "
+                        "%d; split the batch", (long long)(rows * W), MAX_BATCH_TOKENS);
+    char where[64];
+    int64_t kept = 0, score_rows = 0, max_len = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t len = 0;
+        for (int64_t w = 0; w < W; w++) {
+            const int64_t i = r * W + w;
+            const int64_t id = in->input_ids[i];
+            const int64_t mask = in->attention_mask ? in->attention_mask[i] : 1;
+            const int64_t type = in->token_type_ids ? in->token_type_ids[i] : 0;
+            if (mask != 0 && mask != 1) {
+                position_name(in, r, w, where, sizeof where);
+                return sqz_fail(SQZ_ERR_INPUT, "input: attention_mask%s = %lld, expected 0 or 1",
+                                where, (long long)mask);
+            }
+            if (id < 0 || id >= c->vocab_size) {
+                position_name(in, r, w, where, sizeof where);
+                return sqz_fail(SQZ_ERR_INPUT, "input: input_ids%s = %lld is outside the vocabulary "
+                                "(vocab_size %d)", where, (long long)id, c->vocab_size);
+            }
+            if (type < 0 || type >= c->type_vocab_size) {
+                position_name(in, r, w, where, sizeof where);
+                return sqz_fail(SQZ_ERR_INPUT, "input: token_type_ids%s = %lld is outside "
+                                "0..%d (type_vocab_size %d)", where, (long long)type,
+                                c->type_vocab_size - 1, c->type_vocab_size);
+            }
+            len += (mask == 1 || w == 0);
+        }
+        bool any_valid = false;
+        for (int64_t w = 0; w < W && !any_valid; w++)
+            any_valid = !in->attention_mask || in->attention_mask[r * W + w] == 1;
+        if (!any_valid) {
+            position_name(in, r, 0, where, sizeof where);
+            where[strlen(where) - 3] = '\0'; /* drop the "[0]" of the position */
+            return sqz_fail(SQZ_ERR_INPUT, "input: attention_mask%s is all zeros; every sequence "
+                            "needs at least one token", where);
+        }
+        kept += len;
+        score_rows += len * len;
+        max_len = len > max_len ? len : max_len;
+    }
+    if (score_rows > INT32_MAX)
+        return sqz_fail(SQZ_ERR_INPUT, "input: the batch needs %lld attention score rows, more "
+                        "than one run allows; split the batch", (long long)score_rows);
+    p->rows = rows;
+    p->width = W;
+    p->tokens = kept;
+    p->score_rows = score_rows;
+    p->max_len = max_len;
+    p->token_ids = malloc((size_t)kept * sizeof(int32_t));
+    p->token_types = malloc((size_t)kept * sizeof(int32_t));
+    p->positions = malloc((size_t)kept * sizeof(int32_t));
+    p->key_valid = malloc((size_t)kept * sizeof(int32_t));
+    p->seq_offsets = malloc((size_t)(rows + 1) * sizeof(int32_t));
+    p->score_offsets = malloc((size_t)(rows + 1) * sizeof(int32_t));
+    p->first_tokens = malloc((size_t)rows * sizeof(int32_t));
+    p->packed_index = malloc((size_t)(rows * W) * sizeof(int32_t));
+    if (!p->token_ids || !p->token_types || !p->positions || !p->key_valid || !p->seq_offsets ||
+        !p->score_offsets || !p->first_tokens || !p->packed_index) {
+        packed_release(p);
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory packing the batch");
+    }
+    int32_t t = 0, score = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        p->seq_offsets[r] = t;
+        p->score_offsets[r] = score;
+        p->first_tokens[r] = t;
+        for (int64_t w = 0; w < W; w++) {
+            const int64_t i = r * W + w;
+            const int64_t mask = in->attention_mask ? in->attention_mask[i] : 1;
+            /* position 0 is kept even when masked: the pooler reads it, as transformers does */
+            if (mask == 1 || w == 0) {
+                p->token_ids[t] = (int32_t)in->input_ids[i];
+                p->token_types[t] = in->token_type_ids ? (int32_t)in->token_type_ids[i] : 0;
+                p->positions[t] = (int32_t)w;
+                p->key_valid[t] = (int32_t)mask;
+                p->packed_index[i] = t++;
+            } else {
+                p->packed_index[i] = -1;
+            }
+        }
+        int32_t len = t - p->seq_offsets[r];
+        score += len * len;
+    }
+    p->seq_offsets[rows] = t;
+    p->score_offsets[rows] = score;
+    return SQZ_OK;
+}
+
+/* ---- running ------------------------------------------------------------------------------ */
+
+static int64_t next_pow2(int64_t x)
+{
+    int64_t p = 1;
+    while (p < x)
+        p *= 2;
+    return p;
+}
+
+static sqz_status get_plan(sqz_session *s, const packed_batch *p, sqz_plan **out)
+{
+    sqz_bucket b = {next_pow2(p->tokens < 16 ? 16 : p->tokens), next_pow2(p->rows),
+                    next_pow2(p->max_len)};
+    if (b.max_sequences > b.max_tokens)
+        b.max_sequences = b.max_tokens;
+    int victim = 0;
+    for (int i = 0; i < PLAN_CACHE_SIZE; i++) {
+        cached_plan *c = &s->plans[i];
+        if (c->plan && memcmp(&c->bucket, &b, sizeof b) == 0) {
+            c->last_used = ++s->clock;
+            *out = c->plan;
+            return SQZ_OK;
+        }
+        if (!c->plan || (s->plans[victim].plan && c->last_used < s->plans[victim].last_used))
+            victim = i;
+    }
+    sqz_plan *plan = NULL;
+    sqz_status st = sqz_plan_compile(&s->graph, &b, &s->compile, &plan);
+    if (st != SQZ_OK)
+        return st;
+    sqz_plan_free(s->plans[victim].plan);
+    s->plans[victim] = (cached_plan){b, plan, ++s->clock};
+    *out = plan;
+    return SQZ_OK;
+}
+
+static sqz_status ensure_arena(sqz_session *s, size_t bytes)
+{
+    if (s->arena && s->arena_bytes >= bytes)
+        return SQZ_OK;
+    if (s->arena)
+        s->ops->buffer_free(s->ctx, s->arena);
+    s->arena = NULL;
+    s->arena_bytes = 0;
+    sqz_status st = s->ops->buffer_alloc(s->ctx, bytes, &s->arena);
+    if (st == SQZ_OK)
+        s->arena_bytes = bytes;
+    return st;
+}
+
+/* Guard region of tensor t for this run: from its actual end to the end of its slot. */
+static void guard_region(const sqz_plan *plan, size_t t, const sqz_run_dims *dims, size_t *begin,
+                         size_t *size)
+{
+    const sqz_tensor_desc *d = &plan->graph.tensors[t];
+    size_t used = (size_t)sqz_tensor_rows(d, dims) * (size_t)d->cols * sqz_dtype_size(d->dtype);
+    *begin = (size_t)plan->offsets[t] + used;
+    *size = plan->bytes[t] + plan->guard_bytes - used;
+}
+
+static sqz_status fill_guard(sqz_session *s, const sqz_plan *plan, size_t t, const sqz_run_dims *dims)
+{
+    unsigned char pattern[4096];
+    memset(pattern, GUARD_BYTE, sizeof pattern);
+    size_t begin, size;
+    guard_region(plan, t, dims, &begin, &size);
+    for (size_t done = 0; done < size;) {
+        size_t n = size - done < sizeof pattern ? size - done : sizeof pattern;
+        sqz_status st = s->ops->upload(s->ctx, s->arena, begin + done, pattern, n);
+        if (st != SQZ_OK)
+            return st;
+        done += n;
+    }
+    return SQZ_OK;
+}
+
+/* Memory is reused, so only tensors alive at launch `step` own their guard bytes. */
+static bool live_at(const sqz_plan *plan, const int *last_use, size_t t, int step)
+{
+    const sqz_tensor_desc *d = &plan->graph.tensors[t];
+    if (d->kind == SQZ_TENSOR_INPUT)
+        return true;
+    return d->kind == SQZ_TENSOR_ACTIVATION && d->producer <= step &&
+           (d->is_output || last_use[t] >= step);
+}
+
+static sqz_status check_guards(sqz_session *s, const sqz_plan *plan, const sqz_run_dims *dims,
+                               const int *last_use, int step)
+{
+    const sqz_node *after = &plan->graph.nodes[plan->launches[step]];
+    unsigned char chunk[4096];
+    for (size_t t = 0; t < plan->graph.n_tensors; t++) {
+        if (plan->offsets[t] < 0 || !live_at(plan, last_use, t, step))
+            continue;
+        size_t begin, size;
+        guard_region(plan, t, dims, &begin, &size);
+        for (size_t done = 0; done < size;) {
+            size_t n = size - done < sizeof chunk ? size - done : sizeof chunk;
+            sqz_status st = s->ops->download(s->ctx, s->arena, begin + done, chunk, n);
+            if (st != SQZ_OK)
+                return st;
+            for (size_t i = 0; i < n; i++)
+                if (chunk[i] != GUARD_BYTE)
+                    return sqz_fail(SQZ_ERR_INTERNAL,
+                                    "guard bytes after tensor '%s' were overwritten (byte %zu past "
+                                    "its end) by node '%s' (%s)", plan->graph.tensors[t].name,
+                                    done + i, after->name, sqz_op_name(after->op));
+            done += n;
+        }
+    }
+    return SQZ_OK;
+}
+
+static sqz_status upload_inputs(sqz_session *s, const sqz_plan *plan, const packed_batch *p)
+{
+    const sqz_graph_inputs *in = &plan->graph.in;
+    struct { int tensor; const int32_t *data; int64_t count; } items[] = {
+        {in->token_ids, p->token_ids, p->tokens},     {in->token_types, p->token_types, p->tokens},
+        {in->positions, p->positions, p->tokens},     {in->key_valid, p->key_valid, p->tokens},
+        {in->seq_offsets, p->seq_offsets, p->rows + 1},
+        {in->score_offsets, p->score_offsets, p->rows + 1},
+        {in->first_tokens, p->first_tokens, p->rows},
+    };
+    for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
+        if (items[i].tensor < 0)
+            continue;
+        sqz_status st = s->ops->upload(s->ctx, s->arena, (size_t)plan->offsets[items[i].tensor],
+                                       items[i].data, (size_t)items[i].count * sizeof(int32_t));
+        if (st != SQZ_OK)
+            return st;
+    }
+    return SQZ_OK;
+}
+
+static sqz_status collect_outputs(sqz_session *s, const sqz_plan *plan, const packed_batch *p,
+                                  const sqz_input *in, const sqz_run_dims *dims, sqz_result *res)
+{
+    const sqz_graph *g = &plan->graph;
+    res->outputs = calloc(g->n_outputs ? g->n_outputs : 1, sizeof *res->outputs);
+    if (!res->outputs)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for outputs");
+    float *packed = NULL;
+    size_t packed_cap = 0;
+    for (size_t o = 0; o < g->n_outputs; o++) {
+        const sqz_graph_output *go = &g->outputs[o];
+        const sqz_tensor_desc *d = &g->tensors[go->tensor];
+        const int64_t rows = sqz_tensor_rows(d, dims);
+        size_t bytes = (size_t)(rows * d->cols) * sizeof(float);
+        if (bytes > packed_cap) {
+            float *bigger = realloc(packed, bytes);
+            if (!bigger) {
+                free(packed);
+                return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading outputs");
+            }
+            packed = bigger;
+            packed_cap = bytes;
+        }
+        sqz_status st = s->ops->download(s->ctx, s->arena, (size_t)plan->offsets[go->tensor],
+                                         packed, bytes);
+        if (st != SQZ_OK) {
+            free(packed);
+            return st;
+        }
+        sqz_output *out = &res->outputs[res->count];
+        char *name = strdup(go->name);
+        int64_t count;
+        if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
+            out->ndim = go->squeeze ? 2 : 3;
+            out->shape[0] = in->batch;
+            out->shape[1] = p->width;
+            out->shape[2] = go->col_count;
+            count = p->rows * p->width * go->col_count;
+        } else if (go->layout == SQZ_LAYOUT_PER_SEQUENCE) {
+            out->ndim = 2;
+            out->shape[0] = in->batch;
+            out->shape[1] = go->col_count;
+            count = p->rows * go->col_count;
+        } else {
+            out->ndim = 2;
+            out->shape[0] = in->batch;
+            out->shape[1] = in->choices;
+            count = p->rows;
+        }
+        float *data = calloc((size_t)count, sizeof *data);
+        if (!name || !data) {
+            free(name);
+            free(data);
+            free(packed);
+            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for output '%s'", go->name);
+        }
+        out->name = name;
+        out->data = data;
+        res->count++;
+        if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
+            for (int64_t i = 0; i < p->rows * p->width; i++) {
+                int32_t t = p->packed_index[i];
+                if (t < 0 || !p->key_valid[t])
+                    continue; /* padded position: unspecified, written as 0 */
+                for (int64_t c = 0; c < go->col_count; c++)
+                    data[i * go->col_count + c] = packed[t * d->cols + go->col_begin + c];
+            }
+        } else {
+            for (int64_t r = 0; r < p->rows; r++)
+                for (int64_t c = 0; c < go->col_count; c++)
+                    data[r * go->col_count + c] = packed[r * d->cols + go->col_begin + c];
+        }
+    }
+    free(packed);
+    return SQZ_OK;
+}
+
+sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **out)
+{
+    if (!s || !out)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_run: session and out are required");
+    *out = NULL;
+    packed_batch p;
+    sqz_status st = validate_and_pack(s->model, input, &p);
+    if (st != SQZ_OK)
+        return st;
+    sqz_plan *plan = NULL;
+    sqz_result *res = calloc(1, sizeof *res);
+    if (!res)
+        st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    if (st == SQZ_OK)
+        st = get_plan(s, &p, &plan);
+    if (st == SQZ_OK)
+        st = ensure_arena(s, plan->arena_bytes);
+    sqz_run_dims dims = {p.tokens, p.rows, p.score_rows, p.max_len};
+    sqz_binding binding = {plan, s->weights, s->weight_offsets, s->arena};
+    const bool guarded = plan && plan->guard_bytes > 0;
+    int *last_use = NULL;
+    if (st == SQZ_OK && guarded) {
+        /* test builds: canaries after every tensor, checked after every launch */
+        last_use = malloc((plan->graph.n_tensors ? plan->graph.n_tensors : 1) * sizeof *last_use);
+        if (!last_use)
+            st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+        for (size_t t = 0; st == SQZ_OK && t < plan->graph.n_tensors; t++) {
+            last_use[t] = -1;
+            if (plan->graph.tensors[t].kind == SQZ_TENSOR_INPUT)
+                st = fill_guard(s, plan, t, &dims);
+        }
+        for (size_t k = 0; st == SQZ_OK && k < plan->n_launches; k++) {
+            const sqz_node *node = &plan->graph.nodes[plan->launches[k]];
+            for (int i = 0; i < node->n_inputs; i++)
+                if (node->inputs[i] >= 0)
+                    last_use[node->inputs[i]] = (int)k;
+        }
+    }
+    if (st == SQZ_OK)
+        st = upload_inputs(s, plan, &p);
+    for (size_t k = 0; st == SQZ_OK && k < plan->n_launches; k++) {
+        const sqz_node *node = &plan->graph.nodes[plan->launches[k]];
+        if (guarded)
+            st = fill_guard(s, plan, (size_t)node->output, &dims);
+        if (st == SQZ_OK)
+            st = s->ops->launch(s->ctx, &binding, node, &dims);
+        if (st == SQZ_OK && guarded) {
+            if (s->ops->synchronize)
+                st = s->ops->synchronize(s->ctx);
+            if (st == SQZ_OK)
+                st = check_guards(s, plan, &dims, last_use, (int)k);
+        }
+    }
+    free(last_use);
+    if (st == SQZ_OK && s->ops->synchronize)
+        st = s->ops->synchronize(s->ctx);
+    if (st == SQZ_OK)
+        st = collect_outputs(s, plan, &p, input, &dims, res);
+    packed_release(&p);
+    if (st != SQZ_OK) {
+        sqz_result_free(res);
+        return st;
+    }
+    *out = res;
+    return SQZ_OK;
+}
+
+/* ---- results -------------------------------------------------------------------------------- */
+
+size_t sqz_result_count(const sqz_result *r) { return r ? r->count : 0; }
+
+const sqz_output *sqz_result_get(const sqz_result *r, size_t index)
+{
+    return r && index < r->count ? &r->outputs[index] : NULL;
+}
+
+const sqz_output *sqz_result_find(const sqz_result *r, const char *name)
+{
+    for (size_t i = 0; r && name && i < r->count; i++)
+        if (strcmp(r->outputs[i].name, name) == 0)
+            return &r->outputs[i];
+    return NULL;
+}
+
+void sqz_result_free(sqz_result *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->count; i++) {
+        free((void *)r->outputs[i].name);
+        free((void *)r->outputs[i].data);
+    }
+    free(r->outputs);
+    free(r);
+}

@@ -1,0 +1,264 @@
+/* The graph compiler: the builder for many configurations, the verifier catching broken
+ * graphs, dead-node elimination, and liveness-based memory planning. */
+#include "tests/test_util.h"
+
+#include "graph/builder.h"
+#include "graph/plan.h"
+
+/* A fake model: weights are looked up by name and given the shape the name implies. */
+typedef struct fake_model {
+    const sqz_net_desc *net;
+    char names[4096][SQZ_NAME_LEN];
+    int64_t rows[4096], cols[4096];
+    int count;
+} fake_model;
+
+static fake_model fake;
+
+static int groups_for(const sqz_net_desc *n, const char *name)
+{
+    if (strstr(name, "attention.query")) return n->q_groups;
+    if (strstr(name, "attention.key")) return n->k_groups;
+    if (strstr(name, "attention.value")) return n->v_groups;
+    if (strstr(name, "post_attention.conv1d")) return n->post_attention_groups;
+    if (strstr(name, "intermediate.conv1d")) return n->intermediate_groups;
+    if (strstr(name, "output.conv1d")) return n->output_groups;
+    return 1;
+}
+
+static int fake_index(const void *user, const char *name)
+{
+    fake_model *m = (fake_model *)user;
+    const sqz_net_desc *n = m->net;
+    const int64_t H = n->hidden_size, F = n->intermediate_size;
+    int64_t rows = 1, cols = H;
+    const bool bias = strstr(name, ".bias") != NULL;
+    if (strstr(name, "word_embeddings")) rows = n->vocab_size;
+    else if (strstr(name, "position_embeddings")) rows = n->max_position_embeddings;
+    else if (strstr(name, "token_type_embeddings")) rows = n->type_vocab_size;
+    else if (strstr(name, "decoder.weight")) rows = n->vocab_size;
+    else if (strstr(name, "predictions.bias")) cols = n->vocab_size;
+    else if (strstr(name, "intermediate.conv1d")) bias ? (cols = F) : (rows = F, cols = H / groups_for(n, name));
+    else if (strstr(name, "output.conv1d")) bias ? (cols = H) : (rows = H, cols = F / groups_for(n, name));
+    else if (strstr(name, "classifier") || strstr(name, "qa_outputs")) {
+        int64_t out = strstr(name, "qa_outputs") ? 2 : n->head == SQZ_HEAD_MULTIPLE_CHOICE ? 1 : n->num_labels;
+        bias ? (cols = out) : (rows = out);
+    } else if (!bias && !strstr(name, "LayerNorm") && !strstr(name, "layernorm"))
+        rows = H, cols = H / groups_for(n, name);
+    snprintf(m->names[m->count], SQZ_NAME_LEN, "%s", name);
+    m->rows[m->count] = rows;
+    m->cols[m->count] = cols;
+    return m->count++;
+}
+
+static void fake_shape(const void *user, int index, int64_t *rows, int64_t *cols)
+{
+    const fake_model *m = user;
+    *rows = m->rows[index];
+    *cols = m->cols[index];
+}
+
+static sqz_net_desc net_desc(sqz_head head, int H, int layers, int heads, int F, const int g[6])
+{
+    sqz_net_desc n = {
+        .head = head, .vocab_size = 50, .hidden_size = H, .num_layers = layers,
+        .num_heads = heads, .intermediate_size = F, .max_position_embeddings = 32,
+        .type_vocab_size = 2, .num_labels = 3, .q_groups = g[0], .k_groups = g[1],
+        .v_groups = g[2], .post_attention_groups = g[3], .intermediate_groups = g[4],
+        .output_groups = g[5], .layer_norm_eps = 1e-12f, .encoder_layer_norm_eps = 1e-12f,
+        .has_pooler = true, .weight_index = fake_index, .weight_shape = fake_shape, .user = &fake,
+    };
+    return n;
+}
+
+static void build(const sqz_net_desc *n, sqz_graph *g)
+{
+    fake.count = 0;
+    fake.net = n;
+    assert_sqz_ok(sqz_build_graph(n, g));
+}
+
+static void builds_every_head_and_grouping(void **unused)
+{
+    const int groupings[][6] = {{4, 4, 4, 1, 4, 4}, {2, 2, 2, 2, 4, 1}, {3, 5, 1, 2, 3, 5}, {1, 1, 1, 1, 1, 1}};
+    const int sizes[][4] = {{64, 2, 4, 256}, {32, 5, 4, 64}, {60, 3, 5, 90}, {48, 3, 4, 96}};
+    for (size_t c = 0; c < 4; c++)
+        for (int head = 0; head < SQZ_HEAD_COUNT; head++) {
+            sqz_net_desc n = net_desc((sqz_head)head, sizes[c][0], sizes[c][1], sizes[c][2],
+                                      sizes[c][3], groupings[c]);
+            sqz_graph g;
+            build(&n, &g);
+            /* 6 embedding nodes, 17 per layer, then pooler and head */
+            size_t linear = 0, grouped = 0;
+            for (size_t i = 0; i < g.n_nodes; i++)
+                if (g.nodes[i].op == SQZ_OP_LINEAR) {
+                    linear++;
+                    grouped += g.nodes[i].params.linear.groups > 1;
+                }
+            assert_true(linear >= (size_t)(6 * sizes[c][1]));
+            size_t expected_grouped = 0;
+            for (int k = 0; k < 6; k++)
+                expected_grouped += groupings[c][k] > 1;
+            assert_int_equal(grouped, expected_grouped * (size_t)sizes[c][1]);
+            assert_true(g.n_outputs >= 1);
+            sqz_graph_release(&g);
+        }
+}
+
+static sqz_graph small_graph(void)
+{
+    static const int g4[6] = {4, 4, 4, 1, 4, 4};
+    static sqz_net_desc n;
+    n = net_desc(SQZ_HEAD_SEQUENCE_CLASSIFICATION, 64, 2, 4, 256, g4);
+    sqz_graph g;
+    build(&n, &g);
+    return g;
+}
+
+static void verifier_rejects_broken_graphs(void **unused)
+{
+    sqz_graph g = small_graph();
+    assert_sqz_ok(sqz_graph_verify(&g));
+    size_t lin = 0;
+    while (g.nodes[lin].op != SQZ_OP_LINEAR)
+        lin++;
+    /* wrong group count for the weight */
+    g.nodes[lin].params.linear.groups = 3;
+    assert_fails_with(sqz_graph_verify(&g), SQZ_ERR_INTERNAL, "graph verifier", g.nodes[lin].name);
+    g.nodes[lin].params.linear.groups = 4;
+    /* an input used before it is produced */
+    int saved = g.nodes[lin].inputs[0];
+    g.nodes[lin].inputs[0] = g.nodes[g.n_nodes - 1].output;
+    assert_fails_with(sqz_graph_verify(&g), SQZ_ERR_INTERNAL, "not produced before use");
+    g.nodes[lin].inputs[0] = saved;
+    /* a float tensor where indices are expected */
+    int idx = g.nodes[0].inputs[0];
+    g.nodes[0].inputs[0] = g.nodes[0].inputs[1];
+    assert_fails_with(sqz_graph_verify(&g), SQZ_ERR_INTERNAL, g.nodes[0].name);
+    g.nodes[0].inputs[0] = idx;
+    /* zero layernorm eps */
+    for (size_t i = 0; i < g.n_nodes; i++)
+        if (g.nodes[i].op == SQZ_OP_LAYERNORM) {
+            g.nodes[i].params.layernorm.eps = 0.0f;
+            assert_fails_with(sqz_graph_verify(&g), SQZ_ERR_INTERNAL, g.nodes[i].name);
+            g.nodes[i].params.layernorm.eps = 1e-12f;
+            break;
+        }
+    assert_sqz_ok(sqz_graph_verify(&g));
+    sqz_graph_release(&g);
+}
+
+static void dead_nodes_are_removed(void **unused)
+{
+    sqz_graph g = small_graph();
+    size_t before = g.n_nodes;
+    /* a dangling branch: tanh of the embedding output, read by nobody */
+    int emb = g.nodes[5].output;
+    sqz_op_params none = {0};
+    int dangling = sqz_graph_add_node(&g, SQZ_OP_TANH, "dangling", &emb, 1, none, SQZ_EXTENT_TOKENS, 64);
+    assert_true(dangling >= 0);
+    int second = sqz_graph_add_node(&g, SQZ_OP_GELU, "dangling2", &dangling, 1, none, SQZ_EXTENT_TOKENS, 64);
+    assert_true(second >= 0);
+    assert_sqz_ok(sqz_graph_verify(&g));
+    assert_sqz_ok(sqz_pass_eliminate_dead_nodes(&g));
+    assert_int_equal(g.n_nodes, before);
+    for (size_t i = 0; i < g.n_nodes; i++)
+        assert_true(strncmp(g.nodes[i].name, "dangling", 8) != 0);
+    assert_sqz_ok(sqz_graph_verify(&g));
+    sqz_graph_release(&g);
+}
+
+static void memory_plan_never_overlaps_live_tensors(void **unused)
+{
+    sqz_graph g = small_graph();
+    const sqz_bucket buckets[] = {{16, 1, 16}, {64, 8, 16}, {512, 4, 128}};
+    for (size_t b = 0; b < 3; b++) {
+        sqz_compile_options opts = {.guard_bytes = 32};
+        sqz_plan *plan = NULL;
+        assert_sqz_ok(sqz_plan_compile(&g, &buckets[b], &opts, &plan));
+        const sqz_graph *pg = &plan->graph;
+        /* lifetime of each tensor in launch steps: [first write, last read or end] */
+        size_t nt = pg->n_tensors;
+        int *first = malloc(nt * sizeof *first), *last = malloc(nt * sizeof *last);
+        size_t total = 0;
+        for (size_t t = 0; t < nt; t++) {
+            bool pinned = pg->tensors[t].kind == SQZ_TENSOR_INPUT || pg->tensors[t].is_output;
+            first[t] = pg->tensors[t].kind == SQZ_TENSOR_INPUT ? -1 : pg->tensors[t].producer;
+            last[t] = pinned ? (int)pg->n_nodes : first[t];
+            if (plan->offsets[t] >= 0)
+                total += plan->bytes[t] + plan->guard_bytes;
+        }
+        for (size_t n = 0; n < pg->n_nodes; n++)
+            for (int i = 0; i < pg->nodes[n].n_inputs; i++) {
+                int t = pg->nodes[n].inputs[i];
+                if (t >= 0 && last[t] < (int)n)
+                    last[t] = (int)n;
+            }
+        for (size_t a = 0; a < nt; a++) {
+            if (plan->offsets[a] < 0)
+                continue;
+            size_t a0 = (size_t)plan->offsets[a], a1 = a0 + plan->bytes[a] + plan->guard_bytes;
+            assert_true(a1 <= plan->arena_bytes);
+            assert_int_equal(a0 % SQZ_ARENA_ALIGN, 0);
+            for (size_t c = a + 1; c < nt; c++) {
+                if (plan->offsets[c] < 0)
+                    continue;
+                bool live_together = first[a] <= last[c] && first[c] <= last[a];
+                size_t c0 = (size_t)plan->offsets[c], c1 = c0 + plan->bytes[c] + plan->guard_bytes;
+                bool overlap = a0 < c1 && c0 < a1;
+                if (live_together && overlap)
+                    fail_msg("tensors '%s' and '%s' are live together and overlap",
+                             pg->tensors[a].name, pg->tensors[c].name);
+            }
+        }
+        /* reuse happened: the arena is far smaller than every tensor side by side */
+        assert_true(plan->arena_bytes < total / 4);
+        assert_int_equal(plan->n_launches, pg->n_nodes);
+        free(first);
+        free(last);
+        sqz_plan_free(plan);
+    }
+    sqz_graph_release(&g);
+}
+
+static void dot_output_draws_the_plan(void **unused)
+{
+    sqz_graph g = small_graph();
+    sqz_bucket bucket = {32, 2, 16};
+    sqz_plan *plan = NULL;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, NULL, &plan));
+    char *dot = NULL;
+    assert_sqz_ok(sqz_plan_to_dot(plan, &dot));
+    assert_non_null(strstr(dot, "digraph squeezebert {"));
+    assert_non_null(strstr(dot, "layer1.intermediate"));
+    assert_non_null(strstr(dot, "groups=4"));
+    assert_non_null(strstr(dot, "label=\"logits\""));
+    assert_non_null(strstr(dot, "}\n"));
+    free(dot);
+    sqz_plan_free(plan);
+    sqz_graph_release(&g);
+}
+
+static void bad_buckets_are_rejected(void **unused)
+{
+    sqz_graph g = small_graph();
+    sqz_plan *plan = NULL;
+    sqz_bucket zero = {0, 1, 1}, more_seqs = {4, 8, 4};
+    assert_fails_with(sqz_plan_compile(&g, &zero, NULL, &plan), SQZ_ERR_INVALID_ARGUMENT, "bad bucket");
+    assert_fails_with(sqz_plan_compile(&g, &more_seqs, NULL, &plan), SQZ_ERR_INVALID_ARGUMENT, "bad bucket");
+    assert_null(plan);
+    sqz_graph_release(&g);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(builds_every_head_and_grouping),
+        cmocka_unit_test(verifier_rejects_broken_graphs),
+        cmocka_unit_test(dead_nodes_are_removed),
+        cmocka_unit_test(memory_plan_never_overlaps_live_tensors),
+        cmocka_unit_test(dot_output_draws_the_plan),
+        cmocka_unit_test(bad_buckets_are_rejected),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

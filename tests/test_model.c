@@ -1,0 +1,203 @@
+/* Models through the public API: deterministic random checkpoints, metadata, and the
+ * properties packing must keep: a sequence's outputs do not depend on the other sequences
+ * of its batch, on how much padding follows it, or on the ids at masked positions. */
+#include "tests/test_util.h"
+
+#define FIXTURES SQZ_FIXTURES_DIR "/models"
+
+static sqz_result *run(sqz_session *s, int batch, int len, const int64_t *ids, const int64_t *mask,
+                       const int64_t *types)
+{
+    sqz_input in = {.batch = batch, .seq_len = len, .input_ids = ids, .attention_mask = mask,
+                    .token_type_ids = types};
+    sqz_result *r = NULL;
+    assert_sqz_ok(sqz_session_run(s, &in, &r));
+    return r;
+}
+
+static void random_model_is_deterministic(void **unused)
+{
+    char *a = make_temp_dir(), *b = make_temp_dir(), *c = make_temp_dir();
+    assert_sqz_ok(sqz_random_model_write("tiny", 7, a));
+    assert_sqz_ok(sqz_random_model_write("tiny", 7, b));
+    assert_sqz_ok(sqz_random_model_write("tiny", 8, c));
+    char *pa = test_path(a, "model.safetensors"), *pb = test_path(b, "model.safetensors"),
+         *pc = test_path(c, "model.safetensors");
+    size_t na, nb, nc;
+    unsigned char *da = read_whole(pa, &na), *db = read_whole(pb, &nb), *dc = read_whole(pc, &nc);
+    assert_int_equal(na, nb);
+    assert_memory_equal(da, db, na);
+    assert_int_equal(na, nc);
+    assert_true(memcmp(da, dc, na) != 0);
+    free(da), free(db), free(dc), free(pa), free(pb), free(pc);
+    assert_fails_with(sqz_random_model_write("huge", 1, a), SQZ_ERR_INVALID_ARGUMENT, "huge",
+                      "squeezebert-uncased");
+    remove_temp_dir(a), remove_temp_dir(b), remove_temp_dir(c);
+}
+
+static void full_size_random_model_has_the_published_shape(void **unused)
+{
+    char *dir = make_temp_dir();
+    assert_sqz_ok(sqz_random_model_write("squeezebert-uncased", 1, dir));
+    sqz_model *m = NULL;
+    assert_sqz_ok(sqz_model_load(dir, &m));
+    sqz_model_info info;
+    assert_sqz_ok(sqz_model_get_info(m, &info));
+    /* 51,094,272 = embeddings + 12 layers + pooler (squeezebert-spec.md section 3) */
+    assert_int_equal(info.num_parameters, 51094272);
+    assert_int_equal(info.vocab_size, 30528);
+    assert_int_equal(info.q_groups, 4);
+    assert_int_equal(info.post_attention_groups, 1);
+    assert_int_equal(info.head, SQZ_HEAD_BASE);
+    /* one short sequence through all 12 layers */
+    sqz_session *s = NULL;
+    assert_sqz_ok(sqz_session_create(m, NULL, &s));
+    const int64_t ids[6] = {101, 7592, 2088, 2003, 1037, 102};
+    sqz_result *r = run(s, 1, 6, ids, NULL, NULL);
+    const sqz_output *h = sqz_result_find(r, "last_hidden_state");
+    const sqz_output *p = sqz_result_find(r, "pooler_output");
+    assert_non_null(h);
+    assert_non_null(p);
+    assert_int_equal(h->shape[2], 768);
+    for (int i = 0; i < 6 * 768; i++)
+        assert_true(h->data[i] == h->data[i] && h->data[i] > -1e3f && h->data[i] < 1e3f);
+    for (int i = 0; i < 768; i++)
+        assert_true(p->data[i] >= -1.0f && p->data[i] <= 1.0f); /* tanh */
+    sqz_result_free(r);
+    sqz_session_free(s);
+    sqz_model_free(m);
+    remove_temp_dir(dir);
+}
+
+static void outputs_do_not_depend_on_batch_padding_or_masked_ids(void **unused)
+{
+    sqz_model *m = NULL;
+    sqz_session *s = NULL;
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-odd/tokcls-safetensors", &m));
+    assert_sqz_ok(sqz_session_create(m, "cpu_ref", &s));
+    sqz_model_info info;
+    sqz_model_get_info(m, &info);
+    const int L = 4; /* labels */
+    /* three sequences of lengths 7, 3 and 5 (with position 2 masked) padded to 9 */
+    const int W = 9;
+    int64_t ids[3 * 9], mask[3 * 9], types[3 * 9];
+    uint64_t state = 5;
+    const int lens[3] = {7, 3, 5};
+    for (int b = 0; b < 3; b++)
+        for (int w = 0; w < W; w++) {
+            ids[b * W + w] = (int64_t)((test_uniform(&state) + 1.0f) * 38.0f) % info.vocab_size;
+            mask[b * W + w] = w < lens[b] && !(b == 2 && w == 2);
+            types[b * W + w] = w > 1 ? 1 + (w % 2) : 0;
+        }
+    sqz_result *all = run(s, 3, W, ids, mask, types);
+    const sqz_output *all_logits = sqz_result_find(all, "logits");
+    for (int b = 0; b < 3; b++) {
+        /* alone, unpadded */
+        sqz_result *one = run(s, 1, lens[b], ids + b * W, mask + b * W, types + b * W);
+        const sqz_output *logits = sqz_result_find(one, "logits");
+        for (int w = 0; w < lens[b]; w++)
+            if (mask[b * W + w])
+                assert_memory_equal(&logits->data[w * L], &all_logits->data[(b * W + w) * L],
+                                    L * sizeof(float));
+        sqz_result_free(one);
+    }
+    /* a different id at the masked position changes nothing elsewhere */
+    int64_t ids2[3 * 9];
+    memcpy(ids2, ids, sizeof ids);
+    ids2[2 * W + 2] = (ids2[2 * W + 2] + 17) % info.vocab_size;
+    ids2[1 * W + 7] = (ids2[1 * W + 7] + 3) % info.vocab_size; /* padding of row 1 */
+    sqz_result *changed = run(s, 3, W, ids2, mask, types);
+    assert_memory_equal(sqz_result_find(changed, "logits")->data, all_logits->data,
+                        3 * W * L * sizeof(float) - 0);
+    /* while a real token's id does change the outputs of its sequence */
+    ids2[2 * W + 1] = (ids2[2 * W + 1] + 1) % info.vocab_size;
+    sqz_result *real = run(s, 3, W, ids2, mask, types);
+    assert_true(memcmp(sqz_result_find(real, "logits")->data + 2 * W * L,
+                       all_logits->data + 2 * W * L, W * L * sizeof(float)) != 0);
+    sqz_result_free(changed);
+    sqz_result_free(real);
+    sqz_result_free(all);
+    sqz_session_free(s);
+    sqz_model_free(m);
+}
+
+static void metadata_labels_and_ignored_keys(void **unused)
+{
+    sqz_model *m = NULL;
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", &m));
+    assert_string_equal(sqz_model_label(m, 0), "contradiction");
+    assert_string_equal(sqz_model_label(m, 2), "entailment");
+    assert_null(sqz_model_label(m, 3));
+    assert_null(sqz_model_label(m, -1));
+    assert_int_equal(sqz_model_ignored_key_count(m), 0);
+    sqz_model_free(m);
+
+    assert_sqz_ok(sqz_model_load(FIXTURES "/bert/seqcls-bin-gamma", &m));
+    sqz_model_info info;
+    assert_sqz_ok(sqz_model_get_info(m, &info));
+    assert_string_equal(info.model_type, "bert");
+    assert_int_equal(info.q_groups, 1);
+    assert_int_equal(info.output_groups, 1);
+    bool extra = false, position_ids = false;
+    for (size_t i = 0; i < sqz_model_ignored_key_count(m); i++) {
+        extra |= strcmp(sqz_model_ignored_key(m, i), "bert.unused_extra.weight") == 0;
+        position_ids |= strcmp(sqz_model_ignored_key(m, i), "bert.embeddings.position_ids") == 0;
+    }
+    assert_true(extra && position_ids);
+    assert_int_equal(sqz_model_ignored_key_count(m), 2);
+    char *dot = NULL;
+    assert_sqz_ok(sqz_model_graph_dot(m, 64, 2, &dot));
+    assert_non_null(strstr(dot, "digraph"));
+    assert_non_null(strstr(dot, "layer2.output_norm"));
+    sqz_free(dot);
+    assert_fails_with(sqz_model_graph_dot(m, 2, 4, &dot), SQZ_ERR_INVALID_ARGUMENT, "sequences");
+    sqz_model_free(m);
+
+    /* the tied MLM decoder: absent from safetensors, a shared storage in .bin; both used */
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/mlm-bin", &m));
+    for (size_t i = 0; i < sqz_model_ignored_key_count(m); i++)
+        assert_null(strstr(sqz_model_ignored_key(m, i), "decoder"));
+    sqz_model_free(m);
+}
+
+static void backends_are_listed_and_probed(void **unused)
+{
+    assert_string_equal(sqz_backend_name(0), "cpu_ref");
+    assert_sqz_ok(sqz_backend_probe("cpu_ref"));
+    size_t n = 0;
+    while (sqz_backend_name(n))
+        n++;
+    assert_true(n >= 1);
+    assert_fails_with(sqz_backend_probe("tpu"), SQZ_ERR_INVALID_ARGUMENT, "unknown backend 'tpu'");
+    sqz_model *m = NULL;
+    sqz_session *s = NULL;
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/base-safetensors", &m));
+    assert_fails_with(sqz_session_create(m, "tpu", &s), SQZ_ERR_INVALID_ARGUMENT, "tpu");
+    assert_null(s);
+    sqz_model_free(m);
+}
+
+static void status_strings_are_distinct(void **unused)
+{
+    for (int a = 0; a < SQZ_STATUS_COUNT; a++) {
+        assert_string_not_equal(sqz_status_str((sqz_status)a), "unknown status");
+        for (int b = a + 1; b < SQZ_STATUS_COUNT; b++)
+            assert_string_not_equal(sqz_status_str((sqz_status)a), sqz_status_str((sqz_status)b));
+    }
+    assert_string_equal(sqz_status_str(SQZ_STATUS_COUNT), "unknown status");
+    for (int h = 0; h < SQZ_HEAD_COUNT; h++)
+        assert_string_not_equal(sqz_head_name((sqz_head)h), "unknown");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(random_model_is_deterministic),
+        cmocka_unit_test(full_size_random_model_has_the_published_shape),
+        cmocka_unit_test(outputs_do_not_depend_on_batch_padding_or_masked_ids),
+        cmocka_unit_test(metadata_labels_and_ignored_keys),
+        cmocka_unit_test(backends_are_listed_and_probed),
+        cmocka_unit_test(status_strings_are_distinct),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

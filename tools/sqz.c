@@ -1,0 +1,554 @@
+/* sqz: the command line of the squeezebert engine. Uses only the public API. */
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "squeezebert.h"
+#include "tools/json_io.h"
+
+#define EXIT_USAGE 2
+
+typedef struct option {
+    const char *name;   /* without the leading "--" */
+    bool takes_value;
+    const char *value;  /* set by parse_options; "1" for a present flag */
+} option;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Accepts --name value and --name=value; returns non-zero (message printed) on misuse. */
+static int parse_options(const char *command, int argc, char **argv, option *opts, size_t n)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "--", 2) != 0) {
+            fprintf(stderr, "sqz %s: unexpected argument '%s' (see sqz %s --help)\n", command, arg,
+                    command);
+            return 1;
+        }
+        const char *eq = strchr(arg, '=');
+        size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+        option *match = NULL;
+        for (size_t k = 0; k < n; k++)
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, arg + 2, len) == 0)
+                match = &opts[k];
+        if (!match) {
+            fprintf(stderr, "sqz %s: unknown option '%s' (see sqz %s --help)\n", command, arg, command);
+            return 1;
+        }
+        if (!match->takes_value) {
+            if (eq) {
+                fprintf(stderr, "sqz %s: option --%s takes no value\n", command, match->name);
+                return 1;
+            }
+            match->value = "1";
+        } else if (eq) {
+            match->value = eq + 1;
+        } else if (i + 1 < argc) {
+            match->value = argv[++i];
+        } else {
+            fprintf(stderr, "sqz %s: option --%s needs a value\n", command, match->name);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static const char *get(const option *opts, size_t n, const char *name)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(opts[k].name, name) == 0)
+            return opts[k].value;
+    return NULL;
+}
+
+static int parse_int(const char *command, const char *name, const char *text, long min, long max,
+                     long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || !end || *end || end == text || v < min || v > max) {
+        fprintf(stderr, "sqz %s: --%s must be an integer in %ld..%ld, got '%s'\n", command, name,
+                min, max, text);
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int fail(const char *command, sqz_status status)
+{
+    fprintf(stderr, "sqz %s: %s: %s\n", command, sqz_status_str(status), sqz_last_error());
+    return 1;
+}
+
+static bool wants_help(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    return false;
+}
+
+/* ---- forward ------------------------------------------------------------------------------ */
+
+static const char forward_help[] =
+    "usage: sqz forward --model DIR [--backend cpu_ref] --input IN.json --output OUT.json [--verbose]\n"
+    "\n"
+    "Runs the checkpoint in DIR (config.json + model.safetensors or pytorch_model.bin) on the\n"
+    "ids in IN.json and writes every output of the model to OUT.json.\n"
+    "\n"
+    "  IN.json   {\"input_ids\": [[...], ...], \"attention_mask\": [[...]], \"token_type_ids\": [[...]]}\n"
+    "            mask and types are optional; [N][K][W] for multiple-choice models\n"
+    "  OUT.json  outputs named as transformers names them (last_hidden_state, pooler_output,\n"
+    "            logits, start_logits, end_logits), nested arrays, 9 significant digits;\n"
+    "            values at padded positions (mask 0) are unspecified\n"
+    "  --backend cpu_ref (default); see `sqz backends`\n"
+    "  --verbose prints the model summary, ignored weight keys and timings to stderr\n";
+
+static int cmd_forward(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(forward_help, stdout);
+        return 0;
+    }
+    option opts[] = {{"model", true, NULL},  {"backend", true, NULL}, {"input", true, NULL},
+                     {"output", true, NULL}, {"verbose", false, NULL}};
+    const size_t n = sizeof opts / sizeof opts[0];
+    if (parse_options("forward", argc, argv, opts, n))
+        return EXIT_USAGE;
+    const char *model_dir = get(opts, n, "model"), *in_path = get(opts, n, "input"),
+               *out_path = get(opts, n, "output"), *backend = get(opts, n, "backend");
+    const bool verbose = get(opts, n, "verbose") != NULL;
+    if (!model_dir || !in_path || !out_path) {
+        fprintf(stderr, "sqz forward: --model, --input and --output are required\n\n%s", forward_help);
+        return EXIT_USAGE;
+    }
+    char err[1024];
+    cli_input input;
+    if (cli_input_read(in_path, &input, err, sizeof err)) {
+        fprintf(stderr, "sqz forward: invalid input: %s\n", err);
+        return 1;
+    }
+    double t0 = now_seconds();
+    sqz_model *model = NULL;
+    sqz_session *session = NULL;
+    sqz_result *result = NULL;
+    int rc = 1;
+    sqz_status st = sqz_model_load(model_dir, &model);
+    if (st != SQZ_OK) {
+        rc = fail("forward", st);
+        goto done;
+    }
+    double t1 = now_seconds();
+    if (verbose) {
+        sqz_model_info info;
+        sqz_model_get_info(model, &info);
+        fprintf(stderr, "sqz forward: %s (%s, %s head) from %s: %d layers, hidden %d, %lld "
+                "parameters, loaded in %.3f s\n", info.architecture, info.model_type,
+                sqz_head_name(info.head), info.weights_path, info.num_layers, info.hidden_size,
+                (long long)info.num_parameters, t1 - t0);
+        size_t ignored = sqz_model_ignored_key_count(model);
+        if (ignored)
+            fprintf(stderr, "sqz forward: %zu key(s) in the weight file are not used:\n", ignored);
+        for (size_t i = 0; i < ignored; i++)
+            fprintf(stderr, "  %s\n", sqz_model_ignored_key(model, i));
+    }
+    if ((st = sqz_session_create(model, backend, &session)) != SQZ_OK) {
+        rc = fail("forward", st);
+        goto done;
+    }
+    double t2 = now_seconds();
+    if ((st = sqz_session_run(session, &input.input, &result)) != SQZ_OK) {
+        rc = fail("forward", st);
+        goto done;
+    }
+    double t3 = now_seconds();
+    FILE *f = strcmp(out_path, "-") == 0 ? stdout : fopen(out_path, "w");
+    if (!f) {
+        fprintf(stderr, "sqz forward: cannot write %s: %s\n", out_path, strerror(errno));
+        goto done;
+    }
+    size_t non_finite = 0;
+    int werr = cli_outputs_write(f, result, &non_finite);
+    if (f != stdout)
+        werr |= fclose(f) != 0;
+    if (werr) {
+        fprintf(stderr, "sqz forward: error writing %s\n", out_path);
+        goto done;
+    }
+    if (non_finite)
+        fprintf(stderr, "sqz forward: warning: %zu output values are not finite (written as null)\n",
+                non_finite);
+    if (verbose)
+        fprintf(stderr, "sqz forward: session %.3f s, run %.3f s (%d x %d tokens%s)\n", t2 - t1,
+                t3 - t2, input.input.batch, input.input.seq_len,
+                input.input.choices ? ", multiple choice" : "");
+    rc = 0;
+done:
+    sqz_result_free(result);
+    sqz_session_free(session);
+    sqz_model_free(model);
+    cli_input_release(&input);
+    return rc;
+}
+
+/* ---- graph -------------------------------------------------------------------------------- */
+
+static const char graph_help[] =
+    "usage: sqz graph --model DIR --dot [--tokens T] [--sequences S] [--output FILE]\n"
+    "\n"
+    "Compiles the model's graph into a plan for a bucket of T packed tokens (default 128) in S\n"
+    "sequences (default 1) and draws it in Graphviz DOT (render with: dot -Tsvg FILE).\n";
+
+static int cmd_graph(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(graph_help, stdout);
+        return 0;
+    }
+    option opts[] = {{"model", true, NULL},  {"dot", false, NULL}, {"tokens", true, NULL},
+                     {"sequences", true, NULL}, {"output", true, NULL}};
+    const size_t n = sizeof opts / sizeof opts[0];
+    if (parse_options("graph", argc, argv, opts, n))
+        return EXIT_USAGE;
+    long tokens = 128, sequences = 1;
+    if ((get(opts, n, "tokens") &&
+         parse_int("graph", "tokens", get(opts, n, "tokens"), 1, 1 << 20, &tokens)) ||
+        (get(opts, n, "sequences") &&
+         parse_int("graph", "sequences", get(opts, n, "sequences"), 1, 1 << 20, &sequences)))
+        return EXIT_USAGE;
+    if (!get(opts, n, "model") || !get(opts, n, "dot")) {
+        fprintf(stderr, "sqz graph: --model and --dot are required\n\n%s", graph_help);
+        return EXIT_USAGE;
+    }
+    if (sequences > tokens) {
+        fprintf(stderr, "sqz graph: --sequences (%ld) cannot exceed --tokens (%ld)\n", sequences, tokens);
+        return EXIT_USAGE;
+    }
+    sqz_model *model = NULL;
+    char *dot = NULL;
+    sqz_status st = sqz_model_load(get(opts, n, "model"), &model);
+    if (st == SQZ_OK)
+        st = sqz_model_graph_dot(model, (int)tokens, (int)sequences, &dot);
+    sqz_model_free(model);
+    if (st != SQZ_OK)
+        return fail("graph", st);
+    const char *out_path = get(opts, n, "output");
+    FILE *f = out_path ? fopen(out_path, "w") : stdout;
+    int rc = 0;
+    if (!f || fputs(dot, f) < 0) {
+        fprintf(stderr, "sqz graph: cannot write %s: %s\n", out_path ? out_path : "stdout",
+                strerror(errno));
+        rc = 1;
+    }
+    if (f && f != stdout && fclose(f) != 0)
+        rc = 1;
+    sqz_free(dot);
+    return rc;
+}
+
+/* ---- random-model --------------------------------------------------------------------------- */
+
+static const char random_help[] =
+    "usage: sqz random-model --config squeezebert-uncased|squeezebert-mnli|tiny --seed S --out DIR\n"
+    "\n"
+    "Writes a deterministic random-weight checkpoint (config.json + model.safetensors) in the\n"
+    "Hugging Face layout. squeezebert-uncased and squeezebert-mnli have the shapes of the\n"
+    "published checkpoints (51 M parameters); tiny is a 2-layer model for quick checks.\n";
+
+static int cmd_random_model(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(random_help, stdout);
+        return 0;
+    }
+    option opts[] = {{"config", true, NULL}, {"seed", true, NULL}, {"out", true, NULL}};
+    const size_t n = sizeof opts / sizeof opts[0];
+    if (parse_options("random-model", argc, argv, opts, n))
+        return EXIT_USAGE;
+    if (!get(opts, n, "config") || !get(opts, n, "out")) {
+        fprintf(stderr, "sqz random-model: --config and --out are required\n\n%s", random_help);
+        return EXIT_USAGE;
+    }
+    unsigned long long seed = 0;
+    if (get(opts, n, "seed")) {
+        char *end = NULL;
+        errno = 0;
+        seed = strtoull(get(opts, n, "seed"), &end, 10);
+        if (errno || !end || *end || get(opts, n, "seed")[0] == '-') {
+            fprintf(stderr, "sqz random-model: --seed must be a non-negative integer\n");
+            return EXIT_USAGE;
+        }
+    }
+    double t0 = now_seconds();
+    sqz_status st = sqz_random_model_write(get(opts, n, "config"), seed, get(opts, n, "out"));
+    if (st != SQZ_OK)
+        return fail("random-model", st);
+    fprintf(stderr, "sqz random-model: wrote %s (seed %llu) to %s in %.2f s\n",
+            get(opts, n, "config"), seed, get(opts, n, "out"), now_seconds() - t0);
+    return 0;
+}
+
+/* ---- info / backends ----------------------------------------------------------------------- */
+
+static const char info_help[] =
+    "usage: sqz info --model DIR [--verbose]\n"
+    "\n"
+    "Loads the checkpoint and prints its configuration; --verbose lists weight-file keys the\n"
+    "model does not use.\n";
+
+static int cmd_info(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(info_help, stdout);
+        return 0;
+    }
+    option opts[] = {{"model", true, NULL}, {"verbose", false, NULL}};
+    const size_t n = sizeof opts / sizeof opts[0];
+    if (parse_options("info", argc, argv, opts, n))
+        return EXIT_USAGE;
+    if (!get(opts, n, "model")) {
+        fprintf(stderr, "sqz info: --model is required\n\n%s", info_help);
+        return EXIT_USAGE;
+    }
+    sqz_model *model = NULL;
+    sqz_status st = sqz_model_load(get(opts, n, "model"), &model);
+    if (st != SQZ_OK)
+        return fail("info", st);
+    sqz_model_info i;
+    sqz_model_get_info(model, &i);
+    printf("architecture      %s (%s head)\n", i.architecture, sqz_head_name(i.head));
+    printf("model_type        %s\n", i.model_type);
+    printf("weights           %s\n", i.weights_path);
+    printf("parameters        %lld\n", (long long)i.num_parameters);
+    printf("layers x hidden   %d x %d, %d heads, intermediate %d\n", i.num_layers, i.hidden_size,
+           i.num_heads, i.intermediate_size);
+    printf("groups q/k/v      %d/%d/%d, post-attention %d, intermediate %d, output %d\n",
+           i.q_groups, i.k_groups, i.v_groups, i.post_attention_groups, i.intermediate_groups,
+           i.output_groups);
+    printf("vocab / positions %d / %d, token types %d\n", i.vocab_size, i.max_position_embeddings,
+           i.type_vocab_size);
+    printf("layer norm eps    %g (embeddings, MLM head), %g (encoder)\n", i.layer_norm_eps,
+           i.encoder_layer_norm_eps);
+    if (i.head == SQZ_HEAD_SEQUENCE_CLASSIFICATION || i.head == SQZ_HEAD_TOKEN_CLASSIFICATION) {
+        printf("labels           ");
+        for (int k = 0; k < i.num_labels; k++)
+            printf(" %d=%s", k, sqz_model_label(model, k));
+        printf("\n");
+    }
+    size_t ignored = sqz_model_ignored_key_count(model);
+    printf("unused keys       %zu%s\n", ignored, ignored && !get(opts, n, "verbose") ? " (--verbose lists them)" : "");
+    if (get(opts, n, "verbose"))
+        for (size_t k = 0; k < ignored; k++)
+            printf("  %s\n", sqz_model_ignored_key(model, k));
+    sqz_model_free(model);
+    return 0;
+}
+
+static int cmd_backends(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs("usage: sqz backends\n\nLists the backends compiled into this build and whether each "
+              "can run here.\n", stdout);
+        return 0;
+    }
+    if (argc > 0) {
+        fprintf(stderr, "sqz backends: takes no arguments\n");
+        return EXIT_USAGE;
+    }
+    for (size_t i = 0; sqz_backend_name(i); i++) {
+        const char *name = sqz_backend_name(i);
+        sqz_status st = sqz_backend_probe(name);
+        printf("%-8s %s%s%s\n", name, st == SQZ_OK ? "ready" : sqz_status_str(st),
+               st == SQZ_OK ? "" : ": ", st == SQZ_OK ? "" : sqz_last_error());
+    }
+    return 0;
+}
+
+/* ---- demo ---------------------------------------------------------------------------------- */
+
+static const char demo_help[] =
+    "usage: sqz demo [--config squeezebert-uncased|squeezebert-mnli|tiny] [--model DIR] [--seed S]\n"
+    "                [--batch N] [--length W] [--backend cpu_ref]\n"
+    "\n"
+    "The main job on an embedded default: writes a deterministic random-weight checkpoint\n"
+    "(default: the full-size squeezebert-uncased shape) to a temporary directory, or uses\n"
+    "--model DIR, runs N random sequences of W tokens (default 2 x 32, one of them padded)\n"
+    "through it and prints what it computed and how long each step took.\n";
+
+static void remove_checkpoint(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+static int cmd_demo(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(demo_help, stdout);
+        return 0;
+    }
+    option opts[] = {{"config", true, NULL}, {"model", true, NULL},  {"seed", true, NULL},
+                     {"batch", true, NULL},  {"length", true, NULL}, {"backend", true, NULL}};
+    const size_t n = sizeof opts / sizeof opts[0];
+    if (parse_options("demo", argc, argv, opts, n))
+        return EXIT_USAGE;
+    long batch = 2, length = 32, seed = 1;
+    if ((get(opts, n, "batch") && parse_int("demo", "batch", get(opts, n, "batch"), 1, 4096, &batch)) ||
+        (get(opts, n, "length") && parse_int("demo", "length", get(opts, n, "length"), 2, 65536, &length)) ||
+        (get(opts, n, "seed") && parse_int("demo", "seed", get(opts, n, "seed"), 0, 1L << 30, &seed)))
+        return EXIT_USAGE;
+    const char *preset = get(opts, n, "config") ? get(opts, n, "config") : "squeezebert-uncased";
+    char tmp_dir[] = "/tmp/sqz-demo-XXXXXX";
+    const char *dir = get(opts, n, "model");
+    bool made = false;
+    double t0 = now_seconds();
+    if (!dir) {
+        if (!mkdtemp(tmp_dir)) {
+            fprintf(stderr, "sqz demo: cannot create a temporary directory: %s\n", strerror(errno));
+            return 1;
+        }
+        made = true;
+        dir = tmp_dir;
+        sqz_status st = sqz_random_model_write(preset, (uint64_t)seed, dir);
+        if (st != SQZ_OK) {
+            remove_checkpoint(dir);
+            return fail("demo", st);
+        }
+        printf("wrote random %s checkpoint (seed %ld) to %s in %.2f s\n", preset, seed, dir,
+               now_seconds() - t0);
+    }
+    int rc = 1;
+    sqz_model *model = NULL;
+    sqz_session *session = NULL;
+    sqz_result *result = NULL;
+    int64_t *ids = NULL, *mask = NULL;
+    double t1 = now_seconds();
+    sqz_status st = sqz_model_load(dir, &model);
+    if (st != SQZ_OK) {
+        rc = fail("demo", st);
+        goto done;
+    }
+    sqz_model_info info;
+    sqz_model_get_info(model, &info);
+    printf("loaded %s: %d layers, hidden %d, groups q/k/v %d/%d/%d, %lld parameters, in %.2f s\n",
+           info.architecture, info.num_layers, info.hidden_size, info.q_groups, info.k_groups,
+           info.v_groups, (long long)info.num_parameters, now_seconds() - t1);
+    if (length > info.max_position_embeddings) {
+        fprintf(stderr, "sqz demo: --length %ld exceeds max_position_embeddings %d\n", length,
+                info.max_position_embeddings);
+        goto done;
+    }
+    ids = calloc((size_t)(batch * length), sizeof *ids);
+    mask = calloc((size_t)(batch * length), sizeof *mask);
+    if (!ids || !mask) {
+        fprintf(stderr, "sqz demo: out of memory\n");
+        goto done;
+    }
+    uint64_t state = (uint64_t)seed * 2654435761u + 1;
+    long real_tokens = 0;
+    for (long b = 0; b < batch; b++) {
+        long len = b % 2 ? length - length / 4 : length; /* every other sequence padded */
+        for (long w = 0; w < length; w++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            long id = 1000 + (long)((state >> 33) % (uint64_t)(info.vocab_size - 1000 > 0 ? info.vocab_size - 1000 : 1));
+            ids[b * length + w] = w == 0 ? 101 % info.vocab_size : w == len - 1 ? 102 % info.vocab_size
+                                  : w < len ? id % info.vocab_size : 0;
+            mask[b * length + w] = w < len;
+            real_tokens += w < len;
+        }
+    }
+    if ((st = sqz_session_create(model, get(opts, n, "backend"), &session)) != SQZ_OK) {
+        rc = fail("demo", st);
+        goto done;
+    }
+    sqz_input input = {.batch = (int)batch, .seq_len = (int)length, .input_ids = ids,
+                       .attention_mask = mask};
+    double t2 = now_seconds();
+    if ((st = sqz_session_run(session, &input, &result)) != SQZ_OK) {
+        rc = fail("demo", st);
+        goto done;
+    }
+    double elapsed = now_seconds() - t2;
+    printf("forward on %s: %ld sequences x %ld positions (%ld real tokens) in %.3f s: %.1f "
+           "tokens/s, %.2f sequences/s\n", get(opts, n, "backend") ? get(opts, n, "backend") : "cpu_ref",
+           batch, length, real_tokens, elapsed, real_tokens / elapsed, batch / elapsed);
+    for (size_t i = 0; i < sqz_result_count(result); i++) {
+        const sqz_output *o = sqz_result_get(result, i);
+        int64_t count = 1;
+        printf("  %-18s [", o->name);
+        for (int d = 0; d < o->ndim; d++) {
+            printf("%s%lld", d ? ", " : "", (long long)o->shape[d]);
+            count *= o->shape[d];
+        }
+        double sum = 0, sum_sq = 0;
+        for (int64_t k = 0; k < count; k++) {
+            sum += o->data[k];
+            sum_sq += (double)o->data[k] * o->data[k];
+        }
+        printf("]  first values %.6f %.6f %.6f  mean %.6f  rms %.6f\n", o->data[0],
+               count > 1 ? o->data[1] : 0.0f, count > 2 ? o->data[2] : 0.0f, sum / count,
+               sum_sq > 0 ? sqrt(sum_sq / count) : 0.0);
+    }
+    rc = 0;
+done:
+    sqz_result_free(result);
+    sqz_session_free(session);
+    sqz_model_free(model);
+    free(ids);
+    free(mask);
+    if (made)
+        remove_checkpoint(dir);
+    return rc;
+}
+
+/* ---- main ---------------------------------------------------------------------------------- */
+
+static const char main_help[] =
+    "usage: sqz COMMAND [OPTIONS]   (sqz COMMAND --help for each)\n"
+    "\n"
+    "commands:\n"
+    "  demo          the main job on an embedded default: random full-size model, timed forward\n"
+    "  forward       run a checkpoint on input ids from JSON, write every output as JSON\n"
+    "  graph         draw the compiled plan of a checkpoint (Graphviz DOT)\n"
+    "  random-model  write a deterministic random-weight checkpoint\n"
+    "  info          print a checkpoint's configuration and unused weight keys\n"
+    "  backends      list the backends of this build and whether they can run here\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        fputs(main_help, argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("sqz (squeezebert engine) API %d\n", SQZ_API_VERSION);
+        return 0;
+    }
+    static const struct { const char *name; int (*run)(int, char **); } commands[] = {
+        {"forward", cmd_forward}, {"graph", cmd_graph},   {"random-model", cmd_random_model},
+        {"info", cmd_info},       {"backends", cmd_backends}, {"demo", cmd_demo},
+    };
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return commands[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "sqz: unknown command '%s'\n\n%s", argv[1], main_help);
+    return EXIT_USAGE;
+}
