@@ -12,11 +12,16 @@ struct sqz_buffer {
     unsigned char *data;
 };
 
-static sqz_status ref_create(void **ctx)
+static sqz_status ref_create(void **ctx, const char *device)
 {
+    if (device && *device && strcmp(device, "0") != 0 && strcmp(device, "cpu") != 0)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cpu_ref has one device (the host); got '%s'",
+                        device);
     *ctx = NULL; /* stateless */
     return SQZ_OK;
 }
+
+static const char *ref_describe(void *ctx) { return "host CPU, scalar reference, 1 thread"; }
 
 static void ref_destroy(void *ctx) { (void)ctx; }
 
@@ -85,7 +90,7 @@ static sqz_status ref_launch(void *ctx, const sqz_binding *b, const sqz_node *no
             in_desc[i] = &g->tensors[node->inputs[i]];
         }
     sqz_ref_sequences seqs = {0};
-    if (node->op >= SQZ_OP_ATTN_SCORES) {
+    if (node->op >= SQZ_OP_ATTN_SCORES && node->op <= SQZ_OP_ATTN_CONTEXT) {
         int offsets_input = node->op == SQZ_OP_ATTN_SOFTMAX ? 1 : 2;
         seqs.seq_offsets = in[offsets_input];
         seqs.score_offsets = in[offsets_input + 1];
@@ -132,7 +137,8 @@ static sqz_status ref_launch(void *ctx, const sqz_binding *b, const sqz_node *no
 
 static bool ref_supports(void *ctx, const sqz_node *node)
 {
-    return (unsigned)node->op < SQZ_OP_COUNT;
+    /* the reference never fuses: it runs the plain graph node by node */
+    return (unsigned)node->op < SQZ_OP_COUNT && !sqz_op_is_fused(node->op);
 }
 
 const sqz_backend_ops sqz_cpu_ref_backend = {
@@ -141,6 +147,7 @@ const sqz_backend_ops sqz_cpu_ref_backend = {
     .probe = NULL,
     .create = ref_create,
     .destroy = ref_destroy,
+    .describe = ref_describe,
     .buffer_alloc = ref_buffer_alloc,
     .buffer_free = ref_buffer_free,
     .upload = ref_upload,

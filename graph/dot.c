@@ -97,7 +97,10 @@ sqz_status sqz_plan_to_dot(const sqz_plan *plan, char **out)
             if (in < 0 || g->tensors[in].kind == SQZ_TENSOR_WEIGHT)
                 continue;
             const sqz_tensor_desc *d = &g->tensors[in];
-            if (d->kind == SQZ_TENSOR_INPUT)
+            if (d->kind == SQZ_TENSOR_INPUT && d->extent == SQZ_EXTENT_SEQUENCES_PLUS_ONE)
+                append(&t, "  t%d -> n%d [style=dashed, color=gray60, fontcolor=gray50, label=\"",
+                       in, plan->launches[k]); /* sequence layout: context, not data flow */
+            else if (d->kind == SQZ_TENSOR_INPUT)
                 append(&t, "  t%d -> n%d [label=\"", in, plan->launches[k]);
             else
                 append(&t, "  n%d -> n%d [label=\"", d->producer, plan->launches[k]);

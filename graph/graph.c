@@ -12,6 +12,8 @@ static const char *const op_names[SQZ_OP_COUNT] = {
     [SQZ_OP_GELU] = "gelu",                   [SQZ_OP_TANH] = "tanh",
     [SQZ_OP_ATTN_SCORES] = "attn_scores",     [SQZ_OP_ATTN_KEY_MASK] = "attn_key_mask",
     [SQZ_OP_ATTN_SOFTMAX] = "attn_softmax",   [SQZ_OP_ATTN_CONTEXT] = "attn_context",
+    [SQZ_OP_EMBED_LAYERNORM] = "embed_layernorm", [SQZ_OP_LINEAR_GELU] = "linear_gelu",
+    [SQZ_OP_ADD_LAYERNORM] = "add_layernorm", [SQZ_OP_ATTENTION] = "attention",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == SQZ_OP_COUNT, "op name table");
 
@@ -19,6 +21,8 @@ const char *sqz_op_name(sqz_op op)
 {
     return (unsigned)op < SQZ_OP_COUNT && op_names[op] ? op_names[op] : "unknown_op";
 }
+
+bool sqz_op_is_fused(sqz_op op) { return op >= SQZ_OP_EMBED_LAYERNORM && op < SQZ_OP_COUNT; }
 
 const char *sqz_dtype_name(sqz_dtype dtype)
 {
@@ -204,6 +208,8 @@ static const op_signature signatures[SQZ_OP_COUNT] = {
     [SQZ_OP_GELU] = {1, 1, 0},            [SQZ_OP_TANH] = {1, 1, 0},
     [SQZ_OP_ATTN_SCORES] = {4, 4, 0xC},   [SQZ_OP_ATTN_KEY_MASK] = {4, 4, 0xE},
     [SQZ_OP_ATTN_SOFTMAX] = {3, 3, 0x6},  [SQZ_OP_ATTN_CONTEXT] = {4, 4, 0xC},
+    [SQZ_OP_EMBED_LAYERNORM] = {8, 8, 0x7}, [SQZ_OP_LINEAR_GELU] = {3, 3, 0},
+    [SQZ_OP_ADD_LAYERNORM] = {4, 4, 0},   [SQZ_OP_ATTENTION] = {6, 6, 0x38},
 };
 
 #define VERIFY(cond, ...)                                                                  \
@@ -361,6 +367,41 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
                  out->cols == in[0]->cols && is_offsets(in[1]) && is_offsets(in[2]))
                     ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
+        case SQZ_OP_EMBED_LAYERNORM: {
+            bool fits = out->extent == SQZ_EXTENT_TOKENS && node->params.layernorm.eps > 0.0f;
+            for (int i = 0; i < 3; i++)
+                fits = fits && in[i]->extent == SQZ_EXTENT_TOKENS && in[i]->cols == 1 &&
+                     in[3 + i]->extent == SQZ_EXTENT_FIXED && in[3 + i]->cols == out->cols;
+            s = fits && is_row_vector(in[6], out->cols) && is_row_vector(in[7], out->cols)
+                    ? SQZ_OK : SQZ_ERR_INTERNAL;
+            break;
+        }
+        case SQZ_OP_LINEAR_GELU: {
+            int g = node->params.linear.groups;
+            VERIFY(g >= 1 && in[0]->cols % g == 0 && out->cols % g == 0 &&
+                       in[1]->extent == SQZ_EXTENT_FIXED && in[1]->fixed_rows == out->cols &&
+                       in[1]->cols == in[0]->cols / g && is_row_vector(in[2], out->cols),
+                   "weight [%lld, %lld] or bias does not fit %lld -> %lld channels in %d groups",
+                   (long long)in[1]->fixed_rows, (long long)in[1]->cols, (long long)in[0]->cols,
+                   (long long)out->cols, g);
+            s = same_rows(out, in[0]) ? SQZ_OK : SQZ_ERR_INTERNAL;
+            break;
+        }
+        case SQZ_OP_ADD_LAYERNORM:
+            s = (same_rows(in[0], in[1]) && in[0]->cols == in[1]->cols &&
+                 is_row_vector(in[2], in[0]->cols) && is_row_vector(in[3], in[0]->cols) &&
+                 same_rows(out, in[0]) && out->cols == in[0]->cols &&
+                 node->params.layernorm.eps > 0.0f) ? SQZ_OK : SQZ_ERR_INTERNAL;
+            break;
+        case SQZ_OP_ATTENTION: {
+            int h = node->params.attention.heads, d = node->params.attention.head_dim;
+            bool fits = h >= 1 && d >= 1 && out->extent == SQZ_EXTENT_TOKENS && out->cols == (int64_t)h * d;
+            for (int i = 0; i < 3; i++)
+                fits = fits && in[i]->extent == SQZ_EXTENT_TOKENS && in[i]->cols == out->cols;
+            s = fits && in[3]->extent == SQZ_EXTENT_TOKENS && in[3]->cols == 1 && is_offsets(in[4]) &&
+                        is_offsets(in[5]) ? SQZ_OK : SQZ_ERR_INTERNAL;
+            break;
+        }
         default: s = SQZ_ERR_INTERNAL; break;
         }
         VERIFY(s == SQZ_OK, "operand or output shapes do not fit the op (output '%s' [%d rows, %lld])",
@@ -390,13 +431,17 @@ double sqz_node_flops(const sqz_graph *graph, const sqz_node *node, const sqz_ru
     const sqz_tensor_desc *out = &graph->tensors[node->output];
     double rows = (double)sqz_tensor_rows(out, dims);
     switch (node->op) {
-    case SQZ_OP_LINEAR: {
+    case SQZ_OP_LINEAR:
+    case SQZ_OP_LINEAR_GELU: {
         const sqz_tensor_desc *w = &graph->tensors[node->inputs[1]];
         return 2.0 * rows * (double)out->cols * (double)w->cols;
     }
     case SQZ_OP_ATTN_SCORES:
     case SQZ_OP_ATTN_CONTEXT:
         return 2.0 * (double)dims->score_rows * node->params.attention.heads *
+               node->params.attention.head_dim;
+    case SQZ_OP_ATTENTION:
+        return 4.0 * (double)dims->score_rows * node->params.attention.heads *
                node->params.attention.head_dim;
     default: return 0.0;
     }

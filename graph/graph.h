@@ -24,10 +24,19 @@ typedef enum sqz_op {
                                                      (s, key_valid, seq_off, score_off) */
     SQZ_OP_ATTN_SOFTMAX,    /* softmax over keys              (s, seq_off, score_off) */
     SQZ_OP_ATTN_CONTEXT,    /* ctx = P V per sequence and head  (p, v, seq_off, score_off) */
+    /* Fused ops, made by the fusion pass only for backends that implement them. */
+    SQZ_OP_EMBED_LAYERNORM, /* LN(word[ids] + pos[positions] + type[types])
+                               (ids, positions, types, word, pos, type, gamma, beta) */
+    SQZ_OP_LINEAR_GELU,     /* gelu(x W^T + b)                                  (x, W, b) */
+    SQZ_OP_ADD_LAYERNORM,   /* LN(a + b), the residual and post-LN      (a, b, gamma, beta) */
+    SQZ_OP_ATTENTION,       /* softmax(scale Q K^T + key mask) V in one launch
+                               (q, k, v, key_valid, seq_off, score_off) */
     SQZ_OP_COUNT
 } sqz_op;
 
 const char *sqz_op_name(sqz_op op);
+/* True for the ops only the fusion pass creates. */
+bool sqz_op_is_fused(sqz_op op);
 
 typedef enum sqz_dtype { SQZ_DTYPE_F32 = 0, SQZ_DTYPE_I32, SQZ_DTYPE_COUNT } sqz_dtype;
 
@@ -65,7 +74,7 @@ typedef struct sqz_tensor_desc {
     bool is_output;     /* read back after a run: never overwritten by memory reuse */
 } sqz_tensor_desc;
 
-#define SQZ_NODE_MAX_INPUTS 4
+#define SQZ_NODE_MAX_INPUTS 8
 
 typedef union sqz_op_params {
     struct { float eps; } layernorm;

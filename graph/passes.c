@@ -78,6 +78,147 @@ done:
     return status;
 }
 
+/* ---- fuse ----------------------------------------------------------------------------------- */
+
+typedef struct fuse_ctx {
+    sqz_graph *g;
+    int *readers; /* per tensor: how many node inputs read it */
+} fuse_ctx;
+
+/* The node producing `t` if it has op `op` and `t` may disappear inside a fused op. */
+static sqz_node *fusable_producer(const fuse_ctx *f, int t, sqz_op op)
+{
+    if (t < 0)
+        return NULL;
+    const sqz_tensor_desc *d = &f->g->tensors[t];
+    if (d->kind != SQZ_TENSOR_ACTIVATION || d->is_output || f->readers[t] != 1 || d->producer < 0)
+        return NULL;
+    sqz_node *p = &f->g->nodes[d->producer];
+    return p->op == op ? p : NULL;
+}
+
+static void set_inputs(sqz_node *node, const int *inputs, int n)
+{
+    node->n_inputs = n;
+    for (int i = 0; i < SQZ_NODE_MAX_INPUTS; i++)
+        node->inputs[i] = i < n ? inputs[i] : -1;
+}
+
+/* The node reading nothing any more is removed by eliminate-dead-nodes. */
+static void retire(fuse_ctx *f, sqz_node *node)
+{
+    for (int i = 0; i < node->n_inputs; i++)
+        if (node->inputs[i] >= 0)
+            f->readers[node->inputs[i]]--;
+}
+
+static bool fuse_embedding(fuse_ctx *f, sqz_node *ln)
+{
+    sqz_node *sum = fusable_producer(f, ln->inputs[0], SQZ_OP_ADD);
+    sqz_node *word_pos = sum ? fusable_producer(f, sum->inputs[0], SQZ_OP_ADD) : NULL;
+    sqz_node *type = sum ? fusable_producer(f, sum->inputs[1], SQZ_OP_GATHER_ROWS) : NULL;
+    sqz_node *word = word_pos ? fusable_producer(f, word_pos->inputs[0], SQZ_OP_GATHER_ROWS) : NULL;
+    sqz_node *pos = word_pos ? fusable_producer(f, word_pos->inputs[1], SQZ_OP_GATHER_ROWS) : NULL;
+    if (!word || !pos || !type)
+        return false;
+    const sqz_tensor_desc *t = f->g->tensors;
+    for (const sqz_node *gather = word; gather; gather = gather == word ? pos : gather == pos ? type : NULL)
+        if (t[gather->inputs[0]].kind != SQZ_TENSOR_INPUT || t[gather->inputs[1]].kind != SQZ_TENSOR_WEIGHT)
+            return false;
+    int inputs[8] = {word->inputs[0], pos->inputs[0], type->inputs[0], word->inputs[1],
+                     pos->inputs[1],  type->inputs[1], ln->inputs[1],  ln->inputs[2]};
+    retire(f, ln);
+    retire(f, sum), retire(f, word_pos), retire(f, word), retire(f, pos), retire(f, type);
+    ln->op = SQZ_OP_EMBED_LAYERNORM;
+    set_inputs(ln, inputs, 8);
+    for (int i = 0; i < 8; i++)
+        f->readers[inputs[i]]++;
+    return true;
+}
+
+static bool fuse_add_layernorm(fuse_ctx *f, sqz_node *ln)
+{
+    sqz_node *add = fusable_producer(f, ln->inputs[0], SQZ_OP_ADD);
+    if (!add)
+        return false;
+    int inputs[4] = {add->inputs[0], add->inputs[1], ln->inputs[1], ln->inputs[2]};
+    retire(f, ln), retire(f, add);
+    ln->op = SQZ_OP_ADD_LAYERNORM;
+    set_inputs(ln, inputs, 4);
+    for (int i = 0; i < 4; i++)
+        f->readers[inputs[i]]++;
+    return true;
+}
+
+static bool fuse_linear_gelu(fuse_ctx *f, sqz_node *gelu)
+{
+    sqz_node *linear = fusable_producer(f, gelu->inputs[0], SQZ_OP_LINEAR);
+    if (!linear || linear->n_inputs != 3)
+        return false;
+    int inputs[3] = {linear->inputs[0], linear->inputs[1], linear->inputs[2]};
+    retire(f, gelu), retire(f, linear);
+    gelu->op = SQZ_OP_LINEAR_GELU;
+    gelu->params = linear->params;
+    set_inputs(gelu, inputs, 3);
+    for (int i = 0; i < 3; i++)
+        f->readers[inputs[i]]++;
+    return true;
+}
+
+static bool fuse_attention(fuse_ctx *f, sqz_node *context)
+{
+    sqz_node *softmax = fusable_producer(f, context->inputs[0], SQZ_OP_ATTN_SOFTMAX);
+    sqz_node *mask = softmax ? fusable_producer(f, softmax->inputs[0], SQZ_OP_ATTN_KEY_MASK) : NULL;
+    sqz_node *scores = mask ? fusable_producer(f, mask->inputs[0], SQZ_OP_ATTN_SCORES) : NULL;
+    if (!scores)
+        return false;
+    int inputs[6] = {scores->inputs[0], scores->inputs[1], context->inputs[1], mask->inputs[1],
+                     context->inputs[2], context->inputs[3]};
+    retire(f, context), retire(f, softmax), retire(f, mask), retire(f, scores);
+    context->op = SQZ_OP_ATTENTION;
+    context->params = scores->params;
+    set_inputs(context, inputs, 6);
+    for (int i = 0; i < 6; i++)
+        f->readers[inputs[i]]++;
+    return true;
+}
+
+sqz_status sqz_pass_fuse(sqz_graph *g, uint64_t fusable_ops)
+{
+    if (!fusable_ops)
+        return SQZ_OK;
+    fuse_ctx f = {g, calloc(g->n_tensors ? g->n_tensors : 1, sizeof(int))};
+    if (!f.readers)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory in the fusion pass");
+    for (size_t n = 0; n < g->n_nodes; n++)
+        for (int i = 0; i < g->nodes[n].n_inputs; i++)
+            if (g->nodes[n].inputs[i] >= 0)
+                f.readers[g->nodes[n].inputs[i]]++;
+#define ALLOWED(op) (fusable_ops & (1ull << (op)))
+    for (size_t n = 0; n < g->n_nodes; n++) {
+        sqz_node *node = &g->nodes[n];
+        switch (node->op) {
+        case SQZ_OP_LAYERNORM:
+            if (!(ALLOWED(SQZ_OP_EMBED_LAYERNORM) && fuse_embedding(&f, node)) &&
+                ALLOWED(SQZ_OP_ADD_LAYERNORM))
+                fuse_add_layernorm(&f, node);
+            break;
+        case SQZ_OP_GELU:
+            if (ALLOWED(SQZ_OP_LINEAR_GELU))
+                fuse_linear_gelu(&f, node);
+            break;
+        case SQZ_OP_ATTN_CONTEXT:
+            if (ALLOWED(SQZ_OP_ATTENTION))
+                fuse_attention(&f, node);
+            break;
+        default: break;
+        }
+    }
+#undef ALLOWED
+    free(f.readers);
+    return SQZ_OK;
+}
+
 /* ---- plan-memory ------------------------------------------------------------------------ */
 
 typedef struct block {
@@ -190,7 +331,7 @@ static sqz_status plan_memory(sqz_plan *plan)
         plan->offsets[out] = (int64_t)take(&fl, align_up(plan->bytes[out] + plan->guard_bytes));
         /* an input whose last reader is this node is free once the node has run; the output
          * was placed first so a launch never reads and writes the same bytes */
-        for (int i = 0; i < g->nodes[n].n_inputs; i++) {
+        for (int i = 0; i < g->nodes[n].n_inputs && !plan->options.keep_all; i++) {
             int t = g->nodes[n].inputs[i];
             if (t < 0 || last_use[t] != (int)n || g->tensors[t].kind != SQZ_TENSOR_ACTIVATION ||
                 g->tensors[t].is_output)
@@ -205,7 +346,7 @@ static sqz_status plan_memory(sqz_plan *plan)
             }
         }
         /* an activation nobody reads (and not an output) is dead on arrival */
-        if (last_use[out] < 0 && !g->tensors[out].is_output &&
+        if (last_use[out] < 0 && !g->tensors[out].is_output && !plan->options.keep_all &&
             !give_back(&fl, (size_t)plan->offsets[out], align_up(plan->bytes[out] + plan->guard_bytes))) {
             status = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory planning memory");
             goto done;
@@ -239,8 +380,10 @@ typedef struct pass {
 } pass;
 
 static sqz_status run_dead_nodes(sqz_plan *plan) { return sqz_pass_eliminate_dead_nodes(&plan->graph); }
+static sqz_status run_fuse(sqz_plan *plan) { return sqz_pass_fuse(&plan->graph, plan->options.fusable_ops); }
 
 static const pass passes[] = {
+    {"fuse", run_fuse},
     {"eliminate-dead-nodes", run_dead_nodes},
     {"plan-memory", plan_memory},
     {"lower", lower},
@@ -271,8 +414,10 @@ sqz_status sqz_plan_compile(const sqz_graph *graph, const sqz_bucket *bucket,
     if (!plan)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory compiling a plan");
     plan->bucket = *bucket;
-    plan->guard_bytes = options ? options->guard_bytes : 0;
-    int debug = options ? options->debug : 0;
+    if (options)
+        plan->options = *options;
+    plan->guard_bytes = plan->options.guard_bytes;
+    int debug = plan->options.debug;
     sqz_status s = sqz_graph_copy(graph, &plan->graph);
     if (s == SQZ_OK)
         s = sqz_graph_verify(&plan->graph);

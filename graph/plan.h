@@ -3,6 +3,7 @@
 #ifndef SQZ_GRAPH_PLAN_H
 #define SQZ_GRAPH_PLAN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,8 +15,16 @@ typedef struct sqz_bucket {
 
 #define SQZ_ARENA_ALIGN 256
 
+typedef struct sqz_compile_options {
+    size_t guard_bytes;   /* 0 in production; tests put canaries after every tensor */
+    int debug;            /* SQZ_DEBUG level: 1 = passes, 2 = graph after each pass */
+    uint64_t fusable_ops; /* bit (1 << op) set: the backend implements that fused op */
+    bool keep_all;        /* no memory reuse: every tensor readable after the run (validation) */
+} sqz_compile_options;
+
 typedef struct sqz_plan {
     sqz_graph graph;      /* after all passes; launches index its nodes */
+    sqz_compile_options options;
     sqz_bucket bucket;
     size_t arena_bytes;   /* one allocation holds every input and activation */
     size_t guard_bytes;   /* bytes after each tensor that must stay untouched (test builds) */
@@ -25,10 +34,7 @@ typedef struct sqz_plan {
     size_t n_launches;
 } sqz_plan;
 
-typedef struct sqz_compile_options {
-    size_t guard_bytes;   /* 0 in production; tests put canaries after every tensor */
-    int debug;            /* SQZ_DEBUG level: 1 = passes, 2 = graph after each pass */
-} sqz_compile_options;
+
 
 /* Runs the named passes (verify, eliminate-dead-nodes, plan-memory, lower) on a copy of
  * `graph`, verifying between passes. */
@@ -41,6 +47,11 @@ sqz_run_dims sqz_bucket_worst_case(const sqz_bucket *bucket);
 
 /* Graph passes, exposed for tests. */
 sqz_status sqz_pass_eliminate_dead_nodes(sqz_graph *graph);
+/* Rewrites legal patterns into the fused ops allowed by `fusable_ops`; the fused node takes
+ * the place and the output tensor of the pattern's last node, and the nodes it replaces
+ * are left for eliminate-dead-nodes. Legal: every intermediate has exactly one reader and
+ * is not a graph output. */
+sqz_status sqz_pass_fuse(sqz_graph *graph, uint64_t fusable_ops);
 
 /* Draws the plan as Graphviz DOT; *out is malloc'd. */
 sqz_status sqz_plan_to_dot(const sqz_plan *plan, char **out);

@@ -126,11 +126,21 @@ sqz_status sqz_backend_probe(const char *name);
 
 typedef struct sqz_session sqz_session;
 
+/* One line per device of every backend built in (CUDA, OpenCL, the host), with memory
+ * and capabilities, or the reason a backend has none. *out is released with sqz_free. */
+sqz_status sqz_devices_describe(char **out);
+
 /* A session binds a model to a backend: weights uploaded once, plans cached per bucket.
- * backend: "cpu_ref" (NULL means cpu_ref). The model must outlive the session. */
+ * backend: "cpu_ref" (NULL means cpu_ref) or "opencl"; device: NULL for the backend's
+ * default, or a device index or name substring as `sqz devices` lists them. The model must
+ * outlive the session. SQZ_DISABLE_FUSION=1 in the environment gives the unfused plan. */
 sqz_status sqz_session_create(const sqz_model *model, const char *backend,
                               sqz_session **out);
+sqz_status sqz_session_create_on(const sqz_model *model, const char *backend,
+                                 const char *device, sqz_session **out);
 void sqz_session_free(sqz_session *session);
+/* The device the session runs on, in words. */
+const char *sqz_session_device(const sqz_session *session);
 
 /* One padded batch, row-major. For multiple choice the arrays are [batch][choices][seq_len],
  * otherwise [batch][seq_len]. attention_mask (1 = token, 0 = padding) and token_type_ids
@@ -162,6 +172,34 @@ size_t sqz_result_count(const sqz_result *result);
 const sqz_output *sqz_result_get(const sqz_result *result, size_t index);
 const sqz_output *sqz_result_find(const sqz_result *result, const char *name);
 void sqz_result_free(sqz_result *result);
+
+/* ---- validation against the reference ------------------------------------------------- */
+
+/* How one node's output on the backend compares with cpu_ref's for the same tensor. */
+typedef struct sqz_node_check {
+    const char *node;    /* the node (and tensor) name, e.g. "layer3.post_attention_norm" */
+    const char *op;      /* the op the backend ran, e.g. "add_layernorm" */
+    int64_t values;      /* how many values were compared */
+    double max_abs;      /* max |backend - cpu_ref| */
+    double max_rel;      /* max_abs / max |cpu_ref|: the infinity-norm relative error */
+    double nmse;         /* sum (backend - cpu_ref)^2 / sum cpu_ref^2 */
+    int passed;          /* max_rel <= tolerance and every value finite */
+} sqz_node_check;
+
+typedef struct sqz_validation sqz_validation;
+
+/* Runs `input` on `backend` (its fused plan, or the unfused one with SQZ_DISABLE_FUSION=1)
+ * and on cpu_ref, keeping every intermediate tensor, and compares every node the backend
+ * ran with the cpu_ref tensor of the same name, in launch order. Returns SQZ_OK when both
+ * runs completed; whether the nodes passed is in the report. */
+sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
+                        const sqz_input *input, double tolerance, sqz_validation **out);
+size_t sqz_validation_count(const sqz_validation *validation);
+const sqz_node_check *sqz_validation_get(const sqz_validation *validation, size_t index);
+/* Index of the first node that left tolerance, or -1 when all passed. */
+long sqz_validation_first_failure(const sqz_validation *validation);
+const char *sqz_validation_device(const sqz_validation *validation);
+void sqz_validation_free(sqz_validation *validation);
 
 #ifdef __cplusplus
 }

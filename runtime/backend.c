@@ -1,17 +1,18 @@
 /* The registry of backends compiled into this library. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "runtime/backend.h"
 #include "runtime/error.h"
 
-#ifdef SQZ_HAVE_CUDA
-sqz_status sqz_cuda_probe(void);
-#endif
+static const sqz_backend_ops *const runnable[] = {
+    &sqz_cpu_ref_backend,
 #ifdef SQZ_HAVE_OPENCL
-sqz_status sqz_opencl_probe(void);
+    &sqz_opencl_backend,
 #endif
-
-static const sqz_backend_ops *const runnable[] = {&sqz_cpu_ref_backend};
+};
 
 /* Backends that are compiled in for device discovery but cannot run plans yet. */
 typedef struct probe_only {
@@ -20,9 +21,6 @@ typedef struct probe_only {
 } probe_only;
 
 static const probe_only probe_only_backends[] = {
-#ifdef SQZ_HAVE_OPENCL
-    {"opencl", sqz_opencl_probe},
-#endif
 #ifdef SQZ_HAVE_CUDA
     {"cuda", sqz_cuda_probe},
 #endif
@@ -66,7 +64,7 @@ sqz_status sqz_backend_probe(const char *name)
     return sqz_fail(SQZ_ERR_INVALID_ARGUMENT,
                     "unknown backend '%s' (this build has: cpu_ref%s%s)", name,
 #ifdef SQZ_HAVE_OPENCL
-                    ", opencl (device probe only)",
+                    ", opencl",
 #else
                     "",
 #endif
@@ -76,4 +74,48 @@ sqz_status sqz_backend_probe(const char *name)
                     ""
 #endif
     );
+}
+
+sqz_status sqz_text_append(char **text, const char *fmt, ...)
+{
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(NULL, 0, fmt, args);
+    va_end(args);
+    size_t old = *text ? strlen(*text) : 0;
+    char *bigger = n >= 0 ? realloc(*text, old + (size_t)n + 1) : NULL;
+    if (!bigger)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    va_start(args, fmt);
+    vsnprintf(bigger + old, (size_t)n + 1, fmt, args);
+    va_end(args);
+    *text = bigger;
+    return SQZ_OK;
+}
+
+sqz_status sqz_devices_describe(char **out)
+{
+    if (!out)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_devices_describe: out is required");
+    *out = NULL;
+    sqz_status st = sqz_text_append(out, "cpu_ref  0  host CPU, scalar reference (always available)\n");
+#ifdef SQZ_HAVE_OPENCL
+    if (st == SQZ_OK)
+        st = sqz_opencl_list_devices(out);
+#else
+    if (st == SQZ_OK)
+        st = sqz_text_append(out, "opencl   -  not built in (configure with -DSQZ_WITH_OPENCL=ON)\n");
+#endif
+#ifdef SQZ_HAVE_CUDA
+    if (st == SQZ_OK)
+        st = sqz_cuda_list_devices(out);
+#else
+    if (st == SQZ_OK)
+        st = sqz_text_append(out, "cuda     -  not built in (configure with -DSQZ_WITH_CUDA=ON)\n");
+#endif
+    if (st != SQZ_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    return st;
 }

@@ -27,8 +27,11 @@ typedef struct sqz_backend_ops {
     const char *name;
     /* SQZ_OK when the backend can run here; otherwise SQZ_ERR_NO_DEVICE with the reason. */
     sqz_status (*probe)(void);
-    sqz_status (*create)(void **ctx);
+    /* device: NULL for the default, or an index or a name substring. */
+    sqz_status (*create)(void **ctx, const char *device);
     void (*destroy)(void *ctx);
+    /* One line naming the device in use ("pthread-skylake-avx512 (PoCL 3.1), 11.3 GiB"). */
+    const char *(*describe)(void *ctx);
     sqz_status (*buffer_alloc)(void *ctx, size_t bytes, sqz_buffer **out);
     void (*buffer_free)(void *ctx, sqz_buffer *buffer);
     sqz_status (*upload)(void *ctx, sqz_buffer *dst, size_t offset, const void *src, size_t bytes);
@@ -44,6 +47,24 @@ typedef struct sqz_backend_ops {
 
 const sqz_backend_ops *sqz_backend_find(const char *name);
 
+/* Appends one line per device this backend can see to *text (malloc'd, may be NULL). */
+typedef sqz_status (*sqz_list_devices_fn)(char **text);
+
 extern const sqz_backend_ops sqz_cpu_ref_backend;
+#ifdef SQZ_HAVE_OPENCL
+extern const sqz_backend_ops sqz_opencl_backend;
+sqz_status sqz_opencl_list_devices(char **text);
+#endif
+#ifdef SQZ_HAVE_CUDA
+sqz_status sqz_cuda_probe(void);
+sqz_status sqz_cuda_list_devices(char **text);
+#endif
+
+/* Appends printf-formatted text to a malloc'd string (for device listings). */
+sqz_status sqz_text_append(char **text, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 
 #endif

@@ -1,5 +1,6 @@
 /* Sessions: a model bound to a backend, and the executor that packs a padded batch into
  * real tokens, runs the plan for its bucket and scatters the outputs back. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,9 @@ struct sqz_session {
     cached_plan plans[PLAN_CACHE_SIZE];
     unsigned long clock;
     sqz_compile_options compile;
+    /* the last run, for validation: its plan and sizes */
+    sqz_plan *last_plan;
+    sqz_run_dims last_dims;
 };
 
 struct sqz_result {
@@ -134,7 +138,29 @@ static sqz_status upload_weights(sqz_session *s)
     return st;
 }
 
-sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_session **out)
+/* Which fused ops the backend implements, asked with nodes shaped like this model's. */
+static uint64_t fusable_ops(const sqz_session *s)
+{
+    const char *disable = getenv("SQZ_DISABLE_FUSION");
+    if ((disable && strcmp(disable, "0") != 0 && *disable) || !s->ops->supports)
+        return 0;
+    sqz_node probe = {0};
+    for (size_t n = 0; n < s->graph.n_nodes; n++)
+        if (s->graph.nodes[n].op == SQZ_OP_ATTN_SCORES)
+            probe.params = s->graph.nodes[n].params;
+    uint64_t mask = 0;
+    for (int op = 0; op < SQZ_OP_COUNT; op++) {
+        if (!sqz_op_is_fused((sqz_op)op))
+            continue;
+        probe.op = (sqz_op)op;
+        if (s->ops->supports(s->ctx, &probe))
+            mask |= 1ull << op;
+    }
+    return mask;
+}
+
+static sqz_status session_create(const sqz_model *model, const char *backend, const char *device,
+                                 bool keep_all, sqz_session **out)
 {
     if (!model || !out)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: model and out are required");
@@ -155,8 +181,9 @@ sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_s
     s->compile.debug = debug ? atoi(debug) : 0;
     const char *guard = getenv("SQZ_GUARD_BYTES");
     s->compile.guard_bytes = guard ? (size_t)strtoul(guard, NULL, 10) : 0;
+    s->compile.keep_all = keep_all;
     sqz_graph_init(&s->graph);
-    st = ops->create(&s->ctx);
+    st = ops->create(&s->ctx, device);
     if (st == SQZ_OK)
         st = build_model_graph(model, &s->graph);
     if (st == SQZ_OK)
@@ -166,12 +193,30 @@ sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_s
             if (!ops->supports(s->ctx, &s->graph.nodes[n]))
                 st = sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' does not implement op %s (node '%s')",
                               name, sqz_op_name(s->graph.nodes[n].op), s->graph.nodes[n].name);
+    if (st == SQZ_OK)
+        s->compile.fusable_ops = fusable_ops(s);
     if (st != SQZ_OK) {
         sqz_session_free(s);
         return st;
     }
     *out = s;
     return SQZ_OK;
+}
+
+sqz_status sqz_session_create_on(const sqz_model *model, const char *backend, const char *device,
+                                 sqz_session **out)
+{
+    return session_create(model, backend, device, false, out);
+}
+
+sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_session **out)
+{
+    return session_create(model, backend, NULL, false, out);
+}
+
+const char *sqz_session_device(const sqz_session *s)
+{
+    return s && s->ops->describe ? s->ops->describe(s->ctx) : "";
 }
 
 void sqz_session_free(sqz_session *s)
@@ -184,7 +229,7 @@ void sqz_session_free(sqz_session *s)
         s->ops->buffer_free(s->ctx, s->arena);
     if (s->weights)
         s->ops->buffer_free(s->ctx, s->weights);
-    if (s->ops && s->ops->destroy)
+    if (s->ops && s->ops->destroy && s->ctx)
         s->ops->destroy(s->ctx);
     free(s->weight_offsets);
     sqz_graph_release(&s->graph);
@@ -608,6 +653,8 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
         st = s->ops->synchronize(s->ctx);
     if (st == SQZ_OK)
         st = collect_outputs(s, plan, &p, input, &dims, res);
+    s->last_plan = st == SQZ_OK ? plan : NULL;
+    s->last_dims = dims;
     packed_release(&p);
     if (st != SQZ_OK) {
         sqz_result_free(res);
@@ -644,4 +691,144 @@ void sqz_result_free(sqz_result *r)
     }
     free(r->outputs);
     free(r);
+}
+
+/* ---- validation ---------------------------------------------------------------------------- */
+
+struct sqz_validation {
+    sqz_node_check *checks;
+    char (*names)[SQZ_NAME_LEN]; /* checks[i].node points here */
+    size_t count;
+    char *device;
+};
+
+/* Reads tensor `t` of the session's last run (rows for those dims x cols floats). */
+static sqz_status read_tensor(sqz_session *s, size_t t, float **out, int64_t *count)
+{
+    const sqz_plan *plan = s->last_plan;
+    const sqz_tensor_desc *d = &plan->graph.tensors[t];
+    *count = sqz_tensor_rows(d, &s->last_dims) * d->cols;
+    *out = malloc((size_t)(*count ? *count : 1) * sizeof **out);
+    if (!*out)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", d->name);
+    return s->ops->download(s->ctx, s->arena, (size_t)plan->offsets[t], *out,
+                            (size_t)*count * sizeof **out);
+}
+
+static void compare(const float *got, const float *ref, int64_t n, double tolerance, sqz_node_check *c)
+{
+    double max_abs = 0, max_ref = 0, err2 = 0, ref2 = 0;
+    bool finite = true;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(got[i]) || !isfinite(ref[i])) {
+            finite &= isfinite(got[i]) == isfinite(ref[i]) && got[i] == ref[i];
+            continue;
+        }
+        double d = (double)got[i] - ref[i];
+        max_abs = fmax(max_abs, fabs(d));
+        max_ref = fmax(max_ref, fabs(ref[i]));
+        err2 += d * d;
+        ref2 += (double)ref[i] * ref[i];
+    }
+    c->values = n;
+    c->max_abs = max_abs;
+    c->max_rel = max_ref > 0 ? max_abs / max_ref : max_abs;
+    c->nmse = ref2 > 0 ? err2 / ref2 : err2;
+    c->passed = finite && c->max_rel <= tolerance;
+}
+
+sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
+                        const sqz_input *input, double tolerance, sqz_validation **out)
+{
+    if (!model || !backend || !out || !(tolerance > 0))
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_validate: model, backend, out and a positive "
+                        "tolerance are required");
+    *out = NULL;
+    sqz_session *test = NULL, *ref = NULL;
+    sqz_result *r1 = NULL, *r2 = NULL;
+    sqz_validation *v = calloc(1, sizeof *v);
+    float *got = NULL, *want = NULL;
+    sqz_status st = v ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    if (st == SQZ_OK)
+        st = session_create(model, backend, device, true, &test);
+    if (st == SQZ_OK)
+        st = session_create(model, "cpu_ref", NULL, true, &ref);
+    if (st == SQZ_OK)
+        st = sqz_session_run(test, input, &r1);
+    if (st == SQZ_OK)
+        st = sqz_session_run(ref, input, &r2);
+    if (st == SQZ_OK) {
+        v->device = strdup(sqz_session_device(test));
+        v->checks = calloc(test->last_plan->n_launches + 1, sizeof *v->checks);
+        v->names = calloc(test->last_plan->n_launches + 1, sizeof *v->names);
+        if (!v->device || !v->checks || !v->names)
+            st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    }
+    for (size_t k = 0; st == SQZ_OK && k < test->last_plan->n_launches; k++) {
+        const sqz_graph *tg = &test->last_plan->graph, *rg = &ref->last_plan->graph;
+        const sqz_node *node = &tg->nodes[test->last_plan->launches[k]];
+        const char *name = tg->tensors[node->output].name;
+        size_t match = rg->n_tensors;
+        for (size_t t = 0; t < rg->n_tensors && match == rg->n_tensors; t++)
+            if (strcmp(rg->tensors[t].name, name) == 0 && rg->tensors[t].kind == SQZ_TENSOR_ACTIVATION)
+                match = t;
+        if (match == rg->n_tensors) {
+            st = sqz_fail(SQZ_ERR_INTERNAL, "validate: cpu_ref has no tensor '%s'", name);
+            break;
+        }
+        int64_t n_got, n_want;
+        st = read_tensor(test, (size_t)node->output, &got, &n_got);
+        if (st == SQZ_OK)
+            st = read_tensor(ref, match, &want, &n_want);
+        if (st == SQZ_OK && n_got != n_want)
+            st = sqz_fail(SQZ_ERR_INTERNAL, "validate: '%s' has %lld values on %s, %lld on cpu_ref",
+                          name, (long long)n_got, backend, (long long)n_want);
+        if (st == SQZ_OK) {
+            sqz_node_check *c = &v->checks[v->count];
+            snprintf(v->names[v->count], SQZ_NAME_LEN, "%s", node->name);
+            c->node = v->names[v->count++];
+            c->op = sqz_op_name(node->op);
+            compare(got, want, n_got, tolerance, c);
+        }
+        free(got);
+        free(want);
+        got = want = NULL;
+    }
+    sqz_result_free(r1);
+    sqz_result_free(r2);
+    sqz_session_free(test);
+    sqz_session_free(ref);
+    if (st != SQZ_OK) {
+        sqz_validation_free(v);
+        return st;
+    }
+    *out = v;
+    return SQZ_OK;
+}
+
+size_t sqz_validation_count(const sqz_validation *v) { return v ? v->count : 0; }
+
+const sqz_node_check *sqz_validation_get(const sqz_validation *v, size_t index)
+{
+    return v && index < v->count ? &v->checks[index] : NULL;
+}
+
+long sqz_validation_first_failure(const sqz_validation *v)
+{
+    for (size_t i = 0; v && i < v->count; i++)
+        if (!v->checks[i].passed)
+            return (long)i;
+    return -1;
+}
+
+const char *sqz_validation_device(const sqz_validation *v) { return v && v->device ? v->device : ""; }
+
+void sqz_validation_free(sqz_validation *v)
+{
+    if (!v)
+        return;
+    free(v->device);
+    free(v->checks);
+    free(v->names);
+    free(v);
 }

@@ -34,8 +34,9 @@ typedef struct sqz_tf_tensor {
     int ndim;
     int64_t shape[SQZ_TF_MAX_DIMS];
     int64_t numel;
-    /* Contiguous row-major fp32 copy for F32/F16/BF16 (widened); NULL for other dtypes,
-     * which the engine never needs (e.g. int64 position_ids) and only lists. */
+    /* Contiguous row-major fp32 copy for F32/F16/BF16 (widened) and F64 (rounded); NULL
+     * for other dtypes, which the engine never needs (e.g. int64 position_ids) and only
+     * lists. */
     float *data;
 } sqz_tf_tensor;
 
@@ -46,8 +47,9 @@ typedef struct sqz_tensor_file {
 } sqz_tensor_file;
 
 /* Reads `path`; the format is chosen by content (zip magic -> PyTorch, otherwise
- * safetensors). On failure *out is NULL and sqz_last_error() names the file, the tensor
- * or byte offset, and what was expected. */
+ * safetensors; the pre-1.6 non-zip torch.save format is refused with a hint). Tensors keep
+ * the file's order. On failure *out is NULL and sqz_last_error() names the file, the
+ * tensor or byte offset, and what was expected. */
 sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out);
 void sqz_tensor_file_free(sqz_tensor_file *file);
 const sqz_tf_tensor *sqz_tensor_file_find(const sqz_tensor_file *file, const char *name);

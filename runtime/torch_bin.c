@@ -80,7 +80,7 @@ static uint32_t crc_compute(const uint32_t table[8][256], const unsigned char *p
         p += 8;
         n -= 8;
     }
-    while (n--)
+    for (; n > 0; n--)
         c = table[0][(c ^ *p++) & 0xffu] ^ (c >> 8);
     return c ^ 0xffffffffu;
 }
@@ -138,14 +138,12 @@ static sqz_status zip_locate_cd(const sqz_tf_source *src, uint64_t *cd_offset, u
     }
     /* The record must end exactly at the end of the file (after its comment); scanning
      * backwards picks the last one, as other readers do. */
-    size_t p = tail_len - ZIP_EOCD_SIZE + 1;
+    size_t p = 0;
     int found = 0;
-    while (p-- > 0) {
-        if (le32(tail + p) == 0x06054b50u &&
-            (size_t)le16(tail + p + 20) == tail_len - p - ZIP_EOCD_SIZE) {
-            found = 1;
-            break;
-        }
+    for (size_t q = tail_len - ZIP_EOCD_SIZE + 1; q > 0 && !found; q--) {
+        p = q - 1;
+        found = le32(tail + p) == 0x06054b50u &&
+                (size_t)le16(tail + p + 20) == tail_len - p - ZIP_EOCD_SIZE;
     }
     if (!found) {
         free(tail);
@@ -682,8 +680,8 @@ static sqz_status pk_need(pk_machine *m, size_t n)
 static uint64_t pk_read_uint(pk_machine *m, size_t n)
 {
     uint64_t v = 0;
-    for (size_t i = n; i-- > 0;)
-        v = v << 8 | m->buf[m->pos + i];
+    for (size_t i = n; i > 0; i--)
+        v = v << 8 | m->buf[m->pos + i - 1];
     m->pos += n;
     return v;
 }
@@ -1529,6 +1527,12 @@ sqz_status sqz_tf_read_torch_zip(const sqz_tf_source *src, sqz_tensor_file *out)
     if (status == SQZ_OK)
         status = zip_read(src, zip, pe, &pickle);
     pk_value *root = NULL;
+    if (status == SQZ_OK) {
+        /* Allocated up front so that stack arithmetic never starts from a NULL base. */
+        if (!pk_reserve((void **)&m.stack, &m.stack_cap, 64, sizeof *m.stack) ||
+            !pk_reserve((void **)&m.marks, &m.marks_cap, 64, sizeof *m.marks))
+            status = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    }
     if (status == SQZ_OK) {
         m.path = path;
         m.entry = pickle_name;

@@ -239,6 +239,65 @@ static void dot_output_draws_the_plan(void **unused)
     sqz_graph_release(&g);
 }
 
+static size_t count_op(const sqz_graph *g, sqz_op op)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < g->n_nodes; i++)
+        n += g->nodes[i].op == op;
+    return n;
+}
+
+static void fusion_makes_nine_launches_per_layer(void **unused)
+{
+    sqz_graph g = small_graph(); /* 2 layers, sequence classification */
+    const uint64_t all = (1ull << SQZ_OP_EMBED_LAYERNORM) | (1ull << SQZ_OP_LINEAR_GELU) |
+                         (1ull << SQZ_OP_ADD_LAYERNORM) | (1ull << SQZ_OP_ATTENTION);
+    sqz_bucket bucket = {64, 4, 32};
+    sqz_compile_options opts = {.fusable_ops = all};
+    sqz_plan *plan = NULL;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    const sqz_graph *f = &plan->graph;
+    assert_int_equal(count_op(f, SQZ_OP_EMBED_LAYERNORM), 1);
+    assert_int_equal(count_op(f, SQZ_OP_ATTENTION), 2);
+    assert_int_equal(count_op(f, SQZ_OP_ADD_LAYERNORM), 4);
+    assert_int_equal(count_op(f, SQZ_OP_LINEAR_GELU), 2);
+    for (sqz_op op = SQZ_OP_GATHER_ROWS; op <= SQZ_OP_ATTN_CONTEXT; op++)
+        if (op != SQZ_OP_LINEAR && op != SQZ_OP_TANH && op != SQZ_OP_GATHER_ROWS)
+            assert_int_equal(count_op(f, op), 0);
+    /* embedding 1 + 9 per layer + pooler (first token, dense, tanh) + classifier */
+    assert_int_equal(plan->n_launches, 1 + 9 * 2 + 3 + 1);
+    /* the fused node keeps the name and output tensor of the pattern's last node */
+    bool found = false;
+    for (size_t i = 0; i < f->n_nodes; i++)
+        if (f->nodes[i].op == SQZ_OP_ATTENTION && strcmp(f->nodes[i].name, "layer1.context") == 0)
+            found = strcmp(f->tensors[f->nodes[i].output].name, "layer1.context") == 0;
+    assert_true(found);
+    sqz_plan_free(plan);
+
+    /* only what the backend allows */
+    opts.fusable_ops = 1ull << SQZ_OP_ADD_LAYERNORM;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    /* the embedding's last add and its LayerNorm fuse too when EMBED_LAYERNORM may not */
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_ADD_LAYERNORM), 5);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_ATTENTION), 0);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_LAYERNORM), 0);
+    sqz_plan_free(plan);
+
+    /* an intermediate that is also a graph output must survive: no fusion across it */
+    int gelu_out = -1;
+    for (size_t i = 0; i < g.n_nodes; i++)
+        if (g.nodes[i].op == SQZ_OP_LINEAR && strcmp(g.nodes[i].name, "layer0.intermediate") == 0)
+            gelu_out = g.nodes[i].output;
+    assert_true(gelu_out >= 0);
+    assert_sqz_ok(sqz_graph_add_output(&g, "intermediate", gelu_out, 0, 1, false, SQZ_LAYOUT_PER_TOKEN));
+    opts.fusable_ops = all;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_LINEAR_GELU), 1);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_GELU), 1);
+    sqz_plan_free(plan);
+    sqz_graph_release(&g);
+}
+
 static void bad_buckets_are_rejected(void **unused)
 {
     sqz_graph g = small_graph();
@@ -258,6 +317,7 @@ int main(void)
         cmocka_unit_test(dead_nodes_are_removed),
         cmocka_unit_test(memory_plan_never_overlaps_live_tensors),
         cmocka_unit_test(dot_output_draws_the_plan),
+        cmocka_unit_test(fusion_makes_nine_launches_per_layer),
         cmocka_unit_test(bad_buckets_are_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

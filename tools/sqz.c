@@ -104,7 +104,7 @@ static bool wants_help(int argc, char **argv)
 /* ---- forward ------------------------------------------------------------------------------ */
 
 static const char forward_help[] =
-    "usage: sqz forward --model DIR [--backend cpu_ref] --input IN.json --output OUT.json [--verbose]\n"
+    "usage: sqz forward --model DIR [--backend cpu_ref|opencl] [--device D] --input IN.json --output OUT.json [--verbose]\n"
     "\n"
     "Runs the checkpoint in DIR (config.json + model.safetensors or pytorch_model.bin) on the\n"
     "ids in IN.json and writes every output of the model to OUT.json.\n"
@@ -114,7 +114,7 @@ static const char forward_help[] =
     "  OUT.json  outputs named as transformers names them (last_hidden_state, pooler_output,\n"
     "            logits, start_logits, end_logits), nested arrays, 9 significant digits;\n"
     "            values at padded positions (mask 0) are unspecified\n"
-    "  --backend cpu_ref (default); see `sqz backends`\n"
+    "  --backend cpu_ref (default) or opencl; --device picks one by index or name (`sqz devices`)\n"
     "  --verbose prints the model summary, ignored weight keys and timings to stderr\n";
 
 static int cmd_forward(int argc, char **argv)
@@ -124,7 +124,7 @@ static int cmd_forward(int argc, char **argv)
         return 0;
     }
     option opts[] = {{"model", true, NULL},  {"backend", true, NULL}, {"input", true, NULL},
-                     {"output", true, NULL}, {"verbose", false, NULL}};
+                     {"output", true, NULL}, {"verbose", false, NULL}, {"device", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (parse_options("forward", argc, argv, opts, n))
         return EXIT_USAGE;
@@ -165,11 +165,13 @@ static int cmd_forward(int argc, char **argv)
         for (size_t i = 0; i < ignored; i++)
             fprintf(stderr, "  %s\n", sqz_model_ignored_key(model, i));
     }
-    if ((st = sqz_session_create(model, backend, &session)) != SQZ_OK) {
+    if ((st = sqz_session_create_on(model, backend, get(opts, n, "device"), &session)) != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
     }
     double t2 = now_seconds();
+    if (verbose)
+        fprintf(stderr, "sqz forward: running on %s\n", sqz_session_device(session));
     if ((st = sqz_session_run(session, &input.input, &result)) != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
@@ -381,12 +383,13 @@ static int cmd_backends(int argc, char **argv)
 
 static const char demo_help[] =
     "usage: sqz demo [--config squeezebert-uncased|squeezebert-mnli|tiny] [--model DIR] [--seed S]\n"
-    "                [--batch N] [--length W] [--backend cpu_ref]\n"
+    "                [--batch N] [--length W] [--backend cpu_ref|opencl] [--device D] [--repeat R]\n"
     "\n"
     "The main job on an embedded default: writes a deterministic random-weight checkpoint\n"
     "(default: the full-size squeezebert-uncased shape) to a temporary directory, or uses\n"
     "--model DIR, runs N random sequences of W tokens (default 2 x 32, one of them padded)\n"
-    "through it and prints what it computed and how long each step took.\n";
+    "through it and prints what it computed and how long each step took. With --repeat R the\n"
+    "first run (plan compile, kernel build) is reported apart and the median of R runs after.\n";
 
 static void remove_checkpoint(const char *dir)
 {
@@ -405,14 +408,16 @@ static int cmd_demo(int argc, char **argv)
         return 0;
     }
     option opts[] = {{"config", true, NULL}, {"model", true, NULL},  {"seed", true, NULL},
-                     {"batch", true, NULL},  {"length", true, NULL}, {"backend", true, NULL}};
+                     {"batch", true, NULL},  {"length", true, NULL}, {"backend", true, NULL},
+                     {"device", true, NULL}, {"repeat", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (parse_options("demo", argc, argv, opts, n))
         return EXIT_USAGE;
-    long batch = 2, length = 32, seed = 1;
+    long batch = 2, length = 32, seed = 1, repeat = 1;
     if ((get(opts, n, "batch") && parse_int("demo", "batch", get(opts, n, "batch"), 1, 4096, &batch)) ||
         (get(opts, n, "length") && parse_int("demo", "length", get(opts, n, "length"), 2, 65536, &length)) ||
-        (get(opts, n, "seed") && parse_int("demo", "seed", get(opts, n, "seed"), 0, 1L << 30, &seed)))
+        (get(opts, n, "seed") && parse_int("demo", "seed", get(opts, n, "seed"), 0, 1L << 30, &seed)) ||
+        (get(opts, n, "repeat") && parse_int("demo", "repeat", get(opts, n, "repeat"), 1, 1000, &repeat)))
         return EXIT_USAGE;
     const char *preset = get(opts, n, "config") ? get(opts, n, "config") : "squeezebert-uncased";
     char tmp_dir[] = "/tmp/sqz-demo-XXXXXX";
@@ -474,21 +479,43 @@ static int cmd_demo(int argc, char **argv)
             real_tokens += w < len;
         }
     }
-    if ((st = sqz_session_create(model, get(opts, n, "backend"), &session)) != SQZ_OK) {
+    const char *backend = get(opts, n, "backend") ? get(opts, n, "backend") : "cpu_ref";
+    double t_session = now_seconds();
+    if ((st = sqz_session_create_on(model, backend, get(opts, n, "device"), &session)) != SQZ_OK) {
         rc = fail("demo", st);
         goto done;
     }
+    printf("session on %s (%s) ready in %.2f s\n", backend, sqz_session_device(session),
+           now_seconds() - t_session);
     sqz_input input = {.batch = (int)batch, .seq_len = (int)length, .input_ids = ids,
                        .attention_mask = mask};
-    double t2 = now_seconds();
-    if ((st = sqz_session_run(session, &input, &result)) != SQZ_OK) {
-        rc = fail("demo", st);
-        goto done;
+    double times[1001] = {0};
+    for (long r = 0; r < repeat + (repeat > 1); r++) {
+        sqz_result_free(result);
+        result = NULL;
+        double t2 = now_seconds();
+        if ((st = sqz_session_run(session, &input, &result)) != SQZ_OK) {
+            rc = fail("demo", st);
+            goto done;
+        }
+        times[r] = now_seconds() - t2;
     }
-    double elapsed = now_seconds() - t2;
-    printf("forward on %s: %ld sequences x %ld positions (%ld real tokens) in %.3f s: %.1f "
-           "tokens/s, %.2f sequences/s\n", get(opts, n, "backend") ? get(opts, n, "backend") : "cpu_ref",
-           batch, length, real_tokens, elapsed, real_tokens / elapsed, batch / elapsed);
+    double elapsed = times[0];
+    if (repeat > 1) {
+        printf("first run (plan compile and warm-up included): %.3f s\n", times[0]);
+        /* median of the timed runs */
+        double *t = times + 1;
+        for (long i = 1; i < repeat; i++)
+            for (long j = i; j > 0 && t[j] < t[j - 1]; j--) {
+                double x = t[j];
+                t[j] = t[j - 1];
+                t[j - 1] = x;
+            }
+        elapsed = t[repeat / 2];
+    }
+    printf("forward on %s: %ld sequences x %ld positions (%ld real tokens) in %.3f s%s: %.1f "
+           "tokens/s, %.2f sequences/s\n", backend, batch, length, real_tokens, elapsed,
+           repeat > 1 ? " (median)" : "", real_tokens / elapsed, batch / elapsed);
     for (size_t i = 0; i < sqz_result_count(result); i++) {
         const sqz_output *o = sqz_result_get(result, i);
         int64_t count = 1;
@@ -518,6 +545,153 @@ done:
     return rc;
 }
 
+/* ---- devices / validate ------------------------------------------------------------------- */
+
+static int cmd_devices(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs("usage: sqz devices\n\nLists every device of every backend in this build (CUDA, OpenCL, the "
+              "host) with\nits memory and capabilities, or why a backend has none. The index or a "
+              "name\nsubstring is what --device takes.\n", stdout);
+        return 0;
+    }
+    if (argc > 0) {
+        fprintf(stderr, "sqz devices: takes no arguments\n");
+        return EXIT_USAGE;
+    }
+    char *text = NULL;
+    sqz_status st = sqz_devices_describe(&text);
+    if (st != SQZ_OK)
+        return fail("devices", st);
+    fputs(text, stdout);
+    sqz_free(text);
+    return 0;
+}
+
+static const char validate_help[] =
+    "usage: sqz validate (--model DIR | --random squeezebert-uncased|squeezebert-mnli|tiny)\n"
+    "                    --backend opencl [--device D] [--batch B] [--seq S] [--seed N]\n"
+    "                    [--tolerance T]\n"
+    "\n"
+    "Runs the same fresh random input on the backend and on cpu_ref, keeping every\n"
+    "intermediate tensor, and compares each node the backend ran with cpu_ref's tensor of\n"
+    "the same name: max abs error, max relative error (max abs / max |cpu_ref|), NMSE.\n"
+    "Prints a table, names the first node out of tolerance (default 1e-4 relative, the fp32\n"
+    "bar; see docs/engineering.md) and exits 1 if any node failed. B sequences (default 4) of\n"
+    "up to S tokens (default 32), random ids, some rows padded, token types mixed; the seed\n"
+    "defaults to the clock and is printed. SQZ_DISABLE_FUSION=1 validates the unfused plan.\n";
+
+static int cmd_validate(int argc, char **argv)
+{
+    if (wants_help(argc, argv)) {
+        fputs(validate_help, stdout);
+        return 0;
+    }
+    option opts[] = {{"model", true, NULL},   {"random", true, NULL}, {"backend", true, NULL},
+                     {"device", true, NULL},  {"batch", true, NULL},  {"seq", true, NULL},
+                     {"seed", true, NULL},    {"tolerance", true, NULL}};
+    const size_t n = sizeof opts / sizeof opts[0];
+    if (parse_options("validate", argc, argv, opts, n))
+        return EXIT_USAGE;
+    long batch = 4, seq = 32, seed = (long)(time(NULL) % 1000000);
+    if ((get(opts, n, "batch") && parse_int("validate", "batch", get(opts, n, "batch"), 1, 65536, &batch)) ||
+        (get(opts, n, "seq") && parse_int("validate", "seq", get(opts, n, "seq"), 1, 65536, &seq)) ||
+        (get(opts, n, "seed") && parse_int("validate", "seed", get(opts, n, "seed"), 0, 1L << 30, &seed)))
+        return EXIT_USAGE;
+    double tolerance = 1e-4;
+    if (get(opts, n, "tolerance")) {
+        char *end = NULL;
+        tolerance = strtod(get(opts, n, "tolerance"), &end);
+        if (!end || *end || !(tolerance > 0)) {
+            fprintf(stderr, "sqz validate: --tolerance must be a positive number\n");
+            return EXIT_USAGE;
+        }
+    }
+    const char *model_dir = get(opts, n, "model"), *preset = get(opts, n, "random");
+    const char *backend = get(opts, n, "backend");
+    if (!backend || (!model_dir == !preset)) {
+        fprintf(stderr, "sqz validate: --backend and one of --model or --random are required\n\n%s",
+                validate_help);
+        return EXIT_USAGE;
+    }
+    char tmp_dir[] = "/tmp/sqz-validate-XXXXXX";
+    if (preset) {
+        if (!mkdtemp(tmp_dir)) {
+            fprintf(stderr, "sqz validate: cannot create a temporary directory: %s\n", strerror(errno));
+            return 1;
+        }
+        sqz_status st = sqz_random_model_write(preset, (uint64_t)seed, tmp_dir);
+        if (st != SQZ_OK) {
+            remove_checkpoint(tmp_dir);
+            return fail("validate", st);
+        }
+        model_dir = tmp_dir;
+    }
+    int rc = 1;
+    sqz_model *model = NULL;
+    sqz_validation *v = NULL;
+    int64_t *ids = NULL, *mask = NULL, *types = NULL;
+    sqz_status st = sqz_model_load(model_dir, &model);
+    if (st != SQZ_OK) {
+        rc = fail("validate", st);
+        goto done;
+    }
+    sqz_model_info info;
+    sqz_model_get_info(model, &info);
+    if (seq > info.max_position_embeddings)
+        seq = info.max_position_embeddings;
+    const int choices = info.head == SQZ_HEAD_MULTIPLE_CHOICE ? 2 : 0;
+    const long rows = batch * (choices ? choices : 1);
+    ids = calloc((size_t)(rows * seq), sizeof *ids);
+    mask = calloc((size_t)(rows * seq), sizeof *mask);
+    types = calloc((size_t)(rows * seq), sizeof *types);
+    if (!ids || !mask || !types) {
+        fprintf(stderr, "sqz validate: out of memory\n");
+        goto done;
+    }
+    uint64_t state = (uint64_t)seed * 0x9E3779B97F4A7C15ull + 12345;
+    for (long r = 0; r < rows; r++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        long len = r % 2 ? 1 + (long)((state >> 33) % (uint64_t)seq) : seq; /* every other row padded */
+        for (long w = 0; w < seq; w++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            ids[r * seq + w] = (int64_t)((state >> 33) % (uint64_t)info.vocab_size);
+            mask[r * seq + w] = w < len;
+            types[r * seq + w] = info.type_vocab_size > 1 && w >= len / 2 ? 1 : 0;
+        }
+    }
+    sqz_input input = {.batch = (int)batch, .choices = choices, .seq_len = (int)seq,
+                       .input_ids = ids, .attention_mask = mask, .token_type_ids = types};
+    if ((st = sqz_validate(model, backend, get(opts, n, "device"), &input, tolerance, &v)) != SQZ_OK) {
+        rc = fail("validate", st);
+        goto done;
+    }
+    printf("validate %s on %s against cpu_ref: %s, %ld x %ld tokens, seed %ld, tolerance %.0e\n",
+           backend, sqz_validation_device(v), info.architecture, rows, seq, seed, tolerance);
+    printf("%-36s %-16s %10s %10s %10s  %s\n", "node", "op", "max abs", "max rel", "NMSE", "result");
+    for (size_t i = 0; i < sqz_validation_count(v); i++) {
+        const sqz_node_check *c = sqz_validation_get(v, i);
+        printf("%-36s %-16s %10.3e %10.3e %10.3e  %s\n", c->node, c->op, c->max_abs, c->max_rel,
+               c->nmse, c->passed ? "pass" : "FAIL");
+    }
+    long first = sqz_validation_first_failure(v);
+    if (first >= 0) {
+        printf("first node out of tolerance: %s (%s), max relative error %.3e > %.0e\n",
+               sqz_validation_get(v, (size_t)first)->node, sqz_validation_get(v, (size_t)first)->op,
+               sqz_validation_get(v, (size_t)first)->max_rel, tolerance);
+    } else {
+        printf("all %zu nodes within tolerance\n", sqz_validation_count(v));
+        rc = 0;
+    }
+done:
+    sqz_validation_free(v);
+    sqz_model_free(model);
+    free(ids), free(mask), free(types);
+    if (preset)
+        remove_checkpoint(tmp_dir);
+    return rc;
+}
+
 /* ---- main ---------------------------------------------------------------------------------- */
 
 static const char main_help[] =
@@ -529,7 +703,9 @@ static const char main_help[] =
     "  graph         draw the compiled plan of a checkpoint (Graphviz DOT)\n"
     "  random-model  write a deterministic random-weight checkpoint\n"
     "  info          print a checkpoint's configuration and unused weight keys\n"
-    "  backends      list the backends of this build and whether they can run here\n";
+    "  backends      list the backends of this build and whether they can run here\n"
+    "  devices       list every CUDA and OpenCL device with its memory and capabilities\n"
+    "  validate      run a backend and cpu_ref on the same input and compare every node\n";
 
 int main(int argc, char **argv)
 {
@@ -545,6 +721,7 @@ int main(int argc, char **argv)
     static const struct { const char *name; int (*run)(int, char **); } commands[] = {
         {"forward", cmd_forward}, {"graph", cmd_graph},   {"random-model", cmd_random_model},
         {"info", cmd_info},       {"backends", cmd_backends}, {"demo", cmd_demo},
+        {"devices", cmd_devices}, {"validate", cmd_validate},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0)
