@@ -201,6 +201,82 @@ long sqz_validation_first_failure(const sqz_validation *validation);
 const char *sqz_validation_device(const sqz_validation *validation);
 void sqz_validation_free(sqz_validation *validation);
 
+/* ---- tokenizer ---------------------------------------------------------------------
+ *
+ * The WordPiece tokenizer of BERT and SqueezeBERT, giving exactly what transformers'
+ * BertTokenizerFast gives (ids, token types, mask, offsets), for one text or a pair,
+ * with longest_first truncation. A loaded tokenizer is immutable: any number of threads
+ * may encode with it at once.
+ *
+ *     sqz_tokenizer *tok = NULL;
+ *     if (sqz_tokenizer_load("squeezebert-mnli/", &tok) != SQZ_OK) ...
+ *     sqz_encoding *enc = NULL;
+ *     if (sqz_tokenizer_encode(tok, text, strlen(text), NULL, 0, 512, &enc) == SQZ_OK) {
+ *         ... enc->input_ids[0 .. enc->length) ...
+ *     }
+ *     sqz_encoding_free(enc);
+ *     sqz_tokenizer_free(tok);
+ */
+
+typedef struct sqz_tokenizer sqz_tokenizer;
+
+typedef struct sqz_tokenizer_info {
+    int vocab_size;               /* lines of vocab.txt */
+    int do_lower_case;            /* 1/0 */
+    int strip_accents;            /* 1/0 after resolving "null" (= do_lower_case) */
+    int tokenize_chinese_chars;   /* 1/0 */
+    int clean_text;               /* 1/0 */
+    int max_input_chars_per_word; /* longer words become one unknown token */
+    int model_max_length;         /* tokenizer_config.json's, 0 when absent or unbounded */
+    int32_t unk_id, cls_id, sep_id, pad_id, mask_id; /* -1 when the token is not in the vocab */
+    size_t special_token_count;   /* tokens matched literally in the raw text */
+} sqz_tokenizer_info;
+
+/* Loads `model_dir`/vocab.txt (required) and, when present, tokenizer_config.json
+ * (do_lower_case, strip_accents, tokenize_chinese_chars, model_max_length, the special
+ * token strings, added_tokens_decoder) and tokenizer.json (BertNormalizer settings,
+ * WordPiece unk_token / continuing_subword_prefix / max_input_chars_per_word, added_tokens).
+ * A setting in tokenizer_config.json wins over tokenizer.json, which wins over the BERT
+ * defaults (lower case, strip accents with lower case, split CJK, clean text). */
+sqz_status sqz_tokenizer_load(const char *model_dir, sqz_tokenizer **out);
+void sqz_tokenizer_free(sqz_tokenizer *tokenizer);
+sqz_status sqz_tokenizer_get_info(const sqz_tokenizer *tokenizer, sqz_tokenizer_info *out);
+/* The vocabulary entry of `id`; NULL when out of range. */
+const char *sqz_tokenizer_id_to_token(const sqz_tokenizer *tokenizer, int32_t id);
+/* The id of a vocabulary entry (exact bytes); -1 when absent. */
+int32_t sqz_tokenizer_token_to_id(const sqz_tokenizer *tokenizer, const char *token, size_t len);
+
+/* [start, end) byte offsets into the text a token came from. */
+typedef struct sqz_span {
+    size_t start, end;
+} sqz_span;
+
+/* One encoded input, special tokens included, unpadded. Read-only for the caller. */
+typedef struct sqz_encoding {
+    size_t length;                 /* tokens */
+    const int64_t *input_ids;      /* [length] */
+    const int64_t *token_type_ids; /* [length]: 0 for [CLS] text [SEP], 1 for pair [SEP] */
+    const int64_t *attention_mask; /* [length]: all 1 */
+    const sqz_span *offsets;       /* [length]: bytes of the text (or pair) the token covers;
+                                      {0, 0} for the [CLS]/[SEP] the encoder adds */
+    const int8_t *sequence_ids;    /* [length]: 0 text, 1 pair, -1 an added [CLS]/[SEP] */
+    int truncated;                 /* 1 when truncation removed tokens */
+} sqz_encoding;
+
+/* Encodes `text` (UTF-8, text_len bytes, NULs allowed) and, unless pair is NULL or pair_len
+ * is 0 (transformers treats an empty pair as no pair), `pair`, as
+ * [CLS] text [SEP] (pair [SEP]). max_length > 0 truncates "longest_first" to that many tokens
+ * in total, as transformers does with truncation=True (when max_length is smaller than the
+ * 2 or 3 added tokens, transformers leaves the input untruncated, and so does this);
+ * max_length 0 means no truncation. Invalid UTF-8 fails with SQZ_ERR_INPUT naming the byte.
+ * *out must be NULL (a new encoding is allocated) or an encoding from an earlier call,
+ * which is overwritten in place, reusing its memory. On failure *out stays valid (or NULL),
+ * with length 0 if it was reused. */
+sqz_status sqz_tokenizer_encode(const sqz_tokenizer *tokenizer, const char *text, size_t text_len,
+                                const char *pair, size_t pair_len, int max_length,
+                                sqz_encoding **out);
+void sqz_encoding_free(sqz_encoding *encoding);
+
 #ifdef __cplusplus
 }
 #endif

@@ -12,7 +12,9 @@
 
 typedef struct fixture_case {
     char dir[512];
-    char label[160];
+    char label[200];
+    const char *backend;
+    bool unfused; /* run with SQZ_DISABLE_FUSION=1 */
 } fixture_case;
 
 static int64_t *read_ints(json_t *field, int64_t *dims, int *ndim)
@@ -57,7 +59,12 @@ static void run_case(void **state)
     sqz_session *session = NULL;
     sqz_result *result = NULL;
     assert_sqz_ok(sqz_model_load(fc->dir, &model));
-    assert_sqz_ok(sqz_session_create(model, "cpu_ref", &session));
+    if (fc->unfused)
+        setenv("SQZ_DISABLE_FUSION", "1", 1);
+    else
+        unsetenv("SQZ_DISABLE_FUSION");
+    assert_sqz_ok(sqz_session_create(model, fc->backend, &session));
+    unsetenv("SQZ_DISABLE_FUSION");
     assert_sqz_ok(sqz_session_run(session, &input, &result));
 
     json_t *outputs = json_object_get(expected, "outputs");
@@ -94,7 +101,7 @@ static void run_case(void **state)
         }
         assert_true(compared > 0 && max_ref > 0);
         double rel = max_err / max_ref;
-        print_message("%-40s %-18s rel %.2e (max abs %.2e over %lld values)\n", fc->label, name,
+        print_message("%-56s %-18s rel %.2e (max abs %.2e over %lld values)\n", fc->label, name,
                       rel, max_err, (long long)compared);
         if (!(rel <= TOLERANCE))
             fail_msg("%s: output '%s' differs from transformers: relative error %.3e > %.0e",
@@ -116,14 +123,30 @@ int main(void)
         fprintf(stderr, "cannot read %s/models/manifest.json: %s\n", SQZ_FIXTURES_DIR, err.text);
         return 1;
     }
-    size_t n = json_array_size(manifest);
+    /* every case on cpu_ref, and on each other backend that can run here, fused and not */
+    struct { const char *backend; bool unfused; } runs[8];
+    size_t n_runs = 0;
+    for (size_t b = 0; sqz_backend_name(b) && n_runs + 2 <= 8; b++) {
+        const char *name = sqz_backend_name(b);
+        if (sqz_backend_probe(name) != SQZ_OK) {
+            printf("SKIPPED backend %s: %s\n", name, sqz_last_error());
+            continue;
+        }
+        runs[n_runs].backend = name, runs[n_runs++].unfused = false;
+        if (strcmp(name, "cpu_ref") != 0)
+            runs[n_runs].backend = name, runs[n_runs++].unfused = true;
+    }
+    size_t n = json_array_size(manifest) * n_runs;
     fixture_case *cases = calloc(n, sizeof *cases);
     struct CMUnitTest *tests = calloc(n, sizeof *tests);
     for (size_t i = 0; i < n; i++) {
-        json_t *c = json_array_get(manifest, i);
+        json_t *c = json_array_get(manifest, i / n_runs);
         const char *dir = json_string_value(json_object_get(c, "dir"));
+        cases[i].backend = runs[i % n_runs].backend;
+        cases[i].unfused = runs[i % n_runs].unfused;
         snprintf(cases[i].dir, sizeof cases[i].dir, "%s/models/%s", SQZ_FIXTURES_DIR, dir);
-        snprintf(cases[i].label, sizeof cases[i].label, "%s", dir);
+        snprintf(cases[i].label, sizeof cases[i].label, "%s %s%s", dir, cases[i].backend,
+                 cases[i].unfused ? " unfused" : "");
         tests[i] = (struct CMUnitTest){.name = cases[i].label, .test_func = run_case,
                                        .initial_state = &cases[i]};
     }
