@@ -67,13 +67,13 @@ static const char *cl_error_name(cl_int code)
 typedef enum kernel_id {
     K_GATHER_ROWS, K_ADD, K_GELU, K_TANH, K_LAYERNORM, K_ADD_LAYERNORM, K_EMBED_LAYERNORM,
     K_LINEAR, K_ATTN_SCORES, K_ATTN_KEY_MASK, K_ATTN_SOFTMAX, K_ATTN_CONTEXT, K_ATTENTION,
-    K_COUNT
+    K_ATTENTION_D64, K_COUNT
 } kernel_id;
 
 static const char *const kernel_names[K_COUNT] = {
     "sqz_gather_rows", "sqz_add", "sqz_gelu", "sqz_tanh", "sqz_layernorm", "sqz_add_layernorm",
     "sqz_embed_layernorm", "sqz_linear", "sqz_attn_scores", "sqz_attn_key_mask",
-    "sqz_attn_softmax", "sqz_attn_context", "sqz_attention",
+    "sqz_attn_softmax", "sqz_attn_context", "sqz_attention", "sqz_attention_d64",
 };
 
 struct sqz_buffer {
@@ -544,7 +544,7 @@ static sqz_status cl_launch(void *ctx, const sqz_binding *bind, const sqz_node *
     case SQZ_OP_ATTN_KEY_MASK: k = K_ATTN_KEY_MASK; break;
     case SQZ_OP_ATTN_SOFTMAX: k = K_ATTN_SOFTMAX; break;
     case SQZ_OP_ATTN_CONTEXT: k = K_ATTN_CONTEXT; break;
-    case SQZ_OP_ATTENTION: k = K_ATTENTION; break;
+    case SQZ_OP_ATTENTION: k = p->attention.head_dim == 64 ? K_ATTENTION_D64 : K_ATTENTION; break;
     default:
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "opencl: op %s (node '%s') is not implemented",
                         sqz_op_name(node->op), node->name);

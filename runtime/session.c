@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "graph/builder.h"
 #include "graph/plan.h"
@@ -635,12 +636,28 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
     }
     if (st == SQZ_OK)
         st = upload_inputs(s, plan, &p);
+    /* SQZ_DEBUG=3: time every launch (synchronising after each) and print a profile by op */
+    const bool profile = s->compile.debug >= 3;
+    double op_seconds[SQZ_OP_COUNT] = {0}, op_flops[SQZ_OP_COUNT] = {0};
+    int op_launches[SQZ_OP_COUNT] = {0};
     for (size_t k = 0; st == SQZ_OK && k < plan->n_launches; k++) {
         const sqz_node *node = &plan->graph.nodes[plan->launches[k]];
         if (guarded)
             st = fill_guard(s, plan, (size_t)node->output, &dims);
+        struct timespec t0, t1;
+        if (profile && s->ops->synchronize)
+            s->ops->synchronize(s->ctx);
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         if (st == SQZ_OK)
             st = s->ops->launch(s->ctx, &binding, node, &dims);
+        if (profile && st == SQZ_OK) {
+            if (s->ops->synchronize)
+                st = s->ops->synchronize(s->ctx);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            op_seconds[node->op] += (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+            op_flops[node->op] += sqz_node_flops(&plan->graph, node, &dims);
+            op_launches[node->op]++;
+        }
         if (st == SQZ_OK && guarded) {
             if (s->ops->synchronize)
                 st = s->ops->synchronize(s->ctx);
@@ -649,6 +666,15 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
         }
     }
     free(last_use);
+    if (profile && st == SQZ_OK) {
+        fprintf(stderr, "sqz profile (%lld tokens, %lld sequences):\n", (long long)dims.tokens,
+                (long long)dims.sequences);
+        for (int op = 0; op < SQZ_OP_COUNT; op++)
+            if (op_launches[op])
+                fprintf(stderr, "  %-16s %4d launches %9.3f ms %8.1f GFLOP/s\n", sqz_op_name((sqz_op)op),
+                        op_launches[op], op_seconds[op] * 1e3,
+                        op_seconds[op] > 0 ? op_flops[op] / op_seconds[op] * 1e-9 : 0.0);
+    }
     if (st == SQZ_OK && s->ops->synchronize)
         st = s->ops->synchronize(s->ctx);
     if (st == SQZ_OK)

@@ -294,6 +294,37 @@ static void elementwise_and_norm_cases(void **unused)
     }
 }
 
+static void gelu_over_its_whole_range(void **unused)
+{
+    /* both sides of every branch of a device GELU: |x/sqrt 2| < 1, the erfc tail, underflow */
+    const int64_t n = 24001;
+    op_case c = {.op = SQZ_OP_GELU, .n_inputs = 1, .dims = {n, 1, n, 1}, .out_extent = SQZ_EXTENT_TOKENS,
+                 .out_cols = 1};
+    snprintf(c.name, sizeof c.name, "gelu sweep -16..16");
+    float *x = malloc((size_t)n * sizeof *x);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = -16.0f + 32.0f * (float)i / (float)(n - 1);
+    c.in[0] = tokens_f32(1, x);
+    c.expected = malloc((size_t)n * sizeof(float));
+    sqz_ref_gelu(x, n, c.expected);
+    check_case(&c);
+    /* and element-wise: within 2e-6 of the reference relative to max(|gelu(x)|, 1e-3) */
+    for (size_t b = 0; sqz_backend_name(b); b++) {
+        const sqz_backend_ops *ops = sqz_backend_find(sqz_backend_name(b));
+        if (!ops || (ops->probe && ops->probe() != SQZ_OK))
+            continue;
+        char why[256];
+        float *got = run_on(ops, &c, why, sizeof why);
+        if (!got)
+            continue;
+        for (int64_t i = 0; i < n; i++)
+            if (fabsf(got[i] - c.expected[i]) > 2e-6f * fmaxf(fabsf(c.expected[i]), 1e-3f))
+                fail_msg("gelu(%.6f) on %s = %.9g, reference %.9g", x[i], ops->name, got[i], c.expected[i]);
+        free(got);
+    }
+    free_case(&c);
+}
+
 static void gather_and_embedding_cases(void **unused)
 {
     const int64_t T = 45, C = 60, V = 77, P = 24, TV = 3;
@@ -412,6 +443,7 @@ static void attention_cases(void **unused)
     for (int i = 0; i < 40; i++)
         many[i] = 1 + (i * 7) % 9;
     attention_layouts("40 short sequences", many, 40, 3, 12, true);
+    attention_layouts("40 short sequences", many, 40, 2, 64, true); /* the head-size-64 kernel */
     const int32_t odd[] = {17, 1, 33, 5};
     attention_layouts("odd lengths", odd, 4, 5, 12, true);
 }
@@ -421,6 +453,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(linear_cases),
         cmocka_unit_test(elementwise_and_norm_cases),
+        cmocka_unit_test(gelu_over_its_whole_range),
         cmocka_unit_test(gather_and_embedding_cases),
         cmocka_unit_test(attention_cases),
     };

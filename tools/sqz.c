@@ -384,7 +384,8 @@ static int cmd_backends(int argc, char **argv)
 
 static const char demo_help[] =
     "usage: sqz demo [--config squeezebert-uncased|squeezebert-mnli|tiny] [--model DIR] [--seed S]\n"
-    "                [--batch N] [--length W] [--backend cpu_ref|opencl] [--device D] [--repeat R]\n"
+    "                [--batch N] [--length W] [--no-padding] [--backend cpu_ref|opencl]\n"
+    "                [--device D] [--repeat R]\n"
     "\n"
     "The main job on an embedded default: writes a deterministic random-weight checkpoint\n"
     "(default: the full-size squeezebert-uncased shape) to a temporary directory, or uses\n"
@@ -410,7 +411,7 @@ static int cmd_demo(int argc, char **argv)
     }
     option opts[] = {{"config", true, NULL}, {"model", true, NULL},  {"seed", true, NULL},
                      {"batch", true, NULL},  {"length", true, NULL}, {"backend", true, NULL},
-                     {"device", true, NULL}, {"repeat", true, NULL}};
+                     {"device", true, NULL}, {"repeat", true, NULL}, {"no-padding", false, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (parse_options("demo", argc, argv, opts, n))
         return EXIT_USAGE;
@@ -470,7 +471,8 @@ static int cmd_demo(int argc, char **argv)
     uint64_t state = (uint64_t)seed * 2654435761u + 1;
     long real_tokens = 0;
     for (long b = 0; b < batch; b++) {
-        long len = b % 2 ? length - length / 4 : length; /* every other sequence padded */
+        /* every other sequence padded unless --no-padding */
+        long len = b % 2 && !get(opts, n, "no-padding") ? length - length / 4 : length;
         for (long w = 0; w < length; w++) {
             state = state * 6364136223846793005ull + 1442695040888963407ull;
             long id = 1000 + (long)((state >> 33) % (uint64_t)(info.vocab_size - 1000 > 0 ? info.vocab_size - 1000 : 1));
