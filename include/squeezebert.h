@@ -142,6 +142,19 @@ void sqz_session_free(sqz_session *session);
 /* The device the session runs on, in words. */
 const char *sqz_session_device(const sqz_session *session);
 
+/* What the last successful sqz_session_run did. */
+typedef struct sqz_run_stats {
+    int64_t tokens, sequences;   /* real (packed) tokens and sequences computed */
+    int64_t padded_tokens;       /* batch x choices x seq_len of the input, padding included */
+    double flops;                /* counted from the plan's nodes, 2 per multiply-add */
+    size_t launches;             /* kernel launches in the plan */
+    size_t arena_bytes;          /* device memory for activations (the session's arena) */
+    size_t weight_bytes;         /* device memory for weights */
+    double compile_seconds;      /* time spent compiling a plan in that run; 0 if cached */
+} sqz_run_stats;
+
+sqz_status sqz_session_last_stats(const sqz_session *session, sqz_run_stats *out);
+
 /* One padded batch, row-major. For multiple choice the arrays are [batch][choices][seq_len],
  * otherwise [batch][seq_len]. attention_mask (1 = token, 0 = padding) and token_type_ids
  * may be NULL (all ones / all zeros). Tokens with mask 0 are dropped before compute

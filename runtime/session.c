@@ -34,9 +34,12 @@ struct sqz_session {
     cached_plan plans[PLAN_CACHE_SIZE];
     unsigned long clock;
     sqz_compile_options compile;
-    /* the last run, for validation: its plan and sizes */
+    /* the last run, for validation and statistics */
     sqz_plan *last_plan;
     sqz_run_dims last_dims;
+    sqz_run_stats last_stats;
+    size_t weight_bytes;
+    double compile_seconds; /* of the plan compiled by the current run, if any */
 };
 
 struct sqz_result {
@@ -131,6 +134,7 @@ static sqz_status upload_weights(sqz_session *s)
         s->weight_offsets[i] = total;
         total += align_up((size_t)(w->rows * w->cols) * sizeof(float));
     }
+    s->weight_bytes = total;
     sqz_status st = s->ops->buffer_alloc(s->ctx, total, &s->weights);
     for (size_t i = 0; i < m->n_weights && st == SQZ_OK; i++)
         if (m->weights[i].alias_of < 0)
@@ -213,6 +217,16 @@ sqz_status sqz_session_create_on(const sqz_model *model, const char *backend, co
 sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_session **out)
 {
     return session_create(model, backend, NULL, false, out);
+}
+
+sqz_status sqz_session_last_stats(const sqz_session *s, sqz_run_stats *out)
+{
+    if (!s || !out)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_last_stats: session and out are required");
+    if (!s->last_plan)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_last_stats: the session has not run yet");
+    *out = s->last_stats;
+    return SQZ_OK;
 }
 
 const char *sqz_session_device(const sqz_session *s)
@@ -412,9 +426,13 @@ static sqz_status get_plan(sqz_session *s, const packed_batch *p, sqz_plan **out
             victim = i;
     }
     sqz_plan *plan = NULL;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     sqz_status st = sqz_plan_compile(&s->graph, &b, &s->compile, &plan);
     if (st != SQZ_OK)
         return st;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    s->compile_seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     sqz_plan_free(s->plans[victim].plan);
     s->plans[victim] = (cached_plan){b, plan, ++s->clock};
     *out = plan;
@@ -606,6 +624,7 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
     if (st != SQZ_OK)
         return st;
     sqz_plan *plan = NULL;
+    s->compile_seconds = 0;
     sqz_result *res = calloc(1, sizeof *res);
     if (!res)
         st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
@@ -681,6 +700,19 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
         st = collect_outputs(s, plan, &p, input, &dims, res);
     s->last_plan = st == SQZ_OK ? plan : NULL;
     s->last_dims = dims;
+    if (st == SQZ_OK) {
+        sqz_run_stats *rs = &s->last_stats;
+        memset(rs, 0, sizeof *rs);
+        rs->tokens = dims.tokens;
+        rs->sequences = dims.sequences;
+        rs->padded_tokens = p.rows * p.width;
+        for (size_t k = 0; k < plan->n_launches; k++)
+            rs->flops += sqz_node_flops(&plan->graph, &plan->graph.nodes[plan->launches[k]], &dims);
+        rs->launches = plan->n_launches;
+        rs->arena_bytes = s->arena_bytes;
+        rs->weight_bytes = s->weight_bytes;
+        rs->compile_seconds = s->compile_seconds;
+    }
     packed_release(&p);
     if (st != SQZ_OK) {
         sqz_result_free(res);

@@ -168,6 +168,8 @@ void cli_input_release(cli_input *in)
 static void write_array(FILE *f, const sqz_output *o, int dim, const float **cursor,
                         size_t *non_finite)
 {
+    if (dim >= SQZ_MAX_DIMS || dim >= o->ndim)
+        return;
     fputc('[', f);
     for (int64_t i = 0; i < o->shape[dim]; i++) {
         if (i)
