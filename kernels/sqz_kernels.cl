@@ -6,6 +6,12 @@
  * softmax) are fp32. Names follow sqz_<op>; the host side is opencl/opencl_backend.c.
  */
 
+/* The same source compiles as CUDA C++ through kernels/sqz_dialect_cuda.cuh, which defines
+ * SQZ_FN, __kernel, __global, get_global_id and the vector types used here. */
+#ifndef SQZ_FN
+#define SQZ_FN /* helper functions: plain in OpenCL C, __device__ in CUDA */
+#endif
+
 #define TENSOR(type, name) __global type *name##_base, ulong name##_off
 #define AT(name) (name##_base + name##_off)
 
@@ -35,7 +41,7 @@ __kernel void sqz_add(TENSOR(const float, a), TENSOR(const float, b), TENSOR(flo
  * erfc(z) = exp(-z^2) u G(u), u = 1/z, for 1 <= z <= 9.5 (relative error below 1.2e-6 up
  * to z = 5, where it is limited by rounding z^2). The negative tail uses erfc directly, so
  * small outputs keep their relative accuracy instead of cancelling in 1 + erf. */
-float sqz_gelu_f(float x)
+SQZ_FN float sqz_gelu_f(float x)
 {
     const float z = x * 0.70710678118654752f, a = fabs(z);
     if (a < 1.0f) {
@@ -83,7 +89,7 @@ __kernel void sqz_tanh(TENSOR(const float, x), TENSOR(float, out), ulong n)
 
 /* ---- LayerNorm family: one work-item per row, two passes for a stable variance ---------- */
 
-void sqz_normalise_row(__global float *row, int cols, __global const float *gamma,
+SQZ_FN void sqz_normalise_row(__global float *row, int cols, __global const float *gamma,
                        __global const float *beta, float eps)
 {
     float mean = 0.0f;
@@ -155,7 +161,7 @@ __kernel void sqz_embed_layernorm(TENSOR(const int, ids), TENSOR(const int, posi
 #define TILE_R 4
 #define TILE_O 4
 
-float sqz_hsum8(float8 v)
+SQZ_FN float sqz_hsum8(float8 v)
 {
     float4 s = v.lo + v.hi;
     return (s.x + s.y) + (s.z + s.w);
@@ -221,17 +227,17 @@ __kernel void sqz_linear(TENSOR(const float, x), TENSOR(const float, w), TENSOR(
 /* ---- attention over packed variable-length sequences ------------------------------------- */
 
 /* The sequence holding packed token t (binary search over the prefix offsets). */
-int sqz_sequence_of(__global const int *seq_offsets, int sequences, int t)
+SQZ_FN int sqz_sequence_of(__global const int *seq_offsets, int sequences, int t)
 {
-    int lo = 0, hi = sequences - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
+    int first = 0, last = sequences - 1;
+    while (first < last) {
+        const int mid = (first + last + 1) / 2;
         if (seq_offsets[mid] <= t)
-            lo = mid;
+            first = mid;
         else
-            hi = mid - 1;
+            last = mid - 1;
     }
-    return lo;
+    return first;
 }
 
 /* Unfused parts, one work-item per score: written for clarity, not speed. */

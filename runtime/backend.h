@@ -56,6 +56,7 @@ extern const sqz_backend_ops sqz_opencl_backend;
 sqz_status sqz_opencl_list_devices(char **text);
 #endif
 #ifdef SQZ_HAVE_CUDA
+extern const sqz_backend_ops sqz_cuda_backend;
 sqz_status sqz_cuda_probe(void);
 sqz_status sqz_cuda_list_devices(char **text);
 #endif

@@ -618,6 +618,11 @@ static int cmd_validate(int argc, char **argv)
                 validate_help);
         return EXIT_USAGE;
     }
+    sqz_status probe = sqz_backend_probe(backend);
+    if (probe != SQZ_OK) { /* before writing a model nobody will run */
+        fail("validate", probe);
+        return probe == SQZ_ERR_NO_DEVICE ? EXIT_NO_DEVICE : 1;
+    }
     char tmp_dir[] = "/tmp/sqz-validate-XXXXXX";
     if (preset) {
         if (!mkdtemp(tmp_dir)) {
