@@ -290,6 +290,34 @@ sqz_status sqz_tokenizer_encode(const sqz_tokenizer *tokenizer, const char *text
                                 sqz_encoding **out);
 void sqz_encoding_free(sqz_encoding *encoding);
 
+/* ---- end of tokenizer --------------------------------------------------------------- */
+
+/* ---- benchmark ----------------------------------------------------------------------
+ *
+ * Support for `sqz bench`: the measured peak of a device, against which a benchmark states
+ * the fraction of peak the whole model reaches.
+ */
+
+/* The best rate of a backend's own LINEAR kernel (dense, one group) on a device. */
+typedef struct sqz_peak {
+    double gflops;            /* best rate over the timed launches, FLOPs counted from the graph */
+    int64_t rows;             /* tokens of the product [rows x in] x [in x out] that was timed */
+    int64_t in_features, out_features;
+    double flops_per_launch;
+    int launches;             /* timed launches (warm-up launches not counted) */
+    double seconds;           /* wall time spent measuring, warm-up included */
+    char device[256];         /* the device in use, as sqz_session_device would name it */
+} sqz_peak;
+
+/* Times the backend's LINEAR kernel on a [rows x 1024] x [1024 x 1024] product on `device`
+ * (NULL: the backend's default), growing rows from 64 until one launch takes 50 ms, then
+ * launching it repeatedly for about `budget_seconds` and keeping the best rate. precision:
+ * NULL or "fp32" (the only one this build has; any other is SQZ_ERR_UNSUPPORTED). */
+sqz_status sqz_measure_peak(const char *backend, const char *device, const char *precision,
+                            double budget_seconds, sqz_peak *out);
+
+/* ---- end of benchmark --------------------------------------------------------------- */
+
 #ifdef __cplusplus
 }
 #endif

@@ -93,7 +93,20 @@ int sqz_uc_lower(uint32_t c, uint32_t out[SQZ_UC_MAX_LOWER])
 
 int sqz_uc_combining_class(uint32_t c)
 {
-    return utf8proc_get_property((utf8proc_int32_t)c)->combining_class;
+    int ccc = utf8proc_get_property((utf8proc_int32_t)c)->combining_class;
+    if (!ccc)
+        return 0;
+    size_t lo = 0, hi = SQZ_UC_COMPAT_CCC_ZERO_COUNT;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c < sqz_uc_compat_ccc_zero[mid].first)
+            hi = mid;
+        else if (c > sqz_uc_compat_ccc_zero[mid].last)
+            lo = mid + 1;
+        else
+            return 0;
+    }
+    return ccc;
 }
 
 int sqz_uc_is_cjk(uint32_t c)

@@ -31,7 +31,8 @@ unsigned sqz_uc_base_flags(uint32_t c);
 int sqz_uc_decompose(uint32_t c, uint32_t out[SQZ_UC_MAX_DECOMPOSITION]);
 /* Lower case as Rust's char::to_lowercase (1 to 3 code points); returns the count. */
 int sqz_uc_lower(uint32_t c, uint32_t out[SQZ_UC_MAX_LOWER]);
-/* Canonical combining class (for the canonical ordering step of NFD). */
+/* Canonical combining class as the Rust crate knows it (0 for marks newer than its table),
+ * for the canonical ordering step of NFD. */
 int sqz_uc_combining_class(uint32_t c);
 /* The CJK ideograph ranges of the BERT normaliser (the fast tokenizer's, per the spec). */
 int sqz_uc_is_cjk(uint32_t c);

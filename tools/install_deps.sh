@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   cmake gcc make pkg-config
   libjansson-dev          # config.json and JSON input/output
+  libutf8proc-dev         # tokenizer: NFD, Unicode categories, lower case
   libcmocka-dev           # unit tests
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo   # OpenCL backend, PoCL on CPUs
 )

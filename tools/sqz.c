@@ -10,6 +10,7 @@
 
 #include "squeezebert.h"
 #include "tools/json_io.h"
+#include "tools/sqz_commands.h"
 
 #define EXIT_USAGE 2
 #define EXIT_NO_DEVICE 77 /* the backend is built in but has no device here */
@@ -709,6 +710,9 @@ static const char main_help[] =
     "usage: sqz COMMAND [OPTIONS]   (sqz COMMAND --help for each)\n"
     "\n"
     "commands:\n"
+    "  infer         text in, answers out: classify, embed, tokens, qa, fill-mask (JSON Lines)\n"
+    "  tokenize      JSON Lines of text in, token ids out (the checkpoint's WordPiece tokenizer)\n"
+    "  bench         throughput and latency over backends, devices, batch sizes and lengths\n"
     "  demo          the main job on an embedded default: random full-size model, timed forward\n"
     "  forward       run a checkpoint on input ids from JSON, write every output as JSON\n"
     "  graph         draw the compiled plan of a checkpoint (Graphviz DOT)\n"
@@ -733,6 +737,7 @@ int main(int argc, char **argv)
         {"forward", cmd_forward}, {"graph", cmd_graph},   {"random-model", cmd_random_model},
         {"info", cmd_info},       {"backends", cmd_backends}, {"demo", cmd_demo},
         {"devices", cmd_devices}, {"validate", cmd_validate},
+        {"infer", sqz_cli_infer}, {"tokenize", sqz_cli_tokenize}, {"bench", sqz_cli_bench},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0)

@@ -1,0 +1,263 @@
+/* `sqz infer` through the binary, as users run it: every task against the records
+ * tools/gen_infer_fixtures.py computed with transformers for the same text, on every
+ * backend that can run here; results independent of batching; errors on their own line;
+ * 10,000 lines back in input order. */
+#include "tests/test_util.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <sys/wait.h>
+
+#define INFER SQZ_FIXTURES_DIR "/infer"
+
+static char *tmp;
+
+static int run(const char *args, int *status)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s infer %s 2> '%s/stderr.log'", SQZ_SQZ_BINARY, args, tmp);
+    int rc = system(cmd);
+    *status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+    return 0;
+}
+
+/* Reads a JSON Lines file: one json_t per line (NULL where a line is not JSON). */
+static json_t **read_lines(const char *path, size_t *count)
+{
+    size_t n;
+    char *text = (char *)read_whole(path, &n);
+    size_t lines = 0;
+    for (size_t i = 0; i < n; i++)
+        lines += text[i] == '\n';
+    json_t **out = calloc(lines + 1, sizeof *out);
+    size_t k = 0;
+    for (char *line = text; k < lines;) {
+        char *end = strchr(line, '\n');
+        out[k++] = json_loadb(line, (size_t)(end - line), 0, NULL);
+        line = end + 1;
+    }
+    free(text);
+    *count = lines;
+    return out;
+}
+
+static void free_lines(json_t **lines, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        json_decref(lines[i]);
+    free(lines);
+}
+
+/* Same keys in the same order, same strings and integers, reals within tolerance. */
+static void same_value(json_t *got, json_t *want, const char *where, double tolerance)
+{
+    if (json_is_real(want) || json_is_real(got)) {
+        double a = json_number_value(got), b = json_number_value(want);
+        if (!(fabs(a - b) <= tolerance * fmax(1.0, fabs(b))))
+            fail_msg("%s: %.9g, transformers %.9g", where, a, b);
+        return;
+    }
+    if (json_typeof(got) != json_typeof(want))
+        fail_msg("%s: JSON types differ", where);
+    char path[512];
+    if (json_is_object(want)) {
+        assert_int_equal(json_object_size(got), json_object_size(want));
+        void *gi = json_object_iter(got), *wi = json_object_iter(want);
+        for (; wi; gi = json_object_iter_next(got, gi), wi = json_object_iter_next(want, wi)) {
+            snprintf(path, sizeof path, "%s.%s", where, json_object_iter_key(wi));
+            if (strcmp(json_object_iter_key(gi), json_object_iter_key(wi)) != 0)
+                fail_msg("%s: key '%s' where transformers has '%s'", where, json_object_iter_key(gi),
+                         json_object_iter_key(wi));
+            same_value(json_object_iter_value(gi), json_object_iter_value(wi), path, tolerance);
+        }
+    } else if (json_is_array(want)) {
+        if (json_array_size(got) != json_array_size(want))
+            fail_msg("%s: %zu entries, transformers %zu", where, json_array_size(got), json_array_size(want));
+        for (size_t i = 0; i < json_array_size(want); i++) {
+            snprintf(path, sizeof path, "%s[%zu]", where, i);
+            same_value(json_array_get(got, i), json_array_get(want, i), path, tolerance);
+        }
+    } else if (!json_equal(got, want)) {
+        char *g = json_dumps(got, JSON_ENCODE_ANY), *w = json_dumps(want, JSON_ENCODE_ANY);
+        fail_msg("%s: %s, transformers %s", where, g, w);
+    }
+}
+
+static void compare_files(const char *got_path, const char *want_path, const char *label)
+{
+    size_t ng, nw;
+    json_t **got = read_lines(got_path, &ng), **want = read_lines(want_path, &nw);
+    assert_int_equal(ng, nw);
+    size_t errors = 0;
+    for (size_t i = 0; i < nw; i++) {
+        char where[128];
+        snprintf(where, sizeof where, "%s line %zu", label, i + 1);
+        if (!got[i])
+            fail_msg("%s: output is not JSON", where);
+        if (json_object_get(want[i], "error")) {
+            if (!json_object_get(got[i], "error"))
+                fail_msg("%s: expected an error record", where);
+            assert_int_equal(json_integer_value(json_object_get(got[i], "line")), (json_int_t)(i + 1));
+            errors++;
+            continue;
+        }
+        same_value(got[i], want[i], where, 1e-5);
+    }
+    assert_true(errors > 0); /* every fixture has bad lines */
+    free_lines(got, ng);
+    free_lines(want, nw);
+}
+
+static void every_task_matches_transformers(void **unused)
+{
+    const struct { const char *dir, *args, *expected; } cases[] = {
+        {"classify", "", "expected.jsonl"},
+        {"classify-bert", "", "expected.jsonl"},
+        {"tokens", "", "expected.jsonl"},
+        {"qa", "", "expected.jsonl"},
+        {"fill-mask", "", "expected.jsonl"},
+        {"embed", "--pooling pooler", "expected-pooler.jsonl"},
+        {"embed", "--pooling mean", "expected-mean.jsonl"},
+        {"embed", "--pooling cls --normalize", "expected-cls-normalized.jsonl"},
+    };
+    for (size_t b = 0; sqz_backend_name(b); b++) {
+        const char *backend = sqz_backend_name(b);
+        if (sqz_backend_probe(backend) != SQZ_OK) {
+            print_message("SKIPPED backend %s: %s\n", backend, sqz_last_error());
+            continue;
+        }
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            char args[2048], out[512], want[512], label[256];
+            snprintf(out, sizeof out, "%s/out.jsonl", tmp);
+            snprintf(args, sizeof args, "--model %s/%s --backend %s --input %s/%s/input.jsonl --output %s %s",
+                     INFER, cases[c].dir, backend, INFER, cases[c].dir, out, cases[c].args);
+            int status;
+            run(args, &status);
+            assert_int_equal(status, 1); /* the fixtures hold lines that must fail */
+            snprintf(want, sizeof want, "%s/%s/%s", INFER, cases[c].dir, cases[c].expected);
+            snprintf(label, sizeof label, "%s %s on %s", cases[c].dir, cases[c].args, backend);
+            compare_files(out, want, label);
+            print_message("%-44s matches transformers\n", label);
+        }
+    }
+}
+
+static void results_do_not_depend_on_batching(void **unused)
+{
+    /* cpu_ref's arithmetic per token is the same in any batch: bit-identical records */
+    char args[2048], a[512], b[512];
+    snprintf(a, sizeof a, "%s/small.jsonl", tmp);
+    snprintf(b, sizeof b, "%s/large.jsonl", tmp);
+    const char *tasks[] = {"classify", "tokens", "qa"};
+    for (size_t t = 0; t < 3; t++) {
+        int status;
+        snprintf(args, sizeof args, "--model %s/%s --backend cpu_ref --batch-tokens 20 --input %s/%s/input.jsonl --output %s",
+                 INFER, tasks[t], INFER, tasks[t], a);
+        run(args, &status);
+        snprintf(args, sizeof args, "--model %s/%s --backend cpu_ref --batch-tokens 100000 --input %s/%s/input.jsonl --output %s",
+                 INFER, tasks[t], INFER, tasks[t], b);
+        run(args, &status);
+        size_t na, nb;
+        unsigned char *da = read_whole(a, &na), *db = read_whole(b, &nb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(da, db, na);
+        free(da), free(db);
+    }
+}
+
+static void ten_thousand_lines_in_order_with_errors_in_place(void **unused)
+{
+    char in[512], out[512], args[2048];
+    snprintf(in, sizeof in, "%s/many.jsonl", tmp);
+    snprintf(out, sizeof out, "%s/many-out.jsonl", tmp);
+    FILE *f = fopen(in, "w");
+    const char *words[] = {"good", "bad", "the", "film", "was", "not", "really", "very", "fun", "and"};
+    uint64_t state = 1;
+    for (int i = 0; i < 10000; i++) {
+        if (i % 997 == 13) {
+            fprintf(f, "{\"id\": %d, \"text\": \n", i); /* broken JSON */
+            continue;
+        }
+        if (i % 1009 == 7) {
+            fprintf(f, "{\"id\": %d, \"text\": \"\"}\n", i); /* empty text */
+            continue;
+        }
+        fprintf(f, "{\"id\": %d, \"text\": \"", i);
+        int n = 1 + (int)((test_uniform(&state) + 1.0f) * 20.0f); /* lengths vary: sorting reorders */
+        for (int w = 0; w < n; w++)
+            fprintf(f, "%s%s", w ? " " : "", words[(i + w * 7) % 10]);
+        fprintf(f, "\"}\n");
+    }
+    fclose(f);
+    int status;
+    snprintf(args, sizeof args, "--model %s/classify --backend cpu_ref --batch-tokens 512 --input %s --output %s",
+             INFER, in, out);
+    run(args, &status);
+    assert_int_equal(status, 1);
+    size_t n;
+    json_t **lines = read_lines(out, &n);
+    assert_int_equal(n, 10000);
+    for (size_t i = 0; i < n; i++) {
+        assert_non_null(lines[i]);
+        const bool broken = i % 997 == 13, empty = i % 1009 == 7;
+        if (broken) {
+            /* nothing could be copied from a line that is not JSON */
+            assert_non_null(json_object_get(lines[i], "error"));
+            assert_int_equal(json_integer_value(json_object_get(lines[i], "line")), (json_int_t)(i + 1));
+            continue;
+        }
+        assert_int_equal(json_integer_value(json_object_get(lines[i], "id")), (json_int_t)i);
+        if (empty)
+            assert_non_null(strstr(json_string_value(json_object_get(lines[i], "error")), "empty"));
+        else
+            assert_non_null(json_object_get(lines[i], "label"));
+    }
+    free_lines(lines, n);
+    /* the summary says what happened */
+    char log[512];
+    snprintf(log, sizeof log, "%s/stderr.log", tmp);
+    size_t ln;
+    char *summary = (char *)read_whole(log, &ln);
+    assert_non_null(strstr(summary, "10000 lines (21 failed)"));
+    free(summary);
+}
+
+static void usage_errors(void **unused)
+{
+    int status;
+    run("--task classify", &status);
+    assert_int_equal(status, 2);
+    char args[1024];
+    snprintf(args, sizeof args, "--model %s/classify --task qa --input /dev/null", INFER);
+    run(args, &status);
+    assert_int_equal(status, 2);
+    snprintf(args, sizeof args, "--model %s/classify --input /nonexistent/file", INFER);
+    run(args, &status);
+    assert_int_equal(status, 1);
+    snprintf(args, sizeof args, "--model %s/classify --batch-tokens 0", INFER);
+    run(args, &status);
+    assert_int_equal(status, 2);
+}
+
+static int setup(void **unused)
+{
+    tmp = make_temp_dir();
+    return 0;
+}
+
+static int teardown(void **unused)
+{
+    remove_temp_dir(tmp);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(every_task_matches_transformers),
+        cmocka_unit_test(results_do_not_depend_on_batching),
+        cmocka_unit_test(ten_thousand_lines_in_order_with_errors_in_place),
+        cmocka_unit_test(usage_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

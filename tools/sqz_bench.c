@@ -1,0 +1,1873 @@
+/* sqz bench: the engine timed over a grid of backends x devices x precisions x batch sizes x
+ * sequence lengths, plus mixed-length batches that show what packing saves. Uses only the
+ * public API. Every figure goes into one JSON report; the table, CSV and SVG are drawn from
+ * it (see tools/sqz_bench.h and bench/README.md). */
+#include "tools/sqz_bench.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "squeezebert.h"
+#include "tools/sqz_commands.h"
+
+#define EXIT_USAGE 2
+#define MAX_LIST 32
+#define SCHEMA "sqz-bench/1"
+
+#ifndef M_PI
+#define M_PI 3.14159265358979323846
+#endif
+
+static const char bench_help[] =
+    "usage: sqz bench (--random PRESET | --model DIR) [options]\n"
+    "       sqz bench --from REPORT.json [--json F] [--csv F] [--plot F.svg] [--baseline E]\n"
+    "\n"
+    "Times the model over backends x devices x precisions x batch sizes x lengths, plus\n"
+    "mixed-length batches, and prints per cell: sequences/s, tokens/s, latency p50/p90/p99\n"
+    "per batch, achieved GFLOP/s (FLOPs counted from the compiled plan) and its fraction of\n"
+    "the device's measured peak, device memory (arena + weights), and whether the output of\n"
+    "that cell matched cpu_ref. Warm-up (session, plan compile, first run) is reported apart.\n"
+    "A latency is the wall time of one sqz_session_run: packing, input upload, every launch,\n"
+    "synchronisation and the output download, as a caller sees it.\n"
+    "\n"
+    "model:\n"
+    "  --random PRESET     squeezebert-uncased | squeezebert-mnli | tiny, random weights\n"
+    "  --model DIR         a checkpoint directory\n"
+    "  --seed S            weight seed for --random (default 1)\n"
+    "grid (LIST = comma-separated):\n"
+    "  --backends LIST     default: every backend built in (one that cannot run here is listed\n"
+    "                      as unavailable, with the reason)\n"
+    "  --devices SPEC      default (each backend's default device), all, or BACKEND:DEVICE,...\n"
+    "                      with DEVICE an index or name substring as `sqz devices` lists them\n"
+    "  --precisions LIST   default fp32,fp16; one a backend lacks is reported as n/a\n"
+    "  --batch LIST        default 1,8,32\n"
+    "  --length LIST       default 32,128 (every row of a batch that long: no padding)\n"
+    "  --mixed-batch LIST  mixed-length cells (default: the --batch values >= 4; none: off)\n"
+    "  --mixed-max W       padded width of mixed batches (default: the largest --length)\n"
+    "  --lengths-file F    draw mixed lengths from F (one length per line) instead of the\n"
+    "                      built-in log-normal (median 40 tokens, sigma 0.55, see below)\n"
+    "  --ref-max-tokens N  cpu_ref runs only cells of at most N padded tokens per batch\n"
+    "                      (default 64: the scalar reference does ~2.3 GFLOP/s, about 3 s\n"
+    "                      per 128-token full-size sequence)\n"
+    "  --input-seed S      seed of the token ids and mixed lengths (default 1)\n"
+    "timing:\n"
+    "  --budget SEC        timed seconds per cell (default 2); at least --min-repeats runs\n"
+    "  --min-repeats N     default 3; --max-repeats N default 200\n"
+    "  --peak-budget SEC   seconds to measure each device's peak (default 1; 0: skip)\n"
+    "checks:\n"
+    "  --tolerance T       max |out - cpu_ref| / max |cpu_ref| to pass (default 1e-4)\n"
+    "  --no-validate       skip the comparison with cpu_ref\n"
+    "output:\n"
+    "  --json FILE --csv FILE --plot FILE.svg   (- for stdout; the table then goes to stderr)\n"
+    "  --baseline ENGINE   ratio column against this engine's rows (default torch, if present)\n"
+    "  --from REPORT.json  draw an existing report (e.g. one bench/peers.py extended)\n"
+    "  --quiet             no progress line on stderr\n"
+    "\n"
+    "Mixed lengths: log-normal with median 40 and sigma 0.55 (mean 47, 90th percentile 81),\n"
+    "clamped to [3, W]: a model of short sentence-pair classification traffic, not a measured\n"
+    "trace; --lengths-file gives a real one. Validation: the last timed output of each cell,\n"
+    "one sequence (the first; in mixed cells the shortest), every output at its real positions,\n"
+    "against cpu_ref running that sequence alone.\n"
+    "Exit status: 0 done, 1 a cell failed or left tolerance, 2 usage.\n";
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+typedef struct option {
+    const char *name;
+    bool takes_value;
+    const char *value;
+} option;
+
+static int parse_options(int argc, char **argv, option *opts, size_t n)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "--", 2) != 0) {
+            fprintf(stderr, "sqz bench: unexpected argument '%s' (see sqz bench --help)\n", arg);
+            return 1;
+        }
+        const char *eq = strchr(arg, '=');
+        size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+        option *match = NULL;
+        for (size_t k = 0; k < n; k++)
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, arg + 2, len) == 0)
+                match = &opts[k];
+        if (!match) {
+            fprintf(stderr, "sqz bench: unknown option '%s' (see sqz bench --help)\n", arg);
+            return 1;
+        }
+        if (!match->takes_value) {
+            if (eq) {
+                fprintf(stderr, "sqz bench: option --%s takes no value\n", match->name);
+                return 1;
+            }
+            match->value = "1";
+        } else if (eq) {
+            match->value = eq + 1;
+        } else if (i + 1 < argc) {
+            match->value = argv[++i];
+        } else {
+            fprintf(stderr, "sqz bench: option --%s needs a value\n", match->name);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static const char *get(const option *opts, size_t n, const char *name)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(opts[k].name, name) == 0)
+            return opts[k].value;
+    return NULL;
+}
+
+static int parse_long(const char *name, const char *text, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || !end || *end || end == text || v < min || v > max) {
+        fprintf(stderr, "sqz bench: --%s must be an integer in %ld..%ld, got '%s'\n", name, min,
+                max, text);
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_double(const char *name, const char *text, double min, double *out)
+{
+    char *end = NULL;
+    double v = strtod(text, &end);
+    if (!end || *end || end == text || !(v >= min) || !isfinite(v)) {
+        fprintf(stderr, "sqz bench: --%s must be a number >= %g, got '%s'\n", name, min, text);
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* "1,8,32" -> ints in [min, max]; returns the count, or -1 (message printed). */
+static int parse_int_list(const char *name, const char *text, long min, long max, int *out)
+{
+    int n = 0;
+    const char *p = text;
+    while (*p) {
+        char item[32];
+        size_t len = strcspn(p, ",");
+        if (len == 0 || len >= sizeof item || n == MAX_LIST) {
+            fprintf(stderr, "sqz bench: --%s takes up to %d comma-separated integers, got '%s'\n",
+                    name, MAX_LIST, text);
+            return -1;
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        long v;
+        if (parse_long(name, item, min, max, &v))
+            return -1;
+        out[n++] = (int)v;
+        p += len + (p[len] == ',');
+    }
+    if (n == 0)
+        fprintf(stderr, "sqz bench: --%s is empty\n", name);
+    return n ? n : -1;
+}
+
+/* "a,b,c" -> strdup'd words in out[]; returns the count, or -1. */
+static int parse_word_list(const char *name, const char *text, char **out)
+{
+    int n = 0;
+    const char *p = text;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        if (len == 0 || n == MAX_LIST) {
+            fprintf(stderr, "sqz bench: --%s: bad list '%s'\n", name, text);
+            return -1;
+        }
+        out[n] = malloc(len + 1);
+        if (!out[n])
+            return -1;
+        memcpy(out[n], p, len);
+        out[n++][len] = '\0';
+        p += len + (p[len] == ',');
+    }
+    return n ? n : -1;
+}
+
+static void free_words(char **w, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(w[i]);
+}
+
+/* JSON numbers for figures that may be unknown: NaN/inf become null. */
+static json_t *jnum(double x) { return isfinite(x) ? json_real(x) : json_null(); }
+
+static double jget_num(const json_t *obj, const char *key)
+{
+    const json_t *v = json_object_get(obj, key);
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+static const char *jget_str(const json_t *obj, const char *key)
+{
+    const char *s = json_string_value(json_object_get(obj, key));
+    return s ? s : "";
+}
+
+static void set_str(json_t *obj, const char *key, const char *value)
+{
+    json_object_set_new(obj, key, json_string(value ? value : ""));
+}
+
+static void set_num(json_t *obj, const char *key, double value)
+{
+    json_object_set_new(obj, key, jnum(value));
+}
+
+static void set_int(json_t *obj, const char *key, int64_t value)
+{
+    json_object_set_new(obj, key, json_integer((json_int_t)value));
+}
+
+/* ---- statistics ---------------------------------------------------------------------------- */
+
+double bench_percentile(const double *sorted, size_t n, double p)
+{
+    if (n == 0)
+        return 0;
+    double pos = p / 100.0 * (double)(n - 1);
+    if (pos <= 0)
+        return sorted[0];
+    if (pos >= (double)(n - 1))
+        return sorted[n - 1];
+    size_t lo = (size_t)pos;
+    double frac = pos - (double)lo;
+    return sorted[lo] + frac * (sorted[lo + 1] - sorted[lo]);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+void bench_stats_compute(const double *samples, size_t n, bench_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (n == 0)
+        return;
+    double *s = malloc(n * sizeof *s);
+    if (!s)
+        return;
+    memcpy(s, samples, n * sizeof *s);
+    qsort(s, n, sizeof *s, cmp_double);
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += s[i];
+    *out = (bench_stats){n, bench_percentile(s, n, 50), bench_percentile(s, n, 90),
+                         bench_percentile(s, n, 99), sum / (double)n, s[0], s[n - 1]};
+    free(s);
+}
+
+/* ---- deterministic inputs --------------------------------------------------------------------- */
+
+uint64_t bench_splitmix64(uint64_t x)
+{
+    uint64_t z = x + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+int64_t bench_token_id(uint64_t seed, int row, int pos, int len, int vocab)
+{
+    int64_t id;
+    if (pos == 0)
+        id = 101;
+    else if (pos == len - 1)
+        id = 102;
+    else {
+        uint64_t h = bench_splitmix64((seed << 40) + ((uint64_t)row << 20) + (uint64_t)pos);
+        id = vocab > 1000 ? 1000 + (int64_t)(h % (uint64_t)(vocab - 1000)) : (int64_t)(h % (uint64_t)vocab);
+    }
+    return id % vocab;
+}
+
+static double unit_interval(uint64_t h) { return ((double)(h >> 11) + 0.5) / 9007199254740992.0; }
+
+int bench_mixed_length(uint64_t seed, int batch, int row, int max_len)
+{
+    uint64_t key = (seed << 40) + ((uint64_t)batch << 20) + 2 * (uint64_t)row;
+    double u1 = unit_interval(bench_splitmix64(~key)), u2 = unit_interval(bench_splitmix64(~(key + 1)));
+    double z = sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+    long len = lround(BENCH_MIXED_MEDIAN * exp(BENCH_MIXED_SIGMA * z));
+    if (len < BENCH_MIXED_MIN)
+        len = BENCH_MIXED_MIN;
+    return len > max_len ? max_len : (int)len;
+}
+
+/* ---- the run -------------------------------------------------------------------------------- */
+
+typedef struct lengths_file {
+    int *values;
+    size_t count;
+} lengths_file;
+
+typedef struct cell {
+    bool mixed;
+    int batch, width; /* width W: padded length of every row */
+    int *lengths;     /* [batch] real tokens per row */
+    int check_row;    /* the row compared with cpu_ref */
+} cell;
+
+/* cpu_ref outputs of one sequence alone, kept for every cell that checks the same sequence. */
+typedef struct reference {
+    int row, len;
+    sqz_result *result;
+} reference;
+
+typedef struct bench_ctx {
+    sqz_model *model;
+    sqz_model_info info;
+    uint64_t input_seed;
+    double budget, peak_budget, tolerance;
+    long min_repeats, max_repeats, ref_max_tokens;
+    bool validate, progress, tty;
+    int cells_done, cells_total;
+    sqz_session *ref_session;
+    reference *refs;
+    size_t n_refs;
+    char *devices_text; /* sqz_devices_describe */
+    bool failed;
+} bench_ctx;
+
+/* detail: a step too frequent for a log file (shown only on a terminal). */
+static void progress(bench_ctx *b, bool detail, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+static void progress(bench_ctx *b, bool detail, const char *fmt, ...)
+{
+    if (!b->progress || (detail && !b->tty))
+        return;
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    /* one line rewritten in place on a terminal; one line per step into a log */
+    if (b->tty)
+        fprintf(stderr, "\r\033[K[%d/%d] %s", b->cells_done, b->cells_total, line);
+    else
+        fprintf(stderr, "[%d/%d] %s\n", b->cells_done, b->cells_total, line);
+    fflush(stderr);
+}
+
+static void progress_end(bench_ctx *b)
+{
+    if (b->progress && b->tty)
+        fprintf(stderr, "\r\033[K");
+}
+
+static void make_input(const bench_ctx *b, const cell *c, int64_t *ids, int64_t *mask)
+{
+    for (int r = 0; r < c->batch; r++)
+        for (int w = 0; w < c->width; w++) {
+            const size_t i = (size_t)r * (size_t)c->width + (size_t)w;
+            const bool real = w < c->lengths[r];
+            ids[i] = real ? bench_token_id(b->input_seed, r, w, c->lengths[r], b->info.vocab_size) : 0;
+            mask[i] = real;
+        }
+}
+
+/* Outputs laid out per token ([N, W, ...]) versus per sequence ([N, C]). */
+static bool per_token(const sqz_output *o)
+{
+    return o->ndim == 3 ||
+           (o->ndim == 2 && (strcmp(o->name, "start_logits") == 0 || strcmp(o->name, "end_logits") == 0));
+}
+
+static sqz_status reference_for(bench_ctx *b, int row, int len, const sqz_result **out)
+{
+    for (size_t i = 0; i < b->n_refs; i++)
+        if (b->refs[i].row == row && b->refs[i].len == len) {
+            *out = b->refs[i].result;
+            return SQZ_OK;
+        }
+    sqz_status st = SQZ_OK;
+    if (!b->ref_session && (st = sqz_session_create(b->model, "cpu_ref", &b->ref_session)) != SQZ_OK)
+        return st;
+    reference *bigger = realloc(b->refs, (b->n_refs + 1) * sizeof *bigger);
+    int64_t *ids = malloc((size_t)len * sizeof *ids);
+    if (!bigger || !ids) {
+        free(ids);
+        if (bigger)
+            b->refs = bigger;
+        fprintf(stderr, "sqz bench: out of memory\n");
+        return SQZ_ERR_OUT_OF_MEMORY;
+    }
+    b->refs = bigger;
+    for (int w = 0; w < len; w++)
+        ids[w] = bench_token_id(b->input_seed, row, w, len, b->info.vocab_size);
+    sqz_input in = {.batch = 1, .seq_len = len, .input_ids = ids};
+    sqz_result *res = NULL;
+    st = sqz_session_run(b->ref_session, &in, &res);
+    free(ids);
+    if (st != SQZ_OK)
+        return st;
+    b->refs[b->n_refs++] = (reference){row, len, res};
+    *out = res;
+    return SQZ_OK;
+}
+
+/* Worst max|got - ref| / max|ref| over every output, at the row's real positions. */
+static double compare_row(const sqz_result *got, const sqz_result *ref, const cell *c, int row,
+                          char *why, size_t why_size)
+{
+    double worst = 0;
+    const int len = c->lengths[row];
+    for (size_t k = 0; k < sqz_result_count(ref); k++) {
+        const sqz_output *r = sqz_result_get(ref, k);
+        const sqz_output *g = sqz_result_find(got, r->name);
+        if (!g) {
+            snprintf(why, why_size, "output %s missing", r->name);
+            return INFINITY;
+        }
+        int64_t inner = 1, per_row;
+        const float *gp, *rp;
+        if (per_token(r)) {
+            for (int d = 2; d < r->ndim; d++)
+                inner *= r->shape[d];
+            per_row = len * inner;
+            gp = g->data + (int64_t)row * c->width * inner; /* positions 0..len-1 of the row */
+            rp = r->data;
+        } else {
+            for (int d = 1; d < r->ndim; d++)
+                inner *= r->shape[d];
+            per_row = inner;
+            gp = g->data + (int64_t)row * inner;
+            rp = r->data;
+        }
+        double max_abs = 0, max_ref = 0;
+        for (int64_t i = 0; i < per_row; i++) {
+            if (!isfinite(gp[i])) {
+                snprintf(why, why_size, "%s has a non-finite value", r->name);
+                return INFINITY;
+            }
+            max_abs = fmax(max_abs, fabs((double)gp[i] - rp[i]));
+            max_ref = fmax(max_ref, fabs((double)rp[i]));
+        }
+        double rel = max_ref > 0 ? max_abs / max_ref : max_abs;
+        if (rel > worst) {
+            worst = rel;
+            snprintf(why, why_size, "%s", r->name);
+        }
+    }
+    return worst;
+}
+
+static json_t *new_row(const char *backend, const char *device, const char *precision)
+{
+    json_t *row = json_object();
+    set_str(row, "engine", "sqz");
+    set_str(row, "backend", backend);
+    set_str(row, "device", device);
+    set_str(row, "precision", precision);
+    return row;
+}
+
+static void row_cell_fields(json_t *row, const cell *c)
+{
+    set_str(row, "mode", c->mixed ? "mixed" : "fixed");
+    set_int(row, "batch", c->batch);
+    set_int(row, "seq_len", c->width);
+    int64_t real = 0;
+    json_t *lens = json_array();
+    for (int r = 0; r < c->batch; r++) {
+        real += c->lengths[r];
+        json_array_append_new(lens, json_integer(c->lengths[r]));
+    }
+    set_int(row, "real_tokens", real);
+    set_int(row, "padded_tokens", (int64_t)c->batch * c->width);
+    set_int(row, "computed_tokens", real); /* packing: padding is never computed */
+    set_int(row, "check_row", c->check_row);
+    if (c->mixed)
+        json_object_set_new(row, "lengths", lens);
+    else
+        json_decref(lens);
+}
+
+/* Runs one cell on a fresh session: create, first run (warm-up), timed runs, check. */
+static json_t *run_cell(bench_ctx *b, const char *backend, const char *device, const char *label,
+                        const char *precision, const cell *c, double peak_gflops)
+{
+    char who[192];
+    snprintf(who, sizeof who, "%s%s%s", backend, device ? ":" : "", device ? device : "");
+    json_t *row = new_row(backend, label, precision);
+    row_cell_fields(row, c);
+    const size_t n = (size_t)c->batch * (size_t)c->width;
+    int64_t *ids = malloc(n * sizeof *ids), *mask = malloc(n * sizeof *mask);
+    double *samples = malloc((size_t)b->max_repeats * sizeof *samples);
+    sqz_session *s = NULL;
+    sqz_result *res = NULL;
+    sqz_status st = SQZ_OK;
+    char where[64] = "";
+    if (!ids || !mask || !samples) {
+        st = SQZ_ERR_OUT_OF_MEMORY;
+        snprintf(where, sizeof where, "allocating the input");
+        goto done;
+    }
+    make_input(b, c, ids, mask);
+    sqz_input in = {.batch = c->batch, .seq_len = c->width, .input_ids = ids, .attention_mask = mask};
+    progress(b, false, "%s %s %s %dx%d: session", who, precision, c->mixed ? "mixed" : "fixed",
+             c->batch, c->width);
+    double t0 = now_seconds();
+    if ((st = sqz_session_create_on(b->model, backend, device, &s)) != SQZ_OK) {
+        snprintf(where, sizeof where, "creating the session");
+        goto done;
+    }
+    double t1 = now_seconds();
+    progress(b, true, "%s %s %s %dx%d: warm-up", who, precision, c->mixed ? "mixed" : "fixed",
+             c->batch, c->width);
+    if ((st = sqz_session_run(s, &in, &res)) != SQZ_OK) {
+        snprintf(where, sizeof where, "the first run");
+        goto done;
+    }
+    double t2 = now_seconds();
+    sqz_run_stats first;
+    sqz_session_last_stats(s, &first);
+    json_t *warm = json_object();
+    set_num(warm, "session_create_s", t1 - t0);
+    set_num(warm, "first_run_s", t2 - t1);
+    set_num(warm, "plan_compile_s", first.compile_seconds);
+    json_object_set_new(row, "warmup", warm);
+    /* timed runs: medians over at least min_repeats, until the cell's budget is spent */
+    size_t count = 0;
+    double spent = 0;
+    while ((long)count < b->min_repeats || (spent < b->budget && (long)count < b->max_repeats)) {
+        sqz_result_free(res);
+        res = NULL;
+        double a = now_seconds();
+        st = sqz_session_run(s, &in, &res);
+        double z = now_seconds();
+        if (st != SQZ_OK) {
+            snprintf(where, sizeof where, "timed run %zu", count + 1);
+            goto done;
+        }
+        samples[count++] = z - a;
+        spent += z - a;
+        progress(b, true, "%s %s %s %dx%d: run %zu, %.3f s", who, precision,
+                 c->mixed ? "mixed" : "fixed", c->batch, c->width, count, z - a);
+    }
+    sqz_run_stats stats;
+    sqz_session_last_stats(s, &stats);
+    bench_stats bs;
+    bench_stats_compute(samples, count, &bs);
+    set_str(row, "status", "ok");
+    set_int(row, "repeats", (int64_t)count);
+    json_t *lat = json_object();
+    set_num(lat, "p50", bs.p50 * 1e3);
+    set_num(lat, "p90", bs.p90 * 1e3);
+    set_num(lat, "p99", bs.p99 * 1e3);
+    set_num(lat, "mean", bs.mean * 1e3);
+    set_num(lat, "min", bs.min * 1e3);
+    set_num(lat, "max", bs.max * 1e3);
+    json_object_set_new(row, "latency_ms", lat);
+    json_t *arr = json_array();
+    for (size_t i = 0; i < count; i++)
+        json_array_append_new(arr, json_real(samples[i] * 1e3));
+    json_object_set_new(row, "samples_ms", arr);
+    set_num(row, "seq_per_s", c->batch / bs.p50);
+    set_num(row, "tokens_per_s", (double)stats.tokens / bs.p50);
+    set_num(row, "flops_per_batch", stats.flops);
+    set_num(row, "gflops", stats.flops / bs.p50 * 1e-9);
+    set_num(row, "peak_gflops", peak_gflops > 0 ? peak_gflops : NAN);
+    set_num(row, "peak_fraction", peak_gflops > 0 ? stats.flops / bs.p50 * 1e-9 / peak_gflops : NAN);
+    set_int(row, "launches", (int64_t)stats.launches);
+    set_int(row, "arena_bytes", (int64_t)stats.arena_bytes);
+    set_int(row, "weight_bytes", (int64_t)stats.weight_bytes);
+    set_int(row, "memory_bytes", (int64_t)(stats.arena_bytes + stats.weight_bytes));
+    /* the check: the timed output itself, one sequence, against cpu_ref on it alone */
+    json_t *val = json_object();
+    if (!b->validate) {
+        set_str(val, "status", "off");
+    } else {
+        const int r = c->check_row;
+        progress(b, true, "%s %s %s %dx%d: cpu_ref check of row %d (%d tokens)", who, precision,
+                 c->mixed ? "mixed" : "fixed", c->batch, c->width, r, c->lengths[r]);
+        const sqz_result *ref = NULL;
+        sqz_status vs = reference_for(b, r, c->lengths[r], &ref);
+        if (vs != SQZ_OK) {
+            set_str(val, "status", "error");
+            set_str(val, "detail", sqz_last_error());
+            b->failed = true;
+        } else {
+            char worst[128] = "";
+            double rel = compare_row(res, ref, c, r, worst, sizeof worst);
+            bool pass = rel <= b->tolerance;
+            b->failed |= !pass;
+            set_str(val, "status", pass ? "pass" : "fail");
+            set_num(val, "max_rel", rel);
+            set_str(val, "worst_output", worst);
+            char what[160];
+            snprintf(what, sizeof what, "row %d (%d tokens), every output, vs cpu_ref alone", r,
+                     c->lengths[r]);
+            set_str(val, "compared", what);
+        }
+        set_num(val, "tolerance", b->tolerance);
+    }
+    json_object_set_new(row, "validation", val);
+done:
+    if (st != SQZ_OK) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s: %s: %s", where, sqz_status_str(st), sqz_last_error());
+        set_str(row, "status", "error");
+        set_str(row, "reason", msg);
+        b->failed = true;
+    }
+    sqz_result_free(res);
+    sqz_session_free(s);
+    free(ids);
+    free(mask);
+    free(samples);
+    b->cells_done++;
+    return row;
+}
+
+/* Precisions a backend runs. Sessions have no precision argument yet: every backend is fp32.
+ * When one arrives, this asks the library instead of answering here. */
+static bool precision_supported(const char *backend, const char *precision)
+{
+    (void)backend;
+    return strcmp(precision, "fp32") == 0;
+}
+
+/* The `sqz devices` line of a backend's device (by index, or the first one naming `name`). */
+static void device_line(const char *text, const char *backend, const char *index, const char *name,
+                        char *out, size_t size)
+{
+    out[0] = '\0';
+    for (const char *line = text; line && *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        char buf[1024];
+        snprintf(buf, sizeof buf, "%.*s", (int)(len < sizeof buf ? len : sizeof buf - 1), line);
+        char b[64] = "", idx[32] = "";
+        int consumed = 0;
+        if (sscanf(buf, "%63s %31s %n", b, idx, &consumed) >= 2 && strcmp(b, backend) == 0 &&
+            ((index && strcmp(idx, index) == 0) || (!index && name && *name && strstr(buf, name)) ||
+             (!index && (!name || !*name)))) {
+            snprintf(out, size, "%s", buf + consumed);
+            return;
+        }
+        line = end ? end + 1 : NULL;
+    }
+}
+
+/* Host threads the backend computes with, in words, so they never differ silently from the
+ * peers' settings. */
+static void backend_threads(const char *backend, const char *line, char *out, size_t size)
+{
+    if (strcmp(backend, "cpu_ref") == 0) {
+        snprintf(out, size, "1 host thread (scalar reference)");
+        return;
+    }
+    const char *cu = strstr(line, " compute units");
+    const char *p = cu;
+    while (p && p > line && p[-1] >= '0' && p[-1] <= '9')
+        p--;
+    const bool pocl = strstr(line, "PoCL") || strstr(line, "Portable Computing Language");
+    const char *env = getenv("POCL_MAX_PTHREAD_COUNT");
+    if (cu && p < cu && pocl)
+        snprintf(out, size, "%.*s compute units, one PoCL thread each (POCL_MAX_PTHREAD_COUNT=%s)",
+                 (int)(cu - p), p, env ? env : "unset");
+    else if (cu && p < cu)
+        snprintf(out, size, "%.*s compute units", (int)(cu - p), p);
+    else
+        snprintf(out, size, "device");
+}
+
+static double measure_peak(bench_ctx *b, const char *backend, const char *device,
+                           const char *precision, json_t *dev)
+{
+    if (!(b->peak_budget > 0))
+        return 0;
+    progress(b, false, "%s %s: measuring the peak", backend, precision);
+    sqz_peak peak;
+    sqz_status st = sqz_measure_peak(backend, device, precision, b->peak_budget, &peak);
+    json_t *p = json_object();
+    set_str(p, "precision", precision);
+    if (st != SQZ_OK) {
+        set_str(p, "status", "error");
+        set_str(p, "reason", sqz_last_error());
+    } else {
+        set_str(p, "status", "ok");
+        set_num(p, "gflops", peak.gflops);
+        char shape[96];
+        snprintf(shape, sizeof shape, "LINEAR [%lld x %lld] x [%lld x %lld]^T", (long long)peak.rows,
+                 (long long)peak.in_features, (long long)peak.out_features, (long long)peak.in_features);
+        set_str(p, "kernel", shape);
+        set_int(p, "launches", peak.launches);
+        set_num(p, "seconds", peak.seconds);
+    }
+    json_t *peaks = json_object_get(dev, "peaks");
+    json_array_append_new(peaks, p);
+    return st == SQZ_OK ? peak.gflops : 0;
+}
+
+static int cmp_cell(const void *a, const void *b)
+{
+    const cell *x = a, *y = b;
+    if (x->mixed != y->mixed)
+        return x->mixed - y->mixed;
+    if (x->width != y->width)
+        return x->width - y->width;
+    return x->batch - y->batch;
+}
+
+static int read_lengths_file(const char *path, lengths_file *out)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "sqz bench: cannot read --lengths-file %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    size_t cap = 0;
+    long v;
+    int line = 0;
+    char buf[128];
+    while (fgets(buf, sizeof buf, f)) {
+        line++;
+        char *p = buf;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\n' || *p == '\0' || *p == '#')
+            continue;
+        char *end = NULL;
+        v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 1 << 20) {
+            fprintf(stderr, "sqz bench: %s:%d: expected a positive length, got '%s'\n", path, line, p);
+            fclose(f);
+            return 1;
+        }
+        if (out->count == cap) {
+            cap = cap ? cap * 2 : 256;
+            int *bigger = realloc(out->values, cap * sizeof *bigger);
+            if (!bigger) {
+                fclose(f);
+                return 1;
+            }
+            out->values = bigger;
+        }
+        out->values[out->count++] = (int)v;
+    }
+    fclose(f);
+    if (!out->count) {
+        fprintf(stderr, "sqz bench: %s holds no lengths\n", path);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- writers ------------------------------------------------------------------------------- */
+
+int bench_write_json(FILE *f, json_t *report)
+{
+    if (json_dumpf(report, f, JSON_INDENT(1) | JSON_REAL_PRECISION(7)) != 0)
+        return 1;
+    return fputc('\n', f) == EOF;
+}
+
+static void csv_str(FILE *f, const char *s)
+{
+    if (strpbrk(s, ",\"\n")) {
+        fputc('"', f);
+        for (; *s; s++) {
+            if (*s == '"')
+                fputc('"', f);
+            fputc(*s == '\n' ? ' ' : *s, f);
+        }
+        fputc('"', f);
+    } else {
+        fputs(s, f);
+    }
+}
+
+static void csv_num(FILE *f, double x)
+{
+    if (isfinite(x))
+        fprintf(f, ",%.6g", x);
+    else
+        fputs(",", f);
+}
+
+int bench_write_csv(FILE *f, json_t *report)
+{
+    fputs("engine,backend,device,precision,mode,batch,seq_len,status,real_tokens,padded_tokens,"
+          "repeats,seq_per_s,tokens_per_s,p50_ms,p90_ms,p99_ms,mean_ms,flops_per_batch,gflops,"
+          "peak_gflops,peak_fraction,arena_bytes,weight_bytes,memory_bytes,session_create_s,"
+          "first_run_s,plan_compile_s,validation,max_rel,threads,reason\n", f);
+    json_t *rows = json_object_get(report, "rows");
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row) {
+        const char *strs[] = {"engine", "backend", "device", "precision", "mode"};
+        for (size_t k = 0; k < 5; k++) {
+            if (k)
+                fputc(',', f);
+            csv_str(f, jget_str(row, strs[k]));
+        }
+        csv_num(f, jget_num(row, "batch"));
+        csv_num(f, jget_num(row, "seq_len"));
+        fputc(',', f);
+        csv_str(f, jget_str(row, "status"));
+        csv_num(f, jget_num(row, "real_tokens"));
+        csv_num(f, jget_num(row, "padded_tokens"));
+        csv_num(f, jget_num(row, "repeats"));
+        csv_num(f, jget_num(row, "seq_per_s"));
+        csv_num(f, jget_num(row, "tokens_per_s"));
+        json_t *lat = json_object_get(row, "latency_ms");
+        csv_num(f, jget_num(lat, "p50"));
+        csv_num(f, jget_num(lat, "p90"));
+        csv_num(f, jget_num(lat, "p99"));
+        csv_num(f, jget_num(lat, "mean"));
+        csv_num(f, jget_num(row, "flops_per_batch"));
+        csv_num(f, jget_num(row, "gflops"));
+        csv_num(f, jget_num(row, "peak_gflops"));
+        csv_num(f, jget_num(row, "peak_fraction"));
+        csv_num(f, jget_num(row, "arena_bytes"));
+        csv_num(f, jget_num(row, "weight_bytes"));
+        csv_num(f, jget_num(row, "memory_bytes"));
+        json_t *warm = json_object_get(row, "warmup");
+        csv_num(f, jget_num(warm, "session_create_s"));
+        csv_num(f, jget_num(warm, "first_run_s"));
+        csv_num(f, jget_num(warm, "plan_compile_s"));
+        json_t *val = json_object_get(row, "validation");
+        fputc(',', f);
+        csv_str(f, jget_str(val, "status"));
+        csv_num(f, jget_num(val, "max_rel"));
+        fputc(',', f);
+        csv_str(f, jget_str(row, "threads"));
+        fputc(',', f);
+        csv_str(f, jget_str(row, "reason"));
+        fputc('\n', f);
+    }
+    return ferror(f) != 0;
+}
+
+/* "sqz:opencl", "sqz:opencl:1", "torch:cpu": one name per engine, backend and device. */
+static void row_name(const json_t *row, char *out, size_t size)
+{
+    const char *dev = jget_str(row, "device");
+    bool show_dev = *dev && strcmp(dev, "default") != 0 && strcmp(dev, "-") != 0;
+    snprintf(out, size, "%s:%s%s%s", jget_str(row, "engine"), jget_str(row, "backend"),
+             show_dev ? ":" : "", show_dev ? dev : "");
+}
+
+/* The row of `engine` in the same cell as `row` (same mode, batch, length, precision). */
+static const json_t *same_cell(json_t *rows, const json_t *row, const char *engine)
+{
+    size_t i;
+    json_t *other;
+    json_array_foreach(rows, i, other) {
+        if (strcmp(jget_str(other, "engine"), engine) == 0 &&
+            strcmp(jget_str(other, "status"), "ok") == 0 &&
+            strcmp(jget_str(other, "mode"), jget_str(row, "mode")) == 0 &&
+            strcmp(jget_str(other, "precision"), jget_str(row, "precision")) == 0 &&
+            jget_num(other, "batch") == jget_num(row, "batch") &&
+            jget_num(other, "seq_len") == jget_num(row, "seq_len"))
+            return other;
+    }
+    return NULL;
+}
+
+static void fmt_num(char *out, size_t size, double x, int width)
+{
+    if (!isfinite(x))
+        snprintf(out, size, "%*s", width, "-");
+    else if (fabs(x) >= 1000)
+        snprintf(out, size, "%*.0f", width, x);
+    else if (fabs(x) >= 100)
+        snprintf(out, size, "%*.1f", width, x);
+    else if (fabs(x) >= 1)
+        snprintf(out, size, "%*.2f", width, x);
+    else
+        snprintf(out, size, "%*.3f", width, x);
+}
+
+static void fmt_fixed(char *out, size_t size, double x, int width, int decimals)
+{
+    if (isfinite(x))
+        snprintf(out, size, "%*.*f", width, decimals, x);
+    else
+        snprintf(out, size, "%*s", width, "-");
+}
+
+void bench_print_table(FILE *f, json_t *report, const char *baseline)
+{
+    json_t *rows = json_object_get(report, "rows");
+    json_t *meta = json_object_get(report, "run");
+    json_t *model = json_object_get(report, "model");
+    size_t i;
+    json_t *row, *dev;
+    /* the ratio column: against torch when the report has torch rows, unless told otherwise */
+    if (!baseline) {
+        json_array_foreach(rows, i, row)
+            if (strcmp(jget_str(row, "engine"), "torch") == 0)
+                baseline = "torch";
+    }
+    fprintf(f, "sqz bench: %s (%s), %.1f M parameters\n", jget_str(model, "architecture"),
+            jget_str(model, "source"), jget_num(model, "parameters") / 1e6);
+    fprintf(f, "run: %s on %s (%s cores), load average at start %s\n", jget_str(meta, "date"),
+            jget_str(meta, "machine"), jget_str(meta, "cores"), jget_str(meta, "loadavg"));
+    fprintf(f, "timing: %s\n", jget_str(meta, "timing"));
+    fprintf(f, "devices and threads:\n");
+    json_array_foreach(json_object_get(report, "devices"), i, dev) {
+        char name[96];
+        row_name(dev, name, sizeof name);
+        if (strcmp(jget_str(dev, "status"), "ok") != 0) {
+            fprintf(f, "  %-18s unavailable: %s\n", name, jget_str(dev, "reason"));
+            continue;
+        }
+        fprintf(f, "  %-18s %s\n  %-18s threads: %s\n", name, jget_str(dev, "description"), "",
+                jget_str(dev, "threads"));
+        size_t k;
+        json_t *p;
+        json_array_foreach(json_object_get(dev, "peaks"), k, p) {
+            if (strcmp(jget_str(p, "status"), "ok") == 0)
+                fprintf(f, "  %-18s peak %s: %.1f GFLOP/s (%s, best of %d launches)\n", "",
+                        jget_str(p, "precision"), jget_num(p, "gflops"), jget_str(p, "kernel"),
+                        (int)jget_num(p, "launches"));
+            else
+                fprintf(f, "  %-18s peak %s: not measured: %s\n", "", jget_str(p, "precision"),
+                        jget_str(p, "reason"));
+        }
+    }
+    fprintf(f, "\n%-18s %-5s %-5s %5s %5s %6s %8s %8s %8s %8s %8s %8s %6s %8s %4s %-11s",
+            "engine", "prec", "mode", "batch", "len", "tokens", "seq/s", "tok/s", "p50 ms",
+            "p90 ms", "p99 ms", "GFLOP/s", "%peak", "mem MiB", "runs", "valid");
+    if (baseline)
+        fprintf(f, " x %s", baseline);
+    fputc('\n', f);
+    int skipped = 0, errors = 0;
+    json_array_foreach(rows, i, row) {
+        const char *status = jget_str(row, "status");
+        char name[96];
+        row_name(row, name, sizeof name);
+        if (strcmp(status, "skipped") == 0) {
+            skipped++;
+            continue;
+        }
+        if (strcmp(status, "ok") != 0 && strcmp(status, "error") != 0)
+            continue; /* n/a rows are listed after the table */
+        char n1[32], n2[32], n3[32], n4[32], n5[32], n6[32], n7[32], n8[32];
+        if (strcmp(status, "error") == 0) {
+            errors++;
+            fprintf(f, "%-18s %-5s %-5s %5d %5d  ERROR: %s\n", name, jget_str(row, "precision"),
+                    jget_str(row, "mode"), (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"),
+                    jget_str(row, "reason"));
+            continue;
+        }
+        json_t *lat = json_object_get(row, "latency_ms"), *val = json_object_get(row, "validation");
+        fmt_num(n1, sizeof n1, jget_num(row, "seq_per_s"), 8);
+        fmt_num(n2, sizeof n2, jget_num(row, "tokens_per_s"), 8);
+        fmt_num(n3, sizeof n3, jget_num(lat, "p50"), 8);
+        fmt_num(n4, sizeof n4, jget_num(lat, "p90"), 8);
+        fmt_num(n5, sizeof n5, jget_num(lat, "p99"), 8);
+        fmt_num(n6, sizeof n6, jget_num(row, "gflops"), 8);
+        double frac = jget_num(row, "peak_fraction");
+        if (isfinite(frac))
+            snprintf(n7, sizeof n7, "%5.0f%%", frac * 100);
+        else
+            snprintf(n7, sizeof n7, "%6s", "-");
+        double mem = jget_num(row, "memory_bytes");
+        fmt_num(n8, sizeof n8, mem / 1048576.0, 8);
+        char valid[48];
+        const char *vs = jget_str(val, "status");
+        if (isfinite(jget_num(val, "max_rel")))
+            snprintf(valid, sizeof valid, "%s %.0e", vs, jget_num(val, "max_rel"));
+        else
+            snprintf(valid, sizeof valid, "%s", *vs ? vs : "-");
+        fprintf(f, "%-18s %-5s %-5s %5d %5d %6lld %s %s %s %s %s %s %s %s %4d %-11s", name,
+                jget_str(row, "precision"), jget_str(row, "mode"), (int)jget_num(row, "batch"),
+                (int)jget_num(row, "seq_len"), (long long)jget_num(row, "real_tokens"), n1, n2, n3,
+                n4, n5, n6, n7, n8, (int)jget_num(row, "repeats"), valid);
+        if (baseline) {
+            const json_t *base = same_cell(rows, row, baseline);
+            if (base)
+                fprintf(f, " %6.2f", jget_num(row, "seq_per_s") / jget_num(base, "seq_per_s"));
+            else
+                fprintf(f, " %6s", "-");
+        }
+        fputc('\n', f);
+    }
+    json_array_foreach(rows, i, row) {
+        if (strcmp(jget_str(row, "status"), "n/a") == 0) {
+            char name[96];
+            row_name(row, name, sizeof name);
+            fprintf(f, "n/a: %s %s: %s\n", name, jget_str(row, "precision"), jget_str(row, "reason"));
+        }
+    }
+    if (skipped) {
+        /* one line per reason: the cells are listed in the JSON and CSV */
+        json_t *seen = json_object();
+        json_array_foreach(rows, i, row) {
+            if (strcmp(jget_str(row, "status"), "skipped") != 0)
+                continue;
+            char key[700], name[96];
+            row_name(row, name, sizeof name);
+            snprintf(key, sizeof key, "%s: %s", name, jget_str(row, "reason"));
+            json_t *c = json_object_get(seen, key);
+            json_object_set_new(seen, key, json_integer(c ? json_integer_value(c) + 1 : 1));
+        }
+        const char *key;
+        json_t *c;
+        json_object_foreach(seen, key, c)
+            fprintf(f, "skipped: %lld cells of %s\n", (long long)json_integer_value(c), key);
+        json_decref(seen);
+    }
+    /* warm-up, excluded from every figure above */
+    bool any_warm = false;
+    json_array_foreach(rows, i, row) {
+        json_t *warm = json_object_get(row, "warmup");
+        if (!warm || strcmp(jget_str(row, "status"), "ok") != 0)
+            continue;
+        if (!any_warm)
+            fprintf(f, "\nwarm-up (not in the figures above):\n  %-18s %-5s %-5s %9s %10s %10s %12s %13s\n",
+                    "engine", "prec", "mode", "cell", "session s", "first s", "over p50 s",
+                    "compile ms");
+        any_warm = true;
+        char name[96], cellname[32];
+        row_name(row, name, sizeof name);
+        snprintf(cellname, sizeof cellname, "%dx%d", (int)jget_num(row, "batch"),
+                 (int)jget_num(row, "seq_len"));
+        double first = jget_num(warm, "first_run_s");
+        double p50 = jget_num(json_object_get(row, "latency_ms"), "p50") * 1e-3;
+        char w1[32], w2[32], w3[32], w4[32];
+        fmt_fixed(w1, sizeof w1, jget_num(warm, "session_create_s"), 10, 3);
+        fmt_fixed(w2, sizeof w2, first, 10, 3);
+        fmt_fixed(w3, sizeof w3, first - p50, 12, 3);
+        fmt_fixed(w4, sizeof w4, jget_num(warm, "plan_compile_s") * 1e3, 13, 3);
+        fprintf(f, "  %-18s %-5s %-5s %9s %s %s %s %s\n", name, jget_str(row, "precision"),
+                jget_str(row, "mode"), cellname, w1, w2, w3, w4);
+    }
+    if (any_warm)
+        fprintf(f, "  session: create (weights upload, kernel build); first: the first run (plan "
+                "compile,\n  first launches); over p50: what the first run cost beyond a timed one\n");
+    /* what packing saved: each mixed cell against the same engine's padded (fixed) cell */
+    bool any_mixed = false;
+    json_array_foreach(rows, i, row) {
+        if (strcmp(jget_str(row, "mode"), "mixed") != 0 || strcmp(jget_str(row, "status"), "ok") != 0)
+            continue;
+        if (!any_mixed)
+            fprintf(f, "\nmixed lengths (%s):\n", jget_str(json_object_get(report, "settings"),
+                                                          "mixed_lengths"));
+        any_mixed = true;
+        char name[96];
+        row_name(row, name, sizeof name);
+        double real = jget_num(row, "real_tokens"), padded = jget_num(row, "padded_tokens");
+        double computed = jget_num(row, "computed_tokens");
+        fprintf(f, "  %-18s batch %3d: %5.0f real tokens of %5.0f padded (%3.0f%%)", name,
+                (int)jget_num(row, "batch"), real, padded, 100 * real / padded);
+        if (isfinite(computed))
+            fprintf(f, ", computes %5.0f", computed);
+        /* the same engine, backend and device, every row full length */
+        size_t k;
+        json_t *other;
+        const json_t *full = NULL;
+        json_array_foreach(rows, k, other) {
+            if (strcmp(jget_str(other, "mode"), "fixed") == 0 &&
+                strcmp(jget_str(other, "status"), "ok") == 0 &&
+                strcmp(jget_str(other, "engine"), jget_str(row, "engine")) == 0 &&
+                strcmp(jget_str(other, "backend"), jget_str(row, "backend")) == 0 &&
+                strcmp(jget_str(other, "device"), jget_str(row, "device")) == 0 &&
+                strcmp(jget_str(other, "precision"), jget_str(row, "precision")) == 0 &&
+                jget_num(other, "batch") == jget_num(row, "batch") &&
+                jget_num(other, "seq_len") == jget_num(row, "seq_len"))
+                full = other;
+        }
+        if (full) {
+            double fr = jget_num(row, "flops_per_batch") / jget_num(full, "flops_per_batch");
+            fprintf(f, "; %.2fx the seq/s of %dx%d full rows", jget_num(row, "seq_per_s") /
+                    jget_num(full, "seq_per_s"), (int)jget_num(full, "batch"),
+                    (int)jget_num(full, "seq_len"));
+            if (isfinite(fr))
+                fprintf(f, ", %.2fx the FLOPs", fr);
+        }
+        fputc('\n', f);
+    }
+    const char *vnote = jget_str(json_object_get(report, "settings"), "validation");
+    if (*vnote)
+        fprintf(f, "\nvalid: %s\n", vnote);
+    if (errors)
+        fprintf(f, "%d cell(s) failed; see the reasons above\n", errors);
+}
+
+/* ---- SVG ------------------------------------------------------------------------------------ */
+
+static void svg_text(FILE *f, double x, double y, const char *anchor, int size, const char *extra,
+                     const char *text)
+{
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" font-size=\"%d\"%s%s>", x, y, anchor,
+            size, *extra ? " " : "", extra);
+    for (const char *p = text; *p; p++) {
+        if (*p == '<')
+            fputs("&lt;", f);
+        else if (*p == '>')
+            fputs("&gt;", f);
+        else if (*p == '&')
+            fputs("&amp;", f);
+        else if (*p == '"')
+            fputs("&quot;", f);
+        else
+            fputc(*p, f);
+    }
+    fputs("</text>\n", f);
+}
+
+static const char *const palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
+                                      "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"};
+
+/* Series: one per engine, backend, device and precision; same colour in every panel. */
+static void series_key(const json_t *row, char *out, size_t size)
+{
+    char name[96];
+    row_name(row, name, sizeof name);
+    snprintf(out, size, "%s %s", name, jget_str(row, "precision"));
+}
+
+static bool row_ok(const json_t *row)
+{
+    return strcmp(jget_str(row, "status"), "ok") == 0 && isfinite(jget_num(row, "seq_per_s")) &&
+           jget_num(row, "seq_per_s") > 0;
+}
+
+static double log_floor(double x) { return pow(10, floor(log10(x))); }
+static double log_ceil(double x) { return pow(10, ceil(log10(x))); }
+
+static void tick_label(double v, char *out, size_t size)
+{
+    if (v >= 1)
+        snprintf(out, size, "%.0f", v);
+    else
+        snprintf(out, size, "%g", v);
+}
+
+int bench_write_svg(FILE *f, json_t *report)
+{
+    json_t *rows = json_object_get(report, "rows");
+    size_t i;
+    json_t *row;
+    /* the panels: one per (mode, length), fixed lengths first */
+    typedef struct panel { bool mixed; int len; } panel;
+    panel panels[8];
+    int n_panels = 0;
+    char series[16][128];
+    int n_series = 0;
+    double ymin = INFINITY, ymax = 0, bmin = INFINITY, bmax = 0, lmin = INFINITY, lmax = 0;
+    int n_lat = 0;
+    json_array_foreach(rows, i, row) {
+        if (!row_ok(row))
+            continue;
+        bool mixed = strcmp(jget_str(row, "mode"), "mixed") == 0;
+        int len = (int)jget_num(row, "seq_len");
+        int k = 0;
+        while (k < n_panels && !(panels[k].mixed == mixed && panels[k].len == len))
+            k++;
+        if (k == n_panels && n_panels < 8)
+            panels[n_panels++] = (panel){mixed, len};
+        char key[128];
+        series_key(row, key, sizeof key);
+        int s = 0;
+        while (s < n_series && strcmp(series[s], key) != 0)
+            s++;
+        if (s == n_series && n_series < 16)
+            snprintf(series[n_series++], sizeof series[0], "%s", key);
+        ymin = fmin(ymin, jget_num(row, "seq_per_s"));
+        ymax = fmax(ymax, jget_num(row, "seq_per_s"));
+        bmin = fmin(bmin, jget_num(row, "batch"));
+        bmax = fmax(bmax, jget_num(row, "batch"));
+        size_t k2;
+        json_t *v;
+        json_array_foreach(json_object_get(row, "samples_ms"), k2, v) {
+            lmin = fmin(lmin, json_number_value(v));
+            lmax = fmax(lmax, json_number_value(v));
+        }
+        n_lat++;
+    }
+    for (int a = 1; a < n_panels; a++) /* fixed before mixed, then by length */
+        for (int b = a; b > 0 && (panels[b].mixed < panels[b - 1].mixed ||
+                                  (panels[b].mixed == panels[b - 1].mixed && panels[b].len < panels[b - 1].len)); b--) {
+            panel t = panels[b];
+            panels[b] = panels[b - 1];
+            panels[b - 1] = t;
+        }
+    const double W = 1100, top = 70, ph = 260, pad_l = 70, gap = 40;
+    const double legend_h = 22.0 * ((n_series + 2) / 3) + 30;
+    const double lat_top = top + ph + 60 + legend_h, row_h = 16;
+    const double H = lat_top + 50 + row_h * (n_lat ? n_lat : 1) + 40;
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+            "viewBox=\"0 0 %.0f %.0f\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
+            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, H, W, H);
+    json_t *model = json_object_get(report, "model"), *meta = json_object_get(report, "run");
+    char title[512];
+    snprintf(title, sizeof title, "sqz bench: %s (%s), %s, %s", jget_str(model, "architecture"),
+             jget_str(model, "source"), jget_str(meta, "machine"), jget_str(meta, "date"));
+    svg_text(f, W / 2, 24, "middle", 15, "font-weight=\"bold\"", title);
+    svg_text(f, W / 2, 44, "middle", 12, "fill=\"#444\"",
+             "throughput (sequences/s, log scale) against batch size, per backend and precision");
+    if (n_panels == 0) {
+        svg_text(f, W / 2, top + 40, "middle", 13, "", "no cell ran");
+        fputs("</svg>\n", f);
+        return ferror(f) != 0;
+    }
+    ymin = log_floor(ymin);
+    ymax = log_ceil(ymax);
+    if (ymax <= ymin)
+        ymax = ymin * 10;
+    /* a quarter of a doubling of margin on each side, so end points are not cut in half */
+    const double lb0 = log2(bmin) - 0.25,
+                 lb1 = (log2(bmax) > log2(bmin) ? log2(bmax) : log2(bmin) + 1) + 0.25;
+    const bool label_minor = log10(ymax) - log10(ymin) <= 2.01; /* few decades: label 2 and 5 */
+    const double pw = (W - pad_l - 20 - gap * (n_panels - 1)) / n_panels;
+    for (int p = 0; p < n_panels; p++) {
+        const double x0 = pad_l + p * (pw + gap), y0 = top, x1 = x0 + pw, y1 = top + ph;
+        char heading[96];
+        if (panels[p].mixed)
+            snprintf(heading, sizeof heading, "mixed lengths up to %d tokens", panels[p].len);
+        else
+            snprintf(heading, sizeof heading, "every row %d tokens", panels[p].len);
+        svg_text(f, (x0 + x1) / 2, y0 - 8, "middle", 12, "font-weight=\"bold\"", heading);
+        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
+                "stroke=\"#888\"/>\n", x0, y0, pw, ph);
+        /* decades on y, with 2 and 5 as faint lines */
+        for (double d = ymin; d <= ymax * 1.0001; d *= 10) {
+            for (int m = 1; m <= 5; m += (m == 1 ? 1 : 3)) {
+                double v = d * m;
+                if (v > ymax * 1.0001)
+                    break;
+                double y = y1 - (log10(v) - log10(ymin)) / (log10(ymax) - log10(ymin)) * ph;
+                fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n",
+                        x0, y, x1, y, m == 1 ? "#ccc" : "#eee");
+                if ((m == 1 || label_minor) && p == 0) {
+                    char t[32];
+                    tick_label(v, t, sizeof t);
+                    svg_text(f, x0 - 6, y + 4, "end", 11, "", t);
+                }
+            }
+        }
+        for (double lb = ceil(lb0); lb <= lb1 + 1e-9; lb += 1) {
+            double x = x0 + (lb - lb0) / (lb1 - lb0) * pw;
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n",
+                    x, y0, x, y1);
+            char t[32];
+            snprintf(t, sizeof t, "%.0f", pow(2, lb));
+            svg_text(f, x, y1 + 16, "middle", 11, "", t);
+        }
+        svg_text(f, (x0 + x1) / 2, y1 + 34, "middle", 11, "", "batch size");
+        if (p == 0) {
+            char rot[96];
+            snprintf(rot, sizeof rot, "transform=\"rotate(-90 %.1f %.1f)\"", x0 - 48, (y0 + y1) / 2);
+            svg_text(f, x0 - 48, (y0 + y1) / 2, "middle", 11, rot, "sequences / s");
+        }
+        for (int s = 0; s < n_series; s++) {
+            /* this series' points in this panel, by batch */
+            double px[64], py[64];
+            int np = 0;
+            json_array_foreach(rows, i, row) {
+                char key[128];
+                series_key(row, key, sizeof key);
+                if (!row_ok(row) || strcmp(key, series[s]) != 0 ||
+                    (strcmp(jget_str(row, "mode"), "mixed") == 0) != panels[p].mixed ||
+                    (int)jget_num(row, "seq_len") != panels[p].len || np == 64)
+                    continue;
+                double bx = x0 + (log2(jget_num(row, "batch")) - lb0) / (lb1 - lb0) * pw;
+                double by = y1 - (log10(jget_num(row, "seq_per_s")) - log10(ymin)) /
+                                     (log10(ymax) - log10(ymin)) * ph;
+                int k = np++;
+                while (k > 0 && px[k - 1] > bx) {
+                    px[k] = px[k - 1];
+                    py[k] = py[k - 1];
+                    k--;
+                }
+                px[k] = bx;
+                py[k] = by;
+            }
+            const char *color = palette[s % 10];
+            const char *dash = strncmp(series[s], "sqz:", 4) == 0 ? "" : " stroke-dasharray=\"6 3\"";
+            if (np > 1) {
+                fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", color, dash);
+                for (int k = 0; k < np; k++)
+                    fprintf(f, "%s%.1f,%.1f", k ? " " : "", px[k], py[k]);
+                fputs("\"/>\n", f);
+            }
+            for (int k = 0; k < np; k++)
+                fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", px[k], py[k], color);
+        }
+    }
+    /* legend: solid lines are this engine, dashed ones the peers */
+    for (int s = 0; s < n_series; s++) {
+        double lx = pad_l + (s % 3) * 330, ly = top + ph + 56 + 22.0 * (s / 3);
+        const char *dash = strncmp(series[s], "sqz:", 4) == 0 ? "" : " stroke-dasharray=\"6 3\"";
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
+                "stroke-width=\"3\"%s/>\n", lx, ly - 4, lx + 28, ly - 4, palette[s % 10], dash);
+        svg_text(f, lx + 34, ly, "start", 12, "", series[s]);
+    }
+    svg_text(f, W - 20, top + ph + 56 + 22.0 * ((n_series - 1) / 3) + 22, "end", 11, "fill=\"#444\"",
+             "solid: sqz backends; dashed: peers. Mixed batches: sqz packs the real tokens, "
+             "peers pad to the longest row");
+    /* latency distribution: every timed run as a dot, p50 as a bar, p90 and p99 as ticks */
+    svg_text(f, W / 2, lat_top, "middle", 12, "font-weight=\"bold\"",
+             "latency per batch (ms, log scale): dots = every timed run, bar = p50, ticks = p90 and p99");
+    lmin = log_floor(lmin);
+    lmax = log_ceil(lmax);
+    if (lmax <= lmin)
+        lmax = lmin * 10;
+    const double lx0 = 330, lx1 = W - 30, ly0 = lat_top + 16;
+    const double ly1 = ly0 + row_h * n_lat + 8;
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#888\"/>\n",
+            lx0, ly0, lx1 - lx0, ly1 - ly0);
+    for (double d = lmin; d <= lmax * 1.0001; d *= 10) {
+        double x = lx0 + (log10(d) - log10(lmin)) / (log10(lmax) - log10(lmin)) * (lx1 - lx0);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ccc\"/>\n", x, ly0, x, ly1);
+        char t[32];
+        tick_label(d, t, sizeof t);
+        svg_text(f, x, ly1 + 15, "middle", 11, "", t);
+    }
+    int r = 0;
+    json_array_foreach(rows, i, row) {
+        if (!row_ok(row))
+            continue;
+        char key[128], label[200];
+        series_key(row, key, sizeof key);
+        int s = 0;
+        while (s < n_series && strcmp(series[s], key) != 0)
+            s++;
+        snprintf(label, sizeof label, "%s %s %dx%d", key, jget_str(row, "mode"),
+                 (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"));
+        double y = ly0 + 4 + row_h * (r + 0.5);
+        svg_text(f, lx0 - 6, y + 4, "end", 10, "", label);
+        const char *color = palette[s % 10];
+        size_t k;
+        json_t *v;
+        json_array_foreach(json_object_get(row, "samples_ms"), k, v) {
+            double x = lx0 + (log10(json_number_value(v)) - log10(lmin)) / (log10(lmax) - log10(lmin)) * (lx1 - lx0);
+            fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.2\" fill=\"%s\" fill-opacity=\"0.45\"/>\n",
+                    x, y, color);
+        }
+        json_t *lat = json_object_get(row, "latency_ms");
+        const char *keys[] = {"p50", "p90", "p99"};
+        for (int q = 0; q < 3; q++) {
+            double val = jget_num(lat, keys[q]);
+            if (!isfinite(val) || val <= 0)
+                continue;
+            double x = lx0 + (log10(val) - log10(lmin)) / (log10(lmax) - log10(lmin)) * (lx1 - lx0);
+            double hh = q == 0 ? 6.5 : 4;
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
+                    "stroke-width=\"%s\"/>\n", x, y - hh, x, y + hh, q == 0 ? "black" : color,
+                    q == 0 ? "2.5" : "1.5");
+        }
+        r++;
+    }
+    svg_text(f, (lx0 + lx1) / 2, ly1 + 32, "middle", 11, "", "milliseconds per batch");
+    fputs("</svg>\n", f);
+    return ferror(f) != 0;
+}
+
+/* ---- the command ------------------------------------------------------------------------------ */
+
+static void remove_checkpoint(const char *dir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* Writes the report where the options say; "-" is stdout. */
+static int write_outputs(json_t *report, const char *json_path, const char *csv_path,
+                         const char *plot_path, const char *baseline)
+{
+    int rc = 0;
+    bool to_stdout = (json_path && strcmp(json_path, "-") == 0) || (csv_path && strcmp(csv_path, "-") == 0) ||
+                     (plot_path && strcmp(plot_path, "-") == 0);
+    bench_print_table(to_stdout ? stderr : stdout, report, baseline);
+    struct { const char *path; int (*write)(FILE *, json_t *); } outs[] = {
+        {json_path, bench_write_json}, {csv_path, bench_write_csv}, {plot_path, bench_write_svg}};
+    for (size_t k = 0; k < 3; k++) {
+        if (!outs[k].path)
+            continue;
+        FILE *f = strcmp(outs[k].path, "-") == 0 ? stdout : fopen(outs[k].path, "w");
+        int err = !f || outs[k].write(f, report);
+        if (f && f != stdout)
+            err |= fclose(f) != 0;
+        if (err) {
+            fprintf(stderr, "sqz bench: cannot write %s%s%s\n", outs[k].path, errno ? ": " : "",
+                    errno ? strerror(errno) : "");
+            rc = 1;
+        } else if (f != stdout) {
+            fprintf(to_stdout ? stderr : stdout, "wrote %s\n", outs[k].path);
+        }
+    }
+    return rc;
+}
+
+static void machine_info(json_t *run)
+{
+    char host[256] = "?", cpu[256] = "", load[128] = "?";
+    gethostname(host, sizeof host);
+    host[sizeof host - 1] = '\0';
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10) == 0 && strchr(line, ':')) {
+            snprintf(cpu, sizeof cpu, "%s", strchr(line, ':') + 2);
+            cpu[strcspn(cpu, "\n")] = '\0';
+            break;
+        }
+    }
+    if (f)
+        fclose(f);
+    f = fopen("/proc/loadavg", "r");
+    if (f && fgets(load, sizeof load, f)) {
+        /* the three averages only */
+        char *p = load;
+        for (int k = 0; k < 3 && p; k++)
+            p = strchr(p + 1, ' ');
+        if (p)
+            *p = '\0';
+    }
+    if (f)
+        fclose(f);
+    char cores[16];
+    snprintf(cores, sizeof cores, "%ld", sysconf(_SC_NPROCESSORS_ONLN));
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    char date[64];
+    strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", &tm);
+    set_str(run, "date", date);
+    set_str(run, "host", host);
+    set_str(run, "machine", *cpu ? cpu : host);
+    set_str(run, "cores", cores);
+    set_str(run, "loadavg", load);
+}
+
+typedef struct device_req {
+    char backend[32];
+    char device[128]; /* "" = default */
+} device_req;
+
+int sqz_cli_bench(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(bench_help, stdout);
+            return 0;
+        }
+    option opts[] = {
+        {"random", true, NULL},      {"model", true, NULL},        {"seed", true, NULL},
+        {"backends", true, NULL},    {"devices", true, NULL},      {"precisions", true, NULL},
+        {"batch", true, NULL},       {"length", true, NULL},       {"mixed-batch", true, NULL},
+        {"mixed-max", true, NULL},   {"lengths-file", true, NULL}, {"ref-max-tokens", true, NULL},
+        {"input-seed", true, NULL},  {"budget", true, NULL},       {"min-repeats", true, NULL},
+        {"max-repeats", true, NULL}, {"peak-budget", true, NULL},  {"tolerance", true, NULL},
+        {"no-validate", false, NULL}, {"json", true, NULL},        {"csv", true, NULL},
+        {"plot", true, NULL},        {"baseline", true, NULL},     {"from", true, NULL},
+        {"quiet", false, NULL},
+    };
+    const size_t n_opts = sizeof opts / sizeof opts[0];
+    if (parse_options(argc, argv, opts, n_opts))
+        return EXIT_USAGE;
+    const char *json_path = get(opts, n_opts, "json"), *csv_path = get(opts, n_opts, "csv"),
+               *plot_path = get(opts, n_opts, "plot"), *baseline = get(opts, n_opts, "baseline");
+    if (get(opts, n_opts, "from")) {
+        json_error_t jerr;
+        json_t *report = json_load_file(get(opts, n_opts, "from"), 0, &jerr);
+        if (!report || strcmp(jget_str(report, "schema"), SCHEMA) != 0 ||
+            !json_is_array(json_object_get(report, "rows"))) {
+            fprintf(stderr, "sqz bench: %s is not an %s report%s%s\n", get(opts, n_opts, "from"),
+                    SCHEMA, report ? "" : ": ", report ? "" : jerr.text);
+            json_decref(report);
+            return 1;
+        }
+        int rc = write_outputs(report, json_path, csv_path, plot_path, baseline);
+        json_decref(report);
+        return rc;
+    }
+    const char *preset = get(opts, n_opts, "random"), *model_dir = get(opts, n_opts, "model");
+    if (!preset == !model_dir) {
+        fprintf(stderr, "sqz bench: one of --random PRESET or --model DIR is required\n\n%s", bench_help);
+        return EXIT_USAGE;
+    }
+    bench_ctx b = {.budget = 2, .peak_budget = 1, .tolerance = 1e-4, .min_repeats = 3,
+                   .max_repeats = 200, .ref_max_tokens = 64, .validate = true, .input_seed = 1};
+    long seed = 1, input_seed = 1, mixed_max = 0;
+    int batches[MAX_LIST] = {1, 8, 32}, lengths[MAX_LIST] = {32, 128}, mixed_batches[MAX_LIST];
+    int n_batches = 3, n_lengths = 2, n_mixed = -1;
+    char *precisions[MAX_LIST], *backends[MAX_LIST];
+    int n_prec = 0, n_backends = 0;
+    const char *v;
+    if (((v = get(opts, n_opts, "seed")) && parse_long("seed", v, 0, 1L << 40, &seed)) ||
+        ((v = get(opts, n_opts, "input-seed")) && parse_long("input-seed", v, 0, 1L << 20, &input_seed)) ||
+        ((v = get(opts, n_opts, "mixed-max")) && parse_long("mixed-max", v, 2, 65536, &mixed_max)) ||
+        ((v = get(opts, n_opts, "ref-max-tokens")) && parse_long("ref-max-tokens", v, 0, 1L << 24, &b.ref_max_tokens)) ||
+        ((v = get(opts, n_opts, "min-repeats")) && parse_long("min-repeats", v, 1, 100000, &b.min_repeats)) ||
+        ((v = get(opts, n_opts, "max-repeats")) && parse_long("max-repeats", v, 1, 100000, &b.max_repeats)) ||
+        ((v = get(opts, n_opts, "budget")) && parse_double("budget", v, 0, &b.budget)) ||
+        ((v = get(opts, n_opts, "peak-budget")) && parse_double("peak-budget", v, 0, &b.peak_budget)) ||
+        ((v = get(opts, n_opts, "tolerance")) && parse_double("tolerance", v, 0, &b.tolerance)) ||
+        ((v = get(opts, n_opts, "batch")) && (n_batches = parse_int_list("batch", v, 1, 65536, batches)) < 0) ||
+        ((v = get(opts, n_opts, "length")) && (n_lengths = parse_int_list("length", v, 2, 65536, lengths)) < 0))
+        return EXIT_USAGE;
+    if (b.max_repeats < b.min_repeats)
+        b.max_repeats = b.min_repeats;
+    b.input_seed = (uint64_t)input_seed;
+    if ((v = get(opts, n_opts, "mixed-batch"))) {
+        if (strcmp(v, "none") == 0)
+            n_mixed = 0;
+        else if ((n_mixed = parse_int_list("mixed-batch", v, 1, 65536, mixed_batches)) < 0)
+            return EXIT_USAGE;
+    } else {
+        n_mixed = 0;
+        for (int i = 0; i < n_batches; i++)
+            if (batches[i] >= 4)
+                mixed_batches[n_mixed++] = batches[i];
+    }
+    if ((n_prec = parse_word_list("precisions", get(opts, n_opts, "precisions") ? get(opts, n_opts, "precisions")
+                                                                                 : "fp32,fp16", precisions)) < 0)
+        return EXIT_USAGE;
+    for (int i = 0; i < n_prec; i++)
+        if (strcmp(precisions[i], "fp32") && strcmp(precisions[i], "fp16") && strcmp(precisions[i], "bf16") &&
+            strcmp(precisions[i], "tf32") && strcmp(precisions[i], "int8")) {
+            fprintf(stderr, "sqz bench: unknown precision '%s' (fp32, tf32, fp16, bf16, int8)\n", precisions[i]);
+            free_words(precisions, n_prec);
+            return EXIT_USAGE;
+        }
+    if ((v = get(opts, n_opts, "backends"))) {
+        if ((n_backends = parse_word_list("backends", v, backends)) < 0) {
+            free_words(precisions, n_prec);
+            return EXIT_USAGE;
+        }
+        for (int i = 0; i < n_backends; i++) {
+            bool known = false;
+            for (size_t k = 0; sqz_backend_name(k); k++)
+                known |= strcmp(sqz_backend_name(k), backends[i]) == 0;
+            if (!known) {
+                fprintf(stderr, "sqz bench: backend '%s' is not built in (see sqz backends)\n", backends[i]);
+                free_words(precisions, n_prec);
+                free_words(backends, n_backends);
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        for (size_t k = 0; sqz_backend_name(k) && n_backends < MAX_LIST; k++)
+            backends[n_backends++] = strdup(sqz_backend_name(k));
+    }
+    /* devices: per backend, the default, every listed one, or those named */
+    const char *dev_spec = get(opts, n_opts, "devices") ? get(opts, n_opts, "devices") : "default";
+    device_req reqs[MAX_LIST * 2];
+    int n_reqs = 0;
+    char *devtext = NULL;
+    sqz_devices_describe(&devtext);
+    b.devices_text = devtext;
+    int rc = 0;
+    for (int i = 0; i < n_backends && rc == 0; i++) {
+        int before = n_reqs;
+        if (strcmp(dev_spec, "all") == 0 && devtext) {
+            for (const char *line = devtext; *line && n_reqs < MAX_LIST * 2;) {
+                char bk[64], idx[64];
+                if (sscanf(line, "%63s %63s", bk, idx) == 2 && strcmp(bk, backends[i]) == 0 &&
+                    strcmp(idx, "-") != 0) {
+                    snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", bk);
+                    snprintf(reqs[n_reqs++].device, sizeof reqs[0].device, "%s", idx);
+                }
+                const char *end = strchr(line, '\n');
+                line = end ? end + 1 : line + strlen(line);
+            }
+        } else if (strcmp(dev_spec, "default") != 0 && strcmp(dev_spec, "all") != 0) {
+            char *specs[MAX_LIST];
+            int ns = parse_word_list("devices", dev_spec, specs);
+            if (ns < 0) {
+                rc = EXIT_USAGE;
+                break;
+            }
+            for (int k = 0; k < ns; k++) {
+                char *colon = strchr(specs[k], ':');
+                if (!colon) {
+                    fprintf(stderr, "sqz bench: --devices takes default, all or BACKEND:DEVICE,..., got '%s'\n",
+                            specs[k]);
+                    rc = EXIT_USAGE;
+                } else if ((size_t)(colon - specs[k]) == strlen(backends[i]) &&
+                           strncmp(specs[k], backends[i], strlen(backends[i])) == 0 && n_reqs < MAX_LIST * 2) {
+                    snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", backends[i]);
+                    snprintf(reqs[n_reqs++].device, sizeof reqs[0].device, "%s", colon + 1);
+                }
+            }
+            free_words(specs, ns);
+        }
+        if (n_reqs == before && n_reqs < MAX_LIST * 2) { /* the backend's default device */
+            snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", backends[i]);
+            reqs[n_reqs++].device[0] = '\0';
+        }
+    }
+    free_words(backends, n_backends);
+    if (rc) {
+        free_words(precisions, n_prec);
+        free(devtext);
+        return rc;
+    }
+    lengths_file lf = {0};
+    if ((v = get(opts, n_opts, "lengths-file")) && read_lengths_file(v, &lf)) {
+        free_words(precisions, n_prec);
+        free(devtext);
+        free(lf.values);
+        return 1;
+    }
+    b.validate = !get(opts, n_opts, "no-validate");
+    b.progress = !get(opts, n_opts, "quiet");
+    b.tty = isatty(2);
+
+    /* the model */
+    char tmp_dir[] = "/tmp/sqz-bench-XXXXXX";
+    bool made = false;
+    json_t *report = json_object();
+    cell *cells = NULL;
+    int n_cells = 0;
+    rc = 1;
+    if (preset) {
+        if (!mkdtemp(tmp_dir)) {
+            fprintf(stderr, "sqz bench: cannot create a temporary directory: %s\n", strerror(errno));
+            goto done;
+        }
+        made = true;
+        model_dir = tmp_dir;
+        if (b.progress)
+            fprintf(stderr, "sqz bench: writing a random %s checkpoint (seed %ld)\n", preset, seed);
+        sqz_status st = sqz_random_model_write(preset, (uint64_t)seed, model_dir);
+        if (st != SQZ_OK) {
+            fprintf(stderr, "sqz bench: %s: %s\n", sqz_status_str(st), sqz_last_error());
+            rc = st == SQZ_ERR_INVALID_ARGUMENT ? EXIT_USAGE : 1;
+            goto done;
+        }
+    }
+    sqz_status st = sqz_model_load(model_dir, &b.model);
+    if (st != SQZ_OK) {
+        fprintf(stderr, "sqz bench: %s: %s\n", sqz_status_str(st), sqz_last_error());
+        goto done;
+    }
+    sqz_model_get_info(b.model, &b.info);
+    if (b.info.head == SQZ_HEAD_MULTIPLE_CHOICE) {
+        fprintf(stderr, "sqz bench: multiple-choice heads are not benchmarked: time the encoder "
+                "with a base or classification checkpoint of the same shape\n");
+        goto done;
+    }
+    /* the cells, every length within the model's positions */
+    int max_width = 0;
+    for (int i = 0; i < n_lengths; i++)
+        max_width = lengths[i] > max_width ? lengths[i] : max_width;
+    if (mixed_max)
+        max_width = (int)mixed_max;
+    cells = calloc((size_t)(n_batches * n_lengths + (n_mixed > 0 ? n_mixed : 0)), sizeof *cells);
+    if (!cells)
+        goto done;
+    for (int li = 0; li < n_lengths + (n_mixed > 0); li++) {
+        const bool mixed = li == n_lengths;
+        const int width = mixed ? max_width : lengths[li];
+        if (width > b.info.max_position_embeddings) {
+            fprintf(stderr, "sqz bench: length %d exceeds max_position_embeddings %d of the model\n",
+                    width, b.info.max_position_embeddings);
+            rc = EXIT_USAGE;
+            goto done;
+        }
+        for (int bi = 0; bi < (mixed ? n_mixed : n_batches); bi++) {
+            cell *c = &cells[n_cells++];
+            c->mixed = mixed;
+            c->batch = mixed ? mixed_batches[bi] : batches[bi];
+            c->width = width;
+            c->lengths = malloc((size_t)c->batch * sizeof *c->lengths);
+            if (!c->lengths)
+                goto done;
+            for (int r = 0; r < c->batch; r++) {
+                if (!mixed)
+                    c->lengths[r] = width;
+                else if (lf.count) {
+                    uint64_t h = bench_splitmix64(((uint64_t)input_seed << 40) + ((uint64_t)c->batch << 20) + (uint64_t)r);
+                    int len = lf.values[h % lf.count];
+                    c->lengths[r] = len < 2 ? 2 : len > width ? width : len;
+                } else {
+                    c->lengths[r] = bench_mixed_length(b.input_seed, c->batch, r, width);
+                }
+                if (c->lengths[r] < c->lengths[c->check_row])
+                    c->check_row = r; /* the cheapest sequence to check on cpu_ref */
+            }
+        }
+    }
+    qsort(cells, (size_t)n_cells, sizeof *cells, cmp_cell);
+
+    /* the report's header */
+    set_str(report, "schema", SCHEMA);
+    json_t *run = json_object();
+    machine_info(run);
+    set_str(run, "timing", "wall time of one sqz_session_run (pack, upload ids, every launch, "
+            "synchronise, download outputs); medians over repeats; warm-up apart");
+    char cmdline[2048] = "sqz bench";
+    for (int i = 0; i < argc; i++) {
+        size_t len = strlen(cmdline);
+        snprintf(cmdline + len, sizeof cmdline - len, " %s", argv[i]);
+    }
+    set_str(run, "command", cmdline);
+    json_object_set_new(report, "run", run);
+    json_t *model = json_object();
+    char source[600];
+    if (preset)
+        snprintf(source, sizeof source, "random %s, seed %ld", preset, seed);
+    else
+        snprintf(source, sizeof source, "%s", model_dir);
+    set_str(model, "source", source);
+    set_str(model, "architecture", b.info.architecture);
+    set_int(model, "parameters", b.info.num_parameters);
+    set_int(model, "layers", b.info.num_layers);
+    set_int(model, "hidden", b.info.hidden_size);
+    json_object_set_new(report, "model", model);
+    json_t *settings = json_object();
+    set_num(settings, "budget_s", b.budget);
+    set_int(settings, "min_repeats", b.min_repeats);
+    set_int(settings, "max_repeats", b.max_repeats);
+    set_int(settings, "ref_max_tokens", b.ref_max_tokens);
+    set_int(settings, "input_seed", input_seed);
+    char mixed_desc[512];
+    if (lf.count)
+        snprintf(mixed_desc, sizeof mixed_desc, "drawn from %zu lengths in %s, clamped to [2, %d]",
+                 lf.count, get(opts, n_opts, "lengths-file"), max_width);
+    else
+        snprintf(mixed_desc, sizeof mixed_desc, "log-normal, median %.0f tokens, sigma %.2f, clamped "
+                 "to [%d, %d]; a model of sentence-pair classification traffic, not a measured trace",
+                 BENCH_MIXED_MEDIAN, BENCH_MIXED_SIGMA, BENCH_MIXED_MIN, max_width);
+    set_str(settings, "mixed_lengths", mixed_desc);
+    char vdesc[512];
+    if (b.validate)
+        snprintf(vdesc, sizeof vdesc, "each cell's last timed output, one sequence (the first; the "
+                 "shortest in mixed cells), every output at its real positions, against cpu_ref "
+                 "running that sequence alone; pass = max|diff| / max|cpu_ref| <= %g", b.tolerance);
+    else
+        snprintf(vdesc, sizeof vdesc, "off (--no-validate)");
+    set_str(settings, "validation", vdesc);
+    json_object_set_new(report, "settings", settings);
+    json_t *devices = json_array(), *rows = json_array();
+    json_object_set_new(report, "devices", devices);
+    json_object_set_new(report, "rows", rows);
+
+    for (int d = 0; d < n_reqs; d++)
+        for (int p = 0; p < n_prec; p++)
+            b.cells_total += n_cells;
+    for (int d = 0; d < n_reqs; d++) {
+        const char *backend = reqs[d].backend, *device = reqs[d].device[0] ? reqs[d].device : NULL;
+        const char *label = device ? device : "default";
+        json_t *dev = json_object();
+        set_str(dev, "engine", "sqz");
+        set_str(dev, "backend", backend);
+        set_str(dev, "device", label);
+        json_object_set_new(dev, "peaks", json_array());
+        json_array_append_new(devices, dev);
+        /* can it run here? one session on the device tells, and names it */
+        sqz_session *probe = NULL;
+        st = sqz_backend_probe(backend);
+        if (st == SQZ_OK)
+            st = sqz_session_create_on(b.model, backend, device, &probe);
+        if (st != SQZ_OK) {
+            set_str(dev, "status", "unavailable");
+            set_str(dev, "reason", sqz_last_error());
+            b.cells_done += n_cells * n_prec;
+            continue;
+        }
+        set_str(dev, "status", "ok");
+        const char *desc = sqz_session_device(probe);
+        char name[256], line[1024], threads[256];
+        snprintf(name, sizeof name, "%s", desc);
+        name[strcspn(name, "(")] = '\0';
+        while (*name && name[strlen(name) - 1] == ' ')
+            name[strlen(name) - 1] = '\0';
+        device_line(devtext ? devtext : "", backend, device && strspn(device, "0123456789") == strlen(device) ? device : NULL,
+                    name, line, sizeof line);
+        set_str(dev, "description", *line ? line : desc);
+        backend_threads(backend, line, threads, sizeof threads);
+        set_str(dev, "threads", threads);
+        sqz_session_free(probe);
+        for (int p = 0; p < n_prec; p++) {
+            const char *prec = precisions[p];
+            if (!precision_supported(backend, prec)) {
+                json_t *row = new_row(backend, label, prec);
+                set_str(row, "status", "n/a");
+                char why[160];
+                snprintf(why, sizeof why, "%s has no %s kernels in this build (sessions run fp32)",
+                         backend, prec);
+                set_str(row, "reason", why);
+                json_array_append_new(rows, row);
+                b.cells_done += n_cells;
+                continue;
+            }
+            double peak = measure_peak(&b, backend, device, prec, dev);
+            for (int c = 0; c < n_cells; c++) {
+                const cell *ce = &cells[c];
+                json_t *row;
+                if (strcmp(backend, "cpu_ref") == 0 &&
+                    (long)ce->batch * ce->width > b.ref_max_tokens) {
+                    row = new_row(backend, label, prec);
+                    row_cell_fields(row, ce);
+                    set_str(row, "status", "skipped");
+                    char why[200];
+                    snprintf(why, sizeof why, "over %ld padded tokens per batch (--ref-max-tokens); "
+                             "the scalar reference is for correctness, not speed", b.ref_max_tokens);
+                    set_str(row, "reason", why);
+                    b.cells_done++;
+                } else {
+                    row = run_cell(&b, backend, device, label, prec, ce, peak);
+                }
+                set_str(row, "threads", threads);
+                json_array_append_new(rows, row);
+            }
+        }
+    }
+    progress_end(&b);
+    rc = write_outputs(report, json_path, csv_path, plot_path, baseline);
+    if (b.failed)
+        rc = 1;
+done:
+    for (size_t i = 0; i < b.n_refs; i++)
+        sqz_result_free(b.refs[i].result);
+    free(b.refs);
+    sqz_session_free(b.ref_session);
+    sqz_model_free(b.model);
+    for (int i = 0; i < n_cells; i++)
+        free(cells[i].lengths);
+    free(cells);
+    json_decref(report);
+    free_words(precisions, n_prec);
+    free(devtext);
+    free(lf.values);
+    if (made)
+        remove_checkpoint(tmp_dir);
+    return rc;
+}

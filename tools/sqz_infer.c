@@ -1,0 +1,936 @@
+/* sqz infer: JSON Lines of text in, one JSON line of answers out per input line, in input
+ * order (the contract is docs/infer.md).
+ *
+ * Three threads form a pipeline so the device never waits on text work:
+ *   reader   reads and parses lines, tokenizes, sorts a window of lines by length and cuts
+ *            it into batches under a token budget;
+ *   compute  (the calling thread) runs each batch on the session; the engine packs the
+ *            sequences, so padding costs no compute;
+ *   writer   turns outputs into records and writes them back in input order.
+ * Every line yields exactly one record: an answer or {"line": n, "error": ...}. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "squeezebert.h"
+#include "tools/sqz_commands.h"
+
+#define EXIT_USAGE 2
+#define WINDOW_LINES 4096    /* lines sorted together: bigger sorts better, holds more */
+#define QUEUE_DEPTH 4        /* batches in flight between two threads */
+#define MAX_LINE_BYTES (64u << 20)
+
+typedef enum task { TASK_AUTO, TASK_CLASSIFY, TASK_EMBED, TASK_TOKENS, TASK_QA, TASK_FILL_MASK } task;
+typedef enum pooling { POOL_DEFAULT, POOL_POOLER, POOL_CLS, POOL_MEAN } pooling;
+
+typedef struct options {
+    const char *model, *backend, *device, *input, *output;
+    task task;
+    pooling pooling;
+    bool normalize;
+    long batch_tokens, max_length, top_k, max_answer_length;
+} options;
+
+/* One input line on its way through the pipeline. */
+typedef struct item {
+    size_t line;          /* 1-based */
+    json_t *copied;       /* input fields other than the text ones (object, may be NULL) */
+    char *error;          /* set when the line fails before or after compute */
+    char *text, *pair;    /* owned UTF-8 (pair may be NULL) */
+    size_t text_len, pair_len;
+    sqz_encoding *enc;
+    size_t *use;          /* the encoding's tokens that are run, in order (qa truncation) */
+    size_t n_use;
+    char *record;         /* the output line, without newline */
+} item;
+
+typedef struct batch {
+    item **items;
+    size_t count;
+    int width;            /* padded length */
+    sqz_result *result;   /* filled by compute */
+    char *error;          /* the whole batch failed (every item gets it) */
+} batch;
+
+/* A bounded blocking queue of batches; NULL marks the end. */
+typedef struct queue {
+    batch *slots[QUEUE_DEPTH];
+    size_t head, count;
+    pthread_mutex_t lock;
+    pthread_cond_t not_empty, not_full;
+} queue;
+
+static void queue_init(queue *q)
+{
+    memset(q, 0, sizeof *q);
+    pthread_mutex_init(&q->lock, NULL);
+    pthread_cond_init(&q->not_empty, NULL);
+    pthread_cond_init(&q->not_full, NULL);
+}
+
+static void queue_destroy(queue *q)
+{
+    pthread_mutex_destroy(&q->lock);
+    pthread_cond_destroy(&q->not_empty);
+    pthread_cond_destroy(&q->not_full);
+}
+
+static void queue_push(queue *q, batch *b)
+{
+    pthread_mutex_lock(&q->lock);
+    while (q->count == QUEUE_DEPTH)
+        pthread_cond_wait(&q->not_full, &q->lock);
+    q->slots[(q->head + q->count++) % QUEUE_DEPTH] = b;
+    pthread_cond_signal(&q->not_empty);
+    pthread_mutex_unlock(&q->lock);
+}
+
+static batch *queue_pop(queue *q)
+{
+    pthread_mutex_lock(&q->lock);
+    while (q->count == 0)
+        pthread_cond_wait(&q->not_empty, &q->lock);
+    batch *b = q->slots[q->head];
+    q->head = (q->head + 1) % QUEUE_DEPTH;
+    q->count--;
+    pthread_cond_signal(&q->not_full);
+    pthread_mutex_unlock(&q->lock);
+    return b;
+}
+
+typedef struct pipeline {
+    options opt;
+    task task;
+    sqz_model *model;
+    sqz_model_info info;
+    sqz_tokenizer *tok;
+    sqz_tokenizer_info tok_info;
+    sqz_session *session;
+    FILE *in, *out;
+    queue to_compute, to_write;
+    /* statistics; each counter is written by one thread only */
+    size_t lines, failed, tokens, padded_tokens;
+    double tokenize_s, compute_s, write_s;
+    long input_bytes, bytes_read;
+    bool progress;
+    double started;
+} pipeline;
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A malloc'd message: `what`, then ": detail" when detail is given. */
+static char *message(const char *what, const char *detail)
+{
+    size_t n = strlen(what) + (detail ? strlen(detail) + 2 : 0) + 1;
+    char *s = malloc(n);
+    if (s)
+        snprintf(s, n, "%s%s%s", what, detail ? ": " : "", detail ? detail : "");
+    return s;
+}
+
+static void item_free(item *it)
+{
+    if (!it)
+        return;
+    json_decref(it->copied);
+    free(it->error);
+    free(it->text);
+    free(it->pair);
+    sqz_encoding_free(it->enc);
+    free(it->use);
+    free(it->record);
+    free(it);
+}
+
+/* ---- reader: parse, tokenize, sort, batch ------------------------------------------------ */
+
+static char *dup_string(json_t *s, size_t *len)
+{
+    *len = json_string_length(s);
+    char *copy = malloc(*len + 1);
+    if (copy) {
+        memcpy(copy, json_string_value(s), *len);
+        copy[*len] = '\0';
+    }
+    return copy;
+}
+
+/* Fills it->text/pair/copied from one line, or it->error. */
+static void parse_line(pipeline *p, item *it, const char *line, size_t len)
+{
+    json_error_t err;
+    json_t *root = json_loadb(line, len, JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &err);
+    if (!root) {
+        it->error = message("invalid JSON", err.text);
+        return;
+    }
+    if (!json_is_object(root)) {
+        it->error = message("expected a JSON object", NULL);
+        json_decref(root);
+        return;
+    }
+    const bool qa = p->task == TASK_QA;
+    const char *first = qa ? "question" : "text", *second = qa ? "context" : "text_pair";
+    it->copied = json_object();
+    const char *key;
+    json_t *value;
+    json_object_foreach(root, key, value) {
+        if (strcmp(key, first) != 0 && strcmp(key, second) != 0)
+            json_object_set(it->copied, key, value);
+    }
+    json_t *a = json_object_get(root, first), *b = json_object_get(root, second);
+    if (!a || !json_is_string(a))
+        it->error = message(qa ? "field 'question' is missing or not a string" : "field 'text' is missing or not a string", NULL);
+    else if (qa && (!b || !json_is_string(b)))
+        it->error = message("field 'context' is missing or not a string", NULL);
+    else if (!qa && b && !json_is_null(b) && !json_is_string(b))
+        it->error = message("field 'text_pair' is not a string", NULL);
+    else if (json_string_length(a) == 0 || (qa && json_string_length(b) == 0))
+        it->error = message(qa ? "empty question or context" : "empty text", NULL);
+    else {
+        it->text = dup_string(a, &it->text_len);
+        if (b && json_is_string(b))
+            it->pair = dup_string(b, &it->pair_len);
+        if (!it->text || (b && json_is_string(b) && !it->pair))
+            it->error = message("out of memory", NULL);
+    }
+    json_decref(root);
+}
+
+static void tokenize_item(pipeline *p, item *it)
+{
+    if (it->error)
+        return;
+    /* qa truncates only the context (only_second): encode whole, then cut context tokens
+     * from the end, keeping the final [SEP] */
+    const bool qa = p->task == TASK_QA;
+    sqz_status st = sqz_tokenizer_encode(p->tok, it->text, it->text_len, it->pair, it->pair_len,
+                                         qa ? 0 : (int)p->opt.max_length, &it->enc);
+    if (st != SQZ_OK) {
+        it->error = message(sqz_last_error(), NULL);
+        return;
+    }
+    const sqz_encoding *e = it->enc;
+    const size_t max = (size_t)p->opt.max_length;
+    it->n_use = qa && e->length > max ? max : e->length;
+    it->use = malloc((it->n_use ? it->n_use : 1) * sizeof *it->use);
+    if (!it->use) {
+        it->error = message("out of memory", NULL);
+        return;
+    }
+    for (size_t w = 0; w < it->n_use; w++)
+        it->use[w] = w;
+    if (it->n_use < e->length) {
+        it->use[it->n_use - 1] = e->length - 1;
+        if (e->sequence_ids[it->n_use - 2] != 1) {
+            it->error = message("the question leaves no room for the context within --max-length",
+                                NULL);
+            return;
+        }
+    }
+    if (p->task == TASK_FILL_MASK) {
+        bool any = false;
+        for (size_t i = 0; i < it->n_use && !any; i++)
+            any = it->enc->input_ids[it->use[i]] == p->tok_info.mask_id;
+        if (!any)
+            it->error = message("the text has no [MASK] token", NULL);
+    }
+}
+
+static int by_length(const void *a, const void *b)
+{
+    const item *x = *(item *const *)a, *y = *(item *const *)b;
+    size_t lx = x->n_use, ly = y->n_use;
+    if (lx != ly)
+        return lx < ly ? -1 : 1;
+    return x->line < y->line ? -1 : 1;
+}
+
+static batch *new_batch(item **items, size_t count, int width)
+{
+    batch *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->items = malloc((count ? count : 1) * sizeof *b->items);
+    if (!b->items) {
+        free(b);
+        return NULL;
+    }
+    memcpy(b->items, items, count * sizeof *items);
+    b->count = count;
+    b->width = width;
+    return b;
+}
+
+/* Sorts a window by length and sends it on as batches of at most batch_tokens padded
+ * tokens (a single longer line goes alone); lines with errors go as one batch of their own. */
+static void flush_window(pipeline *p, item **window, size_t n)
+{
+    size_t ok = 0;
+    item **failed = malloc((n ? n : 1) * sizeof *failed);
+    size_t n_failed = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (window[i]->error)
+            failed[n_failed++] = window[i];
+        else
+            window[ok++] = window[i];
+    }
+    if (n_failed)
+        queue_push(&p->to_compute, new_batch(failed, n_failed, 0));
+    free(failed);
+    qsort(window, ok, sizeof *window, by_length);
+    const size_t multiple = p->task == TASK_FILL_MASK ? (size_t)p->info.vocab_size : 1;
+    size_t start = 0;
+    while (start < ok) {
+        size_t end = start + 1;
+        /* sorted ascending: the last line of the batch sets its padded width; outputs of
+         * fill-mask scale with the vocabulary, so its budget counts them too */
+        while (end < ok && (end - start + 1) * window[end]->n_use * multiple <=
+                               (size_t)p->opt.batch_tokens * (multiple > 1 ? 64 : 1))
+            end++;
+        const size_t width = window[end - 1]->n_use;
+        queue_push(&p->to_compute, new_batch(window + start, end - start, (int)width));
+        start = end;
+    }
+}
+
+static void *reader_main(void *arg)
+{
+    pipeline *p = arg;
+    item **window = malloc(WINDOW_LINES * sizeof *window);
+    size_t n = 0, line_no = 0, cap = 0;
+    char *line = NULL;
+    ssize_t len;
+    while (window && (len = getline(&line, &cap, p->in)) >= 0) {
+        double t0 = now_seconds();
+        p->bytes_read += len;
+        item *it = calloc(1, sizeof *it);
+        if (!it)
+            break;
+        it->line = ++line_no;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            len--;
+        if ((size_t)len > MAX_LINE_BYTES)
+            it->error = message("line longer than the limit of 64 MiB", NULL);
+        else
+            parse_line(p, it, line, (size_t)len);
+        tokenize_item(p, it);
+        window[n++] = it;
+        p->tokenize_s += now_seconds() - t0;
+        if (n == WINDOW_LINES) {
+            flush_window(p, window, n);
+            n = 0;
+        }
+    }
+    if (window && n)
+        flush_window(p, window, n);
+    free(window);
+    free(line);
+    queue_push(&p->to_compute, NULL);
+    return NULL;
+}
+
+/* ---- compute --------------------------------------------------------------------------- */
+
+static void compute_batch(pipeline *p, batch *b)
+{
+    if (b->width == 0)
+        return; /* lines that failed earlier */
+    const size_t N = b->count, W = (size_t)b->width;
+    int64_t *ids = calloc(N * W, sizeof *ids), *mask = calloc(N * W, sizeof *mask);
+    int64_t *types = calloc(N * W, sizeof *types);
+    if (!ids || !mask || !types) {
+        b->error = message("out of memory for a batch", NULL);
+    } else {
+        for (size_t r = 0; r < N; r++) {
+            const item *it = b->items[r];
+            for (size_t w = 0; w < it->n_use; w++) {
+                ids[r * W + w] = it->enc->input_ids[it->use[w]];
+                types[r * W + w] = it->enc->token_type_ids[it->use[w]];
+                mask[r * W + w] = 1;
+            }
+            p->tokens += it->n_use;
+        }
+        p->padded_tokens += N * W;
+        sqz_input in = {.batch = (int)N, .seq_len = (int)W, .input_ids = ids,
+                        .attention_mask = mask, .token_type_ids = types};
+        sqz_status st = sqz_session_run(p->session, &in, &b->result);
+        if (st != SQZ_OK)
+            b->error = message(sqz_last_error(), NULL);
+    }
+    free(ids), free(mask), free(types);
+}
+
+/* ---- writer: records in input order -------------------------------------------------- */
+
+/* Code points in the first `bytes` bytes of UTF-8 text (offsets as transformers gives them). */
+static size_t code_points(const char *text, size_t bytes)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < bytes; i++)
+        n += ((unsigned char)text[i] & 0xC0) != 0x80;
+    return n;
+}
+
+static void softmax(const float *logits, size_t n, double *out)
+{
+    double m = -INFINITY, sum = 0;
+    for (size_t i = 0; i < n; i++)
+        m = logits[i] > m ? logits[i] : m;
+    for (size_t i = 0; i < n; i++)
+        sum += out[i] = exp((double)logits[i] - m);
+    for (size_t i = 0; i < n; i++)
+        out[i] /= sum;
+}
+
+static size_t argmax(const double *x, size_t n)
+{
+    size_t best = 0;
+    for (size_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+static json_t *label_of(pipeline *p, size_t index)
+{
+    const char *name = sqz_model_label(p->model, (int)index);
+    return json_string(name ? name : "?");
+}
+
+static json_t *record_classify(pipeline *p, const float *logits)
+{
+    const size_t L = (size_t)p->info.num_labels;
+    double *probs = malloc(L * sizeof *probs);
+    if (!probs)
+        return NULL;
+    softmax(logits, L, probs);
+    size_t best = argmax(probs, L);
+    json_t *r = json_object(), *scores = json_object();
+    json_object_set_new(r, "label", label_of(p, best));
+    json_object_set_new(r, "score", json_real(probs[best]));
+    for (size_t i = 0; i < L; i++) {
+        const char *name = sqz_model_label(p->model, (int)i);
+        json_object_set_new(scores, name ? name : "?", json_real(probs[i]));
+    }
+    json_object_set_new(r, "scores", scores);
+    free(probs);
+    return r;
+}
+
+static json_t *record_embed(pipeline *p, const sqz_result *res, size_t row, const item *it)
+{
+    const int64_t H = p->info.hidden_size;
+    double *v = calloc((size_t)H, sizeof *v);
+    if (!v)
+        return NULL;
+    const sqz_output *pooled = sqz_result_find(res, "pooler_output");
+    const sqz_output *hidden = sqz_result_find(res, "last_hidden_state");
+    pooling mode = p->opt.pooling == POOL_DEFAULT ? (pooled ? POOL_POOLER : POOL_CLS) : p->opt.pooling;
+    if (mode == POOL_POOLER && pooled) {
+        for (int64_t c = 0; c < H; c++)
+            v[c] = pooled->data[row * H + c];
+    } else {
+        const int64_t W = hidden->shape[1];
+        const size_t count = mode == POOL_MEAN ? it->n_use : 1;
+        for (size_t w = 0; w < count; w++)
+            for (int64_t c = 0; c < H; c++)
+                v[c] += hidden->data[((int64_t)row * W + (int64_t)w) * H + c];
+        for (int64_t c = 0; c < H; c++)
+            v[c] /= (double)count;
+    }
+    if (p->opt.normalize) {
+        double norm = 0;
+        for (int64_t c = 0; c < H; c++)
+            norm += v[c] * v[c];
+        norm = sqrt(norm);
+        for (int64_t c = 0; c < H && norm > 0; c++)
+            v[c] /= norm;
+    }
+    json_t *r = json_object(), *arr = json_array();
+    for (int64_t c = 0; c < H; c++)
+        json_array_append_new(arr, json_real((float)v[c]));
+    json_object_set_new(r, "embedding", arr);
+    free(v);
+    return r;
+}
+
+static json_t *record_tokens(pipeline *p, const sqz_output *logits, size_t row, const item *it)
+{
+    const sqz_encoding *e = it->enc;
+    const size_t L = (size_t)p->info.num_labels, W = (size_t)logits->shape[1];
+    double *probs = malloc(L * sizeof *probs);
+    if (!probs)
+        return NULL;
+    json_t *r = json_object(), *tokens = json_array();
+    for (size_t w = 0; w < it->n_use; w++) {
+        const size_t k = it->use[w];
+        if (e->sequence_ids[k] != 0)
+            continue;
+        softmax(logits->data + (row * W + w) * L, L, probs);
+        size_t best = argmax(probs, L);
+        json_t *t = json_object();
+        const char *piece = sqz_tokenizer_id_to_token(p->tok, (int32_t)e->input_ids[k]);
+        json_object_set_new(t, "token", json_string(piece ? piece : "[UNK]"));
+        json_object_set_new(t, "label", label_of(p, best));
+        json_object_set_new(t, "score", json_real(probs[best]));
+        json_object_set_new(t, "start", json_integer((json_int_t)code_points(it->text, e->offsets[k].start)));
+        json_object_set_new(t, "end", json_integer((json_int_t)code_points(it->text, e->offsets[k].end)));
+        json_array_append_new(tokens, t);
+    }
+    json_object_set_new(r, "tokens", tokens);
+    free(probs);
+    return r;
+}
+
+/* Softmax over the context tokens only, then the best span within the answer length. */
+static json_t *record_qa(pipeline *p, const sqz_result *res, size_t row, const item *it, char **error)
+{
+    const sqz_encoding *e = it->enc;
+    const sqz_output *so = sqz_result_find(res, "start_logits"), *eo = sqz_result_find(res, "end_logits");
+    const size_t W = (size_t)so->shape[1];
+    size_t n = 0;
+    size_t *pos = malloc(e->length * sizeof *pos);
+    float *sl = malloc(e->length * sizeof *sl), *el = malloc(e->length * sizeof *el);
+    double *ps = malloc(e->length * sizeof *ps), *pe = malloc(e->length * sizeof *pe);
+    json_t *r = NULL;
+    if (!pos || !sl || !el || !ps || !pe)
+        goto done;
+    for (size_t w = 0; w < it->n_use; w++)
+        if (e->sequence_ids[it->use[w]] == 1) {
+            pos[n] = it->use[w];
+            sl[n] = so->data[row * W + w];
+            el[n++] = eo->data[row * W + w];
+        }
+    if (n == 0) {
+        *error = message("no context tokens remain after truncation", NULL);
+        goto done;
+    }
+    softmax(sl, n, ps);
+    softmax(el, n, pe);
+    size_t bi = 0, bj = 0;
+    double best = -1;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i; j < n && j < i + (size_t)p->opt.max_answer_length; j++)
+            if (ps[i] * pe[j] > best) {
+                best = ps[i] * pe[j];
+                bi = i, bj = j;
+            }
+    const size_t start = e->offsets[pos[bi]].start, end = e->offsets[pos[bj]].end;
+    r = json_object();
+    json_object_set_new(r, "answer", json_stringn(it->pair + start, end - start));
+    json_object_set_new(r, "start", json_integer((json_int_t)code_points(it->pair, start)));
+    json_object_set_new(r, "end", json_integer((json_int_t)code_points(it->pair, end)));
+    json_object_set_new(r, "score", json_real(best));
+done:
+    free(pos), free(sl), free(el), free(ps), free(pe);
+    return r;
+}
+
+static json_t *record_fill_mask(pipeline *p, const sqz_output *logits, size_t row, const item *it)
+{
+    const sqz_encoding *e = it->enc;
+    const size_t V = (size_t)logits->shape[2], W = (size_t)logits->shape[1];
+    /* ids without a vocab.txt entry (checkpoint padding rows) take no part */
+    const size_t n = V < (size_t)p->tok_info.vocab_size ? V : (size_t)p->tok_info.vocab_size;
+    double *probs = malloc(n * sizeof *probs);
+    if (!probs)
+        return NULL;
+    json_t *r = json_object(), *masks = json_array();
+    for (size_t w = 0; w < it->n_use; w++) {
+        if (e->input_ids[it->use[w]] != p->tok_info.mask_id)
+            continue;
+        softmax(logits->data + (row * W + w) * V, n, probs);
+        json_t *top = json_array();
+        for (long k = 0; k < p->opt.top_k && k < (long)n; k++) {
+            size_t best = SIZE_MAX;
+            for (size_t i = 0; i < n; i++)
+                if (probs[i] >= 0 && (best == SIZE_MAX || probs[i] > probs[best]))
+                    best = i;
+            json_t *t = json_object();
+            const char *piece = sqz_tokenizer_id_to_token(p->tok, (int32_t)best);
+            json_object_set_new(t, "token", json_string(piece ? piece : "?"));
+            json_object_set_new(t, "token_id", json_integer((json_int_t)best));
+            json_object_set_new(t, "score", json_real(probs[best]));
+            json_array_append_new(top, t);
+            probs[best] = -1; /* taken */
+        }
+        json_array_append_new(masks, top);
+    }
+    json_object_set_new(r, "masks", masks);
+    free(probs);
+    return r;
+}
+
+/* The record of one item: copied fields first, then the answer or the error. */
+static void make_record(pipeline *p, batch *b, size_t row)
+{
+    item *it = b->items[row];
+    json_t *answer = NULL;
+    char *late_error = NULL;
+    if (!it->error && b->error)
+        it->error = message(b->error, NULL);
+    if (!it->error) {
+        const sqz_result *res = b->result;
+        switch (p->task) {
+        case TASK_CLASSIFY:
+            answer = record_classify(p, sqz_result_find(res, "logits")->data + row * (size_t)p->info.num_labels);
+            break;
+        case TASK_EMBED: answer = record_embed(p, res, row, it); break;
+        case TASK_TOKENS: answer = record_tokens(p, sqz_result_find(res, "logits"), row, it); break;
+        case TASK_QA: answer = record_qa(p, res, row, it, &late_error); break;
+        case TASK_FILL_MASK: answer = record_fill_mask(p, sqz_result_find(res, "logits"), row, it); break;
+        default: break;
+        }
+        if (!answer)
+            it->error = late_error ? late_error : message("out of memory formatting the answer", NULL);
+        else
+            free(late_error);
+    }
+    json_t *record = it->copied ? json_deep_copy(it->copied) : json_object();
+    if (it->error) {
+        json_object_set_new(record, "line", json_integer((json_int_t)it->line));
+        json_object_set_new(record, "error", json_string(it->error));
+    } else {
+        json_object_update(record, answer);
+        json_decref(answer);
+    }
+    it->record = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(record);
+}
+
+typedef struct reorder {
+    item **slots; /* slots[i] holds line base + i */
+    size_t cap, base;
+} reorder;
+
+static void show_progress(pipeline *p, bool final)
+{
+    double t = now_seconds() - p->started;
+    double rate = t > 0 ? (double)p->lines / t : 0;
+    char eta[32] = "";
+    if (p->input_bytes > 0 && p->bytes_read > 0 && !final) {
+        double done = (double)p->bytes_read / (double)p->input_bytes;
+        snprintf(eta, sizeof eta, ", ETA %.0f s", done > 0 ? t / done - t : 0.0);
+    }
+    fprintf(stderr, "\r%zu lines, %.1f lines/s, %.0f tokens/s%s   %s", p->lines, rate,
+            t > 0 ? (double)p->tokens / t : 0.0, eta, final ? "\n" : "");
+}
+
+static void *writer_main(void *arg)
+{
+    pipeline *p = arg;
+    reorder ro = {NULL, 0, 1};
+    double last_progress = 0;
+    batch *b;
+    while ((b = queue_pop(&p->to_write)) != NULL) {
+        double t0 = now_seconds();
+        for (size_t r = 0; r < b->count; r++) {
+            item *it = b->items[r];
+            make_record(p, b, r);
+            size_t slot = it->line - ro.base;
+            if (slot >= ro.cap) {
+                size_t cap = ro.cap ? ro.cap : 1024;
+                while (cap <= slot)
+                    cap *= 2;
+                item **bigger = realloc(ro.slots, cap * sizeof *bigger);
+                if (!bigger) {
+                    fprintf(stderr, "sqz infer: out of memory\n");
+                    exit(1);
+                }
+                memset(bigger + ro.cap, 0, (cap - ro.cap) * sizeof *bigger);
+                ro.slots = bigger;
+                ro.cap = cap;
+            }
+            ro.slots[slot] = it;
+        }
+        sqz_result_free(b->result);
+        free(b->error);
+        free(b->items);
+        free(b);
+        /* write the complete prefix */
+        size_t done = 0;
+        while (done < ro.cap && ro.slots[done]) {
+            item *it = ro.slots[done];
+            fputs(it->record ? it->record : "{\"error\": \"out of memory\"}", p->out);
+            fputc('\n', p->out);
+            p->lines++;
+            p->failed += it->error != NULL;
+            item_free(it);
+            done++;
+        }
+        if (done) {
+            memmove(ro.slots, ro.slots + done, (ro.cap - done) * sizeof *ro.slots);
+            memset(ro.slots + ro.cap - done, 0, done * sizeof *ro.slots);
+            ro.base += done;
+        }
+        p->write_s += now_seconds() - t0;
+        if (p->progress && now_seconds() - last_progress > 0.5) {
+            show_progress(p, false);
+            last_progress = now_seconds();
+        }
+    }
+    fflush(p->out);
+    free(ro.slots);
+    return NULL;
+}
+
+/* ---- command line --------------------------------------------------------------------- */
+
+static const char infer_help[] =
+    "usage: sqz infer --model DIR [--backend auto|cpu_ref|opencl|cuda] [--device D]\n"
+    "                 [--task auto|classify|embed|tokens|qa|fill-mask] [--batch-tokens N]\n"
+    "                 [--max-length N] [--input FILE|-] [--output FILE|-]\n"
+    "                 [--pooling pooler|cls|mean] [--normalize] [--top-k K] [--max-answer-length L]\n"
+    "\n"
+    "Reads JSON Lines ({\"text\": ..., \"text_pair\": ...}, or {\"question\": ..., \"context\": ...}\n"
+    "for qa; other fields such as \"id\" are copied through) and writes one JSON line per input\n"
+    "line, in input order: classify -> label, score, scores; embed -> embedding; tokens ->\n"
+    "per-token labels with character offsets; qa -> answer, start, end, score; fill-mask ->\n"
+    "top-k tokens per [MASK]. A line that cannot be processed gets {\"line\": n, \"error\": ...}\n"
+    "and processing goes on. The full contract is docs/infer.md.\n"
+    "\n"
+    "  --backend auto      cuda if a device is there, else opencl, else cpu_ref\n"
+    "  --task auto         from the checkpoint's head (base model: embed)\n"
+    "  --batch-tokens N    padded tokens per batch (default 8192); lines are sorted by length\n"
+    "                      in windows of 4096 so batches carry little padding, and the engine\n"
+    "                      packs them so padding costs no compute\n"
+    "  --max-length N      truncate longest-first to N tokens (default: max_position_embeddings)\n"
+    "Exit status: 0 every line answered, 1 some line got an error record (or a fatal error),\n"
+    "2 usage. A progress line goes to stderr when it is a terminal, and a summary at the end.\n";
+
+typedef struct option {
+    const char *name;
+    bool takes_value;
+    const char *value;
+} option;
+
+static const char *get(const option *opts, size_t n, const char *name)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(opts[k].name, name) == 0)
+            return opts[k].value;
+    return NULL;
+}
+
+static int parse_args(int argc, char **argv, option *opts, size_t n)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        option *match = NULL;
+        const char *eq = strchr(arg, '=');
+        size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
+        for (size_t k = 0; k < n && strncmp(arg, "--", 2) == 0; k++)
+            if (strlen(opts[k].name) == len - 2 && strncmp(opts[k].name, arg + 2, len - 2) == 0)
+                match = &opts[k];
+        if (!match) {
+            fprintf(stderr, "sqz infer: unknown argument '%s' (see sqz infer --help)\n", arg);
+            return 1;
+        }
+        if (!match->takes_value)
+            match->value = "1";
+        else if (eq)
+            match->value = eq + 1;
+        else if (i + 1 < argc)
+            match->value = argv[++i];
+        else {
+            fprintf(stderr, "sqz infer: option --%s needs a value\n", match->name);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static bool parse_long(const char *name, const char *text, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || !end || *end || end == text || v < min || v > max) {
+        fprintf(stderr, "sqz infer: --%s must be an integer in %ld..%ld, got '%s'\n", name, min, max, text);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static int parse_options(int argc, char **argv, options *o)
+{
+    option opts[] = {
+        {"model", true, NULL},      {"backend", true, NULL},      {"device", true, NULL},
+        {"task", true, NULL},       {"batch-tokens", true, NULL}, {"max-length", true, NULL},
+        {"input", true, NULL},      {"output", true, NULL},       {"pooling", true, NULL},
+        {"normalize", false, NULL}, {"top-k", true, NULL},        {"max-answer-length", true, NULL},
+    };
+    const size_t n = sizeof opts / sizeof opts[0];
+    if (parse_args(argc, argv, opts, n))
+        return EXIT_USAGE;
+    memset(o, 0, sizeof *o);
+    o->model = get(opts, n, "model");
+    o->backend = get(opts, n, "backend") ? get(opts, n, "backend") : "auto";
+    o->device = get(opts, n, "device");
+    o->input = get(opts, n, "input") ? get(opts, n, "input") : "-";
+    o->output = get(opts, n, "output") ? get(opts, n, "output") : "-";
+    o->normalize = get(opts, n, "normalize") != NULL;
+    o->batch_tokens = 8192, o->top_k = 5, o->max_answer_length = 15, o->max_length = 0;
+    if (!o->model) {
+        fprintf(stderr, "sqz infer: --model is required\n\n%s", infer_help);
+        return EXIT_USAGE;
+    }
+    static const char *const tasks[] = {"auto", "classify", "embed", "tokens", "qa", "fill-mask"};
+    const char *t = get(opts, n, "task") ? get(opts, n, "task") : "auto";
+    o->task = (task)-1;
+    for (int i = 0; i < 6; i++)
+        if (strcmp(t, tasks[i]) == 0)
+            o->task = (task)i;
+    if ((int)o->task < 0) {
+        fprintf(stderr, "sqz infer: unknown --task '%s'\n", t);
+        return EXIT_USAGE;
+    }
+    const char *pool = get(opts, n, "pooling");
+    if (pool) {
+        o->pooling = strcmp(pool, "pooler") == 0 ? POOL_POOLER : strcmp(pool, "cls") == 0 ? POOL_CLS
+                   : strcmp(pool, "mean") == 0 ? POOL_MEAN : POOL_DEFAULT;
+        if (o->pooling == POOL_DEFAULT) {
+            fprintf(stderr, "sqz infer: --pooling must be pooler, cls or mean\n");
+            return EXIT_USAGE;
+        }
+    }
+    if ((get(opts, n, "batch-tokens") && !parse_long("batch-tokens", get(opts, n, "batch-tokens"), 1, 1L << 24, &o->batch_tokens)) ||
+        (get(opts, n, "max-length") && !parse_long("max-length", get(opts, n, "max-length"), 3, 1L << 20, &o->max_length)) ||
+        (get(opts, n, "top-k") && !parse_long("top-k", get(opts, n, "top-k"), 1, 1000, &o->top_k)) ||
+        (get(opts, n, "max-answer-length") && !parse_long("max-answer-length", get(opts, n, "max-answer-length"), 1, 100000, &o->max_answer_length)))
+        return EXIT_USAGE;
+    return 0;
+}
+
+static task task_for_head(sqz_head head)
+{
+    switch (head) {
+    case SQZ_HEAD_SEQUENCE_CLASSIFICATION: return TASK_CLASSIFY;
+    case SQZ_HEAD_TOKEN_CLASSIFICATION: return TASK_TOKENS;
+    case SQZ_HEAD_QUESTION_ANSWERING: return TASK_QA;
+    case SQZ_HEAD_MASKED_LM: return TASK_FILL_MASK;
+    case SQZ_HEAD_BASE: return TASK_EMBED;
+    default: return TASK_AUTO;
+    }
+}
+
+static const char *pick_backend(const char *wanted)
+{
+    if (strcmp(wanted, "auto") != 0)
+        return wanted;
+    if (sqz_backend_probe("cuda") == SQZ_OK)
+        return "cuda";
+    if (sqz_backend_probe("opencl") == SQZ_OK)
+        return "opencl";
+    return "cpu_ref";
+}
+
+int sqz_cli_infer(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(infer_help, stdout);
+            return 0;
+        }
+    pipeline p;
+    memset(&p, 0, sizeof p);
+    int rc = parse_options(argc, argv, &p.opt);
+    if (rc)
+        return rc;
+    rc = 1;
+    sqz_status st = sqz_model_load(p.opt.model, &p.model);
+    if (st == SQZ_OK)
+        st = sqz_tokenizer_load(p.opt.model, &p.tok);
+    if (st != SQZ_OK) {
+        fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
+        goto done;
+    }
+    sqz_model_get_info(p.model, &p.info);
+    sqz_tokenizer_get_info(p.tok, &p.tok_info);
+    p.task = p.opt.task == TASK_AUTO ? task_for_head(p.info.head) : p.opt.task;
+    if (task_for_head(p.info.head) != p.task) {
+        fprintf(stderr, "sqz infer: task '%s' needs a different head than this checkpoint's %s (%s)\n",
+                argv[0] ? "requested" : "", p.info.architecture, sqz_head_name(p.info.head));
+        rc = EXIT_USAGE;
+        goto done;
+    }
+    if (p.task == TASK_FILL_MASK && p.tok_info.mask_id < 0) {
+        fprintf(stderr, "sqz infer: fill-mask needs a [MASK] token in vocab.txt\n");
+        goto done;
+    }
+    if (p.opt.max_length == 0 || p.opt.max_length > p.info.max_position_embeddings)
+        p.opt.max_length = p.info.max_position_embeddings;
+    const char *backend = pick_backend(p.opt.backend);
+    if ((st = sqz_session_create_on(p.model, backend, p.opt.device, &p.session)) != SQZ_OK) {
+        fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
+        goto done;
+    }
+    p.in = strcmp(p.opt.input, "-") == 0 ? stdin : fopen(p.opt.input, "rb");
+    p.out = strcmp(p.opt.output, "-") == 0 ? stdout : fopen(p.opt.output, "wb");
+    if (!p.in || !p.out) {
+        fprintf(stderr, "sqz infer: cannot open %s: %s\n", !p.in ? p.opt.input : p.opt.output, strerror(errno));
+        goto done;
+    }
+    if (p.in != stdin) {
+        fseek(p.in, 0, SEEK_END);
+        p.input_bytes = ftell(p.in);
+        fseek(p.in, 0, SEEK_SET);
+    }
+    p.progress = isatty(STDERR_FILENO);
+    p.started = now_seconds();
+    queue_init(&p.to_compute);
+    queue_init(&p.to_write);
+    pthread_t reader, writer;
+    pthread_create(&reader, NULL, reader_main, &p);
+    pthread_create(&writer, NULL, writer_main, &p);
+    batch *b;
+    while ((b = queue_pop(&p.to_compute)) != NULL) {
+        double t0 = now_seconds();
+        compute_batch(&p, b);
+        p.compute_s += now_seconds() - t0;
+        queue_push(&p.to_write, b);
+    }
+    queue_push(&p.to_write, NULL);
+    pthread_join(reader, NULL);
+    pthread_join(writer, NULL);
+    queue_destroy(&p.to_compute);
+    queue_destroy(&p.to_write);
+    if (p.progress)
+        show_progress(&p, true);
+    double wall = now_seconds() - p.started;
+    fprintf(stderr, "sqz infer: %zu lines (%zu failed), %zu tokens on %s (%s) in %.2f s: %.1f lines/s; "
+            "packing skipped %zu padded tokens (%.0f%%); busy time: tokenize %.2f s, compute %.2f s, "
+            "write %.2f s\n", p.lines, p.failed, p.tokens, backend, sqz_session_device(p.session), wall,
+            wall > 0 ? p.lines / wall : 0.0, p.padded_tokens - p.tokens,
+            p.padded_tokens ? 100.0 * (double)(p.padded_tokens - p.tokens) / (double)p.padded_tokens : 0.0,
+            p.tokenize_s, p.compute_s, p.write_s);
+    rc = p.failed ? 1 : 0;
+    if (ferror(p.out)) {
+        fprintf(stderr, "sqz infer: error writing %s\n", p.opt.output);
+        rc = 1;
+    }
+done:
+    if (p.in && p.in != stdin)
+        fclose(p.in);
+    if (p.out && p.out != stdout)
+        fclose(p.out);
+    sqz_session_free(p.session);
+    sqz_tokenizer_free(p.tok);
+    sqz_model_free(p.model);
+    return rc;
+}
