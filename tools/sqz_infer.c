@@ -262,12 +262,12 @@ static int by_length(const void *a, const void *b)
 static batch *new_batch(item **items, size_t count, int width)
 {
     batch *b = calloc(1, sizeof *b);
-    if (!b)
-        return NULL;
-    b->items = malloc((count ? count : 1) * sizeof *b->items);
-    if (!b->items) {
-        free(b);
-        return NULL;
+    if (b)
+        b->items = malloc((count ? count : 1) * sizeof *b->items);
+    if (!b || !b->items) {
+        /* NULL would read as the end of input and drop lines: stop loudly instead */
+        fprintf(stderr, "sqz infer: out of memory batching %zu lines\n", count);
+        exit(1);
     }
     memcpy(b->items, items, count * sizeof *items);
     b->count = count;
@@ -281,6 +281,10 @@ static void flush_window(pipeline *p, item **window, size_t n)
 {
     size_t ok = 0;
     item **failed = malloc((n ? n : 1) * sizeof *failed);
+    if (!failed) {
+        fprintf(stderr, "sqz infer: out of memory\n");
+        exit(1);
+    }
     size_t n_failed = 0;
     for (size_t i = 0; i < n; i++) {
         if (window[i]->error)
