@@ -58,13 +58,13 @@ step build 300 bash -c "cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSQZ
 step devices 60 build-gpu/sqz devices
 step devices-without-icd-workaround 60 env -u OCL_ICD_VENDORS build-gpu/sqz devices
 step tests 300 ctest --test-dir build-gpu --output-on-failure -j8
-step validate-cuda-fused 180 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --batch 8 --seq 128 --seed 5
-step validate-cuda-unfused 180 env SQZ_DISABLE_FUSION=1 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --batch 8 --seq 128 --seed 5
+step validate-cuda-fused 180 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --batch 4 --seq 64 --seed 5
+step validate-cuda-unfused 180 env SQZ_DISABLE_FUSION=1 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --batch 4 --seq 64 --seed 5
 step compute-sanitizer 180 bash -c 'compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --batch 3 --seq 16 --seed 2 && compute-sanitizer --tool racecheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --batch 2 --seq 8 --seed 2'
 step throughput-cuda 180 bash -c 'build-gpu/sqz random-model --config squeezebert-uncased --seed 1 --out /tmp/sqb-full && for cell in "1 128" "32 128" "256 128" "32 512"; do set -- $cell; build-gpu/sqz demo --model /tmp/sqb-full --backend cuda --batch $1 --length $2 --no-padding --repeat 20 | grep -E "forward on|first run"; done'
 step torch-peer 240 python3 bench/torch_gpu_peer.py /tmp/sqb-full --fp16 --json "$OUT/torch.json"
-step validate-opencl-gpu-fused 120 build-gpu/sqz validate --random squeezebert-uncased --backend opencl --device NVIDIA --batch 8 --seq 128 --seed 5
-step validate-opencl-gpu-unfused 120 env SQZ_DISABLE_FUSION=1 build-gpu/sqz validate --random squeezebert-uncased --backend opencl --device NVIDIA --batch 8 --seq 128 --seed 5
+step validate-opencl-gpu-fused 120 build-gpu/sqz validate --random squeezebert-uncased --backend opencl --device NVIDIA --batch 4 --seq 64 --seed 5
+step validate-opencl-gpu-unfused 120 env SQZ_DISABLE_FUSION=1 build-gpu/sqz validate --random squeezebert-uncased --backend opencl --device NVIDIA --batch 4 --seq 64 --seed 5
 step throughput-opencl-gpu 120 bash -c 'build-gpu/sqz random-model --config squeezebert-uncased --seed 1 --out /tmp/sqb-full && for b in 1 32 256; do build-gpu/sqz demo --model /tmp/sqb-full --backend opencl --device NVIDIA --batch $b --length 128 --no-padding --repeat 5 | grep -E "forward on|first run"; done'
 
 {
