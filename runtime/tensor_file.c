@@ -298,13 +298,7 @@ sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out)
         fclose(fp);
         return status;
     }
-    if (head_len == sizeof head && memcmp(head, legacy_torch_magic, sizeof head) == 0) {
-        fclose(fp);
-        return sqz_fail(SQZ_ERR_UNSUPPORTED,
-                        "%s: legacy torch.save format is not supported, re-save with torch>=1.6 "
-                        "(torch.save(torch.load(f), f) writes the zip format)",
-                        path);
-    }
+    const int is_legacy = head_len == sizeof head && memcmp(head, legacy_torch_magic, sizeof head) == 0;
 
     sqz_tensor_file *file = calloc(1, sizeof *file);
     if (file)
@@ -317,7 +311,9 @@ sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out)
 
     int is_zip = head_len >= 4 && head[0] == 'P' && head[1] == 'K' &&
                  ((head[2] == 3 && head[3] == 4) || (head[2] == 5 && head[3] == 6));
-    status = is_zip ? sqz_tf_read_torch_zip(&src, file) : sqz_tf_read_safetensors(&src, file);
+    status = is_legacy ? sqz_tf_read_torch_legacy(&src, file)
+             : is_zip  ? sqz_tf_read_torch_zip(&src, file)
+                       : sqz_tf_read_safetensors(&src, file);
     if (status == SQZ_OK)
         status = sqz_tf_check_unique_names(file);
     fclose(fp);
@@ -329,10 +325,8 @@ sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out)
     return SQZ_OK;
 }
 
-void sqz_tensor_file_free(sqz_tensor_file *file)
+void sqz_tensor_file_clear(sqz_tensor_file *file)
 {
-    if (!file)
-        return;
     if (file->tensors) {
         for (size_t i = 0; i < file->count; i++) {
             free(file->tensors[i].name);
@@ -340,6 +334,15 @@ void sqz_tensor_file_free(sqz_tensor_file *file)
         }
     }
     free(file->tensors);
+    file->tensors = NULL;
+    file->count = 0;
+}
+
+void sqz_tensor_file_free(sqz_tensor_file *file)
+{
+    if (!file)
+        return;
+    sqz_tensor_file_clear(file);
     free(file->path);
     free(file);
 }

@@ -517,6 +517,9 @@ typedef struct pk_machine {
     size_t budget_used; /* values plus container slots, against PK_MAX_VALUES */
 
     pk_value none_value;
+    /* the legacy (pre-1.6) format: several pickles back to back, storages after them, and
+     * persistent ids with a sixth field (view metadata, always None for a state dict) */
+    int legacy;
 } pk_machine;
 
 static sqz_status pk_error(pk_machine *m, const char *what)
@@ -887,11 +890,16 @@ static sqz_status pk_persistent_load(pk_machine *m)
     if (status != SQZ_OK)
         return status;
     pk_value *const *a = pid->kind == PK_TUPLE ? pid->u.seq.items : NULL;
-    if (!a || pid->u.seq.n != 5 || a[0]->kind != PK_STR || strcmp(a[0]->u.str.s, "storage") ||
+    const size_t fields = m->legacy ? 6 : 5;
+    if (a && m->legacy && pid->u.seq.n == 6 && a[5]->kind != PK_NONE)
+        return pk_error(m, "persistent id names a view of a storage, which state dicts never do");
+    if (!a || pid->u.seq.n != fields || a[0]->kind != PK_STR || strcmp(a[0]->u.str.s, "storage") ||
         a[1]->kind != PK_GLOBAL || a[1]->u.global.which != PG_STORAGE || a[2]->kind != PK_STR ||
         a[3]->kind != PK_STR || a[4]->kind != PK_INT || a[4]->u.i < 0)
-        return pk_error(m, "persistent id must be ('storage', torch.<Type>Storage, key, "
-                           "location, numel)");
+        return pk_error(m, m->legacy ? "persistent id must be ('storage', torch.<Type>Storage, "
+                                       "key, location, numel, None)"
+                                     : "persistent id must be ('storage', torch.<Type>Storage, key, "
+                                       "location, numel)");
     /* The key becomes part of a zip entry name: keep it to a plain file name. */
     const char *key = a[2]->u.str.s;
     size_t key_len = a[2]->u.str.len;
@@ -997,7 +1005,7 @@ static sqz_status pk_run(pk_machine *m, pk_value **result)
         case '.': /* STOP */
             if (m->n_marks != 0 || m->depth != 1)
                 return pk_error(m, "STOP with an unbalanced stack (expected exactly one object)");
-            if (m->pos != m->len)
+            if (m->pos != m->len && !m->legacy)
                 return pk_error(m, "bytes follow the STOP opcode");
             *result = m->stack[0];
             return SQZ_OK;
@@ -1342,9 +1350,16 @@ static sqz_status tb_list_tensors(const char *path, const char *entry, const pk_
     return SQZ_OK;
 }
 
+/* Where a format keeps its storages: reads storage `key` of `bytes` bytes into a malloc'd
+ * buffer, checking that the file holds exactly that (the message names the tensor `first`). */
+typedef struct tb_storages tb_storages;
+typedef sqz_status (*tb_read_storage)(const tb_storages *where, const pk_value *storage,
+                                      const char *first, unsigned char **out);
+
 /* Reads each storage once and fills every tensor that views it. */
-static sqz_status tb_materialise(const sqz_tf_source *src, const zip_archive *zip,
-                                 const char *prefix, tb_record *records, sqz_tensor_file *out)
+static sqz_status tb_materialise(const sqz_tf_source *src, const tb_storages *where,
+                                 tb_read_storage read_storage, tb_record *records,
+                                 sqz_tensor_file *out)
 {
     const char *path = src->path;
     size_t count = out->count;
@@ -1366,7 +1381,6 @@ static sqz_status tb_materialise(const sqz_tf_source *src, const zip_archive *zi
                         "views repeat data far beyond what a checkpoint needs",
                         path, (unsigned long long)wanted, (unsigned long long)stored);
 
-    char entry_name[600];
     char name[160];
     for (size_t g = 0; g < count;) {
         const pk_value *s = records[g].t->storage;
@@ -1386,25 +1400,11 @@ static sqz_status tb_materialise(const sqz_tf_source *src, const zip_archive *zi
                                 (long long)o->u.storage.numel);
             end++;
         }
-        snprintf(entry_name, sizeof entry_name, "%s/data/%s", prefix, key);
-        const zip_entry *e = zip_find(zip, entry_name);
         const char *first = out->tensors[records[g].index].name;
         sqz_tf_printable(first, strlen(first), name, sizeof name);
-        if (!e)
-            return sqz_fail(SQZ_ERR_FORMAT,
-                            "%s: storage '%s' of tensor '%s' is missing: no zip entry '%s'",
-                            path, key, name, entry_name);
-        size_t item = sqz_tf_dtype_size(s->u.storage.dtype);
-        if ((uint64_t)s->u.storage.numel * item != e->size)
-            return sqz_fail(SQZ_ERR_FORMAT,
-                            "%s: storage '%s' (entry '%s') has %llu bytes, but the pickle "
-                            "says %lld elements of %s (%zu bytes each) = %llu bytes",
-                            path, key, entry_name, (unsigned long long)e->size,
-                            (long long)s->u.storage.numel, sqz_tf_dtype_name(s->u.storage.dtype),
-                            item, (unsigned long long)s->u.storage.numel * item);
-        /* Read (and CRC-check) every storage, even those only listed. */
+        /* Read (and check) every storage, even those only listed. */
         unsigned char *bytes = NULL;
-        sqz_status status = zip_read(src, zip, e, &bytes);
+        sqz_status status = read_storage(where, s, name, &bytes);
         if (status != SQZ_OK)
             return status;
         if (need_data) {
@@ -1429,6 +1429,71 @@ static sqz_status tb_materialise(const sqz_tf_source *src, const zip_archive *zi
         g = end;
     }
     return SQZ_OK;
+}
+
+struct tb_storages {
+    const sqz_tf_source *src;
+    /* zip: entries "<prefix>/data/<key>" */
+    const zip_archive *zip;
+    const char *prefix;
+    /* legacy: (key, element count, file offset of the data) after the pickles */
+    const pk_value *keys; /* the list of keys, in file order */
+    const uint64_t *offsets, *numels;
+};
+
+static sqz_status zip_storage(const tb_storages *w, const pk_value *storage, const char *first,
+                              unsigned char **out)
+{
+    const char *key = storage->u.storage.key;
+    const size_t item = sqz_tf_dtype_size(storage->u.storage.dtype);
+    const uint64_t bytes = (uint64_t)storage->u.storage.numel * item;
+    char entry_name[600];
+    snprintf(entry_name, sizeof entry_name, "%s/data/%s", w->prefix, key);
+    const zip_entry *e = zip_find(w->zip, entry_name);
+    if (!e)
+        return sqz_fail(SQZ_ERR_FORMAT,
+                        "%s: storage '%s' of tensor '%s' is missing: no zip entry '%s'",
+                        w->src->path, key, first, entry_name);
+    if (bytes != e->size)
+        return sqz_fail(SQZ_ERR_FORMAT,
+                        "%s: storage '%s' (entry '%s') has %llu bytes, but the pickle says %lld "
+                        "elements of %s (%zu bytes each) = %llu bytes",
+                        w->src->path, key, entry_name, (unsigned long long)e->size,
+                        (long long)storage->u.storage.numel,
+                        sqz_tf_dtype_name(storage->u.storage.dtype), item,
+                        (unsigned long long)bytes);
+    return zip_read(w->src, w->zip, e, out);
+}
+
+static sqz_status legacy_storage(const tb_storages *w, const pk_value *storage,
+                                 const char *first, unsigned char **out)
+{
+    const char *key = storage->u.storage.key;
+    const uint64_t bytes = (uint64_t)storage->u.storage.numel * sqz_tf_dtype_size(storage->u.storage.dtype);
+    size_t n = w->keys->u.seq.n, i = 0;
+    while (i < n && strcmp(w->keys->u.seq.items[i]->u.str.s, key) != 0)
+        i++;
+    if (i == n)
+        return sqz_fail(SQZ_ERR_FORMAT,
+                        "%s: storage '%s' of tensor '%s' is not in the file's list of storages",
+                        w->src->path, key, first);
+    if (w->numels[i] != (uint64_t)storage->u.storage.numel)
+        return sqz_fail(SQZ_ERR_FORMAT,
+                        "%s: storage '%s' holds %llu elements, but the pickle says %lld",
+                        w->src->path, key, (unsigned long long)w->numels[i],
+                        (long long)storage->u.storage.numel);
+    if (bytes > SIZE_MAX - 1)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "%s: storage '%s' is too large", w->src->path, key);
+    *out = malloc(bytes ? (size_t)bytes : 1);
+    if (!*out)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "%s: out of memory for storage '%s' (%llu bytes)",
+                        w->src->path, key, (unsigned long long)bytes);
+    sqz_status status = sqz_tf_read_at(w->src, w->offsets[i], *out, (size_t)bytes, "a storage");
+    if (status != SQZ_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    return status;
 }
 
 /* Finds the single "<top>/data.pkl" entry; *prefix_len is the length of <top>. */
@@ -1542,13 +1607,163 @@ sqz_status sqz_tf_read_torch_zip(const sqz_tf_source *src, sqz_tensor_file *out)
     }
     if (status == SQZ_OK)
         status = tb_list_tensors(path, pickle_name, root, out, &records);
-    if (status == SQZ_OK)
-        status = tb_materialise(src, zip, prefix, records, out);
+    if (status == SQZ_OK) {
+        tb_storages where = {src, zip, prefix, NULL, NULL, NULL};
+        status = tb_materialise(src, &where, zip_storage, records, out);
+    }
 
     free(records);
     free(pickle);
     pk_machine_free(&m);
     zip_close(zip);
     free(zip);
+    return status;
+}
+
+/* ======================================================================================
+ * The legacy format (torch.save before 1.6, and what the 2019-2020 Hugging Face uploads
+ * such as bert-base-uncased use): five pickles back to back - a magic number, the protocol
+ * version 1001, a dict of system facts, the state dict (its storages named by persistent
+ * ids), the sorted list of storage keys - then, for each key in that order, the element
+ * count as 8 little-endian bytes followed by the raw elements.
+ * ====================================================================================== */
+
+/* The next pickle of the same file starts with an empty stack and memo. */
+static void pk_reset(pk_machine *m)
+{
+    m->depth = 0;
+    m->n_marks = 0;
+    if (m->memo)
+        memset(m->memo, 0, m->memo_cap * sizeof *m->memo);
+    m->memo_used = 0;
+}
+
+static const pk_value *pk_dict_get(const pk_value *dict, const char *key)
+{
+    for (size_t i = 0; dict->kind == PK_DICT && i + 1 < dict->u.seq.n; i += 2)
+        if (dict->u.seq.items[i]->kind == PK_STR && strcmp(dict->u.seq.items[i]->u.str.s, key) == 0)
+            return dict->u.seq.items[i + 1];
+    return NULL;
+}
+
+/* Parses the pickles from the first `window` bytes of the file and reads the storages. */
+static sqz_status read_legacy(const sqz_tf_source *src, size_t window, sqz_tensor_file *out)
+{
+    static const unsigned char protocol_pickle[6] = {0x80, 0x02, 'M', 0xe9, 0x03, '.'};
+    const char *path = src->path;
+    const size_t head_len = src->size < (uint64_t)window ? (size_t)src->size : window;
+    unsigned char *buf = malloc(head_len ? head_len : 1);
+    pk_machine m;
+    memset(&m, 0, sizeof m);
+    m.none_value.kind = PK_NONE;
+    m.legacy = 1;
+    m.path = path;
+    m.entry = "the legacy pickles";
+    tb_record *records = NULL;
+    uint64_t *offsets = NULL, *numels = NULL;
+    pk_value *sys_info = NULL, *root = NULL, *keys = NULL;
+    sqz_status status = buf ? sqz_tf_read_at(src, 0, buf, head_len, "the legacy pickles")
+                            : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    /* the magic-number pickle (checked by the caller up to its STOP), then the version */
+    if (status == SQZ_OK && (head_len < 21 || buf[14] != '.' ||
+                             memcmp(buf + 15, protocol_pickle, sizeof protocol_pickle) != 0))
+        status = sqz_fail(SQZ_ERR_UNSUPPORTED,
+                          "%s: legacy torch.save file without protocol version 1001 after its "
+                          "magic number; not a format this reader knows",
+                          path);
+    if (status == SQZ_OK &&
+        (!pk_reserve((void **)&m.stack, &m.stack_cap, 64, sizeof *m.stack) ||
+         !pk_reserve((void **)&m.marks, &m.marks_cap, 64, sizeof *m.marks)))
+        status = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    if (status == SQZ_OK) {
+        m.buf = buf;
+        m.len = head_len;
+        m.pos = 21;
+        status = pk_run(&m, &sys_info);
+    }
+    if (status == SQZ_OK) {
+        const pk_value *little = pk_dict_get(sys_info, "little_endian");
+        if (!little || little->kind != PK_BOOL)
+            status = sqz_fail(SQZ_ERR_FORMAT, "%s: the legacy system-info pickle has no "
+                              "little_endian flag", path);
+        else if (!little->u.i)
+            status = sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: checkpoint was saved on a big-endian "
+                              "machine; only little-endian checkpoints are supported", path);
+    }
+    if (status == SQZ_OK) {
+        pk_reset(&m);
+        status = pk_run(&m, &root);
+    }
+    if (status == SQZ_OK) {
+        pk_reset(&m);
+        status = pk_run(&m, &keys);
+    }
+    if (status == SQZ_OK && keys->kind != PK_LIST)
+        status = sqz_fail(SQZ_ERR_FORMAT, "%s: the legacy storage-key pickle holds a %s, not a "
+                          "list", path, pk_kind_names[keys->kind]);
+    for (size_t i = 0; status == SQZ_OK && i < keys->u.seq.n; i++)
+        if (keys->u.seq.items[i]->kind != PK_STR)
+            status = sqz_fail(SQZ_ERR_FORMAT, "%s: storage key %zu is not a string", path, i);
+    if (status == SQZ_OK)
+        status = tb_list_tensors(path, m.entry, root, out, &records);
+    const size_t n_keys = status == SQZ_OK ? keys->u.seq.n : 0;
+    if (status == SQZ_OK) {
+        offsets = malloc((n_keys ? n_keys : 1) * sizeof *offsets);
+        numels = malloc((n_keys ? n_keys : 1) * sizeof *numels);
+        if (!offsets || !numels)
+            status = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+    }
+    /* walk the storages: each one's element size comes from the tensors that view it */
+    uint64_t at = m.pos;
+    for (size_t i = 0; status == SQZ_OK && i < n_keys; i++) {
+        const char *key = keys->u.seq.items[i]->u.str.s;
+        size_t item = 0;
+        for (size_t r = 0; r < out->count && !item; r++)
+            if (strcmp(records[r].t->storage->u.storage.key, key) == 0)
+                item = sqz_tf_dtype_size(records[r].t->storage->u.storage.dtype);
+        unsigned char count[8];
+        if (!item) {
+            status = sqz_fail(SQZ_ERR_FORMAT, "%s: storage '%s' is listed but no tensor uses it",
+                              path, key);
+            break;
+        }
+        if ((status = sqz_tf_read_at(src, at, count, 8, "a storage's element count")) != SQZ_OK)
+            break;
+        numels[i] = le64(count);
+        offsets[i] = at + 8;
+        if (numels[i] > (src->size - offsets[i]) / item) {
+            status = sqz_fail(SQZ_ERR_FORMAT, "%s: storage '%s' claims %llu elements of %zu bytes "
+                              "at offset %llu, past the end of the %llu-byte file", path, key,
+                              (unsigned long long)numels[i], item, (unsigned long long)offsets[i],
+                              (unsigned long long)src->size);
+            break;
+        }
+        at = offsets[i] + numels[i] * item;
+    }
+    if (status == SQZ_OK && at != src->size)
+        status = sqz_fail(SQZ_ERR_FORMAT, "%s: %llu bytes follow the last storage", path,
+                          (unsigned long long)(src->size - at));
+    if (status == SQZ_OK) {
+        tb_storages where = {src, NULL, NULL, keys, offsets, numels};
+        status = tb_materialise(src, &where, legacy_storage, records, out);
+    }
+    free(offsets);
+    free(numels);
+    free(records);
+    free(buf);
+    pk_machine_free(&m);
+    return status;
+}
+
+sqz_status sqz_tf_read_torch_legacy(const sqz_tf_source *src, sqz_tensor_file *out)
+{
+    /* a state dict's pickles take tens of kilobytes: read a small window first, and the
+     * whole pickle limit only when they really are that long */
+    const size_t small = 16u << 20;
+    sqz_status status = read_legacy(src, small, out);
+    if (status != SQZ_OK && src->size > small && SQZ_TF_MAX_PICKLE_BYTES > small) {
+        sqz_tensor_file_clear(out);
+        status = read_legacy(src, SQZ_TF_MAX_PICKLE_BYTES, out);
+    }
     return status;
 }

@@ -500,11 +500,53 @@ static void test_safetensors_fixtures(void **state)
     check_against_json("st_bf16.safetensors", "st_bf16.json");
 }
 
-static void test_refuses_legacy_and_malicious(void **state)
+/* torch.save before 1.6 (the format of the 2019-2020 hub uploads): the same state dicts as
+ * the zip fixtures, so the same expectations, views and shared storages included. */
+static void test_legacy_format(void **state)
 {
     (void)state;
-    EXPECT_READ_FAIL(TF_DIR "legacy.bin", SQZ_ERR_UNSUPPORTED, TF_DIR "legacy.bin",
-                     "legacy torch.save format is not supported, re-save with torch>=1.6");
+    check_against_json("model_fp32_legacy.bin", "model_fp32.json");
+    check_against_json("model_fp16_legacy.bin", "model_fp16.json");
+    check_against_json("views_legacy.bin", "views.json");
+    sqz_tensor_file *f = NULL;
+    assert_int_equal(sqz_tensor_file_read(TF_DIR "legacy.bin", &f), SQZ_OK);
+    assert_int_equal(f->count, 1);
+    assert_string_equal(f->tensors[0].name, "a");
+    assert_true(f->tensors[0].numel == 2 && f->tensors[0].data[0] == 1.0f && f->tensors[0].data[1] == 1.0f);
+    sqz_tensor_file_free(f);
+}
+
+/* Damage to a legacy file is caught like damage to a zip: truncation anywhere, a storage
+ * count that runs past the end, bytes after the last storage. */
+static void test_legacy_damaged(void **state)
+{
+    (void)state;
+    size_t len;
+    unsigned char *data = read_all(TF_DIR "model_fp32_legacy.bin", &len);
+    char path[1024];
+    tmp_path(path, sizeof path, "legacy_damaged.bin");
+    const size_t cuts[] = {15, 21, 40, len / 3, len - 9, len - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        write_all(path, data, cuts[i]);
+        sqz_tensor_file *f = NULL;
+        sqz_status st = sqz_tensor_file_read(path, &f);
+        assert_int_not_equal(st, SQZ_OK);
+        assert_null(f);
+        assert_non_null(strstr(sqz_last_error(), path));
+    }
+    unsigned char *longer = malloc(len + 3);
+    memcpy(longer, data, len);
+    memset(longer + len, 0, 3);
+    write_all(path, longer, len + 3);
+    EXPECT_READ_FAIL(path, SQZ_ERR_FORMAT, path, "3 bytes follow the last storage");
+    free(longer);
+    free(data);
+    remove(path);
+}
+
+static void test_refuses_malicious(void **state)
+{
+    (void)state;
     EXPECT_READ_FAIL(TF_DIR "evil_reduce.bin", SQZ_ERR_UNSUPPORTED, TF_DIR "evil_reduce.bin",
                      "pickle refers to class posix.system which is not allowed", "offset 13");
 }
@@ -1444,7 +1486,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_torch_protocol4),
         cmocka_unit_test(test_torch_tied_and_buffer),
         cmocka_unit_test(test_safetensors_fixtures),
-        cmocka_unit_test(test_refuses_legacy_and_malicious),
+        cmocka_unit_test(test_legacy_format),
+        cmocka_unit_test(test_legacy_damaged),
+        cmocka_unit_test(test_refuses_malicious),
         cmocka_unit_test(test_torch_truncated),
         cmocka_unit_test(test_torch_corrupt_bytes),
         cmocka_unit_test(test_fuzz_single_bytes),

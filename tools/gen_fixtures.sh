@@ -41,3 +41,4 @@ fi
 
 cd "$root"
 "$venv/bin/python" tools/gen_fixtures.py --out "$root/tests/fixtures/models" "$@"
+"$venv/bin/python" tools/gen_legacy_fixtures.py "$root/tests/fixtures/models"

@@ -229,9 +229,15 @@ def main():
             st["special"] = special_f16()
         save_st(out_dir, name, st)
 
-    # Files the reader must refuse.
+    # The legacy (pre-1.6) format, which the 2019-2020 hub uploads use: the same state dicts
+    # as the zip files above, so their .json expectations apply unchanged.
     torch.save(collections.OrderedDict(a=torch.ones(2)), os.path.join(out_dir, "legacy.bin"),
                _use_new_zipfile_serialization=False)
+    for name in ("model_fp32", "model_fp16", "views"):
+        sd = torch.load(os.path.join(out_dir, name + ".bin"), weights_only=True)
+        torch.save(sd, os.path.join(out_dir, name + "_legacy.bin"), _use_new_zipfile_serialization=False)
+
+    # Files the reader must refuse.
     torch.save({"x": Evil()}, os.path.join(out_dir, "evil_reduce.bin"))
 
     write_json(os.path.join(out_dir, "f16_bf16_conversions.json"), conversions())
