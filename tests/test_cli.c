@@ -63,11 +63,19 @@ static json_t *load_json(const char *dir, const char *name)
 static void forward_reproduces_the_fixture(void **unused)
 {
     const char *cases[] = {"sqb-hf-test/qa-bin", "bert/tokcls-safetensors", "sqb-odd/mc-bin"};
-    for (size_t c = 0; c < 3; c++) {
+    /* the default backend (cpu_ref), then every other backend that can run here */
+    const char *backends[8] = {NULL};
+    size_t n_backends = 1;
+    for (size_t b = 1; sqz_backend_name(b) && n_backends < 8; b++)
+        if (sqz_backend_probe(sqz_backend_name(b)) == SQZ_OK)
+            backends[n_backends++] = sqz_backend_name(b);
+    for (size_t run = 0; run < 3 * n_backends; run++) {
+        const size_t c = run % 3;
+        const char *backend = backends[run / 3];
         char dir[1024], args[4096], *out, *out_path = test_path(tmp, "out.json");
         snprintf(dir, sizeof dir, "%s/%s", FIXTURES, cases[c]);
-        snprintf(args, sizeof args, "forward --model %s --input %s/input.json --output %s", dir,
-                 dir, out_path);
+        snprintf(args, sizeof args, "forward --model %s --input %s/input.json --output %s%s%s", dir,
+                 dir, out_path, backend ? " --backend " : "", backend ? backend : "");
         int rc = sqz(args, &out);
         if (rc != 0)
             fail_msg("sqz %s exited %d: %s", args, rc, out);
@@ -103,7 +111,8 @@ static void forward_reproduces_the_fixture(void **unused)
             }
             assert_true(max_ref > 0);
             if (!(max_err <= 1e-5 * max_ref))
-                fail_msg("%s %s: relative error %.3e", cases[c], name, max_err / max_ref);
+                fail_msg("%s %s on %s: relative error %.3e", cases[c], name,
+                         backend ? backend : "cpu_ref", max_err / max_ref);
         }
         json_decref(got);
         json_decref(expected);
