@@ -40,6 +40,10 @@ struct sqz_session {
     sqz_run_stats last_stats;
     size_t weight_bytes;
     double compile_seconds; /* of the plan compiled by the current run, if any */
+    /* test hook (SQZ_FAULT_LAUNCH / SQZ_FAULT_ALLOC = N or N:P): the Nth launch or buffer
+     * allocation of this session fails, then every Pth after it; 0 = off */
+    unsigned long fault_launch_at, fault_launch_every, launches_done;
+    unsigned long fault_alloc_at, fault_alloc_every, allocs_done;
 };
 
 struct sqz_result {
@@ -116,6 +120,52 @@ sqz_status sqz_model_graph_dot(const sqz_model *model, int max_tokens, int max_s
 
 /* ---- sessions ------------------------------------------------------------------------- */
 
+/* Reads a fault-injection setting "N" or "N:P" (N >= 1, P >= 0); anything else is off. */
+static void read_fault_setting(const char *name, unsigned long *at, unsigned long *every)
+{
+    *at = *every = 0;
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return;
+    char *end = NULL;
+    unsigned long n = strtoul(v, &end, 10), p = 0;
+    if (*end == ':')
+        p = strtoul(end + 1, &end, 10);
+    if (*end != '\0' || n == 0) {
+        fprintf(stderr, "squeezebert: ignoring %s='%s' (expected N or N:P)\n", name, v);
+        return;
+    }
+    *at = n;
+    *every = p;
+}
+
+/* Whether the count-th event (1-based) is one the fault setting makes fail. */
+static bool fault_hits(unsigned long count, unsigned long at, unsigned long every)
+{
+    if (at == 0 || count < at)
+        return false;
+    return count == at || (every > 0 && (count - at) % every == 0);
+}
+
+/* Every buffer allocation and launch of a session goes through these two, so the test
+ * hook can fail them; unset, it costs one comparison. */
+static sqz_status session_alloc(sqz_session *s, size_t bytes, sqz_buffer **out)
+{
+    if (s->fault_alloc_at && fault_hits(++s->allocs_done, s->fault_alloc_at, s->fault_alloc_every))
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "injected fault: buffer allocation %lu of %zu bytes "
+                        "failed (SQZ_FAULT_ALLOC)", s->allocs_done, bytes);
+    return s->ops->buffer_alloc(s->ctx, bytes, out);
+}
+
+static sqz_status session_launch(sqz_session *s, const sqz_binding *binding, const sqz_node *node,
+                                 const sqz_run_dims *dims)
+{
+    if (s->fault_launch_at && fault_hits(++s->launches_done, s->fault_launch_at, s->fault_launch_every))
+        return sqz_fail(SQZ_ERR_BACKEND, "injected fault: launch %lu (node '%s') failed "
+                        "(SQZ_FAULT_LAUNCH)", s->launches_done, node->name);
+    return s->ops->launch(s->ctx, binding, node, dims);
+}
+
 static size_t align_up(size_t x) { return (x + SQZ_ARENA_ALIGN - 1) / SQZ_ARENA_ALIGN * SQZ_ARENA_ALIGN; }
 
 static sqz_status upload_weights(sqz_session *s)
@@ -135,7 +185,7 @@ static sqz_status upload_weights(sqz_session *s)
         total += align_up((size_t)(w->rows * w->cols) * sizeof(float));
     }
     s->weight_bytes = total;
-    sqz_status st = s->ops->buffer_alloc(s->ctx, total, &s->weights);
+    sqz_status st = session_alloc(s, total, &s->weights);
     for (size_t i = 0; i < m->n_weights && st == SQZ_OK; i++)
         if (m->weights[i].alias_of < 0)
             st = s->ops->upload(s->ctx, s->weights, s->weight_offsets[i], m->weights[i].data,
@@ -187,6 +237,8 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
     const char *guard = getenv("SQZ_GUARD_BYTES");
     s->compile.guard_bytes = guard ? (size_t)strtoul(guard, NULL, 10) : 0;
     s->compile.keep_all = keep_all;
+    read_fault_setting("SQZ_FAULT_LAUNCH", &s->fault_launch_at, &s->fault_launch_every);
+    read_fault_setting("SQZ_FAULT_ALLOC", &s->fault_alloc_at, &s->fault_alloc_every);
     sqz_graph_init(&s->graph);
     st = ops->create(&s->ctx, device);
     if (st == SQZ_OK)
@@ -447,7 +499,7 @@ static sqz_status ensure_arena(sqz_session *s, size_t bytes)
         s->ops->buffer_free(s->ctx, s->arena);
     s->arena = NULL;
     s->arena_bytes = 0;
-    sqz_status st = s->ops->buffer_alloc(s->ctx, bytes, &s->arena);
+    sqz_status st = session_alloc(s, bytes, &s->arena);
     if (st == SQZ_OK)
         s->arena_bytes = bytes;
     return st;
@@ -668,7 +720,7 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
             s->ops->synchronize(s->ctx);
         clock_gettime(CLOCK_MONOTONIC, &t0);
         if (st == SQZ_OK)
-            st = s->ops->launch(s->ctx, &binding, node, &dims);
+            st = session_launch(s, &binding, node, &dims);
         if (profile && st == SQZ_OK) {
             if (s->ops->synchronize)
                 st = s->ops->synchronize(s->ctx);

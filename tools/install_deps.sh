@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and tests need (as root, with apt-get), only when
-# one is missing, so repeated runs cost nothing.
+# one is missing, so repeated runs cost nothing. With --fuzz also what the fuzz build
+# (clang, libFuzzer) and the valgrind run of the test command need; the normal build does
+# not need them.
 set -euo pipefail
 
 packages=(
@@ -10,6 +12,10 @@ packages=(
   libcmocka-dev           # unit tests
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo   # OpenCL backend, PoCL on CPUs
 )
+
+if [ "${1:-}" = "--fuzz" ]; then
+  packages+=(clang libclang-rt-14-dev valgrind)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -353,7 +353,6 @@ typedef struct bench_ctx {
     sqz_session *ref_session;
     reference *refs;
     size_t n_refs;
-    char *devices_text; /* sqz_devices_describe */
     bool failed;
 } bench_ctx;
 
@@ -1472,6 +1471,12 @@ static void machine_info(json_t *run)
     set_str(run, "machine", *cpu ? cpu : host);
     set_str(run, "cores", cores);
     set_str(run, "loadavg", load);
+    /* a busy machine shows in every figure: say so before anything is timed */
+    double one_minute = atof(load);
+    long n_cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n_cores > 0 && one_minute > 0.5 * (double)n_cores)
+        fprintf(stderr, "sqz bench: warning: load average %.2f on %ld cores: other work is "
+                "running and will show in the figures\n", one_minute, n_cores);
 }
 
 typedef struct device_req {
@@ -1591,7 +1596,6 @@ int sqz_cli_bench(int argc, char **argv)
     int n_reqs = 0;
     char *devtext = NULL;
     sqz_devices_describe(&devtext);
-    b.devices_text = devtext;
     int rc = 0;
     for (int i = 0; i < n_backends && rc == 0; i++) {
         int before = n_reqs;

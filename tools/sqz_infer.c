@@ -7,8 +7,13 @@
  *   compute  (the calling thread) runs each batch on the session; the engine packs the
  *            sequences, so padding costs no compute;
  *   writer   turns outputs into records and writes them back in input order.
- * Every line yields exactly one record: an answer or {"line": n, "error": ...}. */
+ * Every line yields exactly one record: an answer or {"line": n, "error": ...}. A batch that
+ * fails is retried in halves down to single lines, so a device error costs at most the
+ * lines that fail alone. SIGINT/SIGTERM stop the reading; the complete prefix of records is
+ * written and --resume continues after it. */
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -17,16 +22,24 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "squeezebert.h"
 #include "tools/sqz_commands.h"
+#include "tools/sqz_infer_line.h"
 
 #define EXIT_USAGE 2
 #define WINDOW_LINES 4096    /* lines sorted together: bigger sorts better, holds more */
 #define QUEUE_DEPTH 4        /* batches in flight between two threads */
-#define MAX_LINE_BYTES (64u << 20)
+#define MAX_LINE_BYTES_DEFAULT (64u << 20) /* SQZ_MAX_LINE_BYTES overrides */
+#define READ_CHUNK 65536
+
+/* Set by SIGINT/SIGTERM: stop reading, write what is complete, exit non-zero. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) { stop_signal = sig; }
 
 typedef enum task { TASK_AUTO, TASK_CLASSIFY, TASK_EMBED, TASK_TOKENS, TASK_QA, TASK_FILL_MASK } task;
 typedef enum pooling { POOL_DEFAULT, POOL_POOLER, POOL_CLS, POOL_MEAN } pooling;
@@ -35,22 +48,11 @@ typedef struct options {
     const char *model, *backend, *device, *input, *output;
     task task;
     pooling pooling;
-    bool normalize;
+    bool normalize, resume, verbose;
     long batch_tokens, max_length, top_k, max_answer_length;
 } options;
 
-/* One input line on its way through the pipeline. */
-typedef struct item {
-    size_t line;          /* 1-based */
-    json_t *copied;       /* input fields other than the text ones (object, may be NULL) */
-    char *error;          /* set when the line fails before or after compute */
-    char *text, *pair;    /* owned UTF-8 (pair may be NULL) */
-    size_t text_len, pair_len;
-    sqz_encoding *enc;
-    size_t *use;          /* the encoding's tokens that are run, in order (qa truncation) */
-    size_t n_use;
-    char *record;         /* the output line, without newline */
-} item;
+typedef infer_item item;
 
 typedef struct batch {
     item **items;
@@ -58,6 +60,7 @@ typedef struct batch {
     int width;            /* padded length */
     sqz_result *result;   /* filled by compute */
     char *error;          /* the whole batch failed (every item gets it) */
+    bool skipped;         /* not run: the run was interrupted (its lines are not written) */
 } batch;
 
 /* A bounded blocking queue of batches; NULL marks the end. */
@@ -113,14 +116,18 @@ typedef struct pipeline {
     sqz_model_info info;
     sqz_tokenizer *tok;
     sqz_tokenizer_info tok_info;
+    infer_line_setup setup;
     sqz_session *session;
     FILE *in, *out;
+    int in_fd;
+    size_t skip_lines;    /* --resume: input lines whose records the output already has */
+    size_t max_line_bytes;
     queue to_compute, to_write;
     /* statistics; each counter is written by one thread only */
-    size_t lines, failed, tokens, padded_tokens;
+    size_t lines, failed, tokens, padded_tokens, retries, lines_read;
     double tokenize_s, compute_s, write_s;
     long input_bytes, bytes_read;
-    bool progress;
+    bool progress, read_error;
     double started;
 } pipeline;
 
@@ -131,124 +138,7 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* A malloc'd message: `what`, then ": detail" when detail is given. */
-static char *message(const char *what, const char *detail)
-{
-    size_t n = strlen(what) + (detail ? strlen(detail) + 2 : 0) + 1;
-    char *s = malloc(n);
-    if (s)
-        snprintf(s, n, "%s%s%s", what, detail ? ": " : "", detail ? detail : "");
-    return s;
-}
-
-static void item_free(item *it)
-{
-    if (!it)
-        return;
-    json_decref(it->copied);
-    free(it->error);
-    free(it->text);
-    free(it->pair);
-    sqz_encoding_free(it->enc);
-    free(it->use);
-    free(it->record);
-    free(it);
-}
-
 /* ---- reader: parse, tokenize, sort, batch ------------------------------------------------ */
-
-static char *dup_string(json_t *s, size_t *len)
-{
-    *len = json_string_length(s);
-    char *copy = malloc(*len + 1);
-    if (copy) {
-        memcpy(copy, json_string_value(s), *len);
-        copy[*len] = '\0';
-    }
-    return copy;
-}
-
-/* Fills it->text/pair/copied from one line, or it->error. */
-static void parse_line(pipeline *p, item *it, const char *line, size_t len)
-{
-    json_error_t err;
-    json_t *root = json_loadb(line, len, JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, &err);
-    if (!root) {
-        it->error = message("invalid JSON", err.text);
-        return;
-    }
-    if (!json_is_object(root)) {
-        it->error = message("expected a JSON object", NULL);
-        json_decref(root);
-        return;
-    }
-    const bool qa = p->task == TASK_QA;
-    const char *first = qa ? "question" : "text", *second = qa ? "context" : "text_pair";
-    it->copied = json_object();
-    const char *key;
-    json_t *value;
-    json_object_foreach(root, key, value) {
-        if (strcmp(key, first) != 0 && strcmp(key, second) != 0)
-            json_object_set(it->copied, key, value);
-    }
-    json_t *a = json_object_get(root, first), *b = json_object_get(root, second);
-    if (!a || !json_is_string(a))
-        it->error = message(qa ? "field 'question' is missing or not a string" : "field 'text' is missing or not a string", NULL);
-    else if (qa && (!b || !json_is_string(b)))
-        it->error = message("field 'context' is missing or not a string", NULL);
-    else if (!qa && b && !json_is_null(b) && !json_is_string(b))
-        it->error = message("field 'text_pair' is not a string", NULL);
-    else if (json_string_length(a) == 0 || (qa && json_string_length(b) == 0))
-        it->error = message(qa ? "empty question or context" : "empty text", NULL);
-    else {
-        it->text = dup_string(a, &it->text_len);
-        if (b && json_is_string(b))
-            it->pair = dup_string(b, &it->pair_len);
-        if (!it->text || (b && json_is_string(b) && !it->pair))
-            it->error = message("out of memory", NULL);
-    }
-    json_decref(root);
-}
-
-static void tokenize_item(pipeline *p, item *it)
-{
-    if (it->error)
-        return;
-    /* qa truncates only the context (only_second): encode whole, then cut context tokens
-     * from the end, keeping the final [SEP] */
-    const bool qa = p->task == TASK_QA;
-    sqz_status st = sqz_tokenizer_encode(p->tok, it->text, it->text_len, it->pair, it->pair_len,
-                                         qa ? 0 : (int)p->opt.max_length, &it->enc);
-    if (st != SQZ_OK) {
-        it->error = message(sqz_last_error(), NULL);
-        return;
-    }
-    const sqz_encoding *e = it->enc;
-    const size_t max = (size_t)p->opt.max_length;
-    it->n_use = qa && e->length > max ? max : e->length;
-    it->use = malloc((it->n_use ? it->n_use : 1) * sizeof *it->use);
-    if (!it->use) {
-        it->error = message("out of memory", NULL);
-        return;
-    }
-    for (size_t w = 0; w < it->n_use; w++)
-        it->use[w] = w;
-    if (it->n_use < e->length) {
-        it->use[it->n_use - 1] = e->length - 1;
-        if (e->sequence_ids[it->n_use - 2] != 1) {
-            it->error = message("the question leaves no room for the context within --max-length",
-                                NULL);
-            return;
-        }
-    }
-    if (p->task == TASK_FILL_MASK) {
-        bool any = false;
-        for (size_t i = 0; i < it->n_use && !any; i++)
-            any = it->enc->input_ids[it->use[i]] == p->tok_info.mask_id;
-        if (!any)
-            it->error = message("the text has no [MASK] token", NULL);
-    }
-}
 
 static int by_length(const void *a, const void *b)
 {
@@ -311,37 +201,129 @@ static void flush_window(pipeline *p, item **window, size_t n)
     }
 }
 
+/* A line reader over a file descriptor that never holds more than the line limit: a longer
+ * line is consumed to its end and reported as too long. read(2) returns EINTR when a stop
+ * signal arrives (the reader is the one thread that takes them), so even a reader blocked on
+ * a pipe stops. */
+typedef struct line_reader {
+    int fd;
+    unsigned char buf[READ_CHUNK];
+    size_t pos, len;
+    bool eof;
+} line_reader;
+
+/* 1 a line (in *line, *len bytes, *too_long when cut), 0 end of input or stop, -1 error. */
+static int read_line(line_reader *r, size_t max, char **line, size_t *cap, size_t *len,
+                     bool *too_long, long *consumed)
+{
+    *len = 0;
+    *too_long = false;
+    bool any = false;
+    for (;;) {
+        if (r->pos == r->len) {
+            if (r->eof || stop_signal)
+                return any && !stop_signal; /* a last line without newline counts */
+            ssize_t got = read(r->fd, r->buf, sizeof r->buf);
+            if (got < 0 && errno == EINTR)
+                continue; /* stop_signal is checked above */
+            if (got < 0)
+                return -1;
+            if (got == 0) {
+                r->eof = true;
+                continue;
+            }
+            r->pos = 0;
+            r->len = (size_t)got;
+        }
+        any = true;
+        const unsigned char *start = r->buf + r->pos;
+        const unsigned char *nl = memchr(start, '\n', r->len - r->pos);
+        size_t n = nl ? (size_t)(nl - start) : r->len - r->pos;
+        r->pos += n + (nl != NULL);
+        *consumed += (long)(n + (nl != NULL));
+        if (!*too_long && *len + n > max) {
+            *too_long = true; /* keep counting, store nothing more */
+        } else if (!*too_long) {
+            if (*len + n + 1 > *cap) {
+                size_t c = *cap ? *cap : 4096;
+                while (c < *len + n + 1)
+                    c *= 2;
+                char *bigger = realloc(*line, c);
+                if (!bigger)
+                    return -1;
+                *line = bigger;
+                *cap = c;
+            }
+            memcpy(*line + *len, start, n);
+        }
+        if (!*too_long)
+            *len += n;
+        if (nl)
+            return 1;
+    }
+}
+
 static void *reader_main(void *arg)
 {
     pipeline *p = arg;
+    /* this thread takes the stop signals (the others block them), so its read() is the
+     * call they interrupt */
+    sigset_t stop_set;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGTERM);
+    pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);
     item **window = malloc(WINDOW_LINES * sizeof *window);
-    size_t n = 0, line_no = 0, cap = 0;
+    line_reader *r = calloc(1, sizeof *r);
+    size_t n = 0, line_no = 0, cap = 0, len = 0;
     char *line = NULL;
-    ssize_t len;
-    while (window && (len = getline(&line, &cap, p->in)) >= 0) {
+    bool too_long;
+    int got = 0;
+    if (r)
+        r->fd = p->in_fd;
+    while (window && r && !stop_signal &&
+           (got = read_line(r, p->max_line_bytes, &line, &cap, &len, &too_long, &p->bytes_read)) > 0) {
         double t0 = now_seconds();
-        p->bytes_read += len;
+        if (++line_no <= p->skip_lines)
+            continue; /* --resume: its record is already in the output */
         item *it = calloc(1, sizeof *it);
-        if (!it)
-            break;
-        it->line = ++line_no;
-        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+        if (!it) {
+            fprintf(stderr, "sqz infer: out of memory reading line %zu\n", line_no);
+            exit(1);
+        }
+        it->line = line_no;
+        while (len > 0 && line[len - 1] == '\r')
             len--;
-        if ((size_t)len > MAX_LINE_BYTES)
-            it->error = message("line longer than the limit of 64 MiB", NULL);
-        else
-            parse_line(p, it, line, (size_t)len);
-        tokenize_item(p, it);
+        if (too_long) {
+            char limit[128];
+            snprintf(limit, sizeof limit, "more than %zu bytes (SQZ_MAX_LINE_BYTES)", p->max_line_bytes);
+            it->error = infer_message("line too long", limit);
+        } else {
+            infer_parse_line(p->task == TASK_QA, it, line ? line : "", len);
+        }
+        infer_tokenize_line(&p->setup, it);
         window[n++] = it;
+        p->lines_read++;
         p->tokenize_s += now_seconds() - t0;
         if (n == WINDOW_LINES) {
             flush_window(p, window, n);
             n = 0;
         }
     }
-    if (window && n)
-        flush_window(p, window, n);
+    if (got < 0 && !stop_signal) {
+        /* the input is unreadable: what was read is processed, then the run fails */
+        fprintf(stderr, "sqz infer: error reading %s after line %zu: %s\n", p->opt.input, line_no,
+                strerror(errno));
+        p->read_error = true;
+    }
+    if (!window || !r) {
+        fprintf(stderr, "sqz infer: out of memory\n");
+        exit(1);
+    }
+    if (n)
+        flush_window(p, window, n); /* interrupted: the compute thread skips them */
     free(window);
+    free(r);
     free(line);
     queue_push(&p->to_compute, NULL);
     return NULL;
@@ -357,7 +339,7 @@ static void compute_batch(pipeline *p, batch *b)
     int64_t *ids = calloc(N * W, sizeof *ids), *mask = calloc(N * W, sizeof *mask);
     int64_t *types = calloc(N * W, sizeof *types);
     if (!ids || !mask || !types) {
-        b->error = message("out of memory for a batch", NULL);
+        b->error = infer_message("out of memory for a batch", NULL);
     } else {
         for (size_t r = 0; r < N; r++) {
             const item *it = b->items[r];
@@ -373,9 +355,49 @@ static void compute_batch(pipeline *p, batch *b)
                         .attention_mask = mask, .token_type_ids = types};
         sqz_status st = sqz_session_run(p->session, &in, &b->result);
         if (st != SQZ_OK)
-            b->error = message(sqz_last_error(), NULL);
+            b->error = infer_message(sqz_last_error(), NULL);
     }
     free(ids), free(mask), free(types);
+}
+
+/* Padded width of items (the longest). */
+static int width_of(item **items, size_t n)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++)
+        w = items[i]->n_use > w ? items[i]->n_use : w;
+    return (int)w;
+}
+
+/* Runs a batch and hands it to the writer. A failed batch (device error, out of memory,
+ * a kernel failure) is split in halves and each half retried, down to single lines: the
+ * lines that still fail get the error, every other line its answer, none twice. */
+static void compute_and_send(pipeline *p, batch *b)
+{
+    if (stop_signal && b->width > 0) {
+        b->skipped = true;
+    } else {
+        double t0 = now_seconds();
+        compute_batch(p, b);
+        p->compute_s += now_seconds() - t0;
+    }
+    if (b->error && b->count > 1) {
+        const size_t half = b->count / 2;
+        batch *x = new_batch(b->items, half, width_of(b->items, half));
+        batch *y = new_batch(b->items + half, b->count - half, width_of(b->items + half, b->count - half));
+        p->retries++;
+        if (p->retries <= 3 || p->opt.verbose)
+            fprintf(stderr, "sqz infer: a batch of %zu lines failed (%s); retrying it in halves\n",
+                    b->count, b->error);
+        sqz_result_free(b->result);
+        free(b->error);
+        free(b->items);
+        free(b);
+        compute_and_send(p, x);
+        compute_and_send(p, y);
+        return;
+    }
+    queue_push(&p->to_write, b);
 }
 
 /* ---- writer: records in input order -------------------------------------------------- */
@@ -520,7 +542,7 @@ static json_t *record_qa(pipeline *p, const sqz_result *res, size_t row, const i
             el[n++] = eo->data[row * W + w];
         }
     if (n == 0) {
-        *error = message("no context tokens remain after truncation", NULL);
+        *error = infer_message("no context tokens remain after truncation", NULL);
         goto done;
     }
     softmax(sl, n, ps);
@@ -586,7 +608,7 @@ static void make_record(pipeline *p, batch *b, size_t row)
     json_t *answer = NULL;
     char *late_error = NULL;
     if (!it->error && b->error)
-        it->error = message(b->error, NULL);
+        it->error = infer_message(b->error, NULL);
     if (!it->error) {
         const sqz_result *res = b->result;
         switch (p->task) {
@@ -600,7 +622,7 @@ static void make_record(pipeline *p, batch *b, size_t row)
         default: break;
         }
         if (!answer)
-            it->error = late_error ? late_error : message("out of memory formatting the answer", NULL);
+            it->error = late_error ? late_error : infer_message("out of memory formatting the answer", NULL);
         else
             free(late_error);
     }
@@ -637,13 +659,17 @@ static void show_progress(pipeline *p, bool final)
 static void *writer_main(void *arg)
 {
     pipeline *p = arg;
-    reorder ro = {NULL, 0, 1};
+    reorder ro = {NULL, 0, p->skip_lines + 1};
     double last_progress = 0;
     batch *b;
     while ((b = queue_pop(&p->to_write)) != NULL) {
         double t0 = now_seconds();
         for (size_t r = 0; r < b->count; r++) {
             item *it = b->items[r];
+            if (b->skipped) { /* interrupted before compute: never written */
+                infer_item_free(it);
+                continue;
+            }
             make_record(p, b, r);
             size_t slot = it->line - ro.base;
             if (slot >= ro.cap) {
@@ -673,7 +699,7 @@ static void *writer_main(void *arg)
             fputc('\n', p->out);
             p->lines++;
             p->failed += it->error != NULL;
-            item_free(it);
+            infer_item_free(it);
             done++;
         }
         if (done) {
@@ -688,6 +714,10 @@ static void *writer_main(void *arg)
         }
     }
     fflush(p->out);
+    /* after an interruption: records behind the first missing line are not written, so
+     * the output stays a prefix of the input that --resume can continue */
+    for (size_t i = 0; i < ro.cap; i++)
+        infer_item_free(ro.slots[i]);
     free(ro.slots);
     return NULL;
 }
@@ -699,6 +729,7 @@ static const char infer_help[] =
     "                 [--task auto|classify|embed|tokens|qa|fill-mask] [--batch-tokens N]\n"
     "                 [--max-length N] [--input FILE|-] [--output FILE|-]\n"
     "                 [--pooling pooler|cls|mean] [--normalize] [--top-k K] [--max-answer-length L]\n"
+    "                 [--resume] [--verbose]\n"
     "\n"
     "Reads JSON Lines ({\"text\": ..., \"text_pair\": ...}, or {\"question\": ..., \"context\": ...}\n"
     "for qa; other fields such as \"id\" are copied through) and writes one JSON line per input\n"
@@ -713,6 +744,12 @@ static const char infer_help[] =
     "                      in windows of 4096 so batches carry little padding, and the engine\n"
     "                      packs them so padding costs no compute\n"
     "  --max-length N      truncate longest-first to N tokens (default: max_position_embeddings)\n"
+    "  --resume            append to --output FILE, skipping the input lines it already has a\n"
+    "                      record for (after an interrupted run)\n"
+    "  --verbose           report every batch retry\n"
+    "A failed batch is retried in halves down to single lines; a line that still fails gets an\n"
+    "error record. SIGINT/SIGTERM stop reading, write the records complete in input order,\n"
+    "report the count and exit 130/143; --resume continues from there.\n"
     "Exit status: 0 every line answered, 1 some line got an error record (or a fatal error),\n"
     "2 usage. A progress line goes to stderr when it is a terminal, and a summary at the end.\n";
 
@@ -778,6 +815,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"task", true, NULL},       {"batch-tokens", true, NULL}, {"max-length", true, NULL},
         {"input", true, NULL},      {"output", true, NULL},       {"pooling", true, NULL},
         {"normalize", false, NULL}, {"top-k", true, NULL},        {"max-answer-length", true, NULL},
+        {"resume", false, NULL},    {"verbose", false, NULL},
     };
     const size_t n = sizeof opts / sizeof opts[0];
     if (parse_args(argc, argv, opts, n))
@@ -789,6 +827,12 @@ static int parse_options(int argc, char **argv, options *o)
     o->input = get(opts, n, "input") ? get(opts, n, "input") : "-";
     o->output = get(opts, n, "output") ? get(opts, n, "output") : "-";
     o->normalize = get(opts, n, "normalize") != NULL;
+    o->resume = get(opts, n, "resume") != NULL;
+    o->verbose = get(opts, n, "verbose") != NULL;
+    if (o->resume && strcmp(o->output, "-") == 0) {
+        fprintf(stderr, "sqz infer: --resume needs --output FILE\n");
+        return EXIT_USAGE;
+    }
     o->batch_tokens = 8192, o->top_k = 5, o->max_answer_length = 15, o->max_length = 0;
     if (!o->model) {
         fprintf(stderr, "sqz infer: --model is required\n\n%s", infer_help);
@@ -819,6 +863,31 @@ static int parse_options(int argc, char **argv, options *o)
         (get(opts, n, "max-answer-length") && !parse_long("max-answer-length", get(opts, n, "max-answer-length"), 1, 100000, &o->max_answer_length)))
         return EXIT_USAGE;
     return 0;
+}
+
+/* --resume: counts the complete records of an earlier run's output and cuts a partial last
+ * one (a run killed mid-write), so appending continues exactly after the last whole line.
+ * A missing file is a fresh start. Returns false (with a message) on an I/O error. */
+static bool resume_prepare(const char *path, size_t *lines)
+{
+    *lines = 0;
+    int fd = open(path, O_RDWR);
+    if (fd < 0)
+        return errno == ENOENT;
+    unsigned char buf[READ_CHUNK];
+    off_t offset = 0, complete = 0;
+    ssize_t got;
+    while ((got = read(fd, buf, sizeof buf)) > 0) {
+        for (ssize_t i = 0; i < got; i++)
+            if (buf[i] == '\n') {
+                (*lines)++;
+                complete = offset + i + 1;
+            }
+        offset += got;
+    }
+    bool ok = got == 0 && (complete == offset || ftruncate(fd, complete) == 0);
+    close(fd);
+    return ok;
 }
 
 static task task_for_head(sqz_head head)
@@ -879,39 +948,65 @@ int sqz_cli_infer(int argc, char **argv)
     }
     if (p.opt.max_length == 0 || p.opt.max_length > p.info.max_position_embeddings)
         p.opt.max_length = p.info.max_position_embeddings;
+    p.setup = (infer_line_setup){p.tok, p.task == TASK_QA, p.task == TASK_FILL_MASK,
+                                 p.tok_info.mask_id, (size_t)p.opt.max_length};
     const char *backend = pick_backend(p.opt.backend);
     if ((st = sqz_session_create_on(p.model, backend, p.opt.device, &p.session)) != SQZ_OK) {
         fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
         goto done;
     }
+    if (p.opt.resume && !resume_prepare(p.opt.output, &p.skip_lines)) {
+        fprintf(stderr, "sqz infer: cannot read %s to resume: %s\n", p.opt.output, strerror(errno));
+        goto done;
+    }
+    const char *limit = getenv("SQZ_MAX_LINE_BYTES");
+    p.max_line_bytes = limit && strtoull(limit, NULL, 10) > 0 ? (size_t)strtoull(limit, NULL, 10)
+                                                              : MAX_LINE_BYTES_DEFAULT;
     p.in = strcmp(p.opt.input, "-") == 0 ? stdin : fopen(p.opt.input, "rb");
-    p.out = strcmp(p.opt.output, "-") == 0 ? stdout : fopen(p.opt.output, "wb");
+    p.out = strcmp(p.opt.output, "-") == 0 ? stdout : fopen(p.opt.output, p.opt.resume ? "ab" : "wb");
     if (!p.in || !p.out) {
         fprintf(stderr, "sqz infer: cannot open %s: %s\n", !p.in ? p.opt.input : p.opt.output, strerror(errno));
         goto done;
     }
-    if (p.in != stdin) {
-        fseek(p.in, 0, SEEK_END);
-        p.input_bytes = ftell(p.in);
-        fseek(p.in, 0, SEEK_SET);
-    }
+    /* the size from fstat: the reader uses the descriptor, and fseek on the FILE may
+     * leave the descriptor's offset anywhere */
+    p.in_fd = fileno(p.in);
+    struct stat in_stat;
+    if (p.in != stdin && fstat(p.in_fd, &in_stat) == 0 && S_ISREG(in_stat.st_mode))
+        p.input_bytes = (long)in_stat.st_size;
     p.progress = isatty(STDERR_FILENO);
     p.started = now_seconds();
     queue_init(&p.to_compute);
     queue_init(&p.to_write);
+    /* SIGINT/SIGTERM: only the reader thread takes them (see reader_main); no SA_RESTART,
+     * so its blocked read() returns; a second signal kills as usual (SA_RESETHAND) */
+    stop_signal = 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    struct sigaction old_int, old_term;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigset_t stop_set, old_mask;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_set, &old_mask);
     pthread_t reader, writer;
     pthread_create(&reader, NULL, reader_main, &p);
     pthread_create(&writer, NULL, writer_main, &p);
     batch *b;
-    while ((b = queue_pop(&p.to_compute)) != NULL) {
-        double t0 = now_seconds();
-        compute_batch(&p, b);
-        p.compute_s += now_seconds() - t0;
-        queue_push(&p.to_write, b);
-    }
+    while ((b = queue_pop(&p.to_compute)) != NULL)
+        compute_and_send(&p, b);
     queue_push(&p.to_write, NULL);
     pthread_join(reader, NULL);
     pthread_join(writer, NULL);
+    const int stopped_by = stop_signal;
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     queue_destroy(&p.to_compute);
     queue_destroy(&p.to_write);
     if (p.progress)
@@ -923,8 +1018,16 @@ int sqz_cli_infer(int argc, char **argv)
             wall > 0 ? p.lines / wall : 0.0, p.padded_tokens - p.tokens,
             p.padded_tokens ? 100.0 * (double)(p.padded_tokens - p.tokens) / (double)p.padded_tokens : 0.0,
             p.tokenize_s, p.compute_s, p.write_s);
-    rc = p.failed ? 1 : 0;
-    if (ferror(p.out)) {
+    if (p.retries)
+        fprintf(stderr, "sqz infer: %zu failed batches were retried in smaller parts\n", p.retries);
+    rc = p.failed || p.read_error ? 1 : 0;
+    if (stopped_by) {
+        fprintf(stderr, "sqz infer: interrupted by %s: %zu records written, input lines 1..%zu are "
+                "done; rerun with --resume to continue\n", stopped_by == SIGINT ? "SIGINT" : "SIGTERM",
+                p.skip_lines + p.lines, p.skip_lines + p.lines);
+        rc = 128 + stopped_by;
+    }
+    if (fflush(p.out) != 0 || ferror(p.out)) {
         fprintf(stderr, "sqz infer: error writing %s\n", p.opt.output);
         rc = 1;
     }
