@@ -9,17 +9,12 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
+#include "tools/cli_options.h"
 #include "tools/json_io.h"
 #include "tools/sqz_commands.h"
 
 #define EXIT_USAGE 2
 #define EXIT_NO_DEVICE 77 /* the backend is built in but has no device here */
-
-typedef struct option {
-    const char *name;   /* without the leading "--" */
-    bool takes_value;
-    const char *value;  /* set by parse_options; "1" for a present flag */
-} option;
 
 static double now_seconds(void)
 {
@@ -28,80 +23,12 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Accepts --name value and --name=value; returns non-zero (message printed) on misuse. */
-static int parse_options(const char *command, int argc, char **argv, option *opts, size_t n)
-{
-    for (int i = 0; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strncmp(arg, "--", 2) != 0) {
-            fprintf(stderr, "sqz %s: unexpected argument '%s' (see sqz %s --help)\n", command, arg,
-                    command);
-            return 1;
-        }
-        const char *eq = strchr(arg, '=');
-        size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-        option *match = NULL;
-        for (size_t k = 0; k < n; k++)
-            if (strlen(opts[k].name) == len && strncmp(opts[k].name, arg + 2, len) == 0)
-                match = &opts[k];
-        if (!match) {
-            fprintf(stderr, "sqz %s: unknown option '%s' (see sqz %s --help)\n", command, arg, command);
-            return 1;
-        }
-        if (!match->takes_value) {
-            if (eq) {
-                fprintf(stderr, "sqz %s: option --%s takes no value\n", command, match->name);
-                return 1;
-            }
-            match->value = "1";
-        } else if (eq) {
-            match->value = eq + 1;
-        } else if (i + 1 < argc) {
-            match->value = argv[++i];
-        } else {
-            fprintf(stderr, "sqz %s: option --%s needs a value\n", command, match->name);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static const char *get(const option *opts, size_t n, const char *name)
-{
-    for (size_t k = 0; k < n; k++)
-        if (strcmp(opts[k].name, name) == 0)
-            return opts[k].value;
-    return NULL;
-}
-
-static int parse_int(const char *command, const char *name, const char *text, long min, long max,
-                     long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || !end || *end || end == text || v < min || v > max) {
-        fprintf(stderr, "sqz %s: --%s must be an integer in %ld..%ld, got '%s'\n", command, name,
-                min, max, text);
-        return 1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int fail(const char *command, sqz_status status)
 {
     fprintf(stderr, "sqz %s: %s: %s\n", command, sqz_status_str(status), sqz_last_error());
     return 1;
 }
 
-static bool wants_help(int argc, char **argv)
-{
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return true;
-    return false;
-}
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
@@ -121,18 +48,18 @@ static const char forward_help[] =
 
 static int cmd_forward(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs(forward_help, stdout);
         return 0;
     }
-    option opts[] = {{"model", true, NULL},  {"backend", true, NULL}, {"input", true, NULL},
+    cli_option opts[] = {{"model", true, NULL},  {"backend", true, NULL}, {"input", true, NULL},
                      {"output", true, NULL}, {"verbose", false, NULL}, {"device", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
-    if (parse_options("forward", argc, argv, opts, n))
+    if (cli_parse("forward", argc, argv, opts, n))
         return EXIT_USAGE;
-    const char *model_dir = get(opts, n, "model"), *in_path = get(opts, n, "input"),
-               *out_path = get(opts, n, "output"), *backend = get(opts, n, "backend");
-    const bool verbose = get(opts, n, "verbose") != NULL;
+    const char *model_dir = cli_get(opts, n, "model"), *in_path = cli_get(opts, n, "input"),
+               *out_path = cli_get(opts, n, "output"), *backend = cli_get(opts, n, "backend");
+    const bool verbose = cli_get(opts, n, "verbose") != NULL;
     if (!model_dir || !in_path || !out_path) {
         fprintf(stderr, "sqz forward: --model, --input and --output are required\n\n%s", forward_help);
         return EXIT_USAGE;
@@ -167,7 +94,7 @@ static int cmd_forward(int argc, char **argv)
         for (size_t i = 0; i < ignored; i++)
             fprintf(stderr, "  %s\n", sqz_model_ignored_key(model, i));
     }
-    if ((st = sqz_session_create_on(model, backend, get(opts, n, "device"), &session)) != SQZ_OK) {
+    if ((st = sqz_session_create_on(model, backend, cli_get(opts, n, "device"), &session)) != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
     }
@@ -218,22 +145,22 @@ static const char graph_help[] =
 
 static int cmd_graph(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs(graph_help, stdout);
         return 0;
     }
-    option opts[] = {{"model", true, NULL},  {"dot", false, NULL}, {"tokens", true, NULL},
+    cli_option opts[] = {{"model", true, NULL},  {"dot", false, NULL}, {"tokens", true, NULL},
                      {"sequences", true, NULL}, {"output", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
-    if (parse_options("graph", argc, argv, opts, n))
+    if (cli_parse("graph", argc, argv, opts, n))
         return EXIT_USAGE;
     long tokens = 128, sequences = 1;
-    if ((get(opts, n, "tokens") &&
-         parse_int("graph", "tokens", get(opts, n, "tokens"), 1, 1 << 20, &tokens)) ||
-        (get(opts, n, "sequences") &&
-         parse_int("graph", "sequences", get(opts, n, "sequences"), 1, 1 << 20, &sequences)))
+    if ((cli_get(opts, n, "tokens") &&
+         cli_int("graph", "tokens", cli_get(opts, n, "tokens"), 1, 1 << 20, &tokens)) ||
+        (cli_get(opts, n, "sequences") &&
+         cli_int("graph", "sequences", cli_get(opts, n, "sequences"), 1, 1 << 20, &sequences)))
         return EXIT_USAGE;
-    if (!get(opts, n, "model") || !get(opts, n, "dot")) {
+    if (!cli_get(opts, n, "model") || !cli_get(opts, n, "dot")) {
         fprintf(stderr, "sqz graph: --model and --dot are required\n\n%s", graph_help);
         return EXIT_USAGE;
     }
@@ -243,13 +170,13 @@ static int cmd_graph(int argc, char **argv)
     }
     sqz_model *model = NULL;
     char *dot = NULL;
-    sqz_status st = sqz_model_load(get(opts, n, "model"), &model);
+    sqz_status st = sqz_model_load(cli_get(opts, n, "model"), &model);
     if (st == SQZ_OK)
         st = sqz_model_graph_dot(model, (int)tokens, (int)sequences, &dot);
     sqz_model_free(model);
     if (st != SQZ_OK)
         return fail("graph", st);
-    const char *out_path = get(opts, n, "output");
+    const char *out_path = cli_get(opts, n, "output");
     FILE *f = out_path ? fopen(out_path, "w") : stdout;
     int rc = 0;
     if (!f || fputs(dot, f) < 0) {
@@ -274,34 +201,34 @@ static const char random_help[] =
 
 static int cmd_random_model(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs(random_help, stdout);
         return 0;
     }
-    option opts[] = {{"config", true, NULL}, {"seed", true, NULL}, {"out", true, NULL}};
+    cli_option opts[] = {{"config", true, NULL}, {"seed", true, NULL}, {"out", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
-    if (parse_options("random-model", argc, argv, opts, n))
+    if (cli_parse("random-model", argc, argv, opts, n))
         return EXIT_USAGE;
-    if (!get(opts, n, "config") || !get(opts, n, "out")) {
+    if (!cli_get(opts, n, "config") || !cli_get(opts, n, "out")) {
         fprintf(stderr, "sqz random-model: --config and --out are required\n\n%s", random_help);
         return EXIT_USAGE;
     }
     unsigned long long seed = 0;
-    if (get(opts, n, "seed")) {
+    if (cli_get(opts, n, "seed")) {
         char *end = NULL;
         errno = 0;
-        seed = strtoull(get(opts, n, "seed"), &end, 10);
-        if (errno || !end || *end || get(opts, n, "seed")[0] == '-') {
+        seed = strtoull(cli_get(opts, n, "seed"), &end, 10);
+        if (errno || !end || *end || cli_get(opts, n, "seed")[0] == '-') {
             fprintf(stderr, "sqz random-model: --seed must be a non-negative integer\n");
             return EXIT_USAGE;
         }
     }
     double t0 = now_seconds();
-    sqz_status st = sqz_random_model_write(get(opts, n, "config"), seed, get(opts, n, "out"));
+    sqz_status st = sqz_random_model_write(cli_get(opts, n, "config"), seed, cli_get(opts, n, "out"));
     if (st != SQZ_OK)
         return fail("random-model", st);
     fprintf(stderr, "sqz random-model: wrote %s (seed %llu) to %s in %.2f s\n",
-            get(opts, n, "config"), seed, get(opts, n, "out"), now_seconds() - t0);
+            cli_get(opts, n, "config"), seed, cli_get(opts, n, "out"), now_seconds() - t0);
     return 0;
 }
 
@@ -315,20 +242,20 @@ static const char info_help[] =
 
 static int cmd_info(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs(info_help, stdout);
         return 0;
     }
-    option opts[] = {{"model", true, NULL}, {"verbose", false, NULL}};
+    cli_option opts[] = {{"model", true, NULL}, {"verbose", false, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
-    if (parse_options("info", argc, argv, opts, n))
+    if (cli_parse("info", argc, argv, opts, n))
         return EXIT_USAGE;
-    if (!get(opts, n, "model")) {
+    if (!cli_get(opts, n, "model")) {
         fprintf(stderr, "sqz info: --model is required\n\n%s", info_help);
         return EXIT_USAGE;
     }
     sqz_model *model = NULL;
-    sqz_status st = sqz_model_load(get(opts, n, "model"), &model);
+    sqz_status st = sqz_model_load(cli_get(opts, n, "model"), &model);
     if (st != SQZ_OK)
         return fail("info", st);
     sqz_model_info i;
@@ -353,8 +280,8 @@ static int cmd_info(int argc, char **argv)
         printf("\n");
     }
     size_t ignored = sqz_model_ignored_key_count(model);
-    printf("unused keys       %zu%s\n", ignored, ignored && !get(opts, n, "verbose") ? " (--verbose lists them)" : "");
-    if (get(opts, n, "verbose"))
+    printf("unused keys       %zu%s\n", ignored, ignored && !cli_get(opts, n, "verbose") ? " (--verbose lists them)" : "");
+    if (cli_get(opts, n, "verbose"))
         for (size_t k = 0; k < ignored; k++)
             printf("  %s\n", sqz_model_ignored_key(model, k));
     sqz_model_free(model);
@@ -363,7 +290,7 @@ static int cmd_info(int argc, char **argv)
 
 static int cmd_backends(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs("usage: sqz backends\n\nLists the backends compiled into this build and whether each "
               "can run here.\n", stdout);
         return 0;
@@ -406,25 +333,25 @@ static void remove_checkpoint(const char *dir)
 
 static int cmd_demo(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs(demo_help, stdout);
         return 0;
     }
-    option opts[] = {{"config", true, NULL}, {"model", true, NULL},  {"seed", true, NULL},
+    cli_option opts[] = {{"config", true, NULL}, {"model", true, NULL},  {"seed", true, NULL},
                      {"batch", true, NULL},  {"length", true, NULL}, {"backend", true, NULL},
                      {"device", true, NULL}, {"repeat", true, NULL}, {"no-padding", false, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
-    if (parse_options("demo", argc, argv, opts, n))
+    if (cli_parse("demo", argc, argv, opts, n))
         return EXIT_USAGE;
     long batch = 2, length = 32, seed = 1, repeat = 1;
-    if ((get(opts, n, "batch") && parse_int("demo", "batch", get(opts, n, "batch"), 1, 4096, &batch)) ||
-        (get(opts, n, "length") && parse_int("demo", "length", get(opts, n, "length"), 2, 65536, &length)) ||
-        (get(opts, n, "seed") && parse_int("demo", "seed", get(opts, n, "seed"), 0, 1L << 30, &seed)) ||
-        (get(opts, n, "repeat") && parse_int("demo", "repeat", get(opts, n, "repeat"), 1, 1000, &repeat)))
+    if ((cli_get(opts, n, "batch") && cli_int("demo", "batch", cli_get(opts, n, "batch"), 1, 4096, &batch)) ||
+        (cli_get(opts, n, "length") && cli_int("demo", "length", cli_get(opts, n, "length"), 2, 65536, &length)) ||
+        (cli_get(opts, n, "seed") && cli_int("demo", "seed", cli_get(opts, n, "seed"), 0, 1L << 30, &seed)) ||
+        (cli_get(opts, n, "repeat") && cli_int("demo", "repeat", cli_get(opts, n, "repeat"), 1, 1000, &repeat)))
         return EXIT_USAGE;
-    const char *preset = get(opts, n, "config") ? get(opts, n, "config") : "squeezebert-uncased";
+    const char *preset = cli_get(opts, n, "config") ? cli_get(opts, n, "config") : "squeezebert-uncased";
     char tmp_dir[] = "/tmp/sqz-demo-XXXXXX";
-    const char *dir = get(opts, n, "model");
+    const char *dir = cli_get(opts, n, "model");
     bool made = false;
     double t0 = now_seconds();
     if (!dir) {
@@ -473,7 +400,7 @@ static int cmd_demo(int argc, char **argv)
     long real_tokens = 0;
     for (long b = 0; b < batch; b++) {
         /* every other sequence padded unless --no-padding */
-        long len = b % 2 && !get(opts, n, "no-padding") ? length - length / 4 : length;
+        long len = b % 2 && !cli_get(opts, n, "no-padding") ? length - length / 4 : length;
         for (long w = 0; w < length; w++) {
             state = state * 6364136223846793005ull + 1442695040888963407ull;
             long id = 1000 + (long)((state >> 33) % (uint64_t)(info.vocab_size - 1000 > 0 ? info.vocab_size - 1000 : 1));
@@ -483,9 +410,9 @@ static int cmd_demo(int argc, char **argv)
             real_tokens += w < len;
         }
     }
-    const char *backend = get(opts, n, "backend") ? get(opts, n, "backend") : "cpu_ref";
+    const char *backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "cpu_ref";
     double t_session = now_seconds();
-    if ((st = sqz_session_create_on(model, backend, get(opts, n, "device"), &session)) != SQZ_OK) {
+    if ((st = sqz_session_create_on(model, backend, cli_get(opts, n, "device"), &session)) != SQZ_OK) {
         rc = fail("demo", st);
         goto done;
     }
@@ -553,7 +480,7 @@ done:
 
 static int cmd_devices(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs("usage: sqz devices\n\nLists every device of every backend in this build (CUDA, OpenCL, the "
               "host) with\nits memory and capabilities, or why a backend has none. The index or a "
               "name\nsubstring is what --device takes.\n", stdout);
@@ -588,32 +515,32 @@ static const char validate_help[] =
 
 static int cmd_validate(int argc, char **argv)
 {
-    if (wants_help(argc, argv)) {
+    if (cli_wants_help(argc, argv)) {
         fputs(validate_help, stdout);
         return 0;
     }
-    option opts[] = {{"model", true, NULL},   {"random", true, NULL}, {"backend", true, NULL},
+    cli_option opts[] = {{"model", true, NULL},   {"random", true, NULL}, {"backend", true, NULL},
                      {"device", true, NULL},  {"batch", true, NULL},  {"seq", true, NULL},
                      {"seed", true, NULL},    {"tolerance", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
-    if (parse_options("validate", argc, argv, opts, n))
+    if (cli_parse("validate", argc, argv, opts, n))
         return EXIT_USAGE;
     long batch = 4, seq = 32, seed = (long)(time(NULL) % 1000000);
-    if ((get(opts, n, "batch") && parse_int("validate", "batch", get(opts, n, "batch"), 1, 65536, &batch)) ||
-        (get(opts, n, "seq") && parse_int("validate", "seq", get(opts, n, "seq"), 1, 65536, &seq)) ||
-        (get(opts, n, "seed") && parse_int("validate", "seed", get(opts, n, "seed"), 0, 1L << 30, &seed)))
+    if ((cli_get(opts, n, "batch") && cli_int("validate", "batch", cli_get(opts, n, "batch"), 1, 65536, &batch)) ||
+        (cli_get(opts, n, "seq") && cli_int("validate", "seq", cli_get(opts, n, "seq"), 1, 65536, &seq)) ||
+        (cli_get(opts, n, "seed") && cli_int("validate", "seed", cli_get(opts, n, "seed"), 0, 1L << 30, &seed)))
         return EXIT_USAGE;
     double tolerance = 1e-4;
-    if (get(opts, n, "tolerance")) {
+    if (cli_get(opts, n, "tolerance")) {
         char *end = NULL;
-        tolerance = strtod(get(opts, n, "tolerance"), &end);
+        tolerance = strtod(cli_get(opts, n, "tolerance"), &end);
         if (!end || *end || !(tolerance > 0)) {
             fprintf(stderr, "sqz validate: --tolerance must be a positive number\n");
             return EXIT_USAGE;
         }
     }
-    const char *model_dir = get(opts, n, "model"), *preset = get(opts, n, "random");
-    const char *backend = get(opts, n, "backend");
+    const char *model_dir = cli_get(opts, n, "model"), *preset = cli_get(opts, n, "random");
+    const char *backend = cli_get(opts, n, "backend");
     if (!backend || (!model_dir == !preset)) {
         fprintf(stderr, "sqz validate: --backend and one of --model or --random are required\n\n%s",
                 validate_help);
@@ -672,7 +599,7 @@ static int cmd_validate(int argc, char **argv)
     }
     sqz_input input = {.batch = (int)batch, .choices = choices, .seq_len = (int)seq,
                        .input_ids = ids, .attention_mask = mask, .token_type_ids = types};
-    if ((st = sqz_validate(model, backend, get(opts, n, "device"), &input, tolerance, &v)) != SQZ_OK) {
+    if ((st = sqz_validate(model, backend, cli_get(opts, n, "device"), &input, tolerance, &v)) != SQZ_OK) {
         rc = fail("validate", st);
         if (st == SQZ_ERR_NO_DEVICE)
             rc = EXIT_NO_DEVICE; /* a test harness reports this as skipped */

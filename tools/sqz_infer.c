@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
+#include "tools/cli_options.h"
 #include "tools/sqz_commands.h"
 #include "tools/sqz_infer_line.h"
 
@@ -753,64 +754,9 @@ static const char infer_help[] =
     "Exit status: 0 every line answered, 1 some line got an error record (or a fatal error),\n"
     "2 usage. A progress line goes to stderr when it is a terminal, and a summary at the end.\n";
 
-typedef struct option {
-    const char *name;
-    bool takes_value;
-    const char *value;
-} option;
-
-static const char *get(const option *opts, size_t n, const char *name)
-{
-    for (size_t k = 0; k < n; k++)
-        if (strcmp(opts[k].name, name) == 0)
-            return opts[k].value;
-    return NULL;
-}
-
-static int parse_args(int argc, char **argv, option *opts, size_t n)
-{
-    for (int i = 0; i < argc; i++) {
-        const char *arg = argv[i];
-        option *match = NULL;
-        const char *eq = strchr(arg, '=');
-        size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
-        for (size_t k = 0; k < n && strncmp(arg, "--", 2) == 0; k++)
-            if (strlen(opts[k].name) == len - 2 && strncmp(opts[k].name, arg + 2, len - 2) == 0)
-                match = &opts[k];
-        if (!match) {
-            fprintf(stderr, "sqz infer: unknown argument '%s' (see sqz infer --help)\n", arg);
-            return 1;
-        }
-        if (!match->takes_value)
-            match->value = "1";
-        else if (eq)
-            match->value = eq + 1;
-        else if (i + 1 < argc)
-            match->value = argv[++i];
-        else {
-            fprintf(stderr, "sqz infer: option --%s needs a value\n", match->name);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static bool parse_long(const char *name, const char *text, long min, long max, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || !end || *end || end == text || v < min || v > max) {
-        fprintf(stderr, "sqz infer: --%s must be an integer in %ld..%ld, got '%s'\n", name, min, max, text);
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
 static int parse_options(int argc, char **argv, options *o)
 {
-    option opts[] = {
+    cli_option opts[] = {
         {"model", true, NULL},      {"backend", true, NULL},      {"device", true, NULL},
         {"task", true, NULL},       {"batch-tokens", true, NULL}, {"max-length", true, NULL},
         {"input", true, NULL},      {"output", true, NULL},       {"pooling", true, NULL},
@@ -818,17 +764,17 @@ static int parse_options(int argc, char **argv, options *o)
         {"resume", false, NULL},    {"verbose", false, NULL},
     };
     const size_t n = sizeof opts / sizeof opts[0];
-    if (parse_args(argc, argv, opts, n))
+    if (cli_parse("infer", argc, argv, opts, n))
         return EXIT_USAGE;
     memset(o, 0, sizeof *o);
-    o->model = get(opts, n, "model");
-    o->backend = get(opts, n, "backend") ? get(opts, n, "backend") : "auto";
-    o->device = get(opts, n, "device");
-    o->input = get(opts, n, "input") ? get(opts, n, "input") : "-";
-    o->output = get(opts, n, "output") ? get(opts, n, "output") : "-";
-    o->normalize = get(opts, n, "normalize") != NULL;
-    o->resume = get(opts, n, "resume") != NULL;
-    o->verbose = get(opts, n, "verbose") != NULL;
+    o->model = cli_get(opts, n, "model");
+    o->backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "auto";
+    o->device = cli_get(opts, n, "device");
+    o->input = cli_get(opts, n, "input") ? cli_get(opts, n, "input") : "-";
+    o->output = cli_get(opts, n, "output") ? cli_get(opts, n, "output") : "-";
+    o->normalize = cli_get(opts, n, "normalize") != NULL;
+    o->resume = cli_get(opts, n, "resume") != NULL;
+    o->verbose = cli_get(opts, n, "verbose") != NULL;
     if (o->resume && strcmp(o->output, "-") == 0) {
         fprintf(stderr, "sqz infer: --resume needs --output FILE\n");
         return EXIT_USAGE;
@@ -839,7 +785,7 @@ static int parse_options(int argc, char **argv, options *o)
         return EXIT_USAGE;
     }
     static const char *const tasks[] = {"auto", "classify", "embed", "tokens", "qa", "fill-mask"};
-    const char *t = get(opts, n, "task") ? get(opts, n, "task") : "auto";
+    const char *t = cli_get(opts, n, "task") ? cli_get(opts, n, "task") : "auto";
     o->task = (task)-1;
     for (int i = 0; i < 6; i++)
         if (strcmp(t, tasks[i]) == 0)
@@ -848,7 +794,7 @@ static int parse_options(int argc, char **argv, options *o)
         fprintf(stderr, "sqz infer: unknown --task '%s'\n", t);
         return EXIT_USAGE;
     }
-    const char *pool = get(opts, n, "pooling");
+    const char *pool = cli_get(opts, n, "pooling");
     if (pool) {
         o->pooling = strcmp(pool, "pooler") == 0 ? POOL_POOLER : strcmp(pool, "cls") == 0 ? POOL_CLS
                    : strcmp(pool, "mean") == 0 ? POOL_MEAN : POOL_DEFAULT;
@@ -857,10 +803,10 @@ static int parse_options(int argc, char **argv, options *o)
             return EXIT_USAGE;
         }
     }
-    if ((get(opts, n, "batch-tokens") && !parse_long("batch-tokens", get(opts, n, "batch-tokens"), 1, 1L << 24, &o->batch_tokens)) ||
-        (get(opts, n, "max-length") && !parse_long("max-length", get(opts, n, "max-length"), 3, 1L << 20, &o->max_length)) ||
-        (get(opts, n, "top-k") && !parse_long("top-k", get(opts, n, "top-k"), 1, 1000, &o->top_k)) ||
-        (get(opts, n, "max-answer-length") && !parse_long("max-answer-length", get(opts, n, "max-answer-length"), 1, 100000, &o->max_answer_length)))
+    if ((cli_get(opts, n, "batch-tokens") && cli_int("infer", "batch-tokens", cli_get(opts, n, "batch-tokens"), 1, 1L << 24, &o->batch_tokens)) ||
+        (cli_get(opts, n, "max-length") && cli_int("infer", "max-length", cli_get(opts, n, "max-length"), 3, 1L << 20, &o->max_length)) ||
+        (cli_get(opts, n, "top-k") && cli_int("infer", "top-k", cli_get(opts, n, "top-k"), 1, 1000, &o->top_k)) ||
+        (cli_get(opts, n, "max-answer-length") && cli_int("infer", "max-answer-length", cli_get(opts, n, "max-answer-length"), 1, 100000, &o->max_answer_length)))
         return EXIT_USAGE;
     return 0;
 }
@@ -915,11 +861,10 @@ static const char *pick_backend(const char *wanted)
 
 int sqz_cli_infer(int argc, char **argv)
 {
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs(infer_help, stdout);
-            return 0;
-        }
+    if (cli_wants_help(argc, argv)) {
+        fputs(infer_help, stdout);
+        return 0;
+    }
     pipeline p;
     memset(&p, 0, sizeof p);
     int rc = parse_options(argc, argv, &p.opt);

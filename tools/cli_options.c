@@ -1,0 +1,76 @@
+/* Command-line options shared by every sqz subcommand: --name value or --name=value,
+ * flags without a value, integers with a range, --help anywhere. */
+#include "tools/cli_options.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Accepts --name value and --name=value; returns non-zero (message printed) on misuse. */
+int cli_parse(const char *command, int argc, char **argv, cli_option *opts, size_t n)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "--", 2) != 0) {
+            fprintf(stderr, "sqz %s: unexpected argument '%s' (see sqz %s --help)\n", command, arg,
+                    command);
+            return 1;
+        }
+        const char *eq = strchr(arg, '=');
+        size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+        cli_option *match = NULL;
+        for (size_t k = 0; k < n; k++)
+            if (strlen(opts[k].name) == len && strncmp(opts[k].name, arg + 2, len) == 0)
+                match = &opts[k];
+        if (!match) {
+            fprintf(stderr, "sqz %s: unknown option '%s' (see sqz %s --help)\n", command, arg, command);
+            return 1;
+        }
+        if (!match->takes_value) {
+            if (eq) {
+                fprintf(stderr, "sqz %s: option --%s takes no value\n", command, match->name);
+                return 1;
+            }
+            match->value = "1";
+        } else if (eq) {
+            match->value = eq + 1;
+        } else if (i + 1 < argc) {
+            match->value = argv[++i];
+        } else {
+            fprintf(stderr, "sqz %s: option --%s needs a value\n", command, match->name);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+const char *cli_get(const cli_option *opts, size_t n, const char *name)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(opts[k].name, name) == 0)
+            return opts[k].value;
+    return NULL;
+}
+
+int cli_int(const char *command, const char *name, const char *text, long min, long max, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || !end || *end || end == text || v < min || v > max) {
+        fprintf(stderr, "sqz %s: --%s must be an integer in %ld..%ld, got '%s'\n", command, name,
+                min, max, text);
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+bool cli_wants_help(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return true;
+    return false;
+}

@@ -1,0 +1,24 @@
+/* Command-line options shared by every sqz subcommand. */
+#ifndef SQZ_TOOLS_CLI_OPTIONS_H
+#define SQZ_TOOLS_CLI_OPTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct cli_option {
+    const char *name;  /* without the leading "--" */
+    bool takes_value;
+    const char *value; /* set by cli_parse; "1" for a present flag */
+} cli_option;
+
+/* Accepts --name value and --name=value; non-zero (message printed as "sqz COMMAND: ...")
+ * on an unknown option, a missing value or a stray argument. */
+int cli_parse(const char *command, int argc, char **argv, cli_option *opts, size_t n);
+/* The value of option `name`, or NULL when it was not given. */
+const char *cli_get(const cli_option *opts, size_t n, const char *name);
+/* Parses an integer option in [min, max]; non-zero (message printed) when it is not one. */
+int cli_int(const char *command, const char *name, const char *text, long min, long max, long *out);
+/* True when --help or -h is among the arguments. */
+bool cli_wants_help(int argc, char **argv);
+
+#endif
