@@ -1108,7 +1108,7 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
             fprintf(f, "; %.2fx the seq/s of %dx%d full rows", jget_num(row, "seq_per_s") /
                     jget_num(full, "seq_per_s"), (int)jget_num(full, "batch"),
                     (int)jget_num(full, "seq_len"));
-            if (isfinite(fr))
+            if (isfinite(fr) && strcmp(jget_str(row, "engine"), "sqz") == 0) /* peers: ours */
                 fprintf(f, ", %.2fx the FLOPs", fr);
         }
         fputc('\n', f);
