@@ -62,6 +62,7 @@ step validate-cuda-fused 180 build-gpu/sqz validate --random squeezebert-uncased
 step validate-cuda-unfused 180 env SQZ_DISABLE_FUSION=1 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --batch 4 --seq 64 --seed 5
 step compute-sanitizer 180 bash -c 'compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --batch 3 --seq 16 --seed 2 && compute-sanitizer --tool racecheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --batch 2 --seq 8 --seed 2'
 step throughput-cuda 180 bash -c 'build-gpu/sqz random-model --config squeezebert-uncased --seed 1 --out /tmp/sqb-full && for cell in "1 128" "32 128" "256 128" "32 512"; do set -- $cell; build-gpu/sqz demo --model /tmp/sqb-full --backend cuda --batch $1 --length $2 --no-padding --repeat 20 | grep -E "forward on|first run"; done'
+step sqz-bench-cuda 240 build-gpu/sqz bench --model /tmp/sqb-full --backends cuda,opencl --devices cuda:0,opencl:NVIDIA --precisions fp32 --batch 1,32,256 --length 128 --mixed-batch 32 --budget 1 --json "$OUT/bench.json" --plot "$OUT/bench.svg"
 step torch-peer 240 python3 bench/torch_gpu_peer.py /tmp/sqb-full --fp16 --json "$OUT/torch.json"
 step validate-opencl-gpu-fused 120 build-gpu/sqz validate --random squeezebert-uncased --backend opencl --device NVIDIA --batch 4 --seq 64 --seed 5
 step validate-opencl-gpu-unfused 120 env SQZ_DISABLE_FUSION=1 build-gpu/sqz validate --random squeezebert-uncased --backend opencl --device NVIDIA --batch 4 --seq 64 --seed 5
