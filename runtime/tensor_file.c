@@ -325,6 +325,16 @@ sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out)
     return SQZ_OK;
 }
 
+size_t sqz_tf_limit(const char *env, size_t fallback)
+{
+    const char *v = getenv(env);
+    if (!v || !*v)
+        return fallback;
+    char *end = NULL;
+    unsigned long long n = strtoull(v, &end, 10);
+    return end && *end == '\0' && n > 0 && n <= SIZE_MAX ? (size_t)n : fallback;
+}
+
 void sqz_tensor_file_clear(sqz_tensor_file *file)
 {
     if (file->tensors) {

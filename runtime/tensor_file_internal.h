@@ -24,6 +24,10 @@ sqz_status sqz_tf_read_at(const sqz_tf_source *src, uint64_t offset, void *buf, 
  * it may leave a partial tensor list behind, which sqz_tensor_file_free releases. */
 sqz_status sqz_tf_read_safetensors(const sqz_tf_source *src, sqz_tensor_file *out);
 sqz_status sqz_tf_read_torch_zip(const sqz_tf_source *src, sqz_tensor_file *out);
+/* A size limit: the environment variable `env` (a positive byte count) when set, else
+ * `fallback`; lets a user raise a limit for an unusual but trusted checkpoint. */
+size_t sqz_tf_limit(const char *env, size_t fallback);
+
 /* Frees the tensors a failed reader left, keeping the path (for a second attempt). */
 void sqz_tensor_file_clear(sqz_tensor_file *file);
 /* torch.save before 1.6: the caller has matched the magic-number pickle at offset 0. */

@@ -175,6 +175,20 @@ static void bad_or_unsupported_config(void **unused)
     }
 }
 
+static void configurable_limits(void **unused)
+{
+    /* a user can tighten (or raise) the pickle and header limits; the message names the knob */
+    setenv("SQZ_MAX_PICKLE_BYTES", "100", 1);
+    assert_fails_with(load(FIXTURES "/sqb-default/base-bin"), SQZ_ERR_FORMAT, "data.pkl",
+                      "at most 100", "SQZ_MAX_PICKLE_BYTES");
+    unsetenv("SQZ_MAX_PICKLE_BYTES");
+    setenv("SQZ_MAX_HEADER_BYTES", "100", 1);
+    assert_fails_with(load(FIXTURES "/sqb-default/base-safetensors"), SQZ_ERR_FORMAT,
+                      "header length", "limit of 100 bytes", "SQZ_MAX_HEADER_BYTES");
+    unsetenv("SQZ_MAX_HEADER_BYTES");
+    assert_int_equal(load(FIXTURES "/sqb-default/base-safetensors"), SQZ_OK);
+}
+
 static void missing_files(void **unused)
 {
     char *dir = make_temp_dir();
@@ -257,6 +271,7 @@ int main(void)
         cmocka_unit_test(dtype_that_is_not_float),
         cmocka_unit_test(missing_tensor),
         cmocka_unit_test(bad_or_unsupported_config),
+        cmocka_unit_test(configurable_limits),
         cmocka_unit_test(missing_files),
         cmocka_unit_test(bad_run_inputs),
     };
