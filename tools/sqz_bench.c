@@ -2,6 +2,7 @@
  * sequence lengths, plus mixed-length batches that show what packing saves. Uses only the
  * public API. Every figure goes into one JSON report; the table, CSV and SVG are drawn from
  * it (see tools/sqz_bench.h and bench/README.md). */
+#include "tools/cli_options.h"
 #include "tools/sqz_bench.h"
 
 #include <errno.h>
@@ -86,70 +87,6 @@ static double now_seconds(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-typedef struct option {
-    const char *name;
-    bool takes_value;
-    const char *value;
-} option;
-
-static int parse_options(int argc, char **argv, option *opts, size_t n)
-{
-    for (int i = 0; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strncmp(arg, "--", 2) != 0) {
-            fprintf(stderr, "sqz bench: unexpected argument '%s' (see sqz bench --help)\n", arg);
-            return 1;
-        }
-        const char *eq = strchr(arg, '=');
-        size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-        option *match = NULL;
-        for (size_t k = 0; k < n; k++)
-            if (strlen(opts[k].name) == len && strncmp(opts[k].name, arg + 2, len) == 0)
-                match = &opts[k];
-        if (!match) {
-            fprintf(stderr, "sqz bench: unknown option '%s' (see sqz bench --help)\n", arg);
-            return 1;
-        }
-        if (!match->takes_value) {
-            if (eq) {
-                fprintf(stderr, "sqz bench: option --%s takes no value\n", match->name);
-                return 1;
-            }
-            match->value = "1";
-        } else if (eq) {
-            match->value = eq + 1;
-        } else if (i + 1 < argc) {
-            match->value = argv[++i];
-        } else {
-            fprintf(stderr, "sqz bench: option --%s needs a value\n", match->name);
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static const char *get(const option *opts, size_t n, const char *name)
-{
-    for (size_t k = 0; k < n; k++)
-        if (strcmp(opts[k].name, name) == 0)
-            return opts[k].value;
-    return NULL;
-}
-
-static int parse_long(const char *name, const char *text, long min, long max, long *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || !end || *end || end == text || v < min || v > max) {
-        fprintf(stderr, "sqz bench: --%s must be an integer in %ld..%ld, got '%s'\n", name, min,
-                max, text);
-        return 1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_double(const char *name, const char *text, double min, double *out)
 {
     char *end = NULL;
@@ -178,7 +115,7 @@ static int parse_int_list(const char *name, const char *text, long min, long max
         memcpy(item, p, len);
         item[len] = '\0';
         long v;
-        if (parse_long(name, item, min, max, &v))
+        if (cli_int("bench", name, item, min, max, &v))
             return -1;
         out[n++] = (int)v;
         p += len + (p[len] == ',');
@@ -1486,12 +1423,11 @@ typedef struct device_req {
 
 int sqz_cli_bench(int argc, char **argv)
 {
-    for (int i = 0; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs(bench_help, stdout);
-            return 0;
-        }
-    option opts[] = {
+    if (cli_wants_help(argc, argv)) {
+        fputs(bench_help, stdout);
+        return 0;
+    }
+    cli_option opts[] = {
         {"random", true, NULL},      {"model", true, NULL},        {"seed", true, NULL},
         {"backends", true, NULL},    {"devices", true, NULL},      {"precisions", true, NULL},
         {"batch", true, NULL},       {"length", true, NULL},       {"mixed-batch", true, NULL},
@@ -1503,16 +1439,16 @@ int sqz_cli_bench(int argc, char **argv)
         {"quiet", false, NULL},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
-    if (parse_options(argc, argv, opts, n_opts))
+    if (cli_parse("bench", argc, argv, opts, n_opts))
         return EXIT_USAGE;
-    const char *json_path = get(opts, n_opts, "json"), *csv_path = get(opts, n_opts, "csv"),
-               *plot_path = get(opts, n_opts, "plot"), *baseline = get(opts, n_opts, "baseline");
-    if (get(opts, n_opts, "from")) {
+    const char *json_path = cli_get(opts, n_opts, "json"), *csv_path = cli_get(opts, n_opts, "csv"),
+               *plot_path = cli_get(opts, n_opts, "plot"), *baseline = cli_get(opts, n_opts, "baseline");
+    if (cli_get(opts, n_opts, "from")) {
         json_error_t jerr;
-        json_t *report = json_load_file(get(opts, n_opts, "from"), 0, &jerr);
+        json_t *report = json_load_file(cli_get(opts, n_opts, "from"), 0, &jerr);
         if (!report || strcmp(jget_str(report, "schema"), SCHEMA) != 0 ||
             !json_is_array(json_object_get(report, "rows"))) {
-            fprintf(stderr, "sqz bench: %s is not an %s report%s%s\n", get(opts, n_opts, "from"),
+            fprintf(stderr, "sqz bench: %s is not an %s report%s%s\n", cli_get(opts, n_opts, "from"),
                     SCHEMA, report ? "" : ": ", report ? "" : jerr.text);
             json_decref(report);
             return 1;
@@ -1521,7 +1457,7 @@ int sqz_cli_bench(int argc, char **argv)
         json_decref(report);
         return rc;
     }
-    const char *preset = get(opts, n_opts, "random"), *model_dir = get(opts, n_opts, "model");
+    const char *preset = cli_get(opts, n_opts, "random"), *model_dir = cli_get(opts, n_opts, "model");
     if (!preset == !model_dir) {
         fprintf(stderr, "sqz bench: one of --random PRESET or --model DIR is required\n\n%s", bench_help);
         return EXIT_USAGE;
@@ -1534,22 +1470,22 @@ int sqz_cli_bench(int argc, char **argv)
     char *precisions[MAX_LIST], *backends[MAX_LIST];
     int n_prec = 0, n_backends = 0;
     const char *v;
-    if (((v = get(opts, n_opts, "seed")) && parse_long("seed", v, 0, 1L << 40, &seed)) ||
-        ((v = get(opts, n_opts, "input-seed")) && parse_long("input-seed", v, 0, 1L << 20, &input_seed)) ||
-        ((v = get(opts, n_opts, "mixed-max")) && parse_long("mixed-max", v, 2, 65536, &mixed_max)) ||
-        ((v = get(opts, n_opts, "ref-max-tokens")) && parse_long("ref-max-tokens", v, 0, 1L << 24, &b.ref_max_tokens)) ||
-        ((v = get(opts, n_opts, "min-repeats")) && parse_long("min-repeats", v, 1, 100000, &b.min_repeats)) ||
-        ((v = get(opts, n_opts, "max-repeats")) && parse_long("max-repeats", v, 1, 100000, &b.max_repeats)) ||
-        ((v = get(opts, n_opts, "budget")) && parse_double("budget", v, 0, &b.budget)) ||
-        ((v = get(opts, n_opts, "peak-budget")) && parse_double("peak-budget", v, 0, &b.peak_budget)) ||
-        ((v = get(opts, n_opts, "tolerance")) && parse_double("tolerance", v, 0, &b.tolerance)) ||
-        ((v = get(opts, n_opts, "batch")) && (n_batches = parse_int_list("batch", v, 1, 65536, batches)) < 0) ||
-        ((v = get(opts, n_opts, "length")) && (n_lengths = parse_int_list("length", v, 2, 65536, lengths)) < 0))
+    if (((v = cli_get(opts, n_opts, "seed")) && cli_int("bench", "seed", v, 0, 1L << 40, &seed)) ||
+        ((v = cli_get(opts, n_opts, "input-seed")) && cli_int("bench", "input-seed", v, 0, 1L << 20, &input_seed)) ||
+        ((v = cli_get(opts, n_opts, "mixed-max")) && cli_int("bench", "mixed-max", v, 2, 65536, &mixed_max)) ||
+        ((v = cli_get(opts, n_opts, "ref-max-tokens")) && cli_int("bench", "ref-max-tokens", v, 0, 1L << 24, &b.ref_max_tokens)) ||
+        ((v = cli_get(opts, n_opts, "min-repeats")) && cli_int("bench", "min-repeats", v, 1, 100000, &b.min_repeats)) ||
+        ((v = cli_get(opts, n_opts, "max-repeats")) && cli_int("bench", "max-repeats", v, 1, 100000, &b.max_repeats)) ||
+        ((v = cli_get(opts, n_opts, "budget")) && parse_double("budget", v, 0, &b.budget)) ||
+        ((v = cli_get(opts, n_opts, "peak-budget")) && parse_double("peak-budget", v, 0, &b.peak_budget)) ||
+        ((v = cli_get(opts, n_opts, "tolerance")) && parse_double("tolerance", v, 0, &b.tolerance)) ||
+        ((v = cli_get(opts, n_opts, "batch")) && (n_batches = parse_int_list("batch", v, 1, 65536, batches)) < 0) ||
+        ((v = cli_get(opts, n_opts, "length")) && (n_lengths = parse_int_list("length", v, 2, 65536, lengths)) < 0))
         return EXIT_USAGE;
     if (b.max_repeats < b.min_repeats)
         b.max_repeats = b.min_repeats;
     b.input_seed = (uint64_t)input_seed;
-    if ((v = get(opts, n_opts, "mixed-batch"))) {
+    if ((v = cli_get(opts, n_opts, "mixed-batch"))) {
         if (strcmp(v, "none") == 0)
             n_mixed = 0;
         else if ((n_mixed = parse_int_list("mixed-batch", v, 1, 65536, mixed_batches)) < 0)
@@ -1560,7 +1496,7 @@ int sqz_cli_bench(int argc, char **argv)
             if (batches[i] >= 4)
                 mixed_batches[n_mixed++] = batches[i];
     }
-    if ((n_prec = parse_word_list("precisions", get(opts, n_opts, "precisions") ? get(opts, n_opts, "precisions")
+    if ((n_prec = parse_word_list("precisions", cli_get(opts, n_opts, "precisions") ? cli_get(opts, n_opts, "precisions")
                                                                                  : "fp32,fp16", precisions)) < 0)
         return EXIT_USAGE;
     for (int i = 0; i < n_prec; i++)
@@ -1570,7 +1506,7 @@ int sqz_cli_bench(int argc, char **argv)
             free_words(precisions, n_prec);
             return EXIT_USAGE;
         }
-    if ((v = get(opts, n_opts, "backends"))) {
+    if ((v = cli_get(opts, n_opts, "backends"))) {
         if ((n_backends = parse_word_list("backends", v, backends)) < 0) {
             free_words(precisions, n_prec);
             return EXIT_USAGE;
@@ -1591,7 +1527,7 @@ int sqz_cli_bench(int argc, char **argv)
             backends[n_backends++] = strdup(sqz_backend_name(k));
     }
     /* devices: per backend, the default, every listed one, or those named */
-    const char *dev_spec = get(opts, n_opts, "devices") ? get(opts, n_opts, "devices") : "default";
+    const char *dev_spec = cli_get(opts, n_opts, "devices") ? cli_get(opts, n_opts, "devices") : "default";
     device_req reqs[MAX_LIST * 2];
     int n_reqs = 0;
     char *devtext = NULL;
@@ -1643,14 +1579,14 @@ int sqz_cli_bench(int argc, char **argv)
         return rc;
     }
     lengths_file lf = {0};
-    if ((v = get(opts, n_opts, "lengths-file")) && read_lengths_file(v, &lf)) {
+    if ((v = cli_get(opts, n_opts, "lengths-file")) && read_lengths_file(v, &lf)) {
         free_words(precisions, n_prec);
         free(devtext);
         free(lf.values);
         return 1;
     }
-    b.validate = !get(opts, n_opts, "no-validate");
-    b.progress = !get(opts, n_opts, "quiet");
+    b.validate = !cli_get(opts, n_opts, "no-validate");
+    b.progress = !cli_get(opts, n_opts, "quiet");
     b.tty = isatty(2);
 
     /* the model */
@@ -1764,7 +1700,7 @@ int sqz_cli_bench(int argc, char **argv)
     char mixed_desc[512];
     if (lf.count)
         snprintf(mixed_desc, sizeof mixed_desc, "drawn from %zu lengths in %s, clamped to [2, %d]",
-                 lf.count, get(opts, n_opts, "lengths-file"), max_width);
+                 lf.count, cli_get(opts, n_opts, "lengths-file"), max_width);
     else
         snprintf(mixed_desc, sizeof mixed_desc, "log-normal, median %.0f tokens, sigma %.2f, clamped "
                  "to [%d, %d]; a model of sentence-pair classification traffic, not a measured trace",
