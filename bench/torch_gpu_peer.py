@@ -37,7 +37,11 @@ def main():
     if args.compile:
         variants.append(("torch-compile", torch.float16 if args.fp16 else torch.float32))
     for name, dtype in variants:
-        model = AutoModel.from_pretrained(args.model, dtype=dtype, attn_implementation="eager").cuda().eval()
+        try:
+            model = AutoModel.from_pretrained(args.model, dtype=dtype)
+        except TypeError:  # transformers before 4.56 names it torch_dtype
+            model = AutoModel.from_pretrained(args.model, torch_dtype=dtype)
+        model = model.cuda().eval()
         if name == "torch-compile":
             model = torch.compile(model)
         vocab = model.config.vocab_size

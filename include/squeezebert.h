@@ -138,6 +138,35 @@ sqz_status sqz_session_create(const sqz_model *model, const char *backend,
                               sqz_session **out);
 sqz_status sqz_session_create_on(const sqz_model *model, const char *backend,
                                  const char *device, sqz_session **out);
+
+/* Arithmetic and storage of a session. fp32: fp32 everywhere (no TF32). tf32: fp32 storage,
+ * matrix products on tensor cores with TF32 inputs. fp16 / bf16: activations and matrix
+ * weights stored in 16 bits, matrix products on tensor cores, fp32 accumulation, and fp32
+ * statistics (LayerNorm, softmax) and elementwise math. cpu_ref and OpenCL run fp32 only;
+ * CUDA runs all four. docs/engineering.md gives the tolerance of each against cpu_ref. */
+typedef enum sqz_precision {
+    SQZ_PRECISION_FP32 = 0,
+    SQZ_PRECISION_TF32,
+    SQZ_PRECISION_FP16,
+    SQZ_PRECISION_BF16,
+    SQZ_PRECISION_COUNT
+} sqz_precision;
+/* "fp32", "tf32", "fp16", "bf16" (NULL or "" is fp32); anything else is an error naming them. */
+sqz_status sqz_precision_from_name(const char *name, sqz_precision *out);
+const char *sqz_precision_name(sqz_precision precision);
+/* The documented bar against cpu_ref at a precision: max |backend - cpu_ref| / max |cpu_ref|
+ * per node (1e-4 for fp32; docs/engineering.md derives the others). */
+double sqz_precision_tolerance(sqz_precision precision);
+
+typedef struct sqz_session_options {
+    const char *backend;     /* NULL: cpu_ref */
+    const char *device;      /* NULL: the backend's default */
+    sqz_precision precision; /* SQZ_PRECISION_FP32 when zero-initialised */
+} sqz_session_options;
+/* sqz_session_create_on with a precision; a backend that lacks it is SQZ_ERR_UNSUPPORTED. */
+sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_options *options,
+                                   sqz_session **out);
+sqz_precision sqz_session_precision(const sqz_session *session);
 void sqz_session_free(sqz_session *session);
 /* The device the session runs on, in words. */
 const char *sqz_session_device(const sqz_session *session);
@@ -207,6 +236,9 @@ typedef struct sqz_validation sqz_validation;
  * runs completed; whether the nodes passed is in the report. */
 sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
                         const sqz_input *input, double tolerance, sqz_validation **out);
+/* sqz_validate at a precision (cpu_ref stays fp32, double accumulation). */
+sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *options,
+                             const sqz_input *input, double tolerance, sqz_validation **out);
 size_t sqz_validation_count(const sqz_validation *validation);
 const sqz_node_check *sqz_validation_get(const sqz_validation *validation, size_t index);
 /* Index of the first node that left tolerance, or -1 when all passed. */
@@ -312,7 +344,7 @@ typedef struct sqz_peak {
 /* Times the backend's LINEAR kernel on a [rows x 1024] x [1024 x 1024] product on `device`
  * (NULL: the backend's default), growing rows from 64 until one launch takes 50 ms, then
  * launching it repeatedly for about `budget_seconds` and keeping the best rate. precision:
- * NULL or "fp32" (the only one this build has; any other is SQZ_ERR_UNSUPPORTED). */
+ * NULL (fp32) or a name sqz_precision_from_name takes, if the backend runs it. */
 sqz_status sqz_measure_peak(const char *backend, const char *device, const char *precision,
                             double budget_seconds, sqz_peak *out);
 

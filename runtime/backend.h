@@ -43,6 +43,16 @@ typedef struct sqz_backend_ops {
                          const sqz_run_dims *dims);
     /* Waits for everything enqueued. NULL = launches are synchronous. */
     sqz_status (*synchronize)(void *ctx);
+    /* Optional (NULL: fp32 only). Called once, right after create, before supports(). */
+    sqz_status (*set_precision)(void *ctx, sqz_precision precision);
+    /* Optional: brackets the launches of one run so a backend can record them once and
+     * replay them (CUDA graphs). run_begin sets *replayed when it already enqueued the whole
+     * run, and the caller then launches nothing; otherwise the caller launches every node
+     * and calls run_end(ok = whether all launches were enqueued). Not used for runs that
+     * must see each launch (guard bytes, profiling, fault injection). */
+    sqz_status (*run_begin)(void *ctx, const sqz_binding *binding, const sqz_run_dims *dims,
+                            bool *replayed);
+    sqz_status (*run_end)(void *ctx, const sqz_binding *binding, const sqz_run_dims *dims, bool ok);
 } sqz_backend_ops;
 
 const sqz_backend_ops *sqz_backend_find(const char *name);

@@ -122,10 +122,11 @@ sqz_status sqz_measure_peak(const char *backend, const char *device, const char 
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT,
                         "sqz_measure_peak: backend, out and a positive budget are required");
     memset(out, 0, sizeof *out);
-    if (precision && strcmp(precision, "fp32") != 0)
-        return sqz_fail(SQZ_ERR_UNSUPPORTED, "sqz_measure_peak: backend '%s' has no %s kernels in "
-                        "this build (fp32 only)", backend, precision);
-    sqz_status st = sqz_backend_probe(backend);
+    sqz_precision prec;
+    sqz_status st = sqz_precision_from_name(precision, &prec);
+    if (st != SQZ_OK)
+        return st;
+    st = sqz_backend_probe(backend);
     if (st != SQZ_OK)
         return st;
     peak_run r = {.ops = sqz_backend_find(backend)};
@@ -134,6 +135,15 @@ sqz_status sqz_measure_peak(const char *backend, const char *device, const char 
                         backend);
     if ((st = r.ops->create(&r.ctx, device)) != SQZ_OK)
         return st;
+    if (prec != SQZ_PRECISION_FP32) {
+        st = r.ops->set_precision ? r.ops->set_precision(r.ctx, prec)
+                                  : sqz_fail(SQZ_ERR_UNSUPPORTED, "sqz_measure_peak: backend '%s' runs fp32 "
+                                             "only, not %s", backend, precision);
+        if (st != SQZ_OK) {
+            r.ops->destroy(r.ctx);
+            return st;
+        }
+    }
     const size_t wn = (size_t)PEAK_FEATURES * PEAK_FEATURES;
     r.host = malloc(wn * sizeof *r.host);
     if (!r.host)

@@ -34,6 +34,7 @@ struct sqz_session {
     cached_plan plans[PLAN_CACHE_SIZE];
     unsigned long clock;
     sqz_compile_options compile;
+    sqz_precision precision;
     /* the last run, for validation and statistics */
     sqz_plan *last_plan;
     sqz_run_dims last_dims;
@@ -214,8 +215,38 @@ static uint64_t fusable_ops(const sqz_session *s)
     return mask;
 }
 
+sqz_status sqz_precision_from_name(const char *name, sqz_precision *out)
+{
+    if (!out)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_precision_from_name: out is required");
+    for (int p = 0; p < SQZ_PRECISION_COUNT; p++)
+        if (!name || !*name || strcmp(name, sqz_precision_name((sqz_precision)p)) == 0) {
+            *out = name && *name ? (sqz_precision)p : SQZ_PRECISION_FP32;
+            return SQZ_OK;
+        }
+    return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "unknown precision '%s' (fp32, tf32, fp16, bf16)", name);
+}
+
+const char *sqz_precision_name(sqz_precision p)
+{
+    static const char *const names[SQZ_PRECISION_COUNT] = {"fp32", "tf32", "fp16", "bf16"};
+    return (unsigned)p < SQZ_PRECISION_COUNT ? names[p] : "?";
+}
+
+double sqz_precision_tolerance(sqz_precision p)
+{
+    /* fp32: summation-order differences only. The others: about 20 unit roundoffs of the
+     * rounded operands (tf32 and fp16 2^-11, bf16 2^-8 with storage rounding), the growth
+     * seen over 12 layers; docs/engineering.md "Precisions" has the derivation and the
+     * measured values. */
+    static const double bars[SQZ_PRECISION_COUNT] = {1e-4, 1e-2, 1e-2, 8e-2};
+    return (unsigned)p < SQZ_PRECISION_COUNT ? bars[p] : 1e-4;
+}
+
+sqz_precision sqz_session_precision(const sqz_session *s) { return s ? s->precision : SQZ_PRECISION_FP32; }
+
 static sqz_status session_create(const sqz_model *model, const char *backend, const char *device,
-                                 bool keep_all, sqz_session **out)
+                                 sqz_precision precision, bool keep_all, sqz_session **out)
 {
     if (!model || !out)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: model and out are required");
@@ -240,7 +271,15 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
     read_fault_setting("SQZ_FAULT_LAUNCH", &s->fault_launch_at, &s->fault_launch_every);
     read_fault_setting("SQZ_FAULT_ALLOC", &s->fault_alloc_at, &s->fault_alloc_every);
     sqz_graph_init(&s->graph);
+    s->precision = precision;
     st = ops->create(&s->ctx, device);
+    if (st == SQZ_OK && (unsigned)precision >= SQZ_PRECISION_COUNT)
+        st = sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: precision %d is not one of "
+                      "sqz_precision", (int)precision);
+    if (st == SQZ_OK && precision != SQZ_PRECISION_FP32)
+        st = ops->set_precision ? ops->set_precision(s->ctx, precision)
+                                : sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' runs fp32 only, not %s", name,
+                                           sqz_precision_name(precision));
     if (st == SQZ_OK)
         st = build_model_graph(model, &s->graph);
     if (st == SQZ_OK)
@@ -248,8 +287,9 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
     if (st == SQZ_OK && ops->supports)
         for (size_t n = 0; n < s->graph.n_nodes && st == SQZ_OK; n++)
             if (!ops->supports(s->ctx, &s->graph.nodes[n]))
-                st = sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' does not implement op %s (node '%s')",
-                              name, sqz_op_name(s->graph.nodes[n].op), s->graph.nodes[n].name);
+                st = sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' does not implement op %s (node '%s') "
+                              "at %s", name, sqz_op_name(s->graph.nodes[n].op), s->graph.nodes[n].name,
+                              sqz_precision_name(precision));
     if (st == SQZ_OK)
         s->compile.fusable_ops = fusable_ops(s);
     if (st != SQZ_OK) {
@@ -263,12 +303,20 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
 sqz_status sqz_session_create_on(const sqz_model *model, const char *backend, const char *device,
                                  sqz_session **out)
 {
-    return session_create(model, backend, device, false, out);
+    return session_create(model, backend, device, SQZ_PRECISION_FP32, false, out);
 }
 
 sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_session **out)
 {
-    return session_create(model, backend, NULL, false, out);
+    return session_create(model, backend, NULL, SQZ_PRECISION_FP32, false, out);
+}
+
+sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_options *options,
+                                   sqz_session **out)
+{
+    if (!options)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create_with: options are required");
+    return session_create(model, options->backend, options->device, options->precision, false, out);
 }
 
 sqz_status sqz_session_last_stats(const sqz_session *s, sqz_run_stats *out)
@@ -711,7 +759,13 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
     const bool profile = s->compile.debug >= 3;
     double op_seconds[SQZ_OP_COUNT] = {0}, op_flops[SQZ_OP_COUNT] = {0};
     int op_launches[SQZ_OP_COUNT] = {0};
-    for (size_t k = 0; st == SQZ_OK && k < plan->n_launches; k++) {
+    /* a backend may record the run's launches once and replay them (CUDA graphs) */
+    const bool hooks = st == SQZ_OK && s->ops->run_begin && s->ops->run_end && !guarded && !profile &&
+                       !s->fault_launch_at;
+    bool replayed = false;
+    if (hooks)
+        st = s->ops->run_begin(s->ctx, &binding, &dims, &replayed);
+    for (size_t k = 0; st == SQZ_OK && !replayed && k < plan->n_launches; k++) {
         const sqz_node *node = &plan->graph.nodes[plan->launches[k]];
         if (guarded)
             st = fill_guard(s, plan, (size_t)node->output, &dims);
@@ -735,6 +789,11 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
             if (st == SQZ_OK)
                 st = check_guards(s, plan, &dims, last_use, (int)k);
         }
+    }
+    if (hooks && !replayed) {
+        sqz_status end = s->ops->run_end(s->ctx, &binding, &dims, st == SQZ_OK);
+        if (st == SQZ_OK)
+            st = end;
     }
     free(last_use);
     if (profile && st == SQZ_OK) {
@@ -850,6 +909,14 @@ static void compare(const float *got, const float *ref, int64_t n, double tolera
 sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
                         const sqz_input *input, double tolerance, sqz_validation **out)
 {
+    sqz_session_options options = {backend, device, SQZ_PRECISION_FP32};
+    return sqz_validate_with(model, &options, input, tolerance, out);
+}
+
+sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *options,
+                             const sqz_input *input, double tolerance, sqz_validation **out)
+{
+    const char *backend = options ? options->backend : NULL, *device = options ? options->device : NULL;
     if (!model || !backend || !out || !(tolerance > 0))
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_validate: model, backend, out and a positive "
                         "tolerance are required");
@@ -860,9 +927,9 @@ sqz_status sqz_validate(const sqz_model *model, const char *backend, const char 
     float *got = NULL, *want = NULL;
     sqz_status st = v ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     if (st == SQZ_OK)
-        st = session_create(model, backend, device, true, &test);
+        st = session_create(model, backend, device, options->precision, true, &test);
     if (st == SQZ_OK)
-        st = session_create(model, "cpu_ref", NULL, true, &ref);
+        st = session_create(model, "cpu_ref", NULL, SQZ_PRECISION_FP32, true, &ref);
     if (st == SQZ_OK)
         st = sqz_session_run(test, input, &r1);
     if (st == SQZ_OK)

@@ -39,6 +39,11 @@ static uint64_t rng = 12345;
 
 static float *uniform(int64_t n, float scale)
 {
+    /* the bound also tells GCC 13's allocation-size analysis that n is never negative */
+    if (n < 0 || n > ((int64_t)1 << 32)) {
+        fprintf(stderr, "uniform: bad element count %lld\n", (long long)n);
+        abort();
+    }
     float *x = malloc((size_t)(n ? n : 1) * sizeof *x);
     for (int64_t i = 0; i < n; i++)
         x[i] = scale * test_uniform(&rng);

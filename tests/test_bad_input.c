@@ -203,6 +203,35 @@ static void missing_files(void **unused)
     assert_fails_with(load("/nonexistent/model/dir"), SQZ_ERR_IO, "/nonexistent/model/dir");
 }
 
+/* Precisions: names round-trip, unknown ones are named, and a backend without a precision
+ * refuses it at session creation instead of silently running fp32. */
+static void precisions(void **unused)
+{
+    (void)unused;
+    sqz_precision p = SQZ_PRECISION_BF16;
+    assert_sqz_ok(sqz_precision_from_name(NULL, &p));
+    assert_int_equal(p, SQZ_PRECISION_FP32);
+    for (int i = 0; i < SQZ_PRECISION_COUNT; i++) {
+        assert_sqz_ok(sqz_precision_from_name(sqz_precision_name((sqz_precision)i), &p));
+        assert_int_equal(p, i);
+        assert_true(sqz_precision_tolerance((sqz_precision)i) >= 1e-4);
+    }
+    assert_fails_with(sqz_precision_from_name("fp8", &p), SQZ_ERR_INVALID_ARGUMENT, "'fp8'", "fp16, bf16");
+    sqz_model *m = NULL;
+    sqz_session *s = NULL;
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", &m));
+    sqz_session_options o = {"cpu_ref", NULL, SQZ_PRECISION_FP16};
+    assert_fails_with(sqz_session_create_with(m, &o, &s), SQZ_ERR_UNSUPPORTED, "cpu_ref", "fp32 only", "fp16");
+    assert_null(s);
+    o.precision = (sqz_precision)99;
+    assert_fails_with(sqz_session_create_with(m, &o, &s), SQZ_ERR_INVALID_ARGUMENT, "precision 99");
+    o.precision = SQZ_PRECISION_FP32;
+    assert_sqz_ok(sqz_session_create_with(m, &o, &s));
+    assert_int_equal(sqz_session_precision(s), SQZ_PRECISION_FP32);
+    sqz_session_free(s);
+    sqz_model_free(m);
+}
+
 static void bad_run_inputs(void **unused)
 {
     sqz_model *m = NULL;
@@ -274,6 +303,7 @@ int main(void)
         cmocka_unit_test(configurable_limits),
         cmocka_unit_test(missing_files),
         cmocka_unit_test(bad_run_inputs),
+        cmocka_unit_test(precisions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

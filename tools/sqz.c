@@ -33,7 +33,8 @@ static int fail(const char *command, sqz_status status)
 /* ---- forward ------------------------------------------------------------------------------ */
 
 static const char forward_help[] =
-    "usage: sqz forward --model DIR [--backend cpu_ref|opencl] [--device D] --input IN.json --output OUT.json [--verbose]\n"
+    "usage: sqz forward --model DIR [--backend cpu_ref|opencl|cuda] [--device D] [--precision P]\n"
+    "                   --input IN.json --output OUT.json [--verbose]\n"
     "\n"
     "Runs the checkpoint in DIR (config.json + model.safetensors or pytorch_model.bin) on the\n"
     "ids in IN.json and writes every output of the model to OUT.json.\n"
@@ -43,7 +44,8 @@ static const char forward_help[] =
     "  OUT.json  outputs named as transformers names them (last_hidden_state, pooler_output,\n"
     "            logits, start_logits, end_logits), nested arrays, 9 significant digits;\n"
     "            values at padded positions (mask 0) are unspecified\n"
-    "  --backend cpu_ref (default) or opencl; --device picks one by index or name (`sqz devices`)\n"
+    "  --backend cpu_ref (default), opencl or cuda; --device picks one by index or name (`sqz devices`)\n"
+    "  --precision fp32 (default), tf32, fp16 or bf16 (CUDA runs all four; the others fp32)\n"
     "  --verbose prints the model summary, ignored weight keys and timings to stderr\n";
 
 static int cmd_forward(int argc, char **argv)
@@ -53,7 +55,8 @@ static int cmd_forward(int argc, char **argv)
         return 0;
     }
     cli_option opts[] = {{"model", true, NULL},  {"backend", true, NULL}, {"input", true, NULL},
-                     {"output", true, NULL}, {"verbose", false, NULL}, {"device", true, NULL}};
+                     {"output", true, NULL}, {"verbose", false, NULL}, {"device", true, NULL},
+                     {"precision", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("forward", argc, argv, opts, n))
         return EXIT_USAGE;
@@ -94,7 +97,9 @@ static int cmd_forward(int argc, char **argv)
         for (size_t i = 0; i < ignored; i++)
             fprintf(stderr, "  %s\n", sqz_model_ignored_key(model, i));
     }
-    if ((st = sqz_session_create_on(model, backend, cli_get(opts, n, "device"), &session)) != SQZ_OK) {
+    sqz_session_options so = {backend, cli_get(opts, n, "device"), SQZ_PRECISION_FP32};
+    if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
+        (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
     }
@@ -312,8 +317,8 @@ static int cmd_backends(int argc, char **argv)
 
 static const char demo_help[] =
     "usage: sqz demo [--config squeezebert-uncased|squeezebert-mnli|tiny] [--model DIR] [--seed S]\n"
-    "                [--batch N] [--length W] [--no-padding] [--backend cpu_ref|opencl]\n"
-    "                [--device D] [--repeat R]\n"
+    "                [--batch N] [--length W] [--no-padding] [--backend cpu_ref|opencl|cuda]\n"
+    "                [--device D] [--precision fp32|tf32|fp16|bf16] [--repeat R]\n"
     "\n"
     "The main job on an embedded default: writes a deterministic random-weight checkpoint\n"
     "(default: the full-size squeezebert-uncased shape) to a temporary directory, or uses\n"
@@ -339,7 +344,8 @@ static int cmd_demo(int argc, char **argv)
     }
     cli_option opts[] = {{"config", true, NULL}, {"model", true, NULL},  {"seed", true, NULL},
                      {"batch", true, NULL},  {"length", true, NULL}, {"backend", true, NULL},
-                     {"device", true, NULL}, {"repeat", true, NULL}, {"no-padding", false, NULL}};
+                     {"device", true, NULL}, {"repeat", true, NULL}, {"no-padding", false, NULL},
+                     {"precision", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("demo", argc, argv, opts, n))
         return EXIT_USAGE;
@@ -412,7 +418,9 @@ static int cmd_demo(int argc, char **argv)
     }
     const char *backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "cpu_ref";
     double t_session = now_seconds();
-    if ((st = sqz_session_create_on(model, backend, cli_get(opts, n, "device"), &session)) != SQZ_OK) {
+    sqz_session_options so = {backend, cli_get(opts, n, "device"), SQZ_PRECISION_FP32};
+    if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
+        (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK) {
         rc = fail("demo", st);
         goto done;
     }
@@ -501,14 +509,14 @@ static int cmd_devices(int argc, char **argv)
 
 static const char validate_help[] =
     "usage: sqz validate (--model DIR | --random squeezebert-uncased|squeezebert-mnli|tiny)\n"
-    "                    --backend opencl [--device D] [--batch B] [--seq S] [--seed N]\n"
-    "                    [--tolerance T]\n"
+    "                    --backend opencl|cuda [--device D] [--batch B] [--seq S] [--seed N]\n"
+    "                    [--precision fp32|tf32|fp16|bf16] [--tolerance T]\n"
     "\n"
     "Runs the same fresh random input on the backend and on cpu_ref, keeping every\n"
     "intermediate tensor, and compares each node the backend ran with cpu_ref's tensor of\n"
     "the same name: max abs error, max relative error (max abs / max |cpu_ref|), NMSE.\n"
-    "Prints a table, names the first node out of tolerance (default 1e-4 relative, the fp32\n"
-    "bar; see docs/engineering.md) and exits 1 if any node failed. B sequences (default 4) of\n"
+    "Prints a table, names the first node out of tolerance (default: the precision's bar,\n"
+    "1e-4 relative for fp32; see docs/engineering.md) and exits 1 if any node failed. B sequences (default 4) of\n"
     "up to S tokens (default 32), random ids, some rows padded, token types mixed; the seed\n"
     "defaults to the clock and is printed. SQZ_DISABLE_FUSION=1 validates the unfused plan.\n"
     "Exit status: 0 all nodes pass, 1 a node failed or an error, 2 usage, 77 no device.\n";
@@ -521,7 +529,7 @@ static int cmd_validate(int argc, char **argv)
     }
     cli_option opts[] = {{"model", true, NULL},   {"random", true, NULL}, {"backend", true, NULL},
                      {"device", true, NULL},  {"batch", true, NULL},  {"seq", true, NULL},
-                     {"seed", true, NULL},    {"tolerance", true, NULL}};
+                     {"seed", true, NULL},    {"tolerance", true, NULL}, {"precision", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("validate", argc, argv, opts, n))
         return EXIT_USAGE;
@@ -530,7 +538,12 @@ static int cmd_validate(int argc, char **argv)
         (cli_get(opts, n, "seq") && cli_int("validate", "seq", cli_get(opts, n, "seq"), 1, 65536, &seq)) ||
         (cli_get(opts, n, "seed") && cli_int("validate", "seed", cli_get(opts, n, "seed"), 0, 1L << 30, &seed)))
         return EXIT_USAGE;
-    double tolerance = 1e-4;
+    sqz_precision precision;
+    if (sqz_precision_from_name(cli_get(opts, n, "precision"), &precision) != SQZ_OK) {
+        fprintf(stderr, "sqz validate: %s\n", sqz_last_error());
+        return EXIT_USAGE;
+    }
+    double tolerance = sqz_precision_tolerance(precision);
     if (cli_get(opts, n, "tolerance")) {
         char *end = NULL;
         tolerance = strtod(cli_get(opts, n, "tolerance"), &end);
@@ -599,14 +612,16 @@ static int cmd_validate(int argc, char **argv)
     }
     sqz_input input = {.batch = (int)batch, .choices = choices, .seq_len = (int)seq,
                        .input_ids = ids, .attention_mask = mask, .token_type_ids = types};
-    if ((st = sqz_validate(model, backend, cli_get(opts, n, "device"), &input, tolerance, &v)) != SQZ_OK) {
+    sqz_session_options so = {backend, cli_get(opts, n, "device"), precision};
+    if ((st = sqz_validate_with(model, &so, &input, tolerance, &v)) != SQZ_OK) {
         rc = fail("validate", st);
         if (st == SQZ_ERR_NO_DEVICE)
             rc = EXIT_NO_DEVICE; /* a test harness reports this as skipped */
         goto done;
     }
-    printf("validate %s on %s against cpu_ref: %s, %ld x %ld tokens, seed %ld, tolerance %.0e\n",
-           backend, sqz_validation_device(v), info.architecture, rows, seq, seed, tolerance);
+    printf("validate %s %s on %s against cpu_ref: %s, %ld x %ld tokens, seed %ld, tolerance %.0e\n",
+           backend, sqz_precision_name(precision), sqz_validation_device(v), info.architecture, rows, seq,
+           seed, tolerance);
     printf("%-36s %-16s %10s %10s %10s  %s\n", "node", "op", "max abs", "max rel", "NMSE", "result");
     for (size_t i = 0; i < sqz_validation_count(v); i++) {
         const sqz_node_check *c = sqz_validation_get(v, i);
