@@ -82,6 +82,9 @@ step profile 60 bash -c 'for p in fp32 fp16; do for b in 1 256; do echo "-- $p b
 step torch-peer 120 python3 bench/torch_gpu_peer.py /tmp/sqb-full --fp16 --json "$OUT/torch.json"
 step compute-sanitizer 120 bash -c 'set -o pipefail; for p in fp32 fp16; do compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision $p --batch 3 --seq 16 --seed 2 | tail -n 1 || exit 3; compute-sanitizer --tool racecheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision $p --batch 2 --seq 70 --seed 2 | tail -n 1 || exit 3; done; compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/sqz demo --config tiny --backend cuda --precision bf16 --batch 3 --length 40 --repeat 3 | tail -n 2'
 step sqz-bench-cuda 150 build-gpu/sqz bench --model /tmp/sqb-full --backends cuda --devices cuda:0 --precisions fp32,tf32,fp16,bf16 --batch 1,32,256 --length 128 --mixed-batch 32 --budget 0.5 --json "$OUT/bench.json" --plot "$OUT/bench.svg"
+# the same with only pooler_output returned: device work without the 100 MB hidden-state copy,
+# which is what PyTorch's figure (outputs left on the GPU) compares with
+step sqz-bench-cuda-pooled 90 build-gpu/sqz bench --model /tmp/sqb-full --backends cuda --devices cuda:0 --precisions fp32,fp16 --batch 1,32,256 --length 128 --mixed-batch none --budget 0.5 --peak-budget 0 --outputs pooler_output --json "$OUT/bench-pooled.json"
 
 # CPU-only suites run in CI; here the ones that reach a GPU backend (CUDA, NVIDIA OpenCL).
 step tests 150 ctest --test-dir build-gpu --output-on-failure -j16 -R 'backend_ops|fixtures|validate|test_infer$|test_cli'

@@ -210,6 +210,11 @@ typedef struct sqz_output {
 typedef struct sqz_result sqz_result;
 
 sqz_status sqz_session_run(sqz_session *session, const sqz_input *input, sqz_result **out);
+/* Which outputs later runs return (names as sqz_result_find takes them; count 0: all, the
+ * default). The others are still computed but never copied to the host, which is most of a
+ * run's time on a GPU when last_hidden_state is not needed. An unknown name is
+ * SQZ_ERR_INVALID_ARGUMENT naming the model's outputs. */
+sqz_status sqz_session_select_outputs(sqz_session *session, const char *const *names, size_t count);
 size_t sqz_result_count(const sqz_result *result);
 const sqz_output *sqz_result_get(const sqz_result *result, size_t index);
 const sqz_output *sqz_result_find(const sqz_result *result, const char *name);
@@ -244,6 +249,10 @@ const sqz_node_check *sqz_validation_get(const sqz_validation *validation, size_
 /* Index of the first node that left tolerance, or -1 when all passed. */
 long sqz_validation_first_failure(const sqz_validation *validation);
 const char *sqz_validation_device(const sqz_validation *validation);
+/* Rows of the classification-style outputs ("logits", "start_logits", "end_logits") whose
+ * argmax was compared with cpu_ref (per sequence, per choice set, per real token, or over a
+ * sequence's real positions); *mismatches gets how many differ. 0 for a model without them. */
+int64_t sqz_validation_argmax(const sqz_validation *validation, int64_t *mismatches);
 void sqz_validation_free(sqz_validation *validation);
 
 /* ---- tokenizer ---------------------------------------------------------------------

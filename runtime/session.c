@@ -41,6 +41,10 @@ struct sqz_session {
     sqz_run_stats last_stats;
     size_t weight_bytes;
     double compile_seconds; /* of the plan compiled by the current run, if any */
+    float *host_out;        /* reused between runs for outputs that need rearranging */
+    char (*selected)[SQZ_NAME_LEN]; /* outputs to collect (sqz_session_select_outputs); NULL: all */
+    size_t n_selected;
+    size_t host_out_bytes;
     /* test hook (SQZ_FAULT_LAUNCH / SQZ_FAULT_ALLOC = N or N:P): the Nth launch or buffer
      * allocation of this session fails, then every Pth after it; 0 = off */
     unsigned long fault_launch_at, fault_launch_every, launches_done;
@@ -347,6 +351,8 @@ void sqz_session_free(sqz_session *s)
     if (s->ops && s->ops->destroy && s->ctx)
         s->ops->destroy(s->ctx);
     free(s->weight_offsets);
+    free(s->host_out);
+    free(s->selected);
     sqz_graph_release(&s->graph);
     free(s);
 }
@@ -637,6 +643,57 @@ static sqz_status upload_inputs(sqz_session *s, const sqz_plan *plan, const pack
     return SQZ_OK;
 }
 
+static bool output_selected(const sqz_session *s, const char *name)
+{
+    if (!s->selected)
+        return true;
+    for (size_t i = 0; i < s->n_selected; i++)
+        if (strcmp(s->selected[i], name) == 0)
+            return true;
+    return false;
+}
+
+sqz_status sqz_session_select_outputs(sqz_session *s, const char *const *names, size_t count)
+{
+    if (!s || (count && !names))
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_select_outputs: session and names are required");
+    char available[512] = "";
+    for (size_t o = 0; o < s->graph.n_outputs; o++)
+        snprintf(available + strlen(available), sizeof available - strlen(available), "%s%s", o ? ", " : "",
+                 s->graph.outputs[o].name);
+    for (size_t i = 0; i < count; i++) {
+        bool known = false;
+        for (size_t o = 0; names[i] && o < s->graph.n_outputs && !known; o++)
+            known = strcmp(names[i], s->graph.outputs[o].name) == 0;
+        if (!known)
+            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_select_outputs: the model has no output '%s' "
+                            "(it has: %s)", names[i] ? names[i] : "(null)", available);
+    }
+    char (*selected)[SQZ_NAME_LEN] = NULL;
+    if (count && !(selected = calloc(count, sizeof *selected)))
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    for (size_t i = 0; i < count; i++)
+        snprintf(selected[i], SQZ_NAME_LEN, "%s", names[i]);
+    free(s->selected);
+    s->selected = selected;
+    s->n_selected = count;
+    return SQZ_OK;
+}
+
+/* Whether packed token i is position i of the padded batch for every position (nothing was
+ * dropped): then a per-token output already has the result's layout. */
+static bool packed_is_dense(const packed_batch *p)
+{
+    if (p->tokens != p->rows * p->width)
+        return false;
+    for (int64_t i = 0; i < p->tokens; i++)
+        if (p->packed_index[i] != i || !p->key_valid[i])
+            return false;
+    return true;
+}
+
+/* Outputs already in the result's layout are downloaded straight into it; the others go
+ * through the session's reusable host buffer and are scattered row by row. */
 static sqz_status collect_outputs(sqz_session *s, const sqz_plan *plan, const packed_batch *p,
                                   const sqz_input *in, const sqz_run_dims *dims, sqz_result *res)
 {
@@ -644,30 +701,15 @@ static sqz_status collect_outputs(sqz_session *s, const sqz_plan *plan, const pa
     res->outputs = calloc(g->n_outputs ? g->n_outputs : 1, sizeof *res->outputs);
     if (!res->outputs)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for outputs");
-    float *packed = NULL;
-    size_t packed_cap = 0;
+    const bool dense = packed_is_dense(p);
     for (size_t o = 0; o < g->n_outputs; o++) {
         const sqz_graph_output *go = &g->outputs[o];
+        if (!output_selected(s, go->name))
+            continue;
         const sqz_tensor_desc *d = &g->tensors[go->tensor];
         const int64_t rows = sqz_tensor_rows(d, dims);
-        size_t bytes = (size_t)(rows * d->cols) * sizeof(float);
-        if (bytes > packed_cap) {
-            float *bigger = realloc(packed, bytes);
-            if (!bigger) {
-                free(packed);
-                return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading outputs");
-            }
-            packed = bigger;
-            packed_cap = bytes;
-        }
-        sqz_status st = s->ops->download(s->ctx, s->arena, (size_t)plan->offsets[go->tensor],
-                                         packed, bytes);
-        if (st != SQZ_OK) {
-            free(packed);
-            return st;
-        }
+        const size_t bytes = (size_t)(rows * d->cols) * sizeof(float);
         sqz_output *out = &res->outputs[res->count];
-        char *name = strdup(go->name);
         int64_t count;
         if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
             out->ndim = go->squeeze ? 2 : 3;
@@ -686,31 +728,48 @@ static sqz_status collect_outputs(sqz_session *s, const sqz_plan *plan, const pa
             out->shape[1] = in->choices;
             count = p->rows;
         }
-        float *data = calloc((size_t)count, sizeof *data);
+        const bool direct = (go->layout != SQZ_LAYOUT_PER_TOKEN || dense) && go->col_begin == 0 &&
+                            go->col_count == d->cols && (size_t)count * sizeof(float) == bytes;
+        char *name = strdup(go->name);
+        float *data = direct ? malloc(bytes ? bytes : 1) : calloc((size_t)(count ? count : 1), sizeof *data);
         if (!name || !data) {
             free(name);
             free(data);
-            free(packed);
             return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for output '%s'", go->name);
         }
         out->name = name;
         out->data = data;
         res->count++;
+        if (direct) {
+            sqz_status st = s->ops->download(s->ctx, s->arena, (size_t)plan->offsets[go->tensor], data, bytes);
+            if (st != SQZ_OK)
+                return st;
+            continue;
+        }
+        if (bytes > s->host_out_bytes) {
+            free(s->host_out);
+            s->host_out_bytes = 0;
+            if (!(s->host_out = malloc(bytes)))
+                return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading outputs");
+            s->host_out_bytes = bytes;
+        }
+        const float *packed = s->host_out;
+        sqz_status st = s->ops->download(s->ctx, s->arena, (size_t)plan->offsets[go->tensor], s->host_out, bytes);
+        if (st != SQZ_OK)
+            return st;
+        const size_t row_bytes = (size_t)go->col_count * sizeof(float);
         if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
             for (int64_t i = 0; i < p->rows * p->width; i++) {
                 int32_t t = p->packed_index[i];
                 if (t < 0 || !p->key_valid[t])
                     continue; /* padded position: unspecified, written as 0 */
-                for (int64_t c = 0; c < go->col_count; c++)
-                    data[i * go->col_count + c] = packed[t * d->cols + go->col_begin + c];
+                memcpy(data + i * go->col_count, packed + t * d->cols + go->col_begin, row_bytes);
             }
         } else {
             for (int64_t r = 0; r < p->rows; r++)
-                for (int64_t c = 0; c < go->col_count; c++)
-                    data[r * go->col_count + c] = packed[r * d->cols + go->col_begin + c];
+                memcpy(data + r * go->col_count, packed + r * d->cols + go->col_begin, row_bytes);
         }
     }
-    free(packed);
     return SQZ_OK;
 }
 
@@ -865,6 +924,7 @@ void sqz_result_free(sqz_result *r)
 /* ---- validation ---------------------------------------------------------------------------- */
 
 struct sqz_validation {
+    int64_t argmax_rows, argmax_mismatches; /* over every *logits output */
     sqz_node_check *checks;
     char (*names)[SQZ_NAME_LEN]; /* checks[i].node points here */
     size_t count;
@@ -904,6 +964,46 @@ static void compare(const float *got, const float *ref, int64_t n, double tolera
     c->max_rel = max_ref > 0 ? max_abs / max_ref : max_abs;
     c->nmse = ref2 > 0 ? err2 / ref2 : err2;
     c->passed = finite && c->max_rel <= tolerance;
+}
+
+static int64_t argmax_of(const float *x, int64_t n, int64_t stride, const int64_t *valid)
+{
+    int64_t best = -1;
+    for (int64_t i = 0; i < n; i++)
+        if ((!valid || valid[i]) && (best < 0 || x[i * stride] > x[best * stride]))
+            best = i;
+    return best;
+}
+
+/* Counts the rows of every "...logits" output whose argmax differs between the two results:
+ * per sequence or choice, per real token (tokens, masked LM), and over the real positions of
+ * a sequence (question answering's start and end). */
+static void compare_argmax(const sqz_result *got, const sqz_result *want, const sqz_input *in, sqz_validation *v)
+{
+    for (size_t o = 0; o < sqz_result_count(want); o++) {
+        const sqz_output *w = sqz_result_get(want, o), *g = sqz_result_find(got, w->name);
+        const size_t len = strlen(w->name);
+        if (!g || len < 6 || strcmp(w->name + len - 6, "logits") != 0 || g->ndim != w->ndim)
+            continue;
+        const int64_t *mask = in->attention_mask;
+        if (w->ndim == 3) { /* [batch, width, labels]: every real token */
+            for (int64_t r = 0; r < w->shape[0] * w->shape[1]; r++) {
+                if (mask && !mask[r])
+                    continue;
+                v->argmax_rows++;
+                v->argmax_mismatches += argmax_of(g->data + r * w->shape[2], w->shape[2], 1, NULL) !=
+                                        argmax_of(w->data + r * w->shape[2], w->shape[2], 1, NULL);
+            }
+        } else if (w->ndim == 2) {
+            const bool positions = strcmp(w->name, "logits") != 0; /* start_logits, end_logits */
+            for (int64_t r = 0; r < w->shape[0]; r++) {
+                const int64_t *valid = positions && mask ? mask + r * w->shape[1] : NULL;
+                v->argmax_rows++;
+                v->argmax_mismatches += argmax_of(g->data + r * w->shape[1], w->shape[1], 1, valid) !=
+                                        argmax_of(w->data + r * w->shape[1], w->shape[1], 1, valid);
+            }
+        }
+    }
 }
 
 sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
@@ -971,6 +1071,11 @@ sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *
         free(want);
         got = want = NULL;
     }
+    sqz_model_info info;
+    sqz_model_get_info(model, &info);
+    /* a masked LM scores a whole vocabulary, where near-ties are normal: not a classification */
+    if (st == SQZ_OK && info.head != SQZ_HEAD_MASKED_LM)
+        compare_argmax(r1, r2, input, v);
     sqz_result_free(r1);
     sqz_result_free(r2);
     sqz_session_free(test);
@@ -999,6 +1104,13 @@ long sqz_validation_first_failure(const sqz_validation *v)
 }
 
 const char *sqz_validation_device(const sqz_validation *v) { return v && v->device ? v->device : ""; }
+
+int64_t sqz_validation_argmax(const sqz_validation *v, int64_t *mismatches)
+{
+    if (mismatches)
+        *mismatches = v ? v->argmax_mismatches : 0;
+    return v ? v->argmax_rows : 0;
+}
 
 void sqz_validation_free(sqz_validation *v)
 {

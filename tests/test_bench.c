@@ -310,6 +310,13 @@ static void test_usage_errors(void **unused)
     assert_int_equal(bench(4, precision), 2);
     const char *batch[] = {"--random", "tiny", "--batch", "1,,2"};
     assert_int_equal(bench(4, batch), 2);
+    const char *outputs[] = {"--random", "tiny", "--outputs", "logits,,x"};
+    assert_int_equal(bench(4, outputs), 2);
+    /* an output the model lacks: the cell reports the error and the run fails (status 1) */
+    const char *no_such[] = {"--random", "tiny", "--backends", "cpu_ref", "--precisions", "fp32", "--batch", "1",
+                             "--length", "8", "--mixed-batch", "none", "--budget", "0.01", "--peak-budget", "0",
+                             "--outputs", "pooler_output", "--quiet"};
+    assert_int_equal(bench(19, no_such), 1);
     const char *too_long[] = {"--random", "tiny", "--backends", "cpu_ref", "--length", "4096",
                               "--quiet"};
     assert_int_equal(bench(7, too_long), 2);

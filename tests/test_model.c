@@ -189,6 +189,70 @@ static void status_strings_are_distinct(void **unused)
         assert_string_not_equal(sqz_head_name((sqz_head)h), "unknown");
 }
 
+/* sqz_validate compares the argmax of classification outputs: one row per sequence, per
+ * choice set, per real token, or per sequence for each of start and end; none for a masked
+ * LM. cpu_ref against itself must agree everywhere. */
+static void validate_counts_argmax_rows(void **unused)
+{
+    (void)unused;
+    static const struct {
+        const char *head;
+        int64_t rows;
+    } cases[] = {{"seqcls", 3}, {"qa", 6}, {"tokcls", 4 + 2 + 4}, {"mlm", 0}, {"base", 0}};
+    int64_t ids[3][4] = {{101, 5, 6, 102}, {101, 7, 102, 0}, {101, 9, 10, 102}};
+    int64_t mask[3][4] = {{1, 1, 1, 1}, {1, 1, 0, 0}, {1, 1, 1, 1}};
+    sqz_input in = {.batch = 3, .seq_len = 4, .input_ids = &ids[0][0], .attention_mask = &mask[0][0]};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char dir[512];
+        snprintf(dir, sizeof dir, FIXTURES "/sqb-default/%s-safetensors", cases[i].head);
+        sqz_model *m = NULL;
+        sqz_validation *v = NULL;
+        assert_sqz_ok(sqz_model_load(dir, &m));
+        assert_sqz_ok(sqz_validate(m, "cpu_ref", NULL, &in, 1e-6, &v));
+        int64_t mismatches = -1;
+        assert_int_equal(sqz_validation_argmax(v, &mismatches), cases[i].rows);
+        assert_int_equal(mismatches, 0);
+        assert_int_equal(sqz_validation_first_failure(v), -1);
+        sqz_validation_free(v);
+        sqz_model_free(m);
+    }
+}
+
+/* A run returns only the selected outputs, with the same values as when it returns all. */
+static void selected_outputs_only(void **unused)
+{
+    (void)unused;
+    sqz_model *m = NULL;
+    sqz_session *s = NULL;
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/base-safetensors", &m));
+    assert_sqz_ok(sqz_session_create(m, "cpu_ref", &s));
+    int64_t ids[2][4] = {{101, 5, 6, 102}, {101, 7, 102, 0}}, mask[2][4] = {{1, 1, 1, 1}, {1, 1, 1, 0}};
+    sqz_input in = {.batch = 2, .seq_len = 4, .input_ids = &ids[0][0], .attention_mask = &mask[0][0]};
+    sqz_result *all = NULL, *some = NULL;
+    assert_sqz_ok(sqz_session_run(s, &in, &all));
+    assert_int_equal(sqz_result_count(all), 2);
+    const char *pooled[] = {"pooler_output"};
+    assert_sqz_ok(sqz_session_select_outputs(s, pooled, 1));
+    assert_sqz_ok(sqz_session_run(s, &in, &some));
+    assert_int_equal(sqz_result_count(some), 1);
+    assert_null(sqz_result_find(some, "last_hidden_state"));
+    const sqz_output *a = sqz_result_find(all, "pooler_output"), *b = sqz_result_find(some, "pooler_output");
+    assert_non_null(b);
+    assert_memory_equal(a->shape, b->shape, sizeof a->shape);
+    assert_memory_equal(a->data, b->data, (size_t)(a->shape[0] * a->shape[1]) * sizeof(float));
+    sqz_result_free(some);
+    const char *unknown[] = {"logits"};
+    assert_fails_with(sqz_session_select_outputs(s, unknown, 1), SQZ_ERR_INVALID_ARGUMENT, "'logits'",
+                      "last_hidden_state, pooler_output");
+    assert_sqz_ok(sqz_session_select_outputs(s, NULL, 0));
+    assert_sqz_ok(sqz_session_run(s, &in, &some));
+    assert_int_equal(sqz_result_count(some), 2);
+    sqz_result_free(some);
+    sqz_result_free(all);
+    sqz_session_free(s);
+    sqz_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -198,6 +262,8 @@ int main(void)
         cmocka_unit_test(metadata_labels_and_ignored_keys),
         cmocka_unit_test(backends_are_listed_and_probed),
         cmocka_unit_test(status_strings_are_distinct),
+        cmocka_unit_test(validate_counts_argmax_rows),
+        cmocka_unit_test(selected_outputs_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

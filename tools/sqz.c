@@ -628,11 +628,18 @@ static int cmd_validate(int argc, char **argv)
         printf("%-36s %-16s %10.3e %10.3e %10.3e  %s\n", c->node, c->op, c->max_abs, c->max_rel,
                c->nmse, c->passed ? "pass" : "FAIL");
     }
+    int64_t argmax_mismatches = 0, argmax_rows = sqz_validation_argmax(v, &argmax_mismatches);
+    if (argmax_rows)
+        printf("argmax of the logits: %lld of %lld rows differ from cpu_ref\n", (long long)argmax_mismatches,
+               (long long)argmax_rows);
     long first = sqz_validation_first_failure(v);
     if (first >= 0) {
         printf("first node out of tolerance: %s (%s), max relative error %.3e > %.0e\n",
                sqz_validation_get(v, (size_t)first)->node, sqz_validation_get(v, (size_t)first)->op,
                sqz_validation_get(v, (size_t)first)->max_rel, tolerance);
+    } else if (argmax_mismatches) {
+        printf("all %zu nodes within tolerance, but the argmax of %lld rows differs\n",
+               sqz_validation_count(v), (long long)argmax_mismatches);
     } else {
         printf("all %zu nodes within tolerance\n", sqz_validation_count(v));
         rc = 0;

@@ -47,6 +47,7 @@ typedef enum pooling { POOL_DEFAULT, POOL_POOLER, POOL_CLS, POOL_MEAN } pooling;
 
 typedef struct options {
     const char *model, *backend, *device, *input, *output;
+    sqz_precision precision;
     task task;
     pooling pooling;
     bool normalize, resume, verbose;
@@ -726,7 +727,7 @@ static void *writer_main(void *arg)
 /* ---- command line --------------------------------------------------------------------- */
 
 static const char infer_help[] =
-    "usage: sqz infer --model DIR [--backend auto|cpu_ref|opencl|cuda] [--device D]\n"
+    "usage: sqz infer --model DIR [--backend auto|cpu_ref|opencl|cuda] [--device D] [--precision P]\n"
     "                 [--task auto|classify|embed|tokens|qa|fill-mask] [--batch-tokens N]\n"
     "                 [--max-length N] [--input FILE|-] [--output FILE|-]\n"
     "                 [--pooling pooler|cls|mean] [--normalize] [--top-k K] [--max-answer-length L]\n"
@@ -740,6 +741,7 @@ static const char infer_help[] =
     "and processing goes on. The full contract is docs/infer.md.\n"
     "\n"
     "  --backend auto      cuda if a device is there, else opencl, else cpu_ref\n"
+    "  --precision P       fp32 (default), tf32, fp16 or bf16; only cuda runs other than fp32\n"
     "  --task auto         from the checkpoint's head (base model: embed)\n"
     "  --batch-tokens N    padded tokens per batch (default 8192); lines are sorted by length\n"
     "                      in windows of 4096 so batches carry little padding, and the engine\n"
@@ -761,7 +763,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"task", true, NULL},       {"batch-tokens", true, NULL}, {"max-length", true, NULL},
         {"input", true, NULL},      {"output", true, NULL},       {"pooling", true, NULL},
         {"normalize", false, NULL}, {"top-k", true, NULL},        {"max-answer-length", true, NULL},
-        {"resume", false, NULL},    {"verbose", false, NULL},
+        {"resume", false, NULL},    {"verbose", false, NULL},     {"precision", true, NULL},
     };
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("infer", argc, argv, opts, n))
@@ -770,6 +772,10 @@ static int parse_options(int argc, char **argv, options *o)
     o->model = cli_get(opts, n, "model");
     o->backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "auto";
     o->device = cli_get(opts, n, "device");
+    if (sqz_precision_from_name(cli_get(opts, n, "precision"), &o->precision) != SQZ_OK) {
+        fprintf(stderr, "sqz infer: %s\n", sqz_last_error());
+        return EXIT_USAGE;
+    }
     o->input = cli_get(opts, n, "input") ? cli_get(opts, n, "input") : "-";
     o->output = cli_get(opts, n, "output") ? cli_get(opts, n, "output") : "-";
     o->normalize = cli_get(opts, n, "normalize") != NULL;
@@ -896,9 +902,18 @@ int sqz_cli_infer(int argc, char **argv)
     p.setup = (infer_line_setup){p.tok, p.task == TASK_QA, p.task == TASK_FILL_MASK,
                                  p.tok_info.mask_id, (size_t)p.opt.max_length};
     const char *backend = pick_backend(p.opt.backend);
-    if ((st = sqz_session_create_on(p.model, backend, p.opt.device, &p.session)) != SQZ_OK) {
+    sqz_session_options so = {backend, p.opt.device, p.opt.precision};
+    if ((st = sqz_session_create_with(p.model, &so, &p.session)) != SQZ_OK) {
         fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
         goto done;
+    }
+    if (p.task == TASK_EMBED) {
+        /* only what the pooling reads crosses to the host (the full hidden state is most of a
+         * GPU run's time); a model without a pooler falls back to the hidden state */
+        const char *pooled[] = {"pooler_output"}, *hidden[] = {"last_hidden_state"};
+        const bool want_pooler = p.opt.pooling == POOL_DEFAULT || p.opt.pooling == POOL_POOLER;
+        if (!want_pooler || sqz_session_select_outputs(p.session, pooled, 1) != SQZ_OK)
+            (void)sqz_session_select_outputs(p.session, hidden, 1);
     }
     if (p.opt.resume && !resume_prepare(p.opt.output, &p.skip_lines)) {
         fprintf(stderr, "sqz infer: cannot read %s to resume: %s\n", p.opt.output, strerror(errno));
