@@ -25,6 +25,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <type_traits>
 
 extern "C" {
 #include "runtime/backend.h"
@@ -136,6 +137,7 @@ struct cuda_ctx {
     gemm_choice choices[GEMM_CHOICES];
     int n_choices;
     bool choose_gemm, report_choices;
+    bool tc_attention; /* SQZ_CUDA_ATTENTION=tc: the tensor-core attention at fp16/bf16 */
     cudaEvent_t ev_start, ev_stop;
 };
 static sqz_status cuda_probe_impl(void)
@@ -263,6 +265,8 @@ static sqz_status cuda_create_checked(cuda_ctx *c, const char *device)
     c->use_graphs = env_flag("SQZ_CUDA_GRAPHS", true) && !c->sync_each;
     c->choose_gemm = env_flag("SQZ_CUDA_MEASURE", true);
     c->report_choices = env_flag("SQZ_CUDA_REPORT", false);
+    const char *attention = getenv("SQZ_CUDA_ATTENTION");
+    c->tc_attention = attention && strcmp(attention, "tc") == 0;
     CUDA_TRY(cudaEventCreate(&c->ev_start));
     CUDA_TRY(cudaEventCreate(&c->ev_stop));
     c->precision = SQZ_PRECISION_FP32;
@@ -866,6 +870,19 @@ template <typename T>
 static sqz_status attention_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
 {
     const int hd = node->params.attention.head_dim;
+    if constexpr (!std::is_same<T, float>::value) {
+        if (c->tc_attention && hd == sqzk::TC_HD) {
+            const int *in = node->inputs;
+            const sqz_op_params *p = &node->params;
+            dim3 grid(blocks((size_t)dims->max_len, sqzk::TC_Q), (unsigned)p->attention.heads,
+                      (unsigned)dims->sequences);
+            sqzk::attention_varlen_tc<T><<<grid, 64, 0, c->stream>>>(
+                act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, in[2]), ints(b, in[3]), ints(b, in[4]),
+                act<T>(b, node->output), p->attention.heads, p->attention.scale);
+            LAUNCH_CHECK("attention_varlen_tc", node);
+            return SQZ_OK;
+        }
+    }
     if (hd <= 16)
         attention_hd<T, 16>(c, b, node, dims);
     else if (hd <= 32)

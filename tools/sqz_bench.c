@@ -136,13 +136,12 @@ static int parse_word_list(const char *name, const char *text, char **out)
     const char *p = text;
     while (*p) {
         size_t len = strcspn(p, ",");
-        if (len == 0 || n == MAX_LIST) {
+        if (len == 0 || n == MAX_LIST || !(out[n] = malloc(len + 1))) {
             fprintf(stderr, "sqz bench: --%s: bad list '%s'\n", name, text);
+            for (int i = 0; i < n; i++) /* nothing half-parsed is left behind */
+                free(out[i]);
             return -1;
         }
-        out[n] = malloc(len + 1);
-        if (!out[n])
-            return -1;
         memcpy(out[n], p, len);
         out[n++][len] = '\0';
         p += len + (p[len] == ',');
