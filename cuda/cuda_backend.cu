@@ -1018,7 +1018,7 @@ static sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *n
  * A run's launches depend only on the plan's bucket, the run's dims and the two buffers, so
  * one graph per such key is captured on the key's second run (one-off shapes never pay the
  * capture) and replayed on every later one. */
-static int graph_find(cuda_ctx *c, const sqz_binding *b, const sqz_run_dims *dims, bool create)
+static int graph_find(cuda_ctx *c, const sqz_binding *b, const sqz_run_dims *dims)
 {
     int victim = 0;
     for (int i = 0; i < GRAPH_CACHE; i++) {
@@ -1029,9 +1029,7 @@ static int graph_find(cuda_ctx *c, const sqz_binding *b, const sqz_run_dims *dim
         if (!e->runs || (c->graphs[victim].runs && e->last_used < c->graphs[victim].last_used))
             victim = i;
     }
-    if (!create)
-        return -1;
-    graph_entry *e = &c->graphs[victim];
+    graph_entry *e = &c->graphs[victim]; /* a new key takes the least recently used slot */
     graph_drop(e);
     e->bucket = b->plan->bucket;
     e->dims = *dims;
@@ -1049,7 +1047,7 @@ static sqz_status cuda_run_begin(void *ctx, const sqz_binding *b, const sqz_run_
     sqz_status st = ensure_shadow(c, b->weights); /* never inside a capture */
     if (st != SQZ_OK)
         return st;
-    const int i = graph_find(c, b, dims, true);
+    const int i = graph_find(c, b, dims);
     graph_entry *e = &c->graphs[i];
     e->last_used = ++c->clock;
     if (e->exec) {

@@ -42,9 +42,9 @@ struct sqz_session {
     size_t weight_bytes;
     double compile_seconds; /* of the plan compiled by the current run, if any */
     float *host_out;        /* reused between runs for outputs that need rearranging */
+    size_t host_out_bytes;
     char (*selected)[SQZ_NAME_LEN]; /* outputs to collect (sqz_session_select_outputs); NULL: all */
     size_t n_selected;
-    size_t host_out_bytes;
     /* test hook (SQZ_FAULT_LAUNCH / SQZ_FAULT_ALLOC = N or N:P): the Nth launch or buffer
      * allocation of this session fails, then every Pth after it; 0 = off */
     unsigned long fault_launch_at, fault_launch_every, launches_done;
@@ -241,7 +241,7 @@ double sqz_precision_tolerance(sqz_precision p)
 {
     /* fp32: summation-order differences only. The others: about 20 unit roundoffs of the
      * rounded operands (tf32 and fp16 2^-11, bf16 2^-8 with storage rounding), the growth
-     * seen over 12 layers; docs/engineering.md "Precisions" has the derivation and the
+     * seen over 12 layers; docs/engineering.md "Tolerances" has the derivation and the
      * measured values. */
     static const double bars[SQZ_PRECISION_COUNT] = {1e-4, 1e-2, 1e-2, 8e-2};
     return (unsigned)p < SQZ_PRECISION_COUNT ? bars[p] : 1e-4;
@@ -276,10 +276,10 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
     read_fault_setting("SQZ_FAULT_ALLOC", &s->fault_alloc_at, &s->fault_alloc_every);
     sqz_graph_init(&s->graph);
     s->precision = precision;
-    st = ops->create(&s->ctx, device);
-    if (st == SQZ_OK && (unsigned)precision >= SQZ_PRECISION_COUNT)
-        st = sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: precision %d is not one of "
-                      "sqz_precision", (int)precision);
+    st = (unsigned)precision < SQZ_PRECISION_COUNT
+             ? ops->create(&s->ctx, device)
+             : sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: precision %d is not one of "
+                        "sqz_precision", (int)precision);
     if (st == SQZ_OK && precision != SQZ_PRECISION_FP32)
         st = ops->set_precision ? ops->set_precision(s->ctx, precision)
                                 : sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' runs fp32 only, not %s", name,
