@@ -1,13 +1,21 @@
-/* The CUDA backend. Grouped linear layers are one strided-batched GEMM over the groups
- * (cuBLASLt with the bias in its epilogue; cuBLAS plus a bias kernel where cuBLASLt has no
- * algorithm). LayerNorm, attention and elementwise ops run the GPU-shaped kernels of
- * cuda/cuda_kernels.cuh; the unfused attention parts run the shared OpenCL source
- * (kernels/sqz_kernels.cl compiled as CUDA through kernels/sqz_dialect_cuda.cuh). Every
- * CUDA, cuBLAS and cuBLASLt status is checked and reported with the call, the library's
- * error name and string, and file:line. One stream; a run's launches are captured once as a
- * CUDA graph (on the second run of the same shapes) and replayed after that. */
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+/* The CUDA backend, and (compiled a second time by the host C++ compiler with SQZ_CUDA_SIM,
+ * see cuda/cuda_sim_backend.cc) the cuda-sim backend that runs the same code and kernels on
+ * the host CPU for checking.
+ *
+ * Ops with more than one implementation (linear: cuda/cuda_gemm.cuh; attention: CUDA cores
+ * or tensor-core flash attention) choose per shape among numbered variants, each checked
+ * against variant 0 on its first real inputs and then timed (see "variants" below). The other
+ * ops run the GPU-shaped kernels of cuda/cuda_kernels.cuh; the unfused attention parts run the
+ * shared OpenCL source (kernels/sqz_kernels.cl compiled as CUDA through
+ * kernels/sqz_dialect_cuda.cuh). Every CUDA, cuBLAS and cuBLASLt status is checked and
+ * reported with the call, the library's error name and string, and file:line. One stream; a
+ * run's launches are captured once as a CUDA graph (on the second run of the same shapes) and
+ * replayed after that. */
+#ifdef SQZ_CUDA_SIM
+#define sqzk sqzk_sim /* the emulated kernels must not share symbols with the GPU's */
+#endif
+
+#include "cuda/cuda_prims.cuh"
 
 #include "kernels/sqz_dialect_cuda.cuh"
 
@@ -19,29 +27,46 @@
 
 #include "cuda/cuda_kernels.cuh"
 
+#include "cuda/cuda_flash_attention.cuh"
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
+#ifndef SQZ_CUDA_SIM
 #include <cublasLt.h>
 #include <cublas_v2.h>
-#include <cuda_runtime.h>
-#include <type_traits>
+#endif
 
 extern "C" {
 #include "runtime/backend.h"
 #include "runtime/error.h"
 }
+
+#ifdef SQZ_CUDA_SIM
+#define SQZ_CUDA_NAME "cuda-sim"
+#define SQZ_CUDA_TABLE sqz_cuda_sim_backend
+#define SQZ_CUDA_PROBE sqz_cuda_sim_probe
+#define SQZ_CUDA_LIST_DEVICES sqz_cuda_sim_list_devices
+#else
+#define SQZ_CUDA_NAME "cuda"
+#define SQZ_CUDA_TABLE sqz_cuda_backend
+#define SQZ_CUDA_PROBE sqz_cuda_probe
+#define SQZ_CUDA_LIST_DEVICES sqz_cuda_list_devices
+#endif
+
 #define CUDA_TRY(call)                                                                      \
     do {                                                                                    \
         cudaError_t err_ = (call);                                                          \
         if (err_ != cudaSuccess)                                                            \
             return sqz_fail(err_ == cudaErrorMemoryAllocation ? SQZ_ERR_OUT_OF_MEMORY       \
                                                                : SQZ_ERR_BACKEND,           \
-                            "cuda: %s failed: %s (%s) at %s:%d", #call,                     \
+                            "%s: %s failed: %s (%s) at %s:%d", SQZ_CUDA_NAME, #call,        \
                             cudaGetErrorName(err_), cudaGetErrorString(err_), __FILE__,     \
                             __LINE__);                                                      \
     } while (0)
 
+#ifndef SQZ_CUDA_SIM
 #define CUBLAS_TRY(call)                                                                    \
     do {                                                                                    \
         cublasStatus_t st_ = (call);                                                        \
@@ -52,27 +77,25 @@ extern "C" {
                             cublasGetStatusName(st_), cublasGetStatusString(st_), __FILE__, \
                             __LINE__);                                                      \
     } while (0)
+/* cuBLASLt reports with the cuBLAS status type */
+#define LT_TRY(call) CUBLAS_TRY(call)
+#endif
 
 /* After a kernel launch: configuration errors now, execution errors at the next sync
  * (or at once with SQZ_CUDA_SYNC=1, for debugging). */
-#define LAUNCH_CHECK(kernel_name, node)                                                            \
+#define LAUNCH_CHECK(kernel_name, node)                                                     \
     do {                                                                                    \
         cudaError_t err_ = cudaGetLastError();                                              \
         if (err_ == cudaSuccess && c->sync_each)                                            \
             err_ = cudaStreamSynchronize(c->stream);                                        \
         if (err_ != cudaSuccess)                                                            \
-            return sqz_fail(SQZ_ERR_BACKEND, "cuda: kernel %s for node '%s' failed: %s (%s) "  \
-                            "at %s:%d", kernel_name, (node)->name, cudaGetErrorName(err_),         \
-                            cudaGetErrorString(err_), __FILE__, __LINE__);                  \
+            return sqz_fail(SQZ_ERR_BACKEND, "%s: kernel %s for node '%s' failed: %s (%s) "  \
+                            "at %s:%d", SQZ_CUDA_NAME, kernel_name, (node)->name,           \
+                            cudaGetErrorName(err_), cudaGetErrorString(err_), __FILE__,     \
+                            __LINE__);                                                      \
     } while (0)
 
-
-/* cuBLASLt reports with the cuBLAS status type */
-#define LT_TRY(call) CUBLAS_TRY(call)
-
 enum storage { STORE_F32, STORE_F16, STORE_BF16 };
-
-static size_t element_size(storage st) { return st == STORE_F32 ? 4 : 2; }
 
 /* Activations written in 16 bits keep the fp32 layout's byte offset and use the first half
  * of their slot; a download of such a tensor converts it back (see find_region). */
@@ -85,11 +108,15 @@ struct sqz_buffer {
     size_t bytes;
     /* weights at a 16-bit precision: a converted copy, same element offsets */
     void *shadow;
-    storage shadow_storage;
+    int shadow_storage;
     bool shadow_valid;
     region *regions;
     size_t n_regions, cap_regions;
 };
+
+namespace {
+
+size_t element_size(storage st) { return st == STORE_F32 ? 4 : 2; }
 
 /* One captured run: the bucket and exact dims fix every launch argument, and the two
  * buffers every pointer. */
@@ -102,45 +129,66 @@ struct graph_entry {
     unsigned long last_used;
 };
 
-/* the measured way to run one GEMM shape (see linear()) */
-struct gemm_choice {
-    int64_t cin, cout, rows_bucket;
-    int groups;
-    bool bias, gelu, use_lt;
-    double lt_seconds, blas_seconds;
+/* ---- variants ---------------------------------------------------------------------------
+ * Per op family, variant 0 is the simple CUDA-core kernel and the reference. The first time
+ * a shape is seen outside graph capture, every variant that applies runs on the real inputs,
+ * each output is compared with variant 0's (max |difference| / max |variant 0| against the
+ * per-op bar of the precision, sqz_precision_op_tolerance), and the fastest variant within
+ * the bar is kept for the shape and runs again to leave its own output (cuda-sim, where time
+ * means nothing, keeps the highest-numbered one, so that the newest kernels are the ones the
+ * tests see). A variant outside the bar is reported on stderr and not used for the shape; in
+ * cuda-sim that is a fault, since there it can only be a kernel bug.
+ * SQZ_CUDA_VARIANTS="linear=NAME,attention=NAME" fixes the variants instead (names or
+ * numbers), SQZ_CUDA_MEASURE=0 takes the highest-numbered variant that applies without
+ * running the others, SQZ_CUDA_REPORT=1 prints every choice. */
+enum family { FAMILY_LINEAR, FAMILY_ATTENTION, FAMILIES };
+enum attention_variant { ATTENTION_SIMT, ATTENTION_FLASH, ATTENTION_VARIANTS };
+static const char *const attention_variant_names[ATTENTION_VARIANTS] = {"simt", "flash"};
+constexpr int MAX_VARIANTS = 4;
+constexpr int VARIANT_CHOICES = 256;
+
+struct variant_choice {
+    int family;
+    int64_t key[6];
+    int chosen;
+    double seconds[MAX_VARIANTS]; /* < 0: did not apply */
+    double error[MAX_VARIANTS];
 };
 
-#define GEMM_CHOICES 128
 #define GRAPH_CACHE 16
 #define STAGING_MAX (8u << 20) /* uploads up to this size go through pinned memory */
+#define MEASURE_RUNS 3
 
 struct cuda_ctx {
     int device;
     cudaStream_t stream;
+#ifndef SQZ_CUDA_SIM
     cublasHandle_t blas;
     cublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_bytes;
-    bool sync_each, use_lt, use_graphs;
+#endif
+    bool sync_each, use_graphs, measure, report;
+    int forced[FAMILIES]; /* SQZ_CUDA_VARIANTS, or -1 */
     sqz_precision precision;
     storage store;
     char description[512];
     /* pinned staging for uploads: filled front to back, reset once the stream is idle */
     char *pinned;
     size_t pinned_bytes, pinned_used;
-    /* device scratch for converting 16-bit activations on download */
+    /* device scratch: 16-bit downloads converted to fp32, and variant outputs under check */
     void *scratch;
     size_t scratch_bytes;
+    unsigned *check; /* max |difference|, max |reference| (float bits), non-finite flag */
     graph_entry graphs[GRAPH_CACHE];
     unsigned long clock;
     int capturing; /* graph slot being captured, or -1 */
-    gemm_choice choices[GEMM_CHOICES];
+    variant_choice choices[VARIANT_CHOICES];
     int n_choices;
-    bool choose_gemm, report_choices;
-    bool tc_attention; /* SQZ_CUDA_ATTENTION=tc: the tensor-core attention at fp16/bf16 */
     cudaEvent_t ev_start, ev_stop;
 };
-static sqz_status cuda_probe_impl(void)
+
+sqz_status probe_impl(void)
 {
     int count = 0;
     cudaError_t err = cudaGetDeviceCount(&count);
@@ -152,12 +200,18 @@ static sqz_status cuda_probe_impl(void)
     return SQZ_OK;
 }
 
-extern "C" sqz_status sqz_cuda_probe(void) { return cuda_probe_impl(); }
+} // namespace
 
-extern "C" sqz_status sqz_cuda_list_devices(char **text)
+extern "C" sqz_status SQZ_CUDA_PROBE(void) { return probe_impl(); }
+
+extern "C" sqz_status SQZ_CUDA_LIST_DEVICES(char **text)
 {
-    if (cuda_probe_impl() != SQZ_OK)
-        return sqz_text_append(text, "cuda     -  %s\n", sqz_last_error());
+    if (probe_impl() != SQZ_OK)
+        return sqz_text_append(text, "%-8s -  %s\n", SQZ_CUDA_NAME, sqz_last_error());
+#ifdef SQZ_CUDA_SIM
+    return sqz_text_append(text, "cuda-sim 0  the CUDA backend's kernels emulated on this CPU, sm_90 limits (for "
+                                 "checking; slow); devices: forward, reverse, random[:SEED] (thread orders)\n");
+#else
     int count = 0;
     cudaGetDeviceCount(&count);
     for (int i = 0; i < count; i++) {
@@ -172,156 +226,46 @@ extern "C" sqz_status sqz_cuda_list_devices(char **text)
             return st;
     }
     return SQZ_OK;
+#endif
 }
 
-static sqz_status select_device(const char *want, int *out)
+namespace {
+
+sqz_status cuda_set_precision(void *ctx, sqz_precision precision)
 {
-    int count = 0;
-    CUDA_TRY(cudaGetDeviceCount(&count));
-    if (!want || !*want) {
-        *out = 0;
-        return SQZ_OK;
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    switch (precision) {
+    case SQZ_PRECISION_FP32:
+    case SQZ_PRECISION_TF32:
+        c->store = STORE_F32;
+        break;
+    case SQZ_PRECISION_FP16:
+    case SQZ_PRECISION_BF16:
+        c->store = precision == SQZ_PRECISION_FP16 ? STORE_F16 : STORE_BF16;
+        break;
+    default:
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "%s: unknown precision %d", SQZ_CUDA_NAME, (int)precision);
     }
-    char *end = NULL;
-    long index = strtol(want, &end, 10);
-    if (end && *end == '\0' && index >= 0 && index < count) {
-        *out = (int)index;
-        return SQZ_OK;
-    }
-    for (int i = 0; i < count; i++) {
-        cudaDeviceProp prop;
-        CUDA_TRY(cudaGetDeviceProperties(&prop, i));
-        if (strstr(prop.name, want)) {
-            *out = i;
-            return SQZ_OK;
-        }
-    }
-    return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda: no device matches '%s' (%d device(s); see "
-                    "`sqz devices`)", want, count);
+#ifdef SQZ_CUDA_SIM
+    if (precision == SQZ_PRECISION_TF32) /* no GEMM here rounds to tf32 */
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "cuda-sim: tf32 is cuBLAS's, which cuda-sim does not run");
+#else
+    CUBLAS_TRY(cublasSetMathMode(c->blas, precision == SQZ_PRECISION_FP32   ? CUBLAS_PEDANTIC_MATH
+                                          : precision == SQZ_PRECISION_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                            : CUBLAS_DEFAULT_MATH));
+#endif
+    c->precision = precision;
+    return SQZ_OK;
 }
 
-static void graph_drop(graph_entry *e)
+void graph_drop(graph_entry *e)
 {
     if (e->exec)
         cudaGraphExecDestroy(e->exec);
     memset(e, 0, sizeof *e);
 }
 
-static void cuda_destroy(void *ctx)
-{
-    cuda_ctx *c = (cuda_ctx *)ctx;
-    if (!c)
-        return;
-    for (int i = 0; i < GRAPH_CACHE; i++)
-        graph_drop(&c->graphs[i]);
-    if (c->lt)
-        cublasLtDestroy(c->lt);
-    if (c->blas)
-        cublasDestroy(c->blas);
-    if (c->lt_workspace)
-        cudaFree(c->lt_workspace);
-    if (c->scratch)
-        cudaFree(c->scratch);
-    if (c->pinned)
-        cudaFreeHost(c->pinned);
-    if (c->ev_start)
-        cudaEventDestroy(c->ev_start);
-    if (c->ev_stop)
-        cudaEventDestroy(c->ev_stop);
-    if (c->stream)
-        cudaStreamDestroy(c->stream);
-    free(c);
-}
-
-static bool env_flag(const char *name, bool fallback)
-{
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return fallback;
-    return strcmp(v, "0") != 0;
-}
-
-static sqz_status cuda_create_checked(cuda_ctx *c, const char *device)
-{
-    c->capturing = -1;
-    sqz_status st = cuda_probe_impl();
-    if (st == SQZ_OK)
-        st = select_device(device, &c->device);
-    if (st != SQZ_OK)
-        return st;
-    CUDA_TRY(cudaSetDevice(c->device));
-    CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-    CUBLAS_TRY(cublasCreate(&c->blas));
-    CUBLAS_TRY(cublasSetStream(c->blas, c->stream));
-    /* fp32 means fp32: no TF32 unless the session's precision asks for it */
-    CUBLAS_TRY(cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH));
-    LT_TRY(cublasLtCreate(&c->lt));
-    c->lt_workspace_bytes = 32u << 20;
-    CUDA_TRY(cudaMalloc(&c->lt_workspace, c->lt_workspace_bytes));
-    /* cuBLAS's own workspace is fixed here so graph capture never allocates */
-    CUBLAS_TRY(cublasSetWorkspace(c->blas, c->lt_workspace, c->lt_workspace_bytes));
-    c->sync_each = env_flag("SQZ_CUDA_SYNC", false);
-    c->use_lt = env_flag("SQZ_CUDA_LT", true);
-    c->use_graphs = env_flag("SQZ_CUDA_GRAPHS", true) && !c->sync_each;
-    c->choose_gemm = env_flag("SQZ_CUDA_MEASURE", true);
-    c->report_choices = env_flag("SQZ_CUDA_REPORT", false);
-    const char *attention = getenv("SQZ_CUDA_ATTENTION");
-    c->tc_attention = attention && strcmp(attention, "tc") == 0;
-    CUDA_TRY(cudaEventCreate(&c->ev_start));
-    CUDA_TRY(cudaEventCreate(&c->ev_stop));
-    c->precision = SQZ_PRECISION_FP32;
-    c->store = STORE_F32;
-    cudaDeviceProp prop;
-    CUDA_TRY(cudaGetDeviceProperties(&prop, c->device));
-    int driver = 0;
-    CUDA_TRY(cudaDriverGetVersion(&driver));
-    snprintf(c->description, sizeof c->description, "%s (sm_%d%d, driver CUDA %d.%d), %.1f GiB",
-             prop.name, prop.major, prop.minor, driver / 1000, driver % 1000 / 10,
-             prop.totalGlobalMem / 1073741824.0);
-    return SQZ_OK;
-}
-
-static sqz_status cuda_create(void **ctx, const char *device)
-{
-    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
-    if (!c)
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-    sqz_status st = cuda_create_checked(c, device);
-    if (st != SQZ_OK) {
-        cuda_destroy(c);
-        return st;
-    }
-    *ctx = c;
-    return SQZ_OK;
-}
-
-static const char *cuda_describe(void *ctx) { return ((cuda_ctx *)ctx)->description; }
-
-static sqz_status cuda_set_precision(void *ctx, sqz_precision precision)
-{
-    cuda_ctx *c = (cuda_ctx *)ctx;
-    switch (precision) {
-    case SQZ_PRECISION_FP32:
-        CUBLAS_TRY(cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH));
-        c->store = STORE_F32;
-        break;
-    case SQZ_PRECISION_TF32:
-        CUBLAS_TRY(cublasSetMathMode(c->blas, CUBLAS_TF32_TENSOR_OP_MATH));
-        c->store = STORE_F32;
-        break;
-    case SQZ_PRECISION_FP16:
-    case SQZ_PRECISION_BF16:
-        CUBLAS_TRY(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
-        c->store = precision == SQZ_PRECISION_FP16 ? STORE_F16 : STORE_BF16;
-        break;
-    default:
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda: unknown precision %d", (int)precision);
-    }
-    c->precision = precision;
-    return SQZ_OK;
-}
-
-static sqz_status cuda_buffer_alloc(void *ctx, size_t bytes, sqz_buffer **out)
+sqz_status cuda_buffer_alloc(void *ctx, size_t bytes, sqz_buffer **out)
 {
     (void)ctx;
     sqz_buffer *b = (sqz_buffer *)calloc(1, sizeof *b);
@@ -330,7 +274,7 @@ static sqz_status cuda_buffer_alloc(void *ctx, size_t bytes, sqz_buffer **out)
     cudaError_t err = cudaMalloc(&b->ptr, bytes ? bytes : 4);
     if (err != cudaSuccess) {
         free(b);
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "cuda: cudaMalloc(%zu bytes) failed: %s (%s)", bytes,
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "%s: cudaMalloc(%zu bytes) failed: %s (%s)", SQZ_CUDA_NAME, bytes,
                         cudaGetErrorName(err), cudaGetErrorString(err));
     }
     b->bytes = bytes;
@@ -338,7 +282,7 @@ static sqz_status cuda_buffer_alloc(void *ctx, size_t bytes, sqz_buffer **out)
     return SQZ_OK;
 }
 
-static void cuda_buffer_free(void *ctx, sqz_buffer *b)
+void cuda_buffer_free(void *ctx, sqz_buffer *b)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (!b)
@@ -357,7 +301,7 @@ static void cuda_buffer_free(void *ctx, sqz_buffer *b)
 
 /* ---- 16-bit regions of the arena ------------------------------------------------------ */
 
-static void regions_erase(sqz_buffer *b, size_t offset, size_t bytes)
+void regions_erase(sqz_buffer *b, size_t offset, size_t bytes)
 {
     size_t kept = 0;
     for (size_t i = 0; i < b->n_regions; i++) {
@@ -369,7 +313,7 @@ static void regions_erase(sqz_buffer *b, size_t offset, size_t bytes)
     b->n_regions = kept;
 }
 
-static sqz_status regions_add(sqz_buffer *b, size_t offset, size_t fp32_bytes)
+sqz_status regions_add(sqz_buffer *b, size_t offset, size_t fp32_bytes)
 {
     regions_erase(b, offset, fp32_bytes);
     if (b->n_regions == b->cap_regions) {
@@ -384,7 +328,7 @@ static sqz_status regions_add(sqz_buffer *b, size_t offset, size_t fp32_bytes)
     return SQZ_OK;
 }
 
-static const region *find_region(const sqz_buffer *b, size_t offset, size_t bytes)
+const region *find_region(const sqz_buffer *b, size_t offset, size_t bytes)
 {
     for (size_t i = 0; i < b->n_regions; i++) {
         const region *r = &b->regions[i];
@@ -396,7 +340,7 @@ static const region *find_region(const sqz_buffer *b, size_t offset, size_t byte
 
 /* ---- copies --------------------------------------------------------------------------- */
 
-static sqz_status cuda_synchronize(void *ctx)
+sqz_status cuda_synchronize(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     CUDA_TRY(cudaStreamSynchronize(c->stream));
@@ -407,12 +351,12 @@ static sqz_status cuda_synchronize(void *ctx)
 /* Small uploads (a run's ids, positions, offsets) are copied into pinned memory and sent
  * asynchronously, in stream order before the launches that read them; big ones (weights,
  * once per session) are copied synchronously from the caller's memory. */
-static sqz_status cuda_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *src, size_t bytes)
+sqz_status cuda_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *src, size_t bytes)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (offset > dst->bytes || bytes > dst->bytes - offset)
-        return sqz_fail(SQZ_ERR_INTERNAL, "cuda: upload of %zu bytes at %zu overruns a %zu-byte buffer",
-                        bytes, offset, dst->bytes);
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: upload of %zu bytes at %zu overruns a %zu-byte buffer",
+                        SQZ_CUDA_NAME, bytes, offset, dst->bytes);
     if (!bytes)
         return SQZ_OK;
     regions_erase(dst, offset, bytes);
@@ -443,18 +387,31 @@ static sqz_status cuda_upload(void *ctx, sqz_buffer *dst, size_t offset, const v
     return SQZ_OK;
 }
 
-template <typename T> static void launch_to_f32(cuda_ctx *c, const void *in, float *out, size_t n)
+unsigned blocks(size_t n, unsigned per_block) { return (unsigned)((n + per_block - 1) / per_block); }
+
+unsigned grid_1d(size_t n) { return n == 0 ? 1 : blocks(n, 256) < 16384 ? blocks(n, 256) : 16384; }
+
+sqz_status ensure_scratch(cuda_ctx *c, size_t bytes)
 {
-    sqzk::convert_to_f32<T><<<(unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096), 256, 0, c->stream>>>(
-        (const T *)in, out, n);
+    if (c->scratch_bytes >= bytes)
+        return SQZ_OK;
+    if (c->capturing >= 0)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: scratch grown during graph capture", SQZ_CUDA_NAME);
+    if (c->scratch)
+        CUDA_TRY(cudaFree(c->scratch));
+    c->scratch = NULL;
+    c->scratch_bytes = 0;
+    CUDA_TRY(cudaMalloc(&c->scratch, bytes));
+    c->scratch_bytes = bytes;
+    return SQZ_OK;
 }
 
-static sqz_status cuda_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, size_t bytes)
+sqz_status cuda_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, size_t bytes)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (offset > src->bytes || bytes > src->bytes - offset)
-        return sqz_fail(SQZ_ERR_INTERNAL, "cuda: download of %zu bytes at %zu overruns a %zu-byte buffer",
-                        bytes, offset, src->bytes);
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: download of %zu bytes at %zu overruns a %zu-byte buffer",
+                        SQZ_CUDA_NAME, bytes, offset, src->bytes);
     if (!bytes)
         return SQZ_OK;
     const region *r = c->store == STORE_F32 ? NULL : find_region(src, offset, bytes);
@@ -464,51 +421,49 @@ static sqz_status cuda_download(void *ctx, sqz_buffer *src, size_t offset, void 
     }
     /* fp32 values of a 16-bit tensor: convert on the device, then copy */
     if (offset < r->offset || offset + bytes > r->offset + r->fp32_bytes || (offset - r->offset) % 4 || bytes % 4)
-        return sqz_fail(SQZ_ERR_INTERNAL, "cuda: download [%zu, +%zu) straddles a 16-bit tensor at [%zu, +%zu)",
-                        offset, bytes, r->offset, r->fp32_bytes);
-    if (c->scratch_bytes < bytes) {
-        if (c->scratch)
-            CUDA_TRY(cudaFree(c->scratch));
-        c->scratch = NULL;
-        c->scratch_bytes = 0;
-        CUDA_TRY(cudaMalloc(&c->scratch, bytes));
-        c->scratch_bytes = bytes;
-    }
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: download [%zu, +%zu) straddles a 16-bit tensor at [%zu, +%zu)",
+                        SQZ_CUDA_NAME, offset, bytes, r->offset, r->fp32_bytes);
+    sqz_status st = ensure_scratch(c, bytes);
+    if (st != SQZ_OK)
+        return st;
     const size_t first = (offset - r->offset) / 4, n = bytes / 4;
     const char *from = (const char *)src->ptr + r->offset + first * element_size(c->store);
+    const unsigned grid = (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
     if (c->store == STORE_F16)
-        launch_to_f32<__half>(c, from, (float *)c->scratch, n);
+        sqz_launch("convert_to_f32", sqzk::convert_to_f32<__half>, grid, 256, 0, c->stream, (const void *)from,
+                   c->scratch, n);
     else
-        launch_to_f32<__nv_bfloat16>(c, from, (float *)c->scratch, n);
+        sqz_launch("convert_to_f32", sqzk::convert_to_f32<__nv_bfloat16>, grid, 256, 0, c->stream, (const void *)from,
+                   c->scratch, n);
     CUDA_TRY(cudaGetLastError());
     CUDA_TRY(cudaMemcpyAsync(dst, c->scratch, bytes, cudaMemcpyDeviceToHost, c->stream));
     return cuda_synchronize(c);
 }
 
 /* The weights in the session's 16-bit type, converted once after they change. */
-static sqz_status ensure_shadow(cuda_ctx *c, sqz_buffer *w)
+sqz_status ensure_shadow(cuda_ctx *c, sqz_buffer *w)
 {
     if (c->store == STORE_F32 || (w->shadow_valid && w->shadow_storage == c->store))
         return SQZ_OK;
     if (c->capturing >= 0)
-        return sqz_fail(SQZ_ERR_INTERNAL, "cuda: weights converted during graph capture");
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: weights converted during graph capture", SQZ_CUDA_NAME);
     const size_t n = w->bytes / 4;
     if (!w->shadow)
         CUDA_TRY(cudaMalloc(&w->shadow, n * 2 + 16));
     const unsigned grid = (unsigned)((n + 255) / 256 < 8192 ? (n + 255) / 256 : 8192);
     if (c->store == STORE_F16)
-        sqzk::convert_from_f32<__half><<<grid ? grid : 1, 256, 0, c->stream>>>((const float *)w->ptr,
-                                                                              (__half *)w->shadow, n);
+        sqz_launch("convert_from_f32", sqzk::convert_from_f32<__half>, grid ? grid : 1, 256, 0, c->stream,
+                   (const float *)w->ptr, w->shadow, n);
     else
-        sqzk::convert_from_f32<__nv_bfloat16><<<grid ? grid : 1, 256, 0, c->stream>>>(
-            (const float *)w->ptr, (__nv_bfloat16 *)w->shadow, n);
+        sqz_launch("convert_from_f32", sqzk::convert_from_f32<__nv_bfloat16>, grid ? grid : 1, 256, 0, c->stream,
+                   (const float *)w->ptr, w->shadow, n);
     CUDA_TRY(cudaGetLastError());
     w->shadow_storage = c->store;
     w->shadow_valid = true;
     return SQZ_OK;
 }
 
-static bool cuda_supports(void *ctx, const sqz_node *node)
+bool cuda_supports(void *ctx, const sqz_node *node)
 {
     (void)ctx;
     switch (node->op) {
@@ -527,7 +482,7 @@ struct tensor_ref {
     ulong offset;
 };
 
-static tensor_ref ref(const sqz_binding *b, int tensor)
+tensor_ref ref(const sqz_binding *b, int tensor)
 {
     const sqz_tensor_desc *d = &b->plan->graph.tensors[tensor];
     if (d->kind == SQZ_TENSOR_WEIGHT)
@@ -538,32 +493,29 @@ static tensor_ref ref(const sqz_binding *b, int tensor)
 #define F(t) ref(b, t).base, ref(b, t).offset
 #define I(t) (const int *)ref(b, t).base, ref(b, t).offset
 
-static bool is_weight(const sqz_binding *b, int tensor)
-{
-    return b->plan->graph.tensors[tensor].kind == SQZ_TENSOR_WEIGHT;
-}
+bool is_weight(const sqz_binding *b, int tensor) { return b->plan->graph.tensors[tensor].kind == SQZ_TENSOR_WEIGHT; }
 
 /* an activation in the session's storage type */
-template <typename T> static T *act(const sqz_binding *b, int tensor)
+template <typename T> T *act(const sqz_binding *b, int tensor)
 {
     return (T *)((char *)b->arena->ptr + b->plan->offsets[tensor]);
 }
 
-static const int *ints(const sqz_binding *b, int tensor)
+const int *ints(const sqz_binding *b, int tensor)
 {
     tensor_ref r = ref(b, tensor);
     return (const int *)(r.base + r.offset);
 }
 
 /* a weight as fp32 (embedding tables, LayerNorm parameters, biases) */
-static const float *weight_f32(const sqz_binding *b, int tensor)
+const float *weight_f32(const sqz_binding *b, int tensor)
 {
     tensor_ref r = ref(b, tensor);
     return r.base + r.offset;
 }
 
 /* a weight in the storage type (matrix operands; biases for the cuBLASLt epilogue) */
-static const void *weight_stored(const cuda_ctx *c, const sqz_binding *b, int tensor)
+const void *weight_stored(const cuda_ctx *c, const sqz_binding *b, int tensor)
 {
     if (c->store == STORE_F32)
         return weight_f32(b, tensor);
@@ -571,197 +523,337 @@ static const void *weight_stored(const cuda_ctx *c, const sqz_binding *b, int te
     return (const char *)b->weights->shadow + index * element_size(c->store);
 }
 
-static unsigned blocks(size_t n, unsigned per_block) { return (unsigned)((n + per_block - 1) / per_block); }
+} // namespace
 
-static unsigned grid_1d(size_t n) { return n == 0 ? 1 : blocks(n, 256) < 16384 ? blocks(n, 256) : 16384; }
+#include "cuda/cuda_gemm.cuh"
 
-static cudaDataType_t data_type(storage st)
+namespace {
+
+sqz_status select_device(cuda_ctx *c, const char *want)
 {
-    return st == STORE_F32 ? CUDA_R_32F : st == STORE_F16 ? CUDA_R_16F : CUDA_R_16BF;
-}
-
-static cublasComputeType_t compute_type(sqz_precision p)
-{
-    return p == SQZ_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-}
-
-/* ---- grouped linear --------------------------------------------------------------------
- * On row-major activations, in cuBLAS's column-major view: Y^T[g] (cout_g x rows) =
- * W_g (stored [cout_g][cin_g], so transposed) x X^T[g] (cin_g x rows, leading dimension cin);
- * the groups are a batch with stride cin_g in X, cout_g in Y and cout_g x cin_g in W. */
-struct gemm_shape {
-    int64_t rows, cin, cout, cin_g, cout_g;
-    int groups;
-};
-
-/* the largest power of two up to 256 dividing a pointer, a batch stride and a column stride */
-static uint32_t alignment(uintptr_t pointer, size_t batch_stride_bytes, size_t ld_bytes)
-{
-    uint32_t a = 256;
-    while (a > 1 && ((pointer | batch_stride_bytes | ld_bytes) & (a - 1)))
-        a >>= 1;
-    return a;
-}
-
-/* cuBLASLt with the bias in the epilogue. *done = false when cuBLASLt has no algorithm for
- * this shape and precision (the caller falls back to cuBLAS). */
-static sqz_status linear_lt(cuda_ctx *c, const gemm_shape &s, const void *w, const void *x, void *y,
-                            const void *bias, bool *done)
-{
-    *done = false;
-    const cudaDataType_t dt = data_type(c->store);
-    cublasLtMatmulDesc_t op = NULL;
-    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
-    sqz_status st = SQZ_OK;
-    const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
-    const int32_t batch = s.groups;
-    const int64_t stride_a = s.cout_g * s.cin_g, stride_b = s.cin_g, stride_d = s.cout_g, bias_stride = s.cout_g;
-    const cublasLtEpilogue_t epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    const size_t ws = c->lt_workspace_bytes;
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    const float one = 1.0f, zero = 0.0f;
-    const size_t es = element_size(c->store);
-    const uint32_t align_a = alignment((uintptr_t)w, (size_t)stride_a * es, (size_t)s.cin_g * es);
-    const uint32_t align_b = alignment((uintptr_t)x, (size_t)stride_b * es, (size_t)s.cin * es);
-    const uint32_t align_d = alignment((uintptr_t)y, (size_t)stride_d * es, (size_t)s.cout * es);
-#define LT_STEP(call)                                                                                      \
-    do {                                                                                                   \
-        cublasStatus_t st_ = (call);                                                                       \
-        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                                \
-            st = sqz_fail(SQZ_ERR_BACKEND, "cuda: %s failed: %s (%s) at %s:%d", #call,                      \
-                          cublasGetStatusName(st_), cublasGetStatusString(st_), __FILE__, __LINE__);      \
-            goto out;                                                                                      \
-        }                                                                                                  \
-    } while (0)
-    LT_STEP(cublasLtMatmulDescCreate(&op, compute_type(c->precision), CUDA_R_32F));
-    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
-    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof no_trans));
-    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
-    if (bias) {
-        LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-        LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &bias_stride,
-                                               sizeof bias_stride));
+#ifdef SQZ_CUDA_SIM
+    /* cuda-sim's one device; the text chooses the thread order */
+    c->device = 0;
+    if (!sqzsim::set_schedule(c->stream, want))
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda-sim: device '%s' is not a schedule (forward, reverse, "
+                        "random or random:SEED)", want);
+    return SQZ_OK;
+#else
+    int count = 0;
+    CUDA_TRY(cudaGetDeviceCount(&count));
+    if (!want || !*want) {
+        c->device = 0;
+        return SQZ_OK;
     }
-    LT_STEP(cublasLtMatrixLayoutCreate(&la, dt, (uint64_t)s.cin_g, (uint64_t)s.cout_g, s.cin_g));
-    LT_STEP(cublasLtMatrixLayoutCreate(&lb, dt, (uint64_t)s.cin_g, (uint64_t)s.rows, s.cin));
-    LT_STEP(cublasLtMatrixLayoutCreate(&ld, dt, (uint64_t)s.cout_g, (uint64_t)s.rows, s.cout));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(la, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_a,
-                                             sizeof stride_a));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(lb, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_b,
-                                             sizeof stride_b));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(ld, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(ld, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_d,
-                                             sizeof stride_d));
-    LT_STEP(cublasLtMatmulPreferenceCreate(&pref));
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    /* the heuristic assumes 256-byte alignment unless told: tell it what the pointers and
-     * the group strides really give (odd group sizes give less) */
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
-                                                 sizeof align_a));
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
-                                                 sizeof align_b));
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
-                                                 sizeof align_d));
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
-                                                 sizeof align_d));
-    if (cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &heuristic, &found) !=
-            CUBLAS_STATUS_SUCCESS ||
-        found == 0)
-        goto out; /* no algorithm: not an error, the caller falls back */
-    /* a refusal here enqueues nothing, so falling back stays correct */
-    *done = cublasLtMatmul(c->lt, op, &one, w, la, x, lb, &zero, y, ld, y, ld, &heuristic.algo, c->lt_workspace,
-                           ws, c->stream) == CUBLAS_STATUS_SUCCESS;
-#undef LT_STEP
-out:
-    if (pref)
-        cublasLtMatmulPreferenceDestroy(pref);
-    if (ld)
-        cublasLtMatrixLayoutDestroy(ld);
-    if (lb)
-        cublasLtMatrixLayoutDestroy(lb);
-    if (la)
-        cublasLtMatrixLayoutDestroy(la);
-    if (op)
-        cublasLtMatmulDescDestroy(op);
-    return st;
+    char *end = NULL;
+    long index = strtol(want, &end, 10);
+    if (end && *end == '\0' && index >= 0 && index < count) {
+        c->device = (int)index;
+        return SQZ_OK;
+    }
+    for (int i = 0; i < count; i++) {
+        cudaDeviceProp prop;
+        CUDA_TRY(cudaGetDeviceProperties(&prop, i));
+        if (strstr(prop.name, want)) {
+            c->device = i;
+            return SQZ_OK;
+        }
+    }
+    return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda: no device matches '%s' (%d device(s); see "
+                    "`sqz devices`)", want, count);
+#endif
 }
 
-template <typename T>
-static sqz_status bias_act_launch(cuda_ctx *c, const sqz_node *node, T *y, const float *bias, size_t n, int cols,
-                                  int act)
+void cuda_destroy(void *ctx)
 {
-    sqzk::bias_act<T><<<grid_1d(n), 256, 0, c->stream>>>(y, bias, n, cols, act);
-    LAUNCH_CHECK("bias_act", node);
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (!c)
+        return;
+    for (int i = 0; i < GRAPH_CACHE; i++)
+        graph_drop(&c->graphs[i]);
+#ifndef SQZ_CUDA_SIM
+    if (c->lt)
+        cublasLtDestroy(c->lt);
+    if (c->blas)
+        cublasDestroy(c->blas);
+    if (c->lt_workspace)
+        cudaFree(c->lt_workspace);
+#endif
+    if (c->scratch)
+        cudaFree(c->scratch);
+    if (c->check)
+        cudaFree(c->check);
+    if (c->pinned)
+        cudaFreeHost(c->pinned);
+    if (c->ev_start)
+        cudaEventDestroy(c->ev_start);
+    if (c->ev_stop)
+        cudaEventDestroy(c->ev_stop);
+    if (c->stream)
+        cudaStreamDestroy(c->stream);
+    free(c);
+}
+
+bool env_flag(const char *name, bool fallback)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return fallback;
+    return strcmp(v, "0") != 0;
+}
+
+/* SQZ_CUDA_VARIANTS="linear=cublaslt,attention=1": names or numbers per family */
+sqz_status read_forced_variants(cuda_ctx *c)
+{
+    static const char *const families[FAMILIES] = {"linear", "attention"};
+    static const char *const *const names[FAMILIES] = {linear_variant_names, attention_variant_names};
+    static const int counts[FAMILIES] = {LINEAR_VARIANTS, ATTENTION_VARIANTS};
+    for (int f = 0; f < FAMILIES; f++)
+        c->forced[f] = -1;
+    const char *text = getenv("SQZ_CUDA_VARIANTS");
+    if (!text || !*text)
+        return SQZ_OK;
+    char buffer[256];
+    snprintf(buffer, sizeof buffer, "%s", text);
+    for (char *save = NULL, *item = strtok_r(buffer, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(item, '=');
+        int f = 0;
+        while (f < FAMILIES && (!eq || strncmp(item, families[f], (size_t)(eq - item)) != 0 ||
+                                strlen(families[f]) != (size_t)(eq - item)))
+            f++;
+        if (f == FAMILIES)
+            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "SQZ_CUDA_VARIANTS: '%s' is not FAMILY=VARIANT with FAMILY "
+                            "linear or attention", item);
+        int v = 0;
+        while (v < counts[f] && strcmp(eq + 1, names[f][v]) != 0 && !(eq[1] == '0' + v && eq[2] == '\0'))
+            v++;
+        if (v == counts[f])
+            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "SQZ_CUDA_VARIANTS: %s has no variant '%s'", families[f],
+                            eq + 1);
+        c->forced[f] = v;
+    }
     return SQZ_OK;
 }
 
-/* One way of running a linear node: cuBLASLt with the bias epilogue (use_lt), or cuBLAS
- * then a bias kernel; exact GELU is always a kernel after the product. *ran = false when
- * cuBLASLt has no algorithm for it. */
-static sqz_status linear_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const gemm_shape &s,
-                                 bool use_lt, bool *ran)
+sqz_status create_checked(cuda_ctx *c, const char *device)
 {
-    const void *w = weight_stored(c, b, node->inputs[1]);
-    const void *x = (const char *)b->arena->ptr + b->plan->offsets[node->inputs[0]];
-    void *y = (char *)b->arena->ptr + b->plan->offsets[node->output];
-    const bool has_bias = node->n_inputs > 2 && node->inputs[2] >= 0;
-    const int act = node->op == SQZ_OP_LINEAR_GELU;
-    *ran = true;
-    if (use_lt) {
-        /* cuBLASLt takes the bias in the output type: fp32, or the 16-bit copy */
-        sqz_status st = linear_lt(c, s, w, x, y, has_bias ? weight_stored(c, b, node->inputs[2]) : NULL, ran);
-        if (st != SQZ_OK || !*ran)
-            return st;
-    } else {
-        const float one = 1.0f, zero = 0.0f;
-        const cudaDataType_t dt = data_type(c->store);
-        CUBLAS_TRY(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)s.cout_g, (int)s.rows,
-                                              (int)s.cin_g, &one, w, dt, (int)s.cin_g, s.cout_g * s.cin_g, x, dt,
-                                              (int)s.cin, s.cin_g, &zero, y, dt, (int)s.cout, s.cout_g, s.groups,
-                                              compute_type(c->precision), CUBLAS_GEMM_DEFAULT));
-    }
-    const float *bias = !use_lt && has_bias ? weight_f32(b, node->inputs[2]) : NULL;
-    if (!bias && !act)
-        return SQZ_OK;
-    const size_t n = (size_t)(s.rows * s.cout);
-    switch (c->store) {
-    case STORE_F32:
-        return bias_act_launch<float>(c, node, (float *)y, bias, n, (int)s.cout, act);
-    case STORE_F16:
-        return bias_act_launch<__half>(c, node, (__half *)y, bias, n, (int)s.cout, act);
-    default:
-        return bias_act_launch<__nv_bfloat16>(c, node, (__nv_bfloat16 *)y, bias, n, (int)s.cout, act);
-    }
-}
-
-static int64_t pow2_at_least(int64_t n)
-{
-    int64_t p = 1;
-    while (p < n)
-        p <<= 1;
-    return p;
-}
-
-/* Seconds per run of one variant: one untimed run, then MEASURE_RUNS timed on the stream. */
-#define MEASURE_RUNS 3
-static sqz_status time_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const gemm_shape &s,
-                               bool use_lt, double *seconds)
-{
-    bool ran = false;
-    sqz_status st = linear_variant(c, b, node, s, use_lt, &ran);
-    if (st != SQZ_OK || !ran) {
-        *seconds = ran ? 0 : -1;
-        return st;
-    }
-    CUDA_TRY(cudaEventRecord(c->ev_start, c->stream));
-    for (int i = 0; i < MEASURE_RUNS && st == SQZ_OK; i++)
-        st = linear_variant(c, b, node, s, use_lt, &ran);
+    c->capturing = -1;
+    sqz_status st = probe_impl();
     if (st != SQZ_OK)
         return st;
+#ifdef SQZ_CUDA_SIM
+    CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    if ((st = select_device(c, device)) != SQZ_OK) /* the schedule belongs to the stream */
+        return st;
+#else
+    if ((st = select_device(c, device)) != SQZ_OK)
+        return st;
+    CUDA_TRY(cudaSetDevice(c->device));
+    CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CUBLAS_TRY(cublasCreate(&c->blas));
+    CUBLAS_TRY(cublasSetStream(c->blas, c->stream));
+    /* fp32 means fp32: no TF32 unless the session's precision asks for it */
+    CUBLAS_TRY(cublasSetMathMode(c->blas, CUBLAS_PEDANTIC_MATH));
+    LT_TRY(cublasLtCreate(&c->lt));
+    c->lt_workspace_bytes = 32u << 20;
+    CUDA_TRY(cudaMalloc(&c->lt_workspace, c->lt_workspace_bytes));
+    /* cuBLAS's own workspace is fixed here so graph capture never allocates */
+    CUBLAS_TRY(cublasSetWorkspace(c->blas, c->lt_workspace, c->lt_workspace_bytes));
+#endif
+    CUDA_TRY(cudaMalloc((void **)&c->check, 4 * sizeof(unsigned)));
+    c->sync_each = env_flag("SQZ_CUDA_SYNC", false);
+    c->use_graphs = env_flag("SQZ_CUDA_GRAPHS", true) && !c->sync_each;
+    c->measure = env_flag("SQZ_CUDA_MEASURE", true);
+    c->report = env_flag("SQZ_CUDA_REPORT", false);
+    if ((st = read_forced_variants(c)) != SQZ_OK)
+        return st;
+    CUDA_TRY(cudaEventCreate(&c->ev_start));
+    CUDA_TRY(cudaEventCreate(&c->ev_stop));
+    c->precision = SQZ_PRECISION_FP32;
+    c->store = STORE_F32;
+    cudaDeviceProp prop;
+    CUDA_TRY(cudaGetDeviceProperties(&prop, c->device));
+    int driver = 0;
+    CUDA_TRY(cudaDriverGetVersion(&driver));
+#ifdef SQZ_CUDA_SIM
+    snprintf(c->description, sizeof c->description, "%s (schedule %s)", prop.name,
+             device && *device ? device : "forward");
+#else
+    snprintf(c->description, sizeof c->description, "%s (sm_%d%d, driver CUDA %d.%d), %.1f GiB", prop.name,
+             prop.major, prop.minor, driver / 1000, driver % 1000 / 10, prop.totalGlobalMem / 1073741824.0);
+#endif
+    return SQZ_OK;
+}
+
+sqz_status cuda_create(void **ctx, const char *device)
+{
+    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+    if (!c)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    sqz_status st = create_checked(c, device);
+    if (st != SQZ_OK) {
+        cuda_destroy(c);
+        return st;
+    }
+    *ctx = c;
+    return SQZ_OK;
+}
+
+const char *cuda_describe(void *ctx) { return ((cuda_ctx *)ctx)->description; }
+
+
+/* ---- attention variants ---------------------------------------------------------------- */
+
+template <typename T, int HD>
+sqz_status attention_simt_hd(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, T *out)
+{
+    const int *in = node->inputs;
+    const sqz_op_params *p = &node->params;
+    dim3 grid(blocks((size_t)dims->max_len, sqzk::ATT_Q), (unsigned)p->attention.heads, (unsigned)dims->sequences);
+    sqz_launch("attention_varlen", sqzk::attention_varlen<T, HD>, grid, sqzk::ATT_Q,
+               sqzk::attention_shared_bytes<HD>(), c->stream, act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, in[2]),
+               ints(b, in[3]), ints(b, in[4]), out, p->attention.heads, p->attention.head_dim, p->attention.scale);
+    LAUNCH_CHECK("attention_varlen", node);
+    return SQZ_OK;
+}
+
+template <typename T>
+sqz_status attention_simt(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, T *out)
+{
+    const int hd = node->params.attention.head_dim;
+    if (dims->sequences > 65535)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: the CUDA-core attention takes at most 65535 sequences per run "
+                        "(node '%s' has %lld)", SQZ_CUDA_NAME, node->name, (long long)dims->sequences);
+    if (hd <= 16)
+        return attention_simt_hd<T, 16>(c, b, node, dims, out);
+    if (hd <= 32)
+        return attention_simt_hd<T, 32>(c, b, node, dims, out);
+    if (hd <= 64)
+        return attention_simt_hd<T, 64>(c, b, node, dims, out);
+    return attention_simt_hd<T, 128>(c, b, node, dims, out);
+}
+
+/* the flash kernel's launch for one head size and warp count; its shared memory may exceed
+ * 48 KiB, so the limit is raised once per instantiation */
+template <typename T, int HD, int WARPS>
+sqz_status flash_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, T *out)
+{
+    constexpr size_t shared = sqzk::fa_shared_bytes<HD, WARPS>();
+    if (shared > 48 * 1024) /* per function and device; cheap, and not a stream operation */
+        CUDA_TRY(cudaFuncSetAttribute(sqzk::flash_attention<T, HD, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)shared));
+    const int *in = node->inputs;
+    const sqz_op_params *p = &node->params;
+    const int tiles = (int)blocks((size_t)dims->max_len, 16 * WARPS);
+    const int width = p->attention.heads * HD;
+    if ((long long)tiles * dims->sequences > 2147483647LL)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: %lld sequences x %d query tiles is more blocks than a grid holds",
+                        SQZ_CUDA_NAME, (long long)dims->sequences, tiles);
+    const dim3 grid((unsigned)(tiles * dims->sequences), (unsigned)p->attention.heads);
+    const float scale_log2 = p->attention.scale * 1.4426950408889634f;
+    sqz_launch("flash_attention", sqzk::flash_attention<T, HD, WARPS>, grid, 32 * WARPS, shared, c->stream,
+               act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, in[2]), width, ints(b, in[3]), ints(b, in[4]), out,
+               width, tiles, scale_log2);
+    LAUNCH_CHECK("flash_attention", node);
+    return SQZ_OK;
+}
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* *ran = false when the variant does not apply (precision, head size, alignment) */
+template <typename T>
+sqz_status attention_run(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims,
+                         int variant, T *out, bool *ran)
+{
+    *ran = true;
+    if (variant == ATTENTION_SIMT)
+        return attention_simt<T>(c, b, node, dims, out);
+    const int hd = node->params.attention.head_dim;
+    const int *in = node->inputs;
+    *ran = variant == ATTENTION_FLASH && !std::is_same<T, float>::value && (hd == 32 || hd == 64 || hd == 128) &&
+           aligned16(act<T>(b, in[0])) && aligned16(act<T>(b, in[1])) && aligned16(act<T>(b, in[2])) &&
+           aligned16(out);
+    if (!*ran)
+        return SQZ_OK;
+    if constexpr (!std::is_same<T, float>::value) {
+        const bool wide = dims->max_len > 64; /* one CTA per (sequence, head) up to 128 tokens */
+        if (hd == 32)
+            return wide ? flash_launch<T, 32, 8>(c, b, node, dims, out) : flash_launch<T, 32, 4>(c, b, node, dims, out);
+        if (hd == 64)
+            return wide ? flash_launch<T, 64, 8>(c, b, node, dims, out) : flash_launch<T, 64, 4>(c, b, node, dims, out);
+        return wide ? flash_launch<T, 128, 8>(c, b, node, dims, out) : flash_launch<T, 128, 4>(c, b, node, dims, out);
+    }
+    return SQZ_OK;
+}
+
+/* ---- choosing a variant ------------------------------------------------------------------ */
+
+template <typename T> __global__ void compare_outputs(const T *got, const T *want, size_t n, unsigned *result)
+{
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float g = sqzk::to_f(got[i]), w = sqzk::to_f(want[i]), d = fabsf(g - w);
+        if (!(d <= 3.0e38f) || !(fabsf(w) <= 3.0e38f)) {
+            result[2] = 1;
+            continue;
+        }
+        /* non-negative floats order as their bits */
+        atomicMax(&result[0], __float_as_uint(d));
+        atomicMax(&result[1], __float_as_uint(fabsf(w)));
+    }
+}
+
+/* max |got - want| / max |want| of two device arrays of n elements in the storage type;
+ * infinity when either holds a non-finite value */
+sqz_status compare_device(cuda_ctx *c, const void *got, const void *want, size_t n, double *error)
+{
+    CUDA_TRY(cudaMemsetAsync(c->check, 0, 4 * sizeof(unsigned), c->stream));
+    const unsigned grid = grid_1d(n);
+    if (c->store == STORE_F32)
+        sqz_launch("compare_outputs", compare_outputs<float>, grid, 256, 0, c->stream, got, want, n, c->check);
+    else if (c->store == STORE_F16)
+        sqz_launch("compare_outputs", compare_outputs<__half>, grid, 256, 0, c->stream, got, want, n, c->check);
+    else
+        sqz_launch("compare_outputs", compare_outputs<__nv_bfloat16>, grid, 256, 0, c->stream, got, want, n,
+                   c->check);
+    CUDA_TRY(cudaGetLastError());
+    unsigned host[4];
+    CUDA_TRY(cudaMemcpyAsync(host, c->check, sizeof host, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_TRY(cudaStreamSynchronize(c->stream));
+    float d, w;
+    memcpy(&d, &host[0], 4);
+    memcpy(&w, &host[1], 4);
+    *error = host[2] ? INFINITY : w > 0 ? d / w : d;
+    return SQZ_OK;
+}
+
+/* Runs variant v of a node writing to out; *ran as the family's run functions say. */
+sqz_status run_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int family,
+                       int v, void *out, bool *ran)
+{
+    if (family == FAMILY_LINEAR)
+        return linear_run(c, b, node, linear_shape(b, node, sqz_tensor_rows(&b->plan->graph.tensors[node->output], dims)),
+                          v, out, ran);
+    switch (c->store) {
+    case STORE_F32:
+        return attention_run<float>(c, b, node, dims, v, (float *)out, ran);
+    case STORE_F16:
+        return attention_run<__half>(c, b, node, dims, v, (__half *)out, ran);
+    default:
+        return attention_run<__nv_bfloat16>(c, b, node, dims, v, (__nv_bfloat16 *)out, ran);
+    }
+}
+
+/* seconds per run of a variant that has just run once (warm): MEASURE_RUNS more, timed */
+sqz_status time_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int family,
+                        int v, void *out, double *seconds)
+{
+    bool ran = true;
+    CUDA_TRY(cudaEventRecord(c->ev_start, c->stream));
+    for (int i = 0; i < MEASURE_RUNS; i++) {
+        sqz_status st = run_variant(c, b, node, dims, family, v, out, &ran);
+        if (st != SQZ_OK)
+            return st;
+    }
     CUDA_TRY(cudaEventRecord(c->ev_stop, c->stream));
     CUDA_TRY(cudaEventSynchronize(c->ev_stop));
     float ms = 0;
@@ -770,168 +862,222 @@ static sqz_status time_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node
     return SQZ_OK;
 }
 
-/* The variant for a shape: measured once, outside any capture, and cached (rows rounded up
- * to a power of two, so a varying batch does not measure every size). */
-static sqz_status linear(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows)
+int64_t pow2_at_least(int64_t n)
+{
+    int64_t p = 1;
+    while (p < n)
+        p <<= 1;
+    return p;
+}
+
+/* what fixes a variant's behaviour: the shape, rounded where the work grows smoothly */
+void variant_key(const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int family, int64_t key[6])
 {
     const sqz_graph *g = &b->plan->graph;
-    gemm_shape s;
-    s.rows = rows;
-    s.cin = g->tensors[node->inputs[0]].cols;
-    s.cout = g->tensors[node->output].cols;
-    s.groups = node->params.linear.groups;
-    s.cin_g = s.cin / s.groups;
-    s.cout_g = s.cout / s.groups;
-    const bool has_bias = node->n_inputs > 2 && node->inputs[2] >= 0;
-    gemm_choice key = {s.cin, s.cout, pow2_at_least(rows), s.groups, has_bias, node->op == SQZ_OP_LINEAR_GELU, 0,
-                       0, 0};
-    gemm_choice *known = NULL;
-    for (int i = 0; i < c->n_choices && !known; i++) {
-        const gemm_choice *k = &c->choices[i];
-        if (k->cin == key.cin && k->cout == key.cout && k->rows_bucket == key.rows_bucket && k->groups == key.groups &&
-            k->bias == key.bias && k->gelu == key.gelu)
-            known = &c->choices[i];
+    memset(key, 0, 6 * sizeof key[0]);
+    if (family == FAMILY_LINEAR) {
+        key[0] = g->tensors[node->inputs[0]].cols;
+        key[1] = g->tensors[node->output].cols;
+        key[2] = node->params.linear.groups;
+        key[3] = node->n_inputs > 2 && node->inputs[2] >= 0;
+        key[4] = node->op == SQZ_OP_LINEAR_GELU;
+        key[5] = pow2_at_least(sqz_tensor_rows(&g->tensors[node->output], dims));
+    } else {
+        key[0] = node->params.attention.heads;
+        key[1] = node->params.attention.head_dim;
+        key[2] = pow2_at_least(dims->max_len);
+        key[3] = pow2_at_least(dims->sequences);
+        key[4] = pow2_at_least(dims->tokens);
     }
-    bool use_lt = c->use_lt;
-    if (known) {
-        use_lt = known->use_lt;
-    } else if (c->use_lt && c->choose_gemm && c->capturing < 0) {
-        double lt_s = 0, blas_s = 0;
-        sqz_status st = time_variant(c, b, node, s, true, &lt_s);
-        if (st == SQZ_OK)
-            st = time_variant(c, b, node, s, false, &blas_s);
-        if (st != SQZ_OK)
-            return st;
-        use_lt = lt_s > 0 && lt_s <= blas_s;
-        key.use_lt = use_lt;
-        key.lt_seconds = lt_s;
-        key.blas_seconds = blas_s;
-        if (c->n_choices < GEMM_CHOICES)
-            c->choices[c->n_choices++] = key;
-        if (c->report_choices)
-            fprintf(stderr, "sqz cuda: %s %lldx%lld->%lld groups %d (rows <= %lld): cuBLASLt %.1f us (0: no "
-                    "algorithm), cuBLAS+kernel %.1f us -> %s\n", sqz_precision_name(c->precision), (long long)rows,
-                    (long long)s.cin, (long long)s.cout, s.groups, (long long)key.rows_bucket, lt_s * 1e6,
-                    blas_s * 1e6, use_lt ? "cuBLASLt" : "cuBLAS");
+}
+
+const char *variant_name(int family, int v)
+{
+    return family == FAMILY_LINEAR ? linear_variant_names[v] : attention_variant_names[v];
+}
+
+sqz_status choose_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims,
+                          int family, void *out, int *chosen, bool *output_written)
+{
+    const int count = family == FAMILY_LINEAR ? (int)LINEAR_VARIANTS : (int)ATTENTION_VARIANTS;
+    variant_choice ch;
+    memset(&ch, 0, sizeof ch);
+    ch.family = family;
+    variant_key(b, node, dims, family, ch.key);
+    for (int i = 0; i < c->n_choices; i++) {
+        const variant_choice *k = &c->choices[i];
+        if (k->family == family && memcmp(k->key, ch.key, sizeof ch.key) == 0) {
+            *chosen = k->chosen;
+            return SQZ_OK;
+        }
     }
+    *output_written = false;
+    if (c->forced[family] >= 0 || c->capturing >= 0) {
+        /* forced, or (never expected) a new shape inside a capture: nothing is measured */
+        *chosen = c->forced[family] >= 0 ? c->forced[family] : 0;
+        return SQZ_OK;
+    }
+    const size_t out_bytes = (size_t)(sqz_tensor_rows(&b->plan->graph.tensors[node->output], dims) *
+                                      b->plan->graph.tensors[node->output].cols) * element_size(c->store);
+    for (int v = 0; v < MAX_VARIANTS; v++)
+        ch.seconds[v] = -1;
+    /* variant 0 into the real output: the reference */
     bool ran = false;
-    sqz_status st = linear_variant(c, b, node, s, use_lt, &ran);
-    if (st == SQZ_OK && !ran)
-        st = linear_variant(c, b, node, s, false, &ran);
+    sqz_status st = run_variant(c, b, node, dims, family, 0, out, &ran);
+    if (st == SQZ_OK && c->measure)
+        st = time_variant(c, b, node, dims, family, 0, out, &ch.seconds[0]);
+    if (st != SQZ_OK)
+        return st;
+    ch.seconds[0] = c->measure ? ch.seconds[0] : 0;
+    int best = 0;
+    for (int v = 1; v < count; v++) {
+        if (!c->measure) {
+            bool applies = false;
+            if ((st = ensure_scratch(c, out_bytes)) != SQZ_OK ||
+                (st = run_variant(c, b, node, dims, family, v, c->scratch, &applies)) != SQZ_OK)
+                return st;
+            if (applies)
+                best = v; /* no checking asked for: the highest that applies */
+            continue;
+        }
+        if ((st = ensure_scratch(c, out_bytes)) != SQZ_OK ||
+            (st = run_variant(c, b, node, dims, family, v, c->scratch, &ran)) != SQZ_OK)
+            return st;
+        if (!ran)
+            continue;
+        if ((st = compare_device(c, c->scratch, out, out_bytes / element_size(c->store), &ch.error[v])) != SQZ_OK)
+            return st;
+        const double bar = sqz_precision_op_tolerance(c->precision);
+        if (!(ch.error[v] <= bar)) {
+#ifdef SQZ_CUDA_SIM
+            sqzsim::fault("variant %s of %s disagrees with variant %s on node '%s': max difference %.3e of the "
+                          "largest value, bar %.0e", variant_name(family, v), family ? "attention" : "linear",
+                          variant_name(family, 0), node->name, ch.error[v], bar);
+#else
+            fprintf(stderr, "sqz cuda: variant %s of %s is off on node '%s' (max difference %.3e of the largest "
+                    "value, bar %.0e at %s): not used for this shape\n", variant_name(family, v),
+                    family ? "attention" : "linear", node->name, ch.error[v], bar, sqz_precision_name(c->precision));
+            continue;
+#endif
+        }
+        if ((st = time_variant(c, b, node, dims, family, v, c->scratch, &ch.seconds[v])) != SQZ_OK)
+            return st;
+#ifdef SQZ_CUDA_SIM
+        best = v; /* time means nothing here: the newest kernel that passed */
+#else
+        if (ch.seconds[v] < ch.seconds[best])
+            best = v;
+#endif
+    }
+    ch.chosen = best;
+    if (best == 0)
+        *output_written = true; /* variant 0's output is already in place */
+    if (c->n_choices < VARIANT_CHOICES)
+        c->choices[c->n_choices++] = ch;
+    if (c->report) {
+        fprintf(stderr, "sqz %s: %s %s key", SQZ_CUDA_NAME, sqz_precision_name(c->precision),
+                family ? "attention" : "linear");
+        for (int i = 0; i < 6; i++)
+            fprintf(stderr, " %lld", (long long)ch.key[i]);
+        for (int v = 0; v < count; v++)
+            if (ch.seconds[v] >= 0)
+                fprintf(stderr, "  %s %.1f us (err %.1e)", variant_name(family, v), ch.seconds[v] * 1e6, ch.error[v]);
+        fprintf(stderr, "  -> %s\n", variant_name(family, best));
+    }
+    *chosen = best;
+    return SQZ_OK;
+}
+
+/* a linear or attention node: its chosen variant into its output */
+sqz_status run_chosen(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int family)
+{
+    void *out = (char *)b->arena->ptr + b->plan->offsets[node->output];
+    int v = 0;
+    bool written = false;
+    sqz_status st = choose_variant(c, b, node, dims, family, out, &v, &written);
+    if (st != SQZ_OK || written)
+        return st;
+    bool ran = false;
+    if ((st = run_variant(c, b, node, dims, family, v, out, &ran)) != SQZ_OK)
+        return st;
+    if (!ran) /* a forced variant that does not apply here: the reference instead */
+        st = run_variant(c, b, node, dims, family, 0, out, &ran);
     return st;
 }
 
 /* ---- other ops, in the storage type T ------------------------------------------------- */
 
 template <typename T>
-static sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows,
-                                   int64_t cols)
+sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows, int64_t cols)
 {
     const sqz_graph *g = &b->plan->graph;
     const int *in = node->inputs;
     const float eps = node->params.layernorm.eps;
     const unsigned grid = blocks((size_t)rows, sqzk::LN_ROWS_PER_BLOCK), threads = 32 * sqzk::LN_ROWS_PER_BLOCK;
     T *out = act<T>(b, node->output);
+    const T *none = NULL;
+    const int *no_ints = NULL;
+    const float *no_table = NULL;
     switch (node->op) {
     case SQZ_OP_LAYERNORM:
-        sqzk::layernorm_rows<T, sqzk::LN_PLAIN><<<grid, threads, 0, c->stream>>>(
-            act<T>(b, in[0]), NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, weight_f32(b, in[1]),
-            weight_f32(b, in[2]), out, (int)rows, (int)cols, eps);
+        sqz_launch("layernorm", sqzk::layernorm_rows<T, sqzk::LN_PLAIN>, grid, threads, 0, c->stream,
+                   act<T>(b, in[0]), none, no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0, 0,
+                   weight_f32(b, in[1]), weight_f32(b, in[2]), out, (int)rows, (int)cols, eps);
         break;
     case SQZ_OP_ADD_LAYERNORM:
-        sqzk::layernorm_rows<T, sqzk::LN_ADD><<<grid, threads, 0, c->stream>>>(
-            act<T>(b, in[0]), act<T>(b, in[1]), NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, weight_f32(b, in[2]),
-            weight_f32(b, in[3]), out, (int)rows, (int)cols, eps);
+        sqz_launch("add_layernorm", sqzk::layernorm_rows<T, sqzk::LN_ADD>, grid, threads, 0, c->stream,
+                   act<T>(b, in[0]), act<T>(b, in[1]), no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0,
+                   0, weight_f32(b, in[2]), weight_f32(b, in[3]), out, (int)rows, (int)cols, eps);
         break;
     default: /* SQZ_OP_EMBED_LAYERNORM: ids, positions, types, word, pos, type, gamma, beta */
-        sqzk::layernorm_rows<T, sqzk::LN_EMBED><<<grid, threads, 0, c->stream>>>(
-            NULL, NULL, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), weight_f32(b, in[3]), weight_f32(b, in[4]),
-            weight_f32(b, in[5]), (int)g->tensors[in[3]].fixed_rows, (int)g->tensors[in[4]].fixed_rows,
-            (int)g->tensors[in[5]].fixed_rows, weight_f32(b, in[6]), weight_f32(b, in[7]), out, (int)rows,
-            (int)cols, eps);
+        sqz_launch("embed_layernorm", sqzk::layernorm_rows<T, sqzk::LN_EMBED>, grid, threads, 0, c->stream, none,
+                   none, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), weight_f32(b, in[3]), weight_f32(b, in[4]),
+                   weight_f32(b, in[5]), (int)g->tensors[in[3]].fixed_rows, (int)g->tensors[in[4]].fixed_rows,
+                   (int)g->tensors[in[5]].fixed_rows, weight_f32(b, in[6]), weight_f32(b, in[7]), out, (int)rows,
+                   (int)cols, eps);
         break;
     }
     LAUNCH_CHECK(sqz_op_name(node->op), node);
     return SQZ_OK;
 }
 
-template <typename T, int HD>
-static void attention_hd(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
-{
-    const int *in = node->inputs;
-    const sqz_op_params *p = &node->params;
-    dim3 grid(blocks((size_t)dims->max_len, sqzk::ATT_Q), (unsigned)p->attention.heads, (unsigned)dims->sequences);
-    sqzk::attention_varlen<T, HD><<<grid, sqzk::ATT_Q, 0, c->stream>>>(
-        act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, in[2]), ints(b, in[3]), ints(b, in[4]), act<T>(b, node->output),
-        p->attention.heads, p->attention.head_dim, p->attention.scale);
-}
-
 template <typename T>
-static sqz_status attention_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
-{
-    const int hd = node->params.attention.head_dim;
-    if constexpr (!std::is_same<T, float>::value) {
-        if (c->tc_attention && hd == sqzk::TC_HD) {
-            const int *in = node->inputs;
-            const sqz_op_params *p = &node->params;
-            dim3 grid(blocks((size_t)dims->max_len, sqzk::TC_Q), (unsigned)p->attention.heads,
-                      (unsigned)dims->sequences);
-            sqzk::attention_varlen_tc<T><<<grid, 64, 0, c->stream>>>(
-                act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, in[2]), ints(b, in[3]), ints(b, in[4]),
-                act<T>(b, node->output), p->attention.heads, p->attention.scale);
-            LAUNCH_CHECK("attention_varlen_tc", node);
-            return SQZ_OK;
-        }
-    }
-    if (hd <= 16)
-        attention_hd<T, 16>(c, b, node, dims);
-    else if (hd <= 32)
-        attention_hd<T, 32>(c, b, node, dims);
-    else if (hd <= 64)
-        attention_hd<T, 64>(c, b, node, dims);
-    else
-        attention_hd<T, 128>(c, b, node, dims);
-    LAUNCH_CHECK("attention_varlen", node);
-    return SQZ_OK;
-}
-
-template <typename T>
-static sqz_status launch_typed(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims,
-                               int64_t rows, int64_t cols)
+sqz_status launch_typed(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims,
+                        int64_t rows, int64_t cols)
 {
     const sqz_graph *g = &b->plan->graph;
     const int *in = node->inputs;
     const size_t n = (size_t)(rows * cols);
     switch (node->op) {
     case SQZ_OP_GATHER_ROWS: {
+        if (rows > 65535)
+            return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: gather_rows of %lld rows (node '%s'): at most 65535",
+                            SQZ_CUDA_NAME, (long long)rows, node->name);
         dim3 grid(blocks((size_t)cols, 128) < 8 ? blocks((size_t)cols, 128) : 8, (unsigned)rows);
         const int table_rows = (int)sqz_tensor_rows(&g->tensors[in[1]], dims);
         if (is_weight(b, in[1])) /* an embedding table: fp32 weights into T activations */
-            sqzk::gather_rows<float, T><<<grid, 128, 0, c->stream>>>(ints(b, in[0]), weight_f32(b, in[1]),
-                                                                     act<T>(b, node->output), (int)rows, (int)cols,
-                                                                     table_rows);
+            sqz_launch("gather_rows", sqzk::gather_rows<float, T>, grid, 128, 0, c->stream, ints(b, in[0]),
+                       weight_f32(b, in[1]), act<T>(b, node->output), (int)rows, (int)cols, table_rows);
         else
-            sqzk::gather_rows<T, T><<<grid, 128, 0, c->stream>>>(ints(b, in[0]), act<T>(b, in[1]),
-                                                                 act<T>(b, node->output), (int)rows, (int)cols,
-                                                                 table_rows);
+            sqz_launch("gather_rows", sqzk::gather_rows<T, T>, grid, 128, 0, c->stream, ints(b, in[0]),
+                       act<T>(b, in[1]), act<T>(b, node->output), (int)rows, (int)cols, table_rows);
         break;
     }
     case SQZ_OP_ADD:
-        sqzk::add<T><<<grid_1d(n), 256, 0, c->stream>>>(act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, node->output), n);
+        sqz_launch("add", sqzk::add<T>, grid_1d(n), 256, 0, c->stream, act<T>(b, in[0]), act<T>(b, in[1]),
+                   act<T>(b, node->output), n);
         break;
     case SQZ_OP_GELU:
     case SQZ_OP_TANH:
-        sqzk::unary<T><<<grid_1d(n), 256, 0, c->stream>>>(act<T>(b, in[0]), act<T>(b, node->output), n,
-                                                          node->op == SQZ_OP_GELU ? sqzk::UN_GELU : sqzk::UN_TANH);
+        sqz_launch("unary", sqzk::unary<T>, grid_1d(n), 256, 0, c->stream, act<T>(b, in[0]), act<T>(b, node->output), n,
+                   (int)(node->op == SQZ_OP_GELU ? sqzk::UN_GELU : sqzk::UN_TANH));
         break;
     case SQZ_OP_LAYERNORM:
     case SQZ_OP_ADD_LAYERNORM:
     case SQZ_OP_EMBED_LAYERNORM:
         return layernorm_launch<T>(c, b, node, rows, cols);
-    case SQZ_OP_ATTENTION:
-        return attention_launch<T>(c, b, node, dims);
     default:
-        return sqz_fail(SQZ_ERR_UNSUPPORTED, "cuda: op %s (node '%s') is not implemented at %s",
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: op %s (node '%s') is not implemented at %s", SQZ_CUDA_NAME,
                         sqz_op_name(node->op), node->name, sqz_precision_name(c->precision));
     }
     LAUNCH_CHECK(sqz_op_name(node->op), node);
@@ -939,37 +1085,39 @@ static sqz_status launch_typed(cuda_ctx *c, const sqz_binding *b, const sqz_node
 }
 
 /* the unfused attention parts: the shared fp32 source */
-static sqz_status launch_unfused_attention(cuda_ctx *c, const sqz_binding *b, const sqz_node *node,
-                                           const sqz_run_dims *dims)
+sqz_status launch_unfused_attention(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
 {
     const int *in = node->inputs;
     const sqz_op_params *p = &node->params;
     const int T = (int)dims->tokens, S = (int)dims->sequences;
+    if (dims->max_len > 65535)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: unfused attention over %lld tokens: at most 65535", SQZ_CUDA_NAME,
+                        (long long)dims->max_len);
     switch (node->op) {
     case SQZ_OP_ATTN_SCORES: {
         dim3 block(64, 1, 1), grid(blocks((size_t)T, 64), (unsigned)p->attention.heads, (unsigned)dims->max_len);
-        sqz_attn_scores<<<grid, block, 0, c->stream>>>(F(in[0]), F(in[1]), I(in[2]), I(in[3]), F(node->output), T, S,
-                                                       p->attention.heads, p->attention.head_dim, p->attention.scale,
-                                                       (int)dims->max_len);
+        sqz_launch("sqz_attn_scores", sqz_attn_scores, grid, block, 0, c->stream, F(in[0]), F(in[1]), I(in[2]),
+                   I(in[3]), F(node->output), T, S, p->attention.heads, p->attention.head_dim, p->attention.scale,
+                   (int)dims->max_len);
         break;
     }
     case SQZ_OP_ATTN_KEY_MASK: {
         dim3 block(64, 1, 1), grid(blocks((size_t)T, 64), (unsigned)p->attention.heads, (unsigned)dims->max_len);
-        sqz_attn_key_mask<<<grid, block, 0, c->stream>>>(F(in[0]), I(in[1]), I(in[2]), I(in[3]), F(node->output), T,
-                                                         S, p->attention.heads, (int)dims->max_len);
+        sqz_launch("sqz_attn_key_mask", sqz_attn_key_mask, grid, block, 0, c->stream, F(in[0]), I(in[1]), I(in[2]),
+                   I(in[3]), F(node->output), T, S, p->attention.heads, (int)dims->max_len);
         break;
     }
     case SQZ_OP_ATTN_SOFTMAX: {
         dim3 block(64, 1), grid(blocks((size_t)T, 64), (unsigned)p->attention.heads);
-        sqz_attn_softmax<<<grid, block, 0, c->stream>>>(F(in[0]), I(in[1]), I(in[2]), F(node->output), T, S,
-                                                        p->attention.heads);
+        sqz_launch("sqz_attn_softmax", sqz_attn_softmax, grid, block, 0, c->stream, F(in[0]), I(in[1]), I(in[2]),
+                   F(node->output), T, S, p->attention.heads);
         break;
     }
     default: { /* SQZ_OP_ATTN_CONTEXT */
         dim3 block(64, 1, 1), grid(blocks((size_t)T, 64), (unsigned)p->attention.heads,
                                    (unsigned)p->attention.head_dim);
-        sqz_attn_context<<<grid, block, 0, c->stream>>>(F(in[0]), F(in[1]), I(in[2]), I(in[3]), F(node->output), T, S,
-                                                        p->attention.heads, p->attention.head_dim);
+        sqz_launch("sqz_attn_context", sqz_attn_context, grid, block, 0, c->stream, F(in[0]), F(in[1]), I(in[2]),
+                   I(in[3]), F(node->output), T, S, p->attention.heads, p->attention.head_dim);
         break;
     }
     }
@@ -977,7 +1125,7 @@ static sqz_status launch_unfused_attention(cuda_ctx *c, const sqz_binding *b, co
     return SQZ_OK;
 }
 
-static sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
+sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const sqz_graph *g = &b->plan->graph;
@@ -991,15 +1139,19 @@ static sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *n
     switch (node->op) {
     case SQZ_OP_LINEAR:
     case SQZ_OP_LINEAR_GELU:
-        st = linear(c, b, node, rows);
+        st = run_chosen(c, b, node, dims, FAMILY_LINEAR);
+        break;
+    case SQZ_OP_ATTENTION:
+        st = run_chosen(c, b, node, dims, FAMILY_ATTENTION);
         break;
     case SQZ_OP_ATTN_SCORES:
     case SQZ_OP_ATTN_KEY_MASK:
     case SQZ_OP_ATTN_SOFTMAX:
     case SQZ_OP_ATTN_CONTEXT:
         if (c->store != STORE_F32)
-            return sqz_fail(SQZ_ERR_UNSUPPORTED, "cuda: the unfused attention (node '%s') runs at fp32 only, not "
-                            "%s; unset SQZ_DISABLE_FUSION", node->name, sqz_precision_name(c->precision));
+            return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: the unfused attention (node '%s') runs at fp32 only, not "
+                            "%s; unset SQZ_DISABLE_FUSION", SQZ_CUDA_NAME, node->name,
+                            sqz_precision_name(c->precision));
         st = launch_unfused_attention(c, b, node, dims);
         break;
     default:
@@ -1018,7 +1170,7 @@ static sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *n
  * A run's launches depend only on the plan's bucket, the run's dims and the two buffers, so
  * one graph per such key is captured on the key's second run (one-off shapes never pay the
  * capture) and replayed on every later one. */
-static int graph_find(cuda_ctx *c, const sqz_binding *b, const sqz_run_dims *dims)
+int graph_find(cuda_ctx *c, const sqz_binding *b, const sqz_run_dims *dims)
 {
     int victim = 0;
     for (int i = 0; i < GRAPH_CACHE; i++) {
@@ -1038,7 +1190,7 @@ static int graph_find(cuda_ctx *c, const sqz_binding *b, const sqz_run_dims *dim
     return victim;
 }
 
-static sqz_status cuda_run_begin(void *ctx, const sqz_binding *b, const sqz_run_dims *dims, bool *replayed)
+sqz_status cuda_run_begin(void *ctx, const sqz_binding *b, const sqz_run_dims *dims, bool *replayed)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
     *replayed = false;
@@ -1057,10 +1209,12 @@ static sqz_status cuda_run_begin(void *ctx, const sqz_binding *b, const sqz_run_
         /* the replayed launches wrote 16-bit tensors where the recorded ones did (the input
          * uploads of this run may have erased some of those marks) */
         for (size_t k = 0; c->store != STORE_F32 && k < b->plan->n_launches; k++) {
-            const sqz_tensor_desc *out = &b->plan->graph.tensors[b->plan->graph.nodes[b->plan->launches[k]].output];
+            const int output = b->plan->graph.nodes[b->plan->launches[k]].output;
+            const sqz_tensor_desc *out = &b->plan->graph.tensors[output];
             const int64_t rows = sqz_tensor_rows(out, dims);
-            if (rows > 0 && (st = regions_add(b->arena, (size_t)b->plan->offsets[b->plan->graph.nodes[b->plan->launches[k]].output],
-                                              (size_t)(rows * out->cols) * 4)) != SQZ_OK)
+            if (rows > 0 &&
+                (st = regions_add(b->arena, (size_t)b->plan->offsets[output], (size_t)(rows * out->cols) * 4)) !=
+                    SQZ_OK)
                 return st;
         }
         return SQZ_OK;
@@ -1072,7 +1226,7 @@ static sqz_status cuda_run_begin(void *ctx, const sqz_binding *b, const sqz_run_
     return SQZ_OK;
 }
 
-static sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_dims *dims, bool ok)
+sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_dims *dims, bool ok)
 {
     (void)b;
     (void)dims;
@@ -1089,7 +1243,7 @@ static sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_di
         graph_drop(e);
         cudaGetLastError(); /* clear a capture error; the launch error was reported */
         if (ok)
-            return sqz_fail(SQZ_ERR_BACKEND, "cuda: cudaStreamEndCapture failed: %s (%s) at %s:%d",
+            return sqz_fail(SQZ_ERR_BACKEND, "%s: cudaStreamEndCapture failed: %s (%s) at %s:%d", SQZ_CUDA_NAME,
                             cudaGetErrorName(err), cudaGetErrorString(err), __FILE__, __LINE__);
         return SQZ_OK;
     }
@@ -1098,7 +1252,7 @@ static sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_di
     if (err != cudaSuccess) {
         e->exec = NULL;
         graph_drop(e);
-        return sqz_fail(SQZ_ERR_BACKEND, "cuda: cudaGraphInstantiate failed: %s (%s) at %s:%d",
+        return sqz_fail(SQZ_ERR_BACKEND, "%s: cudaGraphInstantiate failed: %s (%s) at %s:%d", SQZ_CUDA_NAME,
                         cudaGetErrorName(err), cudaGetErrorString(err), __FILE__, __LINE__);
     }
     /* capturing recorded the launches without running them: run them now */
@@ -1106,13 +1260,13 @@ static sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_di
     return SQZ_OK;
 }
 
-static sqz_backend_ops make_ops(void)
+sqz_backend_ops make_ops(void)
 {
     sqz_backend_ops ops;
     memset(&ops, 0, sizeof ops);
     ops.api_version = SQZ_BACKEND_API_VERSION;
-    ops.name = "cuda";
-    ops.probe = cuda_probe_impl;
+    ops.name = SQZ_CUDA_NAME;
+    ops.probe = probe_impl;
     ops.create = cuda_create;
     ops.destroy = cuda_destroy;
     ops.describe = cuda_describe;
@@ -1126,7 +1280,12 @@ static sqz_backend_ops make_ops(void)
     ops.set_precision = cuda_set_precision;
     ops.run_begin = cuda_run_begin;
     ops.run_end = cuda_run_end;
+#ifdef SQZ_CUDA_SIM
+    ops.emulated = true;
+#endif
     return ops;
 }
 
-extern "C" const sqz_backend_ops sqz_cuda_backend = make_ops();
+} // namespace
+
+extern "C" const sqz_backend_ops SQZ_CUDA_TABLE = make_ops();

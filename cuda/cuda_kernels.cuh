@@ -6,9 +6,7 @@
 #ifndef SQZ_CUDA_KERNELS_CUH
 #define SQZ_CUDA_KERNELS_CUH
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <mma.h>
+#include "cuda/cuda_prims.cuh"
 
 namespace sqzk {
 
@@ -128,15 +126,22 @@ layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, con
 constexpr int ATT_Q = 64;
 constexpr int ATT_SUB = 16; /* keys per online-softmax rescale */
 
+template <int HD> __host__ __device__ constexpr int attention_keys_per_chunk() { return HD <= 64 ? 64 : 32; }
+template <int HD> __host__ __device__ constexpr size_t attention_shared_bytes()
+{
+    return (size_t)attention_keys_per_chunk<HD>() * (2 * HD * sizeof(float) + sizeof(int));
+}
+
 template <typename T, int HD>
 __global__ void __launch_bounds__(ATT_Q)
 attention_varlen(const T *q, const T *k, const T *v, const int *key_valid, const int *seq_off, T *ctx,
                  int heads, int head_dim, float scale)
 {
-    constexpr int KC = HD <= 64 ? 64 : 32; /* keys per chunk: 2 x KC x HD floats of shared memory */
-    __shared__ float ks[KC][HD];
-    __shared__ float vs[KC][HD];
-    __shared__ int valid[KC];
+    constexpr int KC = attention_keys_per_chunk<HD>(); /* 2 x KC x HD floats of shared memory */
+    SQZ_DYNAMIC_SHARED(smem);
+    float(*ks)[HD] = (float(*)[HD])smem;
+    float(*vs)[HD] = ks + KC;
+    int *valid = (int *)(vs + KC);
     const int s = blockIdx.z, h = blockIdx.y;
     const int o = seq_off[s], end = seq_off[s + 1];
     const int q0 = o + blockIdx.x * ATT_Q;
@@ -207,123 +212,55 @@ attention_varlen(const T *q, const T *k, const T *v, const int *key_valid, const
             out[i] = from_f<T>(acc[i] * inv);
 }
 
-/* ---- fused attention on tensor cores (fp16 / bf16, head size 64) ---------------------
- * One block of two warps per (32-query tile, head, sequence); each warp owns 16 queries.
- * Per chunk of 64 keys: S = Q K^T on tensor cores (WMMA 16x16x16, fp32 accumulation) into
- * shared memory, the online softmax in fp32 by the warp's lanes (two lanes per query row),
- * P rounded to T, then O += P V on tensor cores with O kept in fp32 in shared memory so it
- * can be rescaled row by row. Padded keys and keys past the sequence get probability 0.
- * Opt-in (SQZ_CUDA_ATTENTION=tc) until a GPU run has validated it. */
-constexpr int TC_Q = 32;   /* queries per block: 2 warps x 16 */
-constexpr int TC_KC = 64;  /* keys per chunk */
-constexpr int TC_HD = 64;  /* head size */
-constexpr int TC_LD = 72;  /* padded row of Q, K, V, P in T elements (16-byte multiple) */
-constexpr int TC_LDS = 68; /* padded row of the fp32 S and O tiles */
+/* ---- grouped linear on CUDA cores --------------------------------------------------------
+ * y[r, g*cout_g + n] = act(sum_k x[r, g*cin_g + k] W[g*cout_g + n, k] + bias) for each group g,
+ * fp32 accumulation, the epilogue (bias, exact GELU) on fp32 values before the one rounding to
+ * T. The simple, always-available GEMM: cuda-sim's only one (cuBLAS does not run there) and
+ * the variant that any shape or alignment can take on a GPU. One block of 256 threads per
+ * 64 x 64 output tile of one group (blockIdx.z); 16-deep slices of x and W pass through
+ * shared memory as fp32, and each thread accumulates a 4 x 4 sub-tile. */
+constexpr int SIMT_TILE = 64, SIMT_DEPTH = 16;
+constexpr size_t SIMT_SHARED_BYTES = 2 * SIMT_DEPTH * (SIMT_TILE + 1) * sizeof(float);
 
-template <typename T>
-__global__ void __launch_bounds__(64)
-attention_varlen_tc(const T *q, const T *k, const T *v, const int *key_valid, const int *seq_off, T *ctx, int heads,
-                    float scale)
+template <typename T, bool GELU>
+__global__ void __launch_bounds__(256)
+gemm_simt(const T *x, const T *w, const float *bias, T *y, int rows, int cin, int cout, int groups)
 {
-    using namespace nvcuda;
-    __shared__ __align__(32) T qs[TC_Q][TC_LD];
-    __shared__ __align__(32) T ks[TC_KC][TC_LD];
-    __shared__ __align__(32) T vs[TC_KC][TC_LD];
-    __shared__ __align__(32) T ps[TC_Q][TC_LD];
-    __shared__ __align__(32) float ss[TC_Q][TC_LDS];
-    __shared__ __align__(32) float os[TC_Q][TC_LDS];
-    __shared__ float row_m[TC_Q], row_l[TC_Q];
-    __shared__ int valid[TC_KC];
-    const int s = blockIdx.z, h = blockIdx.y;
-    const int o = seq_off[s], end = seq_off[s + 1];
-    const int q0 = o + blockIdx.x * TC_Q;
-    if (q0 >= end)
-        return; /* uniform over the block */
-    const int width = heads * TC_HD;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int e = threadIdx.x; e < TC_Q * TC_HD; e += 64) {
-        const int r = e / TC_HD, d = e % TC_HD;
-        qs[r][d] = q0 + r < end ? q[(size_t)(q0 + r) * width + h * TC_HD + d] : from_f<T>(0.0f);
-    }
-    for (int e = threadIdx.x; e < TC_Q * TC_HD; e += 64)
-        os[e / TC_HD][e % TC_HD] = 0.0f;
-    if (threadIdx.x < TC_Q) {
-        row_m[threadIdx.x] = -INFINITY;
-        row_l[threadIdx.x] = 0.0f;
-    }
-    /* the rows of this warp, and the half of a row (32 columns) this lane works on */
-    const int row = warp * 16 + (lane & 15), col0 = (lane >> 4) * 32;
-    for (int c0 = o; c0 < end; c0 += TC_KC) {
-        const int n = min(TC_KC, end - c0);
-        __syncthreads(); /* the previous chunk is consumed (and, the first time, Q and O are set) */
-        for (int e = threadIdx.x; e < TC_KC * TC_HD; e += 64) {
-            const int j = e / TC_HD, d = e % TC_HD;
-            const size_t at = (size_t)(c0 + j) * width + h * TC_HD + d;
-            ks[j][d] = j < n ? k[at] : from_f<T>(0.0f);
-            vs[j][d] = j < n ? v[at] : from_f<T>(0.0f);
+    SQZ_DYNAMIC_SHARED(smem);
+    float(*xs)[SIMT_TILE + 1] = (float(*)[SIMT_TILE + 1])smem; /* [depth][row]; +1 avoids bank conflicts */
+    float(*ws)[SIMT_TILE + 1] = xs + SIMT_DEPTH;                 /* [depth][output column] */
+    const int cin_g = cin / groups, cout_g = cout / groups, g = blockIdx.z;
+    const int r0 = blockIdx.y * SIMT_TILE, n0 = blockIdx.x * SIMT_TILE;
+    const int tr = threadIdx.x / 16, tn = threadIdx.x % 16;
+    float acc[4][4];
+    for (int i = 0; i < 4; i++)
+        acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+    for (int k0 = 0; k0 < cin_g; k0 += SIMT_DEPTH) {
+        for (int e = threadIdx.x; e < SIMT_DEPTH * SIMT_TILE; e += 256) {
+            const int kk = e % SIMT_DEPTH, i = e / SIMT_DEPTH, kin = k0 + kk;
+            const int r = r0 + i, n = n0 + i;
+            xs[kk][i] = r < rows && kin < cin_g ? to_f(x[(size_t)r * cin + g * cin_g + kin]) : 0.0f;
+            ws[kk][i] = n < cout_g && kin < cin_g ? to_f(w[((size_t)g * cout_g + n) * cin_g + kin]) : 0.0f;
         }
-        for (int j = threadIdx.x; j < TC_KC; j += 64)
-            valid[j] = j < n ? key_valid[c0 + j] : 0;
         __syncthreads();
-        /* S = Q K^T for this warp's 16 queries x 64 keys */
-        for (int nt = 0; nt < TC_KC / 16; nt++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.0f);
-            for (int kt = 0; kt < TC_HD / 16; kt++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bk;
-                wmma::load_matrix_sync(a, &qs[warp * 16][kt * 16], TC_LD);
-                wmma::load_matrix_sync(bk, &ks[nt * 16][kt * 16], TC_LD);
-                wmma::mma_sync(acc, a, bk, acc);
-            }
-            wmma::store_matrix_sync(&ss[warp * 16][nt * 16], acc, TC_LDS, wmma::mem_row_major);
-        }
-        __syncwarp();
-        /* online softmax: two lanes per row, 32 keys each */
-        float chunk_max = -INFINITY;
-        for (int c = col0; c < col0 + 32; c++)
-            if (c < n && valid[c])
-                chunk_max = fmaxf(chunk_max, ss[row][c] * scale);
-        chunk_max = fmaxf(chunk_max, __shfl_xor_sync(0xffffffffu, chunk_max, 16));
-        const float m_old = row_m[row], m_new = fmaxf(m_old, chunk_max);
-        const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-        float sum = 0.0f;
-        for (int c = col0; c < col0 + 32; c++) {
-            const float p = c < n && valid[c] && m_new != -INFINITY ? expf(ss[row][c] * scale - m_new) : 0.0f;
-            ps[row][c] = from_f<T>(p);
-            sum += p;
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 16);
-        for (int c = col0; c < col0 + 32; c++)
-            os[row][c] *= alpha;
-        __syncwarp(); /* both lanes of a row have read row_m */
-        if (lane < 16) {
-            row_m[row] = m_new;
-            row_l[row] = row_l[row] * alpha + sum;
-        }
-        __syncwarp();
-        /* O += P V for this warp's 16 queries x 64 dims */
-        for (int nt = 0; nt < TC_HD / 16; nt++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::load_matrix_sync(acc, &os[warp * 16][nt * 16], TC_LDS, wmma::mem_row_major);
-            for (int kt = 0; kt < TC_KC / 16; kt++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> bv;
-                wmma::load_matrix_sync(a, &ps[warp * 16][kt * 16], TC_LD);
-                wmma::load_matrix_sync(bv, &vs[kt * 16][nt * 16], TC_LD);
-                wmma::mma_sync(acc, a, bv, acc);
-            }
-            wmma::store_matrix_sync(&os[warp * 16][nt * 16], acc, TC_LDS, wmma::mem_row_major);
-        }
-        __syncwarp();
+        for (int kk = 0; kk < SIMT_DEPTH; kk++)
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++)
+                    acc[i][j] = fmaf(xs[kk][tr + 16 * i], ws[kk][tn + 16 * j], acc[i][j]);
+        __syncthreads(); /* the slice is consumed before the next one overwrites it */
     }
-    const int t = q0 + row;
-    if (t >= end)
-        return;
-    const float inv = 1.0f / row_l[row];
-    T *out = ctx + (size_t)t * width + h * TC_HD;
-    for (int c = col0; c < col0 + 32; c++)
-        out[c] = from_f<T>(os[row][c] * inv);
+    for (int i = 0; i < 4; i++) {
+        const int r = r0 + tr + 16 * i;
+        for (int j = 0; j < 4; j++) {
+            const int n = n0 + tn + 16 * j;
+            if (r >= rows || n >= cout_g)
+                continue;
+            float val = acc[i][j] + (bias ? bias[g * cout_g + n] : 0.0f);
+            if (GELU)
+                val = sqz_gelu_f(val);
+            y[(size_t)r * cout + g * cout_g + n] = from_f<T>(val);
+        }
+    }
 }
 
 /* ---- elementwise ---------------------------------------------------------------------- */

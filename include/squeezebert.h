@@ -35,6 +35,7 @@
 #ifndef SQUEEZEBERT_H
 #define SQUEEZEBERT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -123,6 +124,9 @@ void sqz_free(void *memory);
 const char *sqz_backend_name(size_t index);
 /* SQZ_OK when `name` can run here; otherwise the reason is in sqz_last_error(). */
 sqz_status sqz_backend_probe(const char *name);
+/* True for a backend that emulates device code on the host to check it (cuda-sim): slow,
+ * so never the one to measure or to serve with unless asked for by name. */
+bool sqz_backend_is_emulated(const char *name);
 
 typedef struct sqz_session sqz_session;
 

@@ -8,7 +8,11 @@
 #include <cmath>
 
 #define SQZ_FN __device__ __forceinline__
+#ifdef SQZ_CUDA_SIM
+#define __kernel __attribute__((unused)) static __global__ /* must not collide with the GPU's copies */
+#else
 #define __kernel extern "C" __global__
+#endif
 #define __global
 /* ulong: glibc's sys/types.h already defines it as unsigned long (64 bits here) */
 

@@ -15,6 +15,9 @@ static const sqz_backend_ops *const runnable[] = {
 #ifdef SQZ_HAVE_CUDA
     &sqz_cuda_backend,
 #endif
+#ifdef SQZ_HAVE_CUDA_SIM
+    &sqz_cuda_sim_backend,
+#endif
 };
 
 const sqz_backend_ops *sqz_backend_find(const char *name)
@@ -30,6 +33,12 @@ const char *sqz_backend_name(size_t index)
     return index < sizeof runnable / sizeof runnable[0] ? runnable[index]->name : NULL;
 }
 
+bool sqz_backend_is_emulated(const char *name)
+{
+    const sqz_backend_ops *ops = name ? sqz_backend_find(name) : NULL;
+    return ops && ops->emulated;
+}
+
 sqz_status sqz_backend_probe(const char *name)
 {
     if (!name)
@@ -37,19 +46,16 @@ sqz_status sqz_backend_probe(const char *name)
     const sqz_backend_ops *ops = sqz_backend_find(name);
     if (ops)
         return ops->probe ? ops->probe() : SQZ_OK;
-    return sqz_fail(SQZ_ERR_INVALID_ARGUMENT,
-                    "unknown backend '%s' (this build has: cpu_ref%s%s)", name,
-#ifdef SQZ_HAVE_OPENCL
-                    ", opencl",
-#else
-                    "",
-#endif
-#ifdef SQZ_HAVE_CUDA
-                    ", cuda"
-#else
-                    ""
-#endif
-    );
+    char known[128] = "";
+    for (size_t i = 0; i < sizeof runnable / sizeof runnable[0]; i++)
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", runnable[i]->name);
+    return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "unknown backend '%s' (this build has: %s)", name, known);
+}
+
+double sqz_precision_op_tolerance(sqz_precision p)
+{
+    static const double bars[SQZ_PRECISION_COUNT] = {1e-4, 1e-2, 4.0 / 2048, 4.0 / 256};
+    return (unsigned)p < SQZ_PRECISION_COUNT ? bars[p] : 1e-4;
 }
 
 sqz_status sqz_text_append(char **text, const char *fmt, ...)
@@ -88,6 +94,10 @@ sqz_status sqz_devices_describe(char **out)
 #else
     if (st == SQZ_OK)
         st = sqz_text_append(out, "cuda     -  not built in (configure with -DSQZ_WITH_CUDA=ON)\n");
+#endif
+#ifdef SQZ_HAVE_CUDA_SIM
+    if (st == SQZ_OK)
+        st = sqz_cuda_sim_list_devices(out);
 #endif
     if (st != SQZ_OK) {
         free(*out);

@@ -53,6 +53,9 @@ typedef struct sqz_backend_ops {
     sqz_status (*run_begin)(void *ctx, const sqz_binding *binding, const sqz_run_dims *dims,
                             bool *replayed);
     sqz_status (*run_end)(void *ctx, const sqz_binding *binding, const sqz_run_dims *dims, bool ok);
+    /* Runs device code on the host to check it (cuda-sim): never chosen by `auto` and left
+     * out of `sqz bench` unless named. */
+    bool emulated;
 } sqz_backend_ops;
 
 const sqz_backend_ops *sqz_backend_find(const char *name);
@@ -70,6 +73,19 @@ extern const sqz_backend_ops sqz_cuda_backend;
 sqz_status sqz_cuda_probe(void);
 sqz_status sqz_cuda_list_devices(char **text);
 #endif
+#ifdef SQZ_HAVE_CUDA_SIM
+extern const sqz_backend_ops sqz_cuda_sim_backend;
+sqz_status sqz_cuda_sim_probe(void);
+sqz_status sqz_cuda_sim_list_devices(char **text);
+#endif
+
+/* The bar for one op against cpu_ref at a precision (max |difference| / max |reference|),
+ * with inputs already in the storage type: fp32 1e-4 (summation order); tf32 1e-2 (the
+ * network's bar: cuBLAS rounds the operands, a few units of 2^-11 times sqrt(K) at worst);
+ * fp16 and bf16 four unit roundoffs of the storage type (the output's rounding, at most two
+ * intermediate roundings such as P in attention or a GEMM result before its GELU, and fp32
+ * accumulation): 4 x 2^-11 and 4 x 2^-8. docs/engineering.md, "Tolerances". */
+double sqz_precision_op_tolerance(sqz_precision precision);
 
 /* Appends printf-formatted text to a malloc'd string (for device listings). */
 sqz_status sqz_text_append(char **text, const char *fmt, ...)

@@ -2,7 +2,14 @@
  * on random shapes: odd sizes, one token, one sequence of 512, many short sequences, odd
  * group and head sizes, masked keys. Fused ops are checked against the composition of the
  * reference's primitive ops. Each output slot carries guard bytes that must survive the
- * launch. A backend that is not available here is reported as skipped, not passed. */
+ * launch. A backend that is not available here is reported as skipped, not passed.
+ *
+ * Backends with precisions run every case at each of them: activations are given in the
+ * storage type (16 bits in the first half of their fp32 slot, as the CUDA backend keeps
+ * them), the reference computes from the same rounded values (and from the rounded matrix
+ * of a linear layer, which the backend rounds the same way), and the bar is the per-op one
+ * of the precision (sqz_precision_op_tolerance). cuda-sim runs the cases under its three
+ * thread orders in turn, so a missing barrier in a kernel changes the answer. */
 #include "tests/test_util.h"
 
 #include <float.h>
@@ -11,8 +18,8 @@
 #include "cpu_ref/cpu_ref_ops.h"
 #include "graph/plan.h"
 #include "runtime/backend.h"
+#include "tests/test_float16.h"
 
-#define TOLERANCE 1e-4 /* max |backend - reference| / max |reference|, the fp32 bar */
 #define GUARD 64
 
 typedef struct operand {
@@ -23,7 +30,11 @@ typedef struct operand {
     void *data;         /* host data, rows x cols */
 } operand;
 
-typedef struct op_case {
+typedef struct op_case op_case;
+/* the expected output from the case's inputs (which may have been rounded) */
+typedef void (*reference_fn)(const op_case *c, float *out);
+
+struct op_case {
     char name[128];
     sqz_op op;
     sqz_op_params params;
@@ -32,8 +43,9 @@ typedef struct op_case {
     sqz_extent out_extent;
     int64_t out_cols;
     sqz_run_dims dims;
-    float *expected; /* rows(out) x out_cols from the reference functions */
-} op_case;
+    int matrix_input; /* the input a backend stores in its 16-bit type too (a linear's W), or -1 */
+    reference_fn reference;
+};
 
 static uint64_t rng = 12345;
 
@@ -50,13 +62,31 @@ static float *uniform(int64_t n, float scale)
     return x;
 }
 
-/* Runs one node on `ops`; returns the output (caller frees) or NULL with a skip reason. */
-static float *run_on(const sqz_backend_ops *ops, const op_case *c, char *why, size_t why_size)
+static bool is_16bit(sqz_precision p) { return p == SQZ_PRECISION_FP16 || p == SQZ_PRECISION_BF16; }
+
+static uint16_t to_bits(float f, sqz_precision p) { return p == SQZ_PRECISION_FP16 ? test_half_bits(f) : test_bf16_bits(f); }
+
+static float from_bits(uint16_t b, sqz_precision p) { return p == SQZ_PRECISION_FP16 ? test_half_value(b) : test_bf16_value(b); }
+
+/* ---- one node on one backend ------------------------------------------------------------ */
+
+typedef struct config {
+    const char *device;
+    sqz_precision precision;
+} config;
+
+static int64_t operand_rows(const operand *o, const sqz_run_dims *dims)
+{
+    return sqz_extent_rows(o->extent, o->rows, dims);
+}
+
+/* Runs one node on `ops`; returns the output as fp32 (caller frees) or NULL with a reason
+ * for skipping it. */
+static float *run_on(const sqz_backend_ops *ops, const config *cfg, const op_case *c, char *why, size_t why_size)
 {
     sqz_graph g;
     sqz_graph_init(&g);
     int inputs[SQZ_NODE_MAX_INPUTS];
-    float *weights_host[SQZ_NODE_MAX_INPUTS] = {0};
     size_t weight_offsets[SQZ_NODE_MAX_INPUTS] = {0}, weight_bytes = 0;
     for (int i = 0; i < c->n_inputs; i++) {
         const operand *o = &c->in[i];
@@ -66,7 +96,6 @@ static float *run_on(const sqz_backend_ops *ops, const op_case *c, char *why, si
             inputs[i] = sqz_graph_add_weight(&g, name, i, o->rows, o->cols);
             weight_offsets[i] = weight_bytes;
             weight_bytes += (size_t)(o->rows * o->cols) * 4 + 256;
-            weights_host[i] = o->data;
         } else {
             inputs[i] = sqz_graph_add_tensor(&g, name, SQZ_TENSOR_INPUT, o->dtype, o->extent, 0, o->cols);
         }
@@ -82,9 +111,13 @@ static float *run_on(const sqz_backend_ops *ops, const op_case *c, char *why, si
     sqz_graph_release(&g);
 
     void *ctx = NULL;
-    sqz_status st = ops->create(&ctx, NULL);
+    sqz_status st = ops->create(&ctx, cfg->device);
+    if (st == SQZ_OK && cfg->precision != SQZ_PRECISION_FP32)
+        st = ops->set_precision(ctx, cfg->precision);
     if (st != SQZ_OK) {
         snprintf(why, why_size, "%s", sqz_last_error());
+        if (ctx)
+            ops->destroy(ctx);
         sqz_plan_free(plan);
         return NULL;
     }
@@ -99,12 +132,18 @@ static float *run_on(const sqz_backend_ops *ops, const op_case *c, char *why, si
     assert_sqz_ok(ops->buffer_alloc(ctx, plan->arena_bytes, &arena));
     for (int i = 0; i < c->n_inputs; i++) {
         const operand *o = &c->in[i];
-        int64_t rows = sqz_extent_rows(o->extent, o->rows, &c->dims);
-        size_t bytes = (size_t)(rows * o->cols) * 4;
-        if (weights_host[i])
-            assert_sqz_ok(ops->upload(ctx, weights, weight_offsets[i], o->data, bytes));
-        else
-            assert_sqz_ok(ops->upload(ctx, arena, (size_t)plan->offsets[i], o->data, bytes));
+        const int64_t n = operand_rows(o, &c->dims) * o->cols;
+        if (o->extent == SQZ_EXTENT_FIXED) {
+            assert_sqz_ok(ops->upload(ctx, weights, weight_offsets[i], o->data, (size_t)n * 4));
+        } else if (o->dtype == SQZ_DTYPE_F32 && is_16bit(cfg->precision)) {
+            uint16_t *bits = malloc((size_t)(n ? n : 1) * 2);
+            for (int64_t k = 0; k < n; k++)
+                bits[k] = to_bits(((const float *)o->data)[k], cfg->precision);
+            assert_sqz_ok(ops->upload(ctx, arena, (size_t)plan->offsets[i], bits, (size_t)n * 2));
+            free(bits);
+        } else {
+            assert_sqz_ok(ops->upload(ctx, arena, (size_t)plan->offsets[i], o->data, (size_t)n * 4));
+        }
     }
     /* guard bytes from the output's real end to the end of its slot */
     const sqz_tensor_desc *od = &plan->graph.tensors[plan->graph.nodes[0].output];
@@ -115,20 +154,67 @@ static float *run_on(const sqz_backend_ops *ops, const op_case *c, char *why, si
     memset(pattern, 0x5A, guard_len);
     assert_sqz_ok(ops->upload(ctx, arena, guard_at, pattern, guard_len));
     sqz_binding bind = {plan, weights, weight_offsets, arena};
-    assert_sqz_ok(ops->launch(ctx, &bind, &plan->graph.nodes[0], &c->dims));
-    if (ops->synchronize)
-        assert_sqz_ok(ops->synchronize(ctx));
-    float *result = malloc(used ? used : 4);
-    assert_sqz_ok(ops->download(ctx, arena, (size_t)plan->offsets[plan->graph.nodes[0].output], result, used));
-    assert_sqz_ok(ops->download(ctx, arena, guard_at, after, guard_len));
-    if (memcmp(pattern, after, guard_len) != 0)
-        fail_msg("%s on %s wrote past the end of its output", c->name, ops->name);
+    float *result = NULL;
+    st = ops->launch(ctx, &bind, &plan->graph.nodes[0], &c->dims);
+    if (st == SQZ_ERR_UNSUPPORTED) { /* e.g. the unfused attention parts at 16 bits */
+        snprintf(why, why_size, "%s", sqz_last_error());
+    } else {
+        assert_sqz_ok(st);
+        if (ops->synchronize)
+            assert_sqz_ok(ops->synchronize(ctx));
+        result = malloc(used ? used : 4);
+        assert_sqz_ok(ops->download(ctx, arena, (size_t)plan->offsets[plan->graph.nodes[0].output], result, used));
+        assert_sqz_ok(ops->download(ctx, arena, guard_at, after, guard_len));
+        if (memcmp(pattern, after, guard_len) != 0)
+            fail_msg("%s on %s wrote past the end of its output", c->name, ops->name);
+    }
     free(pattern), free(after);
     ops->buffer_free(ctx, weights);
     ops->buffer_free(ctx, arena);
     ops->destroy(ctx);
     sqz_plan_free(plan);
     return result;
+}
+
+/* the configurations a backend is checked in: each precision it takes; cuda-sim turns
+ * through its three thread orders from case to case and precision to precision, so every
+ * kernel meets each order (the answer is checked against cpu_ref in each) */
+static int configs_for(const sqz_backend_ops *ops, config *out)
+{
+    static const char *const schedules[] = {"forward", "reverse", "random:20261130"};
+    static unsigned turn;
+    const bool sim = strcmp(ops->name, "cuda-sim") == 0;
+    int n = 0;
+    turn++;
+    for (int p = 0; p < SQZ_PRECISION_COUNT; p++) {
+        if (p != SQZ_PRECISION_FP32 && !ops->set_precision)
+            continue;
+        out[n++] = (config){sim ? schedules[(turn + (unsigned)p) % 3] : NULL, (sqz_precision)p};
+    }
+    return n;
+}
+
+/* A copy of the case as the backend sees it at a precision: 16-bit activations and matrix. */
+static op_case rounded_case(const op_case *c, sqz_precision p)
+{
+    op_case r = *c;
+    for (int i = 0; i < c->n_inputs; i++) {
+        const operand *o = &c->in[i];
+        const int64_t n = operand_rows(o, &c->dims) * o->cols;
+        const size_t bytes = (size_t)(n ? n : 1) * 4;
+        r.in[i].data = memcpy(malloc(bytes), o->data, (size_t)n * 4);
+        const bool stored16 = o->dtype == SQZ_DTYPE_F32 && (o->extent != SQZ_EXTENT_FIXED || i == c->matrix_input);
+        if (is_16bit(p) && stored16)
+            for (int64_t k = 0; k < n; k++)
+                ((float *)r.in[i].data)[k] = from_bits(to_bits(((float *)o->data)[k], p), p);
+    }
+    return r;
+}
+
+static void free_inputs(op_case *c)
+{
+    for (int i = 0; i < c->n_inputs; i++)
+        free(c->in[i].data);
 }
 
 static void check_case(op_case *c)
@@ -145,39 +231,46 @@ static void check_case(op_case *c)
             print_message("SKIPPED %-40s on %-8s: %s\n", c->name, ops->name, sqz_last_error());
             continue;
         }
-        char why[512] = "";
-        float *got = run_on(ops, c, why, sizeof why);
-        if (!got) {
-            print_message("SKIPPED %-40s on %-8s: %s\n", c->name, ops->name, why);
-            continue;
+        config cfgs[SQZ_PRECISION_COUNT];
+        const int n_cfg = configs_for(ops, cfgs);
+        for (int k = 0; k < n_cfg; k++) {
+            const config *cfg = &cfgs[k];
+            char label[64];
+            snprintf(label, sizeof label, "%s %s%s%s", ops->name, sqz_precision_name(cfg->precision),
+                     cfg->device ? " " : "", cfg->device ? cfg->device : "");
+            op_case r = rounded_case(c, cfg->precision);
+            char why[512] = "";
+            float *got = run_on(ops, cfg, &r, why, sizeof why);
+            if (!got) {
+                print_message("SKIPPED %-40s on %s: %s\n", c->name, label, why);
+                free_inputs(&r);
+                continue;
+            }
+            float *expected = malloc((size_t)(n ? n : 1) * sizeof *expected);
+            c->reference(&r, expected);
+            double max_err = 0, max_ref = 0, err2 = 0, ref2 = 0;
+            for (int64_t i = 0; i < n; i++) {
+                if (!isfinite(got[i]))
+                    fail_msg("%s on %s: value %lld is %f", c->name, label, (long long)i, got[i]);
+                double d = (double)got[i] - expected[i];
+                max_err = fmax(max_err, fabs(d));
+                max_ref = fmax(max_ref, fabs(expected[i]));
+                err2 += d * d;
+                ref2 += (double)expected[i] * expected[i];
+            }
+            const double rel = max_ref > 0 ? max_err / max_ref : max_err;
+            const double bar = sqz_precision_op_tolerance(cfg->precision);
+            print_message("%-44s %-26s max rel %.2e  NMSE %.2e\n", c->name, label, rel, ref2 > 0 ? err2 / ref2 : err2);
+            if (!(rel <= bar))
+                fail_msg("%s on %s: relative error %.3e > %.1e", c->name, label, rel, bar);
+            free(got);
+            free(expected);
+            free_inputs(&r);
+            ran++;
         }
-        double max_err = 0, max_ref = 0, err2 = 0, ref2 = 0;
-        for (int64_t i = 0; i < n; i++) {
-            if (!isfinite(got[i]))
-                fail_msg("%s on %s: value %lld is %f", c->name, ops->name, (long long)i, got[i]);
-            double d = (double)got[i] - c->expected[i];
-            max_err = fmax(max_err, fabs(d));
-            max_ref = fmax(max_ref, fabs(c->expected[i]));
-            err2 += d * d;
-            ref2 += (double)c->expected[i] * c->expected[i];
-        }
-        double rel = max_ref > 0 ? max_err / max_ref : max_err;
-        print_message("%-44s %-8s max rel %.2e  NMSE %.2e\n", c->name, ops->name, rel,
-                      ref2 > 0 ? err2 / ref2 : err2);
-        if (!(rel <= TOLERANCE))
-            fail_msg("%s on %s: relative error %.3e > %.0e", c->name, ops->name, rel, TOLERANCE);
-        free(got);
-        ran++;
     }
     if (!ran)
         print_message("%s: no backend ran it\n", c->name);
-}
-
-static void free_case(op_case *c)
-{
-    for (int i = 0; i < c->n_inputs; i++)
-        free(c->in[i].data);
-    free(c->expected);
 }
 
 static operand weight(int64_t rows, int64_t cols, float *data)
@@ -202,7 +295,18 @@ static int32_t *copy_ints(const int32_t *src, int64_t n)
     return d;
 }
 
+static const float *F(const op_case *c, int i) { return c->in[i].data; }
+static const int32_t *I(const op_case *c, int i) { return c->in[i].data; }
+
 /* ---- linear family ------------------------------------------------------------------------ */
+
+static void ref_linear(const op_case *c, float *out)
+{
+    const int64_t R = c->dims.tokens, CI = c->in[0].cols, CO = c->out_cols;
+    sqz_ref_linear(F(c, 0), R, CI, F(c, 1), c->n_inputs > 2 ? F(c, 2) : NULL, CO, c->params.linear.groups, out);
+    if (c->op == SQZ_OP_LINEAR_GELU)
+        sqz_ref_gelu(out, R * CO, out);
+}
 
 static void linear_cases(void **unused)
 {
@@ -226,19 +330,36 @@ static void linear_cases(void **unused)
         c.in[1] = weight(CO, CI / G, uniform(CO * (CI / G), 0.3f));
         if (shapes[s].bias)
             c.in[2] = weight(1, CO, uniform(CO, 0.5f));
+        c.matrix_input = 1;
         c.out_extent = SQZ_EXTENT_TOKENS;
         c.out_cols = CO;
-        c.expected = malloc((size_t)(R * CO) * sizeof(float));
-        sqz_ref_linear(c.in[0].data, R, CI, c.in[1].data, shapes[s].bias ? c.in[2].data : NULL, CO, G,
-                       c.expected);
-        if (shapes[s].gelu)
-            sqz_ref_gelu(c.expected, R * CO, c.expected);
+        c.reference = ref_linear;
         check_case(&c);
-        free_case(&c);
+        free_inputs(&c);
     }
 }
 
 /* ---- normalisation family and elementwise ------------------------------------------------- */
+
+static int64_t case_rows(const op_case *c) { return sqz_extent_rows(c->out_extent, 0, &c->dims); }
+
+static void ref_add(const op_case *c, float *out) { sqz_ref_add(F(c, 0), F(c, 1), case_rows(c) * c->out_cols, out); }
+static void ref_gelu(const op_case *c, float *out) { sqz_ref_gelu(F(c, 0), case_rows(c) * c->out_cols, out); }
+static void ref_tanh(const op_case *c, float *out) { sqz_ref_tanh(F(c, 0), case_rows(c) * c->out_cols, out); }
+
+static void ref_layernorm(const op_case *c, float *out)
+{
+    sqz_ref_layernorm(F(c, 0), case_rows(c), c->out_cols, F(c, 1), F(c, 2), c->params.layernorm.eps, out);
+}
+
+static void ref_add_layernorm(const op_case *c, float *out)
+{
+    const int64_t n = case_rows(c) * c->out_cols;
+    float *sum = malloc((size_t)n * sizeof *sum);
+    sqz_ref_add(F(c, 0), F(c, 1), n, sum);
+    sqz_ref_layernorm(sum, case_rows(c), c->out_cols, F(c, 2), F(c, 3), c->params.layernorm.eps, out);
+    free(sum);
+}
 
 static void elementwise_and_norm_cases(void **unused)
 {
@@ -251,7 +372,7 @@ static void elementwise_and_norm_cases(void **unused)
             c.dims = dims;
             c.out_extent = SQZ_EXTENT_TOKENS;
             c.out_cols = C;
-            c.expected = malloc((size_t)(R * C) * sizeof(float));
+            c.matrix_input = -1;
             float *a = uniform(R * C, 3.0f);
             float *b = uniform(R * C, 1.0f);
             float *gamma = uniform(C, 0.5f), *beta = uniform(C, 0.5f);
@@ -260,41 +381,33 @@ static void elementwise_and_norm_cases(void **unused)
             const float eps = kind == 3 ? 1e-3f : 1e-12f;
             switch (kind) {
             case 0:
-                c.op = SQZ_OP_ADD, c.n_inputs = 2;
+                c.op = SQZ_OP_ADD, c.n_inputs = 2, c.reference = ref_add;
                 c.in[0] = tokens_f32(C, a), c.in[1] = tokens_f32(C, b);
-                sqz_ref_add(a, b, R * C, c.expected);
                 free(gamma), free(beta);
                 break;
             case 1:
-                c.op = SQZ_OP_GELU, c.n_inputs = 1, c.in[0] = tokens_f32(C, a);
-                sqz_ref_gelu(a, R * C, c.expected);
+                c.op = SQZ_OP_GELU, c.n_inputs = 1, c.in[0] = tokens_f32(C, a), c.reference = ref_gelu;
                 free(b), free(gamma), free(beta);
                 break;
             case 2:
-                c.op = SQZ_OP_TANH, c.n_inputs = 1, c.in[0] = tokens_f32(C, a);
-                sqz_ref_tanh(a, R * C, c.expected);
+                c.op = SQZ_OP_TANH, c.n_inputs = 1, c.in[0] = tokens_f32(C, a), c.reference = ref_tanh;
                 free(b), free(gamma), free(beta);
                 break;
             case 3:
-                c.op = SQZ_OP_LAYERNORM, c.n_inputs = 3, c.params.layernorm.eps = eps;
+                c.op = SQZ_OP_LAYERNORM, c.n_inputs = 3, c.params.layernorm.eps = eps, c.reference = ref_layernorm;
                 c.in[0] = tokens_f32(C, a), c.in[1] = weight(1, C, gamma), c.in[2] = weight(1, C, beta);
-                sqz_ref_layernorm(a, R, C, gamma, beta, eps, c.expected);
                 free(b);
                 break;
-            default: {
+            default:
                 c.op = SQZ_OP_ADD_LAYERNORM, c.n_inputs = 4, c.params.layernorm.eps = eps;
+                c.reference = ref_add_layernorm;
                 c.in[0] = tokens_f32(C, a), c.in[1] = tokens_f32(C, b);
                 c.in[2] = weight(1, C, gamma), c.in[3] = weight(1, C, beta);
-                float *sum = malloc((size_t)(R * C) * sizeof *sum);
-                sqz_ref_add(a, b, R * C, sum);
-                sqz_ref_layernorm(sum, R, C, gamma, beta, eps, c.expected);
-                free(sum);
                 break;
-            }
             }
             snprintf(c.name, sizeof c.name, "%s %lldx%lld", sqz_op_name(c.op), (long long)R, (long long)C);
             check_case(&c);
-            free_case(&c);
+            free_inputs(&c);
         }
     }
 }
@@ -304,30 +417,50 @@ static void gelu_over_its_whole_range(void **unused)
     /* both sides of every branch of a device GELU: |x/sqrt 2| < 1, the erfc tail, underflow */
     const int64_t n = 24001;
     op_case c = {.op = SQZ_OP_GELU, .n_inputs = 1, .dims = {n, 1, n, 1}, .out_extent = SQZ_EXTENT_TOKENS,
-                 .out_cols = 1};
+                 .out_cols = 1, .matrix_input = -1, .reference = ref_gelu};
     snprintf(c.name, sizeof c.name, "gelu sweep -16..16");
     float *x = malloc((size_t)n * sizeof *x);
     for (int64_t i = 0; i < n; i++)
         x[i] = -16.0f + 32.0f * (float)i / (float)(n - 1);
     c.in[0] = tokens_f32(1, x);
-    c.expected = malloc((size_t)n * sizeof(float));
-    sqz_ref_gelu(x, n, c.expected);
     check_case(&c);
-    /* and element-wise: within 2e-6 of the reference relative to max(|gelu(x)|, 1e-3) */
+    /* and element-wise at fp32: within 2e-6 of the reference relative to max(|gelu(x)|, 1e-3) */
+    float *expected = malloc((size_t)n * sizeof(float));
+    sqz_ref_gelu(x, n, expected);
     for (size_t b = 0; sqz_backend_name(b); b++) {
         const sqz_backend_ops *ops = sqz_backend_find(sqz_backend_name(b));
         if (!ops || (ops->probe && ops->probe() != SQZ_OK))
             continue;
         char why[256];
-        float *got = run_on(ops, &c, why, sizeof why);
+        const config fp32 = {NULL, SQZ_PRECISION_FP32};
+        float *got = run_on(ops, &fp32, &c, why, sizeof why);
         if (!got)
             continue;
         for (int64_t i = 0; i < n; i++)
-            if (fabsf(got[i] - c.expected[i]) > 2e-6f * fmaxf(fabsf(c.expected[i]), 1e-3f))
-                fail_msg("gelu(%.6f) on %s = %.9g, reference %.9g", x[i], ops->name, got[i], c.expected[i]);
+            if (fabsf(got[i] - expected[i]) > 2e-6f * fmaxf(fabsf(expected[i]), 1e-3f))
+                fail_msg("gelu(%.6f) on %s = %.9g, reference %.9g", x[i], ops->name, got[i], expected[i]);
         free(got);
     }
-    free_case(&c);
+    free(expected);
+    free_inputs(&c);
+}
+
+static void ref_gather(const op_case *c, float *out)
+{
+    assert_true(sqz_ref_gather_rows(I(c, 0), c->dims.tokens, F(c, 1), c->in[1].rows, c->out_cols, out));
+}
+
+static void ref_embed_layernorm(const op_case *c, float *out)
+{
+    const int64_t T = c->dims.tokens, C = c->out_cols;
+    float *w = malloc((size_t)(T * C) * 4), *p = malloc((size_t)(T * C) * 4), *t = malloc((size_t)(T * C) * 4);
+    sqz_ref_gather_rows(I(c, 0), T, F(c, 3), c->in[3].rows, C, w);
+    sqz_ref_gather_rows(I(c, 1), T, F(c, 4), c->in[4].rows, C, p);
+    sqz_ref_gather_rows(I(c, 2), T, F(c, 5), c->in[5].rows, C, t);
+    sqz_ref_add(w, p, T * C, w);
+    sqz_ref_add(w, t, T * C, w);
+    sqz_ref_layernorm(w, T, C, F(c, 6), F(c, 7), c->params.layernorm.eps, out);
+    free(w), free(p), free(t);
 }
 
 static void gather_and_embedding_cases(void **unused)
@@ -338,42 +471,74 @@ static void gather_and_embedding_cases(void **unused)
         ids[i] = (i * 37 + 5) % V, pos[i] = i % P, types[i] = i % TV;
     ids[0] = 0, ids[1] = V - 1; /* both ends of the table */
     const sqz_run_dims dims = {T, 1, T * T, T};
-    float *word = uniform(V * C, 0.5f), *ptab = uniform(P * C, 0.5f), *ttab = uniform(TV * C, 0.5f);
-    float *gamma = uniform(C, 0.3f), *beta = uniform(C, 0.3f);
 
     op_case g = {.op = SQZ_OP_GATHER_ROWS, .n_inputs = 2, .dims = dims, .out_extent = SQZ_EXTENT_TOKENS,
-                 .out_cols = C};
+                 .out_cols = C, .matrix_input = -1, .reference = ref_gather};
     snprintf(g.name, sizeof g.name, "gather_rows %lld of %lldx%lld", (long long)T, (long long)V, (long long)C);
     g.in[0] = ints(SQZ_EXTENT_TOKENS, copy_ints(ids, T));
     g.in[1] = weight(V, C, uniform(V * C, 1.0f));
-    g.expected = malloc((size_t)(T * C) * sizeof(float));
-    assert_true(sqz_ref_gather_rows(ids, T, g.in[1].data, V, C, g.expected));
     check_case(&g);
-    free_case(&g);
+    free_inputs(&g);
 
-    op_case e = {.op = SQZ_OP_EMBED_LAYERNORM, .n_inputs = 8, .dims = dims,
-                 .out_extent = SQZ_EXTENT_TOKENS, .out_cols = C};
+    op_case e = {.op = SQZ_OP_EMBED_LAYERNORM, .n_inputs = 8, .dims = dims, .out_extent = SQZ_EXTENT_TOKENS,
+                 .out_cols = C, .matrix_input = -1, .reference = ref_embed_layernorm};
     e.params.layernorm.eps = 1e-3f;
     snprintf(e.name, sizeof e.name, "embed_layernorm %lld tokens x %lld", (long long)T, (long long)C);
     e.in[0] = ints(SQZ_EXTENT_TOKENS, copy_ints(ids, T));
     e.in[1] = ints(SQZ_EXTENT_TOKENS, copy_ints(pos, T));
     e.in[2] = ints(SQZ_EXTENT_TOKENS, copy_ints(types, T));
-    e.in[3] = weight(V, C, word), e.in[4] = weight(P, C, ptab), e.in[5] = weight(TV, C, ttab);
-    e.in[6] = weight(1, C, gamma), e.in[7] = weight(1, C, beta);
-    float *w = malloc((size_t)(T * C) * 4), *p = malloc((size_t)(T * C) * 4), *t = malloc((size_t)(T * C) * 4);
-    sqz_ref_gather_rows(ids, T, word, V, C, w);
-    sqz_ref_gather_rows(pos, T, ptab, P, C, p);
-    sqz_ref_gather_rows(types, T, ttab, TV, C, t);
-    sqz_ref_add(w, p, T * C, w);
-    sqz_ref_add(w, t, T * C, w);
-    e.expected = malloc((size_t)(T * C) * sizeof(float));
-    sqz_ref_layernorm(w, T, C, gamma, beta, 1e-3, e.expected);
-    free(w), free(p), free(t);
+    e.in[3] = weight(V, C, uniform(V * C, 0.5f)), e.in[4] = weight(P, C, uniform(P * C, 0.5f));
+    e.in[5] = weight(TV, C, uniform(TV * C, 0.5f));
+    e.in[6] = weight(1, C, uniform(C, 0.3f)), e.in[7] = weight(1, C, uniform(C, 0.3f));
     check_case(&e);
-    free_case(&e);
+    free_inputs(&e);
 }
 
 /* ---- attention ------------------------------------------------------------------------------ */
+
+/* the sequences of an attention case: seq_off and score_off are inputs seq_in and seq_in + 1 */
+static sqz_ref_sequences sequences_of(const op_case *c, int seq_in)
+{
+    return (sqz_ref_sequences){I(c, seq_in), I(c, seq_in + 1), c->dims.sequences};
+}
+
+static void ref_scores(const op_case *c, float *out)
+{
+    const sqz_ref_sequences s = sequences_of(c, 2);
+    sqz_ref_attn_scores(F(c, 0), F(c, 1), c->params.attention.heads, c->params.attention.head_dim,
+                        c->params.attention.scale, &s, out);
+}
+
+static void ref_key_mask(const op_case *c, float *out)
+{
+    const sqz_ref_sequences s = sequences_of(c, 2);
+    sqz_ref_attn_key_mask(F(c, 0), I(c, 1), c->params.attention.heads, &s, out);
+}
+
+static void ref_softmax(const op_case *c, float *out)
+{
+    const sqz_ref_sequences s = sequences_of(c, 1);
+    sqz_ref_attn_softmax(F(c, 0), c->params.attention.heads, &s, out);
+}
+
+static void ref_context(const op_case *c, float *out)
+{
+    const sqz_ref_sequences s = sequences_of(c, 2);
+    sqz_ref_attn_context(F(c, 0), F(c, 1), c->params.attention.heads, c->params.attention.head_dim, &s, out);
+}
+
+static void ref_attention(const op_case *c, float *out)
+{
+    const sqz_ref_sequences s = sequences_of(c, 4);
+    const int heads = c->params.attention.heads;
+    const size_t n = (size_t)(c->dims.score_rows * heads) * 4;
+    float *scores = malloc(n ? n : 4), *probs = malloc(n ? n : 4);
+    sqz_ref_attn_scores(F(c, 0), F(c, 1), heads, c->params.attention.head_dim, c->params.attention.scale, &s, scores);
+    sqz_ref_attn_key_mask(scores, I(c, 3), heads, &s, scores);
+    sqz_ref_attn_softmax(scores, heads, &s, probs);
+    sqz_ref_attn_context(probs, F(c, 2), heads, c->params.attention.head_dim, &s, out);
+    free(scores), free(probs);
+}
 
 static void attention_layouts(const char *label, const int32_t *lengths, int64_t n, int heads, int d,
                               bool mask_some)
@@ -387,70 +552,72 @@ static void attention_layouts(const char *label, const int32_t *lengths, int64_t
     }
     const int64_t T = seq_off[n], SR = score_off[n], W = (int64_t)heads * d;
     int32_t *valid = malloc((size_t)T * 4);
-    for (int64_t t = 0; t < T; t++)
-        valid[t] = !mask_some || t % 4 != 3;
+    for (int64_t t = 0; t < T; t++) /* about a quarter masked, with no period a kernel's chunks could share */
+        valid[t] = !mask_some || test_uniform(&rng) > -0.5f;
     for (int64_t s = 0; s < n; s++)
         valid[seq_off[s]] = 1;
     const sqz_run_dims dims = {T, n, SR, max_len};
     float *q = uniform(T * W, 2.0f), *k = uniform(T * W, 2.0f), *v = uniform(T * W, 1.0f);
     sqz_ref_sequences seqs = {seq_off, score_off, n};
     const float scale = (float)(1.0 / sqrt(d));
+    /* the score tensors the parts take as inputs */
     float *scores = malloc((size_t)(SR * heads) * 4), *masked = malloc((size_t)(SR * heads) * 4);
-    float *probs = malloc((size_t)(SR * heads) * 4), *ctx = malloc((size_t)(T * W) * 4);
+    float *probs = malloc((size_t)(SR * heads) * 4);
     sqz_ref_attn_scores(q, k, heads, d, scale, &seqs, scores);
     sqz_ref_attn_key_mask(scores, valid, heads, &seqs, masked);
     sqz_ref_attn_softmax(masked, heads, &seqs, probs);
-    sqz_ref_attn_context(probs, v, heads, d, &seqs, ctx);
     sqz_op_params ap = {.attention = {heads, d, scale}};
 #define COPY(ptr, count) memcpy(malloc((size_t)(count) * 4), ptr, (size_t)(count) * 4)
-    struct { sqz_op op; int n; operand in[6]; sqz_extent out; int64_t cols; const float *want; } parts[] = {
+    struct { sqz_op op; int n; operand in[6]; sqz_extent out; int64_t cols; reference_fn ref; } parts[] = {
         {SQZ_OP_ATTN_SCORES, 4, {tokens_f32(W, COPY(q, T * W)), tokens_f32(W, COPY(k, T * W)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
-          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, scores},
+          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, ref_scores},
         {SQZ_OP_ATTN_KEY_MASK, 4, {{"scores", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(scores, SR * heads)},
           ints(SQZ_EXTENT_TOKENS, copy_ints(valid, T)), ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
-          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, masked},
+          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, ref_key_mask},
         {SQZ_OP_ATTN_SOFTMAX, 3, {{"scores", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(masked, SR * heads)},
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
-          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, probs},
+          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, ref_softmax},
         {SQZ_OP_ATTN_CONTEXT, 4, {{"probs", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(probs, SR * heads)},
           tokens_f32(W, COPY(v, T * W)), ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
-          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_TOKENS, W, ctx},
+          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_TOKENS, W, ref_context},
         {SQZ_OP_ATTENTION, 6, {tokens_f32(W, COPY(q, T * W)), tokens_f32(W, COPY(k, T * W)),
           tokens_f32(W, COPY(v, T * W)), ints(SQZ_EXTENT_TOKENS, copy_ints(valid, T)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
-          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_TOKENS, W, ctx},
+          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_TOKENS, W, ref_attention},
     };
 #undef COPY
-    /* the masked scores hold -FLT_MAX: compare them where the key is valid only, by
-     * checking the softmax that consumes them instead (the next row) */
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         op_case c = {.op = parts[i].op, .params = ap, .n_inputs = parts[i].n, .dims = dims,
-                     .out_extent = parts[i].out, .out_cols = parts[i].cols};
+                     .out_extent = parts[i].out, .out_cols = parts[i].cols, .matrix_input = -1,
+                     .reference = parts[i].ref};
         memcpy(c.in, parts[i].in, sizeof parts[i].in);
-        int64_t count = sqz_extent_rows(parts[i].out, 0, &dims) * parts[i].cols;
-        c.expected = memcpy(malloc((size_t)count * 4), parts[i].want, (size_t)count * 4);
         snprintf(c.name, sizeof c.name, "%s %s h%d d%d", sqz_op_name(c.op), label, heads, d);
         check_case(&c);
-        free_case(&c);
+        free_inputs(&c);
     }
     free(seq_off), free(score_off), free(valid), free(q), free(k), free(v);
-    free(scores), free(masked), free(probs), free(ctx);
+    free(scores), free(masked), free(probs);
 }
 
 static void attention_cases(void **unused)
 {
     const int32_t one_token[] = {1};
     attention_layouts("one token", one_token, 1, 2, 8, false);
+    attention_layouts("one token", one_token, 1, 1, 64, false);
     const int32_t long_seq[] = {512};
     attention_layouts("one sequence of 512", long_seq, 1, 2, 64, true);
     int32_t many[40];
     for (int i = 0; i < 40; i++)
         many[i] = 1 + (i * 7) % 9;
     attention_layouts("40 short sequences", many, 40, 3, 12, true);
-    attention_layouts("40 short sequences", many, 40, 2, 64, true); /* the head-size-64 kernel */
+    attention_layouts("40 short sequences", many, 40, 2, 64, true); /* the head-size-64 kernels */
     const int32_t odd[] = {17, 1, 33, 5};
     attention_layouts("odd lengths", odd, 4, 5, 12, true);
+    const int32_t odd_long[] = {65, 1, 130, 64, 3};
+    attention_layouts("odd lengths", odd_long, 5, 2, 64, true); /* chunks of 64 keys, partial */
+    attention_layouts("odd lengths", odd_long, 5, 1, 32, true);
+    attention_layouts("odd lengths", odd_long, 5, 1, 128, true);
 }
 
 int main(int argc, char **argv)

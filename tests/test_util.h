@@ -14,7 +14,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifdef __cplusplus /* cmocka's header has no C++ linkage block of its own */
+extern "C" {
+#endif
 #include <cmocka.h>
+#ifdef __cplusplus
+}
+#endif
 
 #include "squeezebert.h"
 
@@ -49,7 +55,7 @@ static inline void assert_failure_mentions(sqz_status got, sqz_status expected, 
 static inline char *test_path(const char *dir, const char *name)
 {
     size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
+    char *p = (char *)malloc(n);
     assert_non_null(p);
     snprintf(p, n, "%s/%s", dir, name);
     return p;
@@ -80,7 +86,7 @@ static inline unsigned char *read_whole(const char *path, size_t *size)
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
-    unsigned char *data = malloc((size_t)n + 1);
+    unsigned char *data = (unsigned char *)malloc((size_t)n + 1);
     assert_non_null(data);
     assert_int_equal(fread(data, 1, (size_t)n, f), (size_t)n);
     fclose(f);

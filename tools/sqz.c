@@ -202,7 +202,8 @@ static const char random_help[] =
     "\n"
     "Writes a deterministic random-weight checkpoint (config.json + model.safetensors) in the\n"
     "Hugging Face layout. squeezebert-uncased and squeezebert-mnli have the shapes of the\n"
-    "published checkpoints (51 M parameters); tiny is a 2-layer model for quick checks.\n";
+    "published checkpoints (51 M parameters); tiny is a 2-layer model (hidden 128, 2 heads of\n"
+    "64) for quick checks.\n";
 
 static int cmd_random_model(int argc, char **argv)
 {

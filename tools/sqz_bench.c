@@ -1562,7 +1562,8 @@ int sqz_cli_bench(int argc, char **argv)
         }
     } else {
         for (size_t k = 0; sqz_backend_name(k) && n_backends < MAX_LIST; k++)
-            backends[n_backends++] = strdup(sqz_backend_name(k));
+            if (!sqz_backend_is_emulated(sqz_backend_name(k))) /* cuda-sim: only when named */
+                backends[n_backends++] = strdup(sqz_backend_name(k));
     }
     /* devices: per backend, the default, every listed one, or those named */
     const char *dev_spec = cli_get(opts, n_opts, "devices") ? cli_get(opts, n_opts, "devices") : "default";
