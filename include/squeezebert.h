@@ -275,26 +275,39 @@ void sqz_validation_free(sqz_validation *validation);
 typedef struct sqz_tokenizer sqz_tokenizer;
 
 typedef struct sqz_tokenizer_info {
-    int vocab_size;               /* lines of vocab.txt */
+    int vocab_size;               /* entries of the vocabulary */
     int do_lower_case;            /* 1/0 */
     int strip_accents;            /* 1/0 after resolving "null" (= do_lower_case) */
     int tokenize_chinese_chars;   /* 1/0 */
     int clean_text;               /* 1/0 */
     int max_input_chars_per_word; /* longer words become one unknown token */
     int model_max_length;         /* tokenizer_config.json's, 0 when absent or unbounded */
-    int32_t unk_id, cls_id, sep_id, pad_id, mask_id; /* -1 when the token is not in the vocab */
+    int32_t unk_id, cls_id, sep_id, pad_id, mask_id; /* -1 when the token is not in the vocab;
+                                                        cls/sep: the framing of one text */
     size_t special_token_count;   /* tokens matched literally in the raw text */
 } sqz_tokenizer_info;
 
-/* Loads `model_dir`/vocab.txt (required) and, when present, tokenizer_config.json
- * (do_lower_case, strip_accents, tokenize_chinese_chars, model_max_length, the special
- * token strings, added_tokens_decoder) and tokenizer.json (BertNormalizer settings,
- * WordPiece unk_token / continuing_subword_prefix / max_input_chars_per_word, added_tokens).
- * A setting in tokenizer_config.json wins over tokenizer.json, which wins over the BERT
- * defaults (lower case, strip accents with lower case, split CJK, clean text). */
+/* Loads the tokenizer of `model_dir` from the files transformers writes:
+ *  - tokenizer.json: the WordPiece vocabulary (model.vocab) and unk_token /
+ *    continuing_subword_prefix / max_input_chars_per_word, the BertNormalizer settings, the
+ *    post-processor's framing tokens and token type ids (TemplateProcessing in BERT's shape, or
+ *    BertProcessing), added_tokens. A normalizer, pre-tokenizer, model or post-processor of
+ *    another kind is refused by name (SQZ_ERR_UNSUPPORTED), never approximated.
+ *  - vocab.txt: the vocabulary, one token per line. When tokenizer.json has a vocabulary too,
+ *    tokenizer.json's wins (transformers never reads vocab.txt then); sqz_tokenizer_source
+ *    says whether they differ.
+ *  - tokenizer_config.json: do_lower_case, strip_accents, tokenize_chinese_chars,
+ *    model_max_length, the special token strings, added_tokens_decoder.
+ * At least one vocabulary is required. A setting in tokenizer_config.json wins over
+ * tokenizer.json, which wins over the BERT defaults (lower case, strip accents with lower
+ * case, split CJK, clean text, "##", 100 characters per word, [CLS] A [SEP] B [SEP] with types
+ * 0 0 0 1 1). tokenizer.json's truncation and padding are not used (transformers overrides
+ * them on every call that asks for truncation or padding). */
 sqz_status sqz_tokenizer_load(const char *model_dir, sqz_tokenizer **out);
 void sqz_tokenizer_free(sqz_tokenizer *tokenizer);
 sqz_status sqz_tokenizer_get_info(const sqz_tokenizer *tokenizer, sqz_tokenizer_info *out);
+/* Which files the tokenizer came from, in words (for sqz info); never NULL. */
+const char *sqz_tokenizer_source(const sqz_tokenizer *tokenizer);
 /* The vocabulary entry of `id`; NULL when out of range. */
 const char *sqz_tokenizer_id_to_token(const sqz_tokenizer *tokenizer, int32_t id);
 /* The id of a vocabulary entry (exact bytes); -1 when absent. */
