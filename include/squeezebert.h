@@ -346,6 +346,69 @@ void sqz_encoding_free(sqz_encoding *encoding);
 
 /* ---- end of tokenizer --------------------------------------------------------------- */
 
+/* ---- sentence embeddings -----------------------------------------------------------
+ *
+ * What sentence-transformers computes after the transformer, read from the checkpoint folder
+ * as it saves it: modules.json (Transformer, then Pooling, any Dense modules, Normalize),
+ * the pooling's config.json in both formats (the older pooling_mode_*_tokens booleans and the
+ * newer pooling_mode name or list), each Dense module's config.json and weights, and
+ * sentence_bert_config.json (max_seq_length, do_lower_case). Without modules.json the
+ * embedding is the pooler output (CLS when the model has no pooler), unnormalised. A module
+ * or setting this code does not implement is refused by name (SQZ_ERR_UNSUPPORTED).
+ *
+ *     sqz_embedder *emb = NULL;
+ *     sqz_embedder_load(model, &emb);
+ *     ... run the sequence, then with its last_hidden_state rows [len][hidden] ...
+ *     sqz_embedder_embed(emb, hidden_rows, len, pooler_row, out);   (info.dimension floats)
+ */
+
+typedef enum sqz_pool_mode {
+    SQZ_POOL_CLS = 0,          /* the first token ("cls") */
+    SQZ_POOL_MAX,              /* per-feature maximum over the tokens ("max") */
+    SQZ_POOL_MEAN,             /* mean over the tokens ("mean") */
+    SQZ_POOL_MEAN_SQRT_LEN,    /* sum / sqrt(tokens) ("mean_sqrt_len_tokens") */
+    SQZ_POOL_WEIGHTED_MEAN,    /* token i (from 0) weighted i + 1 ("weightedmean") */
+    SQZ_POOL_LAST_TOKEN,       /* the last token ("lasttoken") */
+    SQZ_POOL_POOLER,           /* the model's pooler_output ("pooler"; not a sentence-transformers mode) */
+    SQZ_POOL_MODE_COUNT
+} sqz_pool_mode;
+
+#define SQZ_MAX_POOL_MODES 8
+
+const char *sqz_pool_mode_name(sqz_pool_mode mode);
+sqz_status sqz_pool_mode_from_name(const char *name, sqz_pool_mode *out);
+
+typedef struct sqz_embedder sqz_embedder;
+
+typedef struct sqz_embedder_info {
+    int from_modules;      /* 1 when modules.json was read */
+    int pool_count;        /* modes, concatenated in this order */
+    sqz_pool_mode pool[SQZ_MAX_POOL_MODES];
+    int dense_count;       /* Dense modules after the pooling */
+    int normalize;         /* 1: L2-normalised at the end */
+    int max_seq_length;    /* sentence_bert_config.json's, 0 when it gives none */
+    int do_lower_case;     /* sentence_bert_config.json's (lower-cases the text first) */
+    int dimension;         /* floats per embedding */
+    int needs_hidden, needs_pooler; /* which outputs sqz_embedder_embed reads */
+    const char *pooling_file; /* the pooling's config.json ("" without modules.json) */
+} sqz_embedder_info;
+
+/* Reads the modules of the folder `model` was loaded from. */
+sqz_status sqz_embedder_load(const sqz_model *model, sqz_embedder **out);
+void sqz_embedder_free(sqz_embedder *embedder);
+sqz_status sqz_embedder_get_info(const sqz_embedder *embedder, sqz_embedder_info *out);
+/* Replaces the pooling modes (count 0 keeps them) and the normalisation (-1 keeps it, 0 off,
+ * 1 on); Dense modules stay. For a command line's --pooling and --normalize. */
+sqz_status sqz_embedder_override(sqz_embedder *embedder, const sqz_pool_mode *modes, int count,
+                                 int normalize);
+/* One sequence's embedding: `hidden` holds its `len` real tokens' last_hidden_state rows
+ * ([CLS] first, no padding), `pooled` its pooler_output row (NULL when not needed). Pooling
+ * and Dense run in double over the fp32 inputs; `out` gets info.dimension floats. */
+sqz_status sqz_embedder_embed(const sqz_embedder *embedder, const float *hidden, size_t len,
+                              const float *pooled, float *out);
+
+/* ---- end of sentence embeddings ------------------------------------------------------- */
+
 /* ---- benchmark ----------------------------------------------------------------------
  *
  * Support for `sqz bench`: the measured peak of a device, against which a benchmark states
