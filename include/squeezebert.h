@@ -387,6 +387,10 @@ typedef struct sqz_embedder_info {
     int dense_count;       /* Dense modules after the pooling */
     int normalize;         /* 1: L2-normalised at the end */
     int max_seq_length;    /* sentence_bert_config.json's, 0 when it gives none */
+    int truncate_at;       /* the length inputs are cut at (after sqz_embedder_use_tokenizer):
+                              max_seq_length, else with modules.json the smaller of the
+                              tokenizer's model_max_length and the model's positions (as
+                              sentence-transformers), else the model's positions */
     int do_lower_case;     /* sentence_bert_config.json's (lower-cases the text first) */
     int dimension;         /* floats per embedding */
     int needs_hidden, needs_pooler; /* which outputs sqz_embedder_embed reads */
@@ -397,6 +401,9 @@ typedef struct sqz_embedder_info {
 sqz_status sqz_embedder_load(const sqz_model *model, sqz_embedder **out);
 void sqz_embedder_free(sqz_embedder *embedder);
 sqz_status sqz_embedder_get_info(const sqz_embedder *embedder, sqz_embedder_info *out);
+/* Settles what depends on the tokenizer: truncate_at, and refuses do_lower_case with a
+ * tokenizer that does not lower-case (sentence-transformers would lower-case the text first). */
+sqz_status sqz_embedder_use_tokenizer(sqz_embedder *embedder, const sqz_tokenizer *tokenizer);
 /* Replaces the pooling modes (count 0 keeps them) and the normalisation (-1 keeps it, 0 off,
  * 1 on); Dense modules stay. For a command line's --pooling and --normalize. */
 sqz_status sqz_embedder_override(sqz_embedder *embedder, const sqz_pool_mode *modes, int count,

@@ -59,7 +59,7 @@ struct sqz_embedder {
     dense *dense;
     int dense_count;
     int normalize;
-    int max_seq_length;
+    int max_seq_length, truncate_at, max_positions;
     int do_lower_case;
     bool has_pooler;
     char pooling_file[1024]; /* where the pooling came from, for messages and sqz info */
@@ -165,7 +165,7 @@ static sqz_status read_pooling(sqz_embedder *e, const char *dir, const char *sub
         goto done;
     const char *dim_key = json_object_get(cfg, "embedding_dimension") ? "embedding_dimension"
                                                                       : "word_embedding_dimension";
-    int dim;
+    int dim = 0;
     if ((st = get_positive(cfg, dim_key, file, 1 << 20, &dim)) != SQZ_OK)
         goto done;
     if (dim != e->hidden) {
@@ -436,6 +436,7 @@ sqz_status sqz_embedder_load(const sqz_model *model, sqz_embedder **out)
     sqz_status st = e && file ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     if (st == SQZ_OK) {
         e->hidden = model->config.hidden_size;
+        e->max_positions = e->truncate_at = model->config.max_position_embeddings;
         e->has_pooler = model->has_pooler;
         st = sqz_json_read(file, MAX_MODULE_JSON_BYTES, 0, JSON_ARRAY, true, &list);
     }
@@ -475,6 +476,23 @@ static int out_dimension(const sqz_embedder *e)
     return e->dense_count ? e->dense[e->dense_count - 1].out : e->pool_count * e->hidden;
 }
 
+sqz_status sqz_embedder_use_tokenizer(sqz_embedder *e, const sqz_tokenizer *tok)
+{
+    sqz_tokenizer_info t;
+    if (!e || sqz_tokenizer_get_info(tok, &t) != SQZ_OK)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_embedder_use_tokenizer: NULL argument");
+    if (e->do_lower_case && !t.do_lower_case)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "sentence_bert_config.json: field \"do_lower_case\" true "
+                        "is supported only with a tokenizer that lower-cases itself");
+    int n = e->max_positions;
+    if (e->max_seq_length)
+        n = e->max_seq_length;
+    else if (e->from_modules && t.model_max_length)
+        n = t.model_max_length;
+    e->truncate_at = n < e->max_positions ? n : e->max_positions;
+    return SQZ_OK;
+}
+
 sqz_status sqz_embedder_override(sqz_embedder *e, const sqz_pool_mode *modes, int count, int normalize)
 {
     if (!e || count < 0 || count > SQZ_MAX_POOL_MODES || (count && !modes))
@@ -510,6 +528,7 @@ sqz_status sqz_embedder_get_info(const sqz_embedder *e, sqz_embedder_info *out)
     out->dense_count = e->dense_count;
     out->normalize = e->normalize;
     out->max_seq_length = e->max_seq_length;
+    out->truncate_at = e->truncate_at;
     out->do_lower_case = e->do_lower_case;
     out->dimension = out_dimension(e);
     out->pooling_file = e->pooling_file;

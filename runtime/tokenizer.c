@@ -60,7 +60,7 @@ struct sqz_tokenizer {
     char vocab_file[1024];  /* the file the vocabulary came from, for messages */
     bool vocab_from_json, vocab_txt_present;
     int32_t vocab_txt_diff; /* first id where vocab.txt differs from tokenizer.json's, or -1 */
-    char source[1600];      /* what sqz info shows */
+    char source[512];       /* what sqz info shows */
 
     special_token *specials; /* sorted by first byte, then longest first */
     size_t special_count;
@@ -183,10 +183,10 @@ static void describe_source(sqz_tokenizer *t, bool has_json, bool has_config)
     else if (t->vocab_txt_present)
         snprintf(txt, sizeof txt, "; vocab.txt is there too but differs from id %d on, and is "
                  "ignored as transformers ignores it", t->vocab_txt_diff);
-    snprintf(t->source, sizeof t->source, "vocabulary from %s%s%s%s",
-             has_json && t->vocab_from_json ? "tokenizer.json" : "vocab.txt",
-             has_json && !t->vocab_from_json ? ", settings from tokenizer.json" : "",
-             has_config ? ", overridden by tokenizer_config.json" : "", txt);
+    snprintf(t->source, sizeof t->source, "%s%s%s",
+             t->vocab_from_json ? "tokenizer.json (vocabulary and settings)"
+             : has_json ? "vocab.txt (vocabulary) + tokenizer.json (settings)" : "vocab.txt",
+             has_config ? " + tokenizer_config.json (its settings win)" : "", txt);
 }
 
 

@@ -273,9 +273,9 @@ static void info_shows_what_was_read(void **unused)
     int status;
     char *out = run_sqz("info --model " SENT "/st-bert-mean", &status);
     assert_int_equal(status, 0);
-    const char *want[] = {"vocabulary from tokenizer.json", "sentence-transformers modules.json",
+    const char *want[] = {"tokenizer.json (vocabulary and settings) + tokenizer_config.json", "sentence-transformers modules.json",
                           "pooling mean", "1_Pooling/config.json", "normalize yes",
-                          "max length 24 (sentence_bert_config.json)", "32 floats"};
+                          "max length 24 (sentence_bert_config.json)", "cut at 24 tokens", "32 floats"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(out, want[i]))
             fail_msg("sqz info lacks \"%s\":\n%s", want[i], out);

@@ -344,7 +344,9 @@ def load_small_vocab():
 
 
 def check_real(real_dir, sqz):
-    lines = [{"id": i, "text": t} for i, t in enumerate(TEXTS)]
+    # plus a text of about 500 tokens: cut at max_seq_length (256)
+    long_text = " ".join(TEXTS[:20]) * 2
+    lines = [{"id": i, "text": t} for i, t in enumerate(TEXTS + [long_text])]
     records, _ = encode_records(real_dir, lines)
     inp = os.path.join(OUT, "tmp-real-input.jsonl")
     write_jsonl(inp, lines)

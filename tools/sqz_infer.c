@@ -859,17 +859,6 @@ static task task_for_head(sqz_head head)
     }
 }
 
-static const char *pick_backend(const char *wanted)
-{
-    if (strcmp(wanted, "auto") != 0)
-        return wanted;
-    if (sqz_backend_probe("cuda") == SQZ_OK)
-        return "cuda";
-    if (sqz_backend_probe("opencl") == SQZ_OK)
-        return "opencl";
-    return "cpu_ref";
-}
-
 int sqz_cli_infer(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -908,25 +897,19 @@ int sqz_cli_infer(int argc, char **argv)
             fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
             goto done;
         }
-        sqz_embedder_get_info(p.embedder, &p.emb_info);
-        if (p.emb_info.do_lower_case && !p.tok_info.do_lower_case) {
-            /* sentence-transformers would lower-case the text before a cased tokenizer */
-            fprintf(stderr, "sqz infer: sentence_bert_config.json asks for do_lower_case, which is "
-                    "supported only with a lower-casing tokenizer\n");
+        if ((st = sqz_embedder_use_tokenizer(p.embedder, p.tok)) != SQZ_OK) {
+            fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
             goto done;
         }
-        /* sentence-transformers truncates at max_seq_length, else at the smaller of the
-         * tokenizer's and the model's limits */
-        if (p.opt.max_length == 0 && p.emb_info.from_modules)
-            p.opt.max_length = p.emb_info.max_seq_length ? p.emb_info.max_seq_length
-                               : p.tok_info.model_max_length ? p.tok_info.model_max_length
-                                                              : p.info.max_position_embeddings;
+        sqz_embedder_get_info(p.embedder, &p.emb_info);
+        if (p.opt.max_length == 0)
+            p.opt.max_length = p.emb_info.truncate_at;
     }
     if (p.opt.max_length == 0 || p.opt.max_length > p.info.max_position_embeddings)
         p.opt.max_length = p.info.max_position_embeddings;
     p.setup = (infer_line_setup){p.tok, p.task == TASK_QA, p.task == TASK_FILL_MASK,
                                  p.tok_info.mask_id, (size_t)p.opt.max_length};
-    const char *backend = pick_backend(p.opt.backend);
+    const char *backend = cli_pick_backend(p.opt.backend);
     sqz_session_options so = {backend, p.opt.device, p.opt.precision};
     if ((st = sqz_session_create_with(p.model, &so, &p.session)) != SQZ_OK) {
         fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
