@@ -292,7 +292,7 @@ static void info_shows_what_was_read(void **unused)
 /* One embedding record's values. */
 static size_t embedding_of(const char *jsonl_line, double *out, size_t max)
 {
-    json_t *r = json_loads(jsonl_line, 0, NULL);
+    json_t *r = json_loads(jsonl_line, JSON_DISABLE_EOF_CHECK, NULL);
     json_t *e = json_object_get(r, "embedding");
     size_t n = json_array_size(e);
     for (size_t i = 0; i < n && i < max; i++)
@@ -339,6 +339,60 @@ static void flags_override_the_modules(void **unused)
     assert_int_equal(status, 0);
     assert_non_null(strstr(out, "\"input_ids\": [101, "));
     free(out);
+}
+
+/* sqz similarity's cosines are those of sentence-transformers' embeddings of the same texts */
+static void similarity_matches_the_reference(void **unused)
+{
+    char *dir = make_temp_dir();
+    char *in = test_path(dir, "in.jsonl");
+    size_t n;
+    char *input = (char *)read_whole(SENT "/st-bert-mean/input.jsonl", &n);
+    char *expected = (char *)read_whole(SENT "/st-bert-mean/expected.jsonl", &n);
+    /* the first three texts and their reference embeddings */
+    double ref[3][32];
+    char *line = expected, *keep = input;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(embedding_of(line, ref[i], 32), 32);
+        line = strchr(line, '\n') + 1;
+        keep = strchr(keep, '\n') + 1;
+    }
+    *keep = '\0';
+    write_str(in, input);
+    char args[1024];
+    snprintf(args, sizeof args, "similarity --model %s/st-bert-mean --backend cpu_ref --input %s --pairs 3", SENT, in);
+    int status;
+    char *out = run_sqz(args, &status);
+    assert_int_equal(status, 0);
+    /* "most similar pairs:" then three lines "  0.123  text a  |  text b", best first */
+    char *p = strstr(out, "most similar pairs:");
+    assert_non_null(p);
+    double printed[3];
+    for (int k = 0; k < 3; k++) {
+        p = strchr(p, '\n') + 1;
+        printed[k] = strtod(p, NULL);
+    }
+    double cos[3];
+    int k = 0;
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++) {
+            double xy = 0, xx = 0, yy = 0;
+            for (int c = 0; c < 32; c++)
+                xy += ref[a][c] * ref[b][c], xx += ref[a][c] * ref[a][c], yy += ref[b][c] * ref[b][c];
+            cos[k++] = xy / sqrt(xx * yy);
+        }
+    for (int i = 0; i < 3; i++) /* best first */
+        for (int j = i + 1; j < 3; j++)
+            if (cos[j] > cos[i]) {
+                double t = cos[i];
+                cos[i] = cos[j], cos[j] = t;
+            }
+    for (int i = 0; i < 3; i++) {
+        printf("pair %d: sqz similarity %.3f, sentence-transformers %.5f\n", i, printed[i], cos[i]);
+        assert_true(fabs(printed[i] - cos[i]) <= 5e-4 + 1e-6); /* printed with 3 decimals */
+    }
+    free(out), free(input), free(expected), free(in);
+    remove_temp_dir(dir);
 }
 
 static sqz_status load_embedder(const char *dir)
@@ -494,6 +548,7 @@ int main(void)
         cmocka_unit_test(bad_tokenizer_files),
         cmocka_unit_test(info_shows_what_was_read),
         cmocka_unit_test(flags_override_the_modules),
+        cmocka_unit_test(similarity_matches_the_reference),
         cmocka_unit_test(bad_module_files),
         cmocka_unit_test(sharded_checkpoints),
     };
