@@ -97,7 +97,10 @@ typedef struct sqz_model_info {
     int64_t num_parameters;               /* floats held (tied weights counted once) */
 } sqz_model_info;
 
-/* Loads config.json plus model.safetensors or pytorch_model.bin from `dir`. */
+/* Loads config.json plus the weights from `dir`: model.safetensors, or a sharded
+ * model.safetensors.index.json with its shards, or pytorch_model.bin, or
+ * pytorch_model.bin.index.json with its shards (transformers' order of preference). A shard
+ * that is missing, or that holds other tensors than the index gives it, is an error naming it. */
 sqz_status sqz_model_load(const char *dir, sqz_model **out);
 void sqz_model_free(sqz_model *model);
 sqz_status sqz_model_get_info(const sqz_model *model, sqz_model_info *out);

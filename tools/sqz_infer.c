@@ -888,7 +888,7 @@ int sqz_cli_infer(int argc, char **argv)
         goto done;
     }
     if (p.task == TASK_FILL_MASK && p.tok_info.mask_id < 0) {
-        fprintf(stderr, "sqz infer: fill-mask needs a [MASK] token in vocab.txt\n");
+        fprintf(stderr, "sqz infer: fill-mask needs a [MASK] token in the vocabulary\n");
         goto done;
     }
     if (p.task == TASK_EMBED) {
