@@ -305,7 +305,10 @@ typedef struct sqz_tokenizer_info {
  * tokenizer.json, which wins over the BERT defaults (lower case, strip accents with lower
  * case, split CJK, clean text, "##", 100 characters per word, [CLS] A [SEP] B [SEP] with types
  * 0 0 0 1 1). tokenizer.json's truncation and padding are not used (transformers overrides
- * them on every call that asks for truncation or padding). */
+ * them on every call that asks for truncation or padding). transformers 5 reads only the
+ * vocabulary from tokenizer.json and rebuilds the rest from tokenizer_config.json and these
+ * defaults; the two agree on every tokenizer.json it writes, and where a hand-made file departs
+ * from the defaults this follows the file, as the tokenizers library does. */
 sqz_status sqz_tokenizer_load(const char *model_dir, sqz_tokenizer **out);
 void sqz_tokenizer_free(sqz_tokenizer *tokenizer);
 sqz_status sqz_tokenizer_get_info(const sqz_tokenizer *tokenizer, sqz_tokenizer_info *out);
