@@ -189,7 +189,6 @@ static void describe_source(sqz_tokenizer *t, bool has_json, bool has_config)
              has_config ? " + tokenizer_config.json (its settings win)" : "", txt);
 }
 
-
 /* Splits a vocab.txt held in `data` (size bytes, one spare byte after it) into entries. */
 static sqz_status split_vocab_txt(sqz_tokenizer *t, char *data, size_t size, const char *path)
 {
