@@ -98,7 +98,10 @@ typedef struct sqz_model_info {
     int64_t num_parameters;               /* floats held (tied weights counted once) */
 } sqz_model_info;
 
-/* Loads config.json plus model.safetensors or pytorch_model.bin from `dir`. */
+/* Loads config.json plus the weights from `dir`: model.safetensors, or a sharded
+ * model.safetensors.index.json with its shards, or pytorch_model.bin, or
+ * pytorch_model.bin.index.json with its shards (transformers' order of preference). A shard
+ * that is missing, or that holds other tensors than the index gives it, is an error naming it. */
 sqz_status sqz_model_load(const char *dir, sqz_model **out);
 void sqz_model_free(sqz_model *model);
 sqz_status sqz_model_get_info(const sqz_model *model, sqz_model_info *out);
@@ -279,26 +282,42 @@ void sqz_validation_free(sqz_validation *validation);
 typedef struct sqz_tokenizer sqz_tokenizer;
 
 typedef struct sqz_tokenizer_info {
-    int vocab_size;               /* lines of vocab.txt */
+    int vocab_size;               /* entries of the vocabulary */
     int do_lower_case;            /* 1/0 */
     int strip_accents;            /* 1/0 after resolving "null" (= do_lower_case) */
     int tokenize_chinese_chars;   /* 1/0 */
     int clean_text;               /* 1/0 */
     int max_input_chars_per_word; /* longer words become one unknown token */
     int model_max_length;         /* tokenizer_config.json's, 0 when absent or unbounded */
-    int32_t unk_id, cls_id, sep_id, pad_id, mask_id; /* -1 when the token is not in the vocab */
+    int32_t unk_id, cls_id, sep_id, pad_id, mask_id; /* -1 when the token is not in the vocab;
+                                                        cls/sep: the framing of one text */
     size_t special_token_count;   /* tokens matched literally in the raw text */
 } sqz_tokenizer_info;
 
-/* Loads `model_dir`/vocab.txt (required) and, when present, tokenizer_config.json
- * (do_lower_case, strip_accents, tokenize_chinese_chars, model_max_length, the special
- * token strings, added_tokens_decoder) and tokenizer.json (BertNormalizer settings,
- * WordPiece unk_token / continuing_subword_prefix / max_input_chars_per_word, added_tokens).
- * A setting in tokenizer_config.json wins over tokenizer.json, which wins over the BERT
- * defaults (lower case, strip accents with lower case, split CJK, clean text). */
+/* Loads the tokenizer of `model_dir` from the files transformers writes:
+ *  - tokenizer.json: the WordPiece vocabulary (model.vocab) and unk_token /
+ *    continuing_subword_prefix / max_input_chars_per_word, the BertNormalizer settings, the
+ *    post-processor's framing tokens and token type ids (TemplateProcessing in BERT's shape, or
+ *    BertProcessing), added_tokens. A normalizer, pre-tokenizer, model or post-processor of
+ *    another kind is refused by name (SQZ_ERR_UNSUPPORTED), never approximated.
+ *  - vocab.txt: the vocabulary, one token per line. When tokenizer.json has a vocabulary too,
+ *    tokenizer.json's wins (transformers never reads vocab.txt then); sqz_tokenizer_source
+ *    says whether they differ.
+ *  - tokenizer_config.json: do_lower_case, strip_accents, tokenize_chinese_chars,
+ *    model_max_length, the special token strings, added_tokens_decoder.
+ * At least one vocabulary is required. A setting in tokenizer_config.json wins over
+ * tokenizer.json, which wins over the BERT defaults (lower case, strip accents with lower
+ * case, split CJK, clean text, "##", 100 characters per word, [CLS] A [SEP] B [SEP] with types
+ * 0 0 0 1 1). tokenizer.json's truncation and padding are not used (transformers overrides
+ * them on every call that asks for truncation or padding). transformers 5 reads only the
+ * vocabulary from tokenizer.json and rebuilds the rest from tokenizer_config.json and these
+ * defaults; the two agree on every tokenizer.json it writes, and where a hand-made file departs
+ * from the defaults this follows the file, as the tokenizers library does. */
 sqz_status sqz_tokenizer_load(const char *model_dir, sqz_tokenizer **out);
 void sqz_tokenizer_free(sqz_tokenizer *tokenizer);
 sqz_status sqz_tokenizer_get_info(const sqz_tokenizer *tokenizer, sqz_tokenizer_info *out);
+/* Which files the tokenizer came from, in words (for sqz info); never NULL. */
+const char *sqz_tokenizer_source(const sqz_tokenizer *tokenizer);
 /* The vocabulary entry of `id`; NULL when out of range. */
 const char *sqz_tokenizer_id_to_token(const sqz_tokenizer *tokenizer, int32_t id);
 /* The id of a vocabulary entry (exact bytes); -1 when absent. */
@@ -336,6 +355,76 @@ sqz_status sqz_tokenizer_encode(const sqz_tokenizer *tokenizer, const char *text
 void sqz_encoding_free(sqz_encoding *encoding);
 
 /* ---- end of tokenizer --------------------------------------------------------------- */
+
+/* ---- sentence embeddings -----------------------------------------------------------
+ *
+ * What sentence-transformers computes after the transformer, read from the checkpoint folder
+ * as it saves it: modules.json (Transformer, then Pooling, any Dense modules, Normalize),
+ * the pooling's config.json in both formats (the older pooling_mode_*_tokens booleans and the
+ * newer pooling_mode name or list), each Dense module's config.json and weights, and
+ * sentence_bert_config.json (max_seq_length, do_lower_case). Without modules.json the
+ * embedding is the pooler output (CLS when the model has no pooler), unnormalised. A module
+ * or setting this code does not implement is refused by name (SQZ_ERR_UNSUPPORTED).
+ *
+ *     sqz_embedder *emb = NULL;
+ *     sqz_embedder_load(model, &emb);
+ *     ... run the sequence, then with its last_hidden_state rows [len][hidden] ...
+ *     sqz_embedder_embed(emb, hidden_rows, len, pooler_row, out);   (info.dimension floats)
+ */
+
+typedef enum sqz_pool_mode {
+    SQZ_POOL_CLS = 0,          /* the first token ("cls") */
+    SQZ_POOL_MAX,              /* per-feature maximum over the tokens ("max") */
+    SQZ_POOL_MEAN,             /* mean over the tokens ("mean") */
+    SQZ_POOL_MEAN_SQRT_LEN,    /* sum / sqrt(tokens) ("mean_sqrt_len_tokens") */
+    SQZ_POOL_WEIGHTED_MEAN,    /* token i (from 0) weighted i + 1 ("weightedmean") */
+    SQZ_POOL_LAST_TOKEN,       /* the last token ("lasttoken") */
+    SQZ_POOL_POOLER,           /* the model's pooler_output ("pooler"; not a sentence-transformers mode) */
+    SQZ_POOL_MODE_COUNT
+} sqz_pool_mode;
+
+#define SQZ_MAX_POOL_MODES 8
+
+const char *sqz_pool_mode_name(sqz_pool_mode mode);
+sqz_status sqz_pool_mode_from_name(const char *name, sqz_pool_mode *out);
+
+typedef struct sqz_embedder sqz_embedder;
+
+typedef struct sqz_embedder_info {
+    int from_modules;      /* 1 when modules.json was read */
+    int pool_count;        /* modes, concatenated in this order */
+    sqz_pool_mode pool[SQZ_MAX_POOL_MODES];
+    int dense_count;       /* Dense modules after the pooling */
+    int normalize;         /* 1: L2-normalised at the end */
+    int max_seq_length;    /* sentence_bert_config.json's, 0 when it gives none */
+    int truncate_at;       /* the length inputs are cut at (after sqz_embedder_use_tokenizer):
+                              max_seq_length, else with modules.json the smaller of the
+                              tokenizer's model_max_length and the model's positions (as
+                              sentence-transformers), else the model's positions */
+    int do_lower_case;     /* sentence_bert_config.json's (lower-cases the text first) */
+    int dimension;         /* floats per embedding */
+    int needs_hidden, needs_pooler; /* which outputs sqz_embedder_embed reads */
+    const char *pooling_file; /* the pooling's config.json ("" without modules.json) */
+} sqz_embedder_info;
+
+/* Reads the modules of the folder `model` was loaded from. */
+sqz_status sqz_embedder_load(const sqz_model *model, sqz_embedder **out);
+void sqz_embedder_free(sqz_embedder *embedder);
+sqz_status sqz_embedder_get_info(const sqz_embedder *embedder, sqz_embedder_info *out);
+/* Settles what depends on the tokenizer: truncate_at, and refuses do_lower_case with a
+ * tokenizer that does not lower-case (sentence-transformers would lower-case the text first). */
+sqz_status sqz_embedder_use_tokenizer(sqz_embedder *embedder, const sqz_tokenizer *tokenizer);
+/* Replaces the pooling modes (count 0 keeps them) and the normalisation (-1 keeps it, 0 off,
+ * 1 on); Dense modules stay. For a command line's --pooling and --normalize. */
+sqz_status sqz_embedder_override(sqz_embedder *embedder, const sqz_pool_mode *modes, int count,
+                                 int normalize);
+/* One sequence's embedding: `hidden` holds its `len` real tokens' last_hidden_state rows
+ * ([CLS] first, no padding), `pooled` its pooler_output row (NULL when not needed). Pooling
+ * and Dense run in double over the fp32 inputs; `out` gets info.dimension floats. */
+sqz_status sqz_embedder_embed(const sqz_embedder *embedder, const float *hidden, size_t len,
+                              const float *pooled, float *out);
+
+/* ---- end of sentence embeddings ------------------------------------------------------- */
 
 /* ---- benchmark ----------------------------------------------------------------------
  *

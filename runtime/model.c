@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "runtime/error.h"
+#include "runtime/files.h"
 #include "runtime/model.h"
 #include "runtime/model_weights.h"
 #include "runtime/tensor_file.h"
@@ -231,47 +232,139 @@ static bool shape_fits(const sqz_tf_tensor *t, const sqz_weight_spec *spec)
            t->shape[2] == 1;
 }
 
-static bool file_exists(const char *path)
+/* The weights file, in transformers' order of preference: safetensors before .bin, one file
+ * before shards. *sharded is set for an index (model.safetensors.index.json and the like). */
+static sqz_status find_weights_file(sqz_model *m, bool *sharded)
 {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
-}
-
-static char *join_path(const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s%s%s", dir, (dir[0] && dir[strlen(dir) - 1] == '/') ? "" : "/", name);
-    return p;
-}
-
-static sqz_status find_weights_file(sqz_model *m)
-{
-    static const char *const names[] = {"model.safetensors", "pytorch_model.bin"};
-    for (size_t i = 0; i < 2; i++) {
-        char *p = join_path(m->dir, names[i]);
+    static const char *const names[] = {"model.safetensors", "model.safetensors.index.json",
+                                        "pytorch_model.bin", "pytorch_model.bin.index.json"};
+    for (size_t i = 0; i < 4; i++) {
+        char *p = sqz_path_join(m->dir, names[i]);
         if (!p)
             return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-        if (file_exists(p)) {
+        if (sqz_file_exists(p)) {
             m->weights_path = p;
+            *sharded = i % 2 == 1;
             return SQZ_OK;
         }
         free(p);
     }
-    static const char *const sharded[] = {"model.safetensors.index.json",
-                                          "pytorch_model.bin.index.json"};
-    for (size_t i = 0; i < 2; i++) {
-        char *p = join_path(m->dir, sharded[i]);
-        bool found = p && file_exists(p);
-        free(p);
-        if (found)
-            return sqz_fail(SQZ_ERR_UNSUPPORTED,
-                            "%s: sharded checkpoints (%s) are not supported; merge the shards "
-                            "into one model.safetensors", m->dir, sharded[i]);
-    }
     return sqz_fail(SQZ_ERR_IO, "%s: no weights found (expected model.safetensors or "
-                    "pytorch_model.bin)", m->dir);
+                    "pytorch_model.bin, or a sharded checkpoint's model.safetensors.index.json or "
+                    "pytorch_model.bin.index.json)", m->dir);
+}
+
+enum {
+    MAX_INDEX_BYTES = 64 << 20, /* an index lists tensor names only: a few hundred kB */
+    MAX_SHARDS = 4096,
+};
+
+/* A shard must be a file next to the index: a plain name, no folder, nothing hidden. */
+static bool plain_file_name(const char *name)
+{
+    return name[0] && name[0] != '.' && !strchr(name, '/') && !strchr(name, '\\') &&
+           strlen(name) <= 255;
+}
+
+/* Reads every shard an index names and gathers their tensors into one file. The index and
+ * the shards must agree exactly: each tensor the index lists is in the shard it names, and
+ * each shard holds only tensors the index gives to it (a stale or mixed-up shard could
+ * otherwise put wrong weights in silently). */
+static sqz_status read_sharded(sqz_model *m, sqz_tensor_file **out)
+{
+    const char *index = m->weights_path;
+    json_t *root = NULL;
+    const char **shards = NULL;
+    size_t n_shards = 0;
+    sqz_tensor_file *all = calloc(1, sizeof *all), *part = NULL;
+    sqz_status st = all ? sqz_json_read(index, MAX_INDEX_BYTES, JSON_REJECT_DUPLICATES, JSON_OBJECT, false, &root)
+                        : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    if (st != SQZ_OK)
+        goto done;
+    json_t *map = json_object_get(root, "weight_map");
+    if (!json_is_object(map) || json_object_size(map) == 0 || json_object_size(map) > SQZ_TF_MAX_TENSORS) {
+        st = sqz_fail(SQZ_ERR_FORMAT, "%s: field \"weight_map\" must be an object of 1 to %d "
+                      "tensor names, each naming its shard", index, SQZ_TF_MAX_TENSORS);
+        goto done;
+    }
+    shards = calloc(MAX_SHARDS, sizeof *shards);
+    if (!shards || !(all->path = strdup(index))) {
+        st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+        goto done;
+    }
+    const char *name;
+    json_t *v;
+    json_object_foreach(map, name, v) {
+        if (!json_is_string(v) || !plain_file_name(json_string_value(v))) {
+            st = sqz_fail(SQZ_ERR_FORMAT, "%s: weight_map[\"%s\"] must be the file name of a shard "
+                          "in the same folder", index, name);
+            goto done;
+        }
+        size_t k = 0;
+        while (k < n_shards && strcmp(shards[k], json_string_value(v)) != 0)
+            k++;
+        if (k == n_shards) {
+            if (n_shards == MAX_SHARDS) {
+                st = sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: more than %d shards", index, MAX_SHARDS);
+                goto done;
+            }
+            shards[n_shards++] = json_string_value(v);
+        }
+    }
+    for (size_t k = 0; k < n_shards; k++) {
+        char *path = sqz_path_join(m->dir, shards[k]);
+        if (!path) {
+            st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+            goto done;
+        }
+        if (!sqz_file_exists(path)) {
+            st = sqz_fail(SQZ_ERR_IO, "%s names shard %s, which is missing (%s)", index, shards[k], path);
+            free(path);
+            goto done;
+        }
+        st = sqz_tensor_file_read(path, &part);
+        free(path);
+        if (st != SQZ_OK)
+            goto done;
+        for (size_t i = 0; i < part->count; i++) {
+            json_t *owner = json_object_get(map, part->tensors[i].name);
+            if (!owner || strcmp(json_string_value(owner), shards[k]) != 0) {
+                st = sqz_fail(SQZ_ERR_MODEL_MISMATCH, "shard %s holds tensor '%s', which %s %s%s: the "
+                              "index and its shards disagree", shards[k], part->tensors[i].name, index,
+                              owner ? "gives to shard " : "does not list",
+                              owner ? json_string_value(owner) : "");
+                goto done;
+            }
+        }
+        json_object_foreach(map, name, v) {
+            if (strcmp(json_string_value(v), shards[k]) == 0 && !sqz_tensor_file_find(part, name)) {
+                st = sqz_fail(SQZ_ERR_MODEL_MISMATCH, "%s gives tensor '%s' to shard %s, which does "
+                              "not hold it: the index and its shards disagree", index, name, shards[k]);
+                goto done;
+            }
+        }
+        sqz_tf_tensor *bigger = realloc(all->tensors, (all->count + part->count) * sizeof *bigger);
+        if (!bigger) {
+            st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+            goto done;
+        }
+        all->tensors = bigger;
+        memcpy(all->tensors + all->count, part->tensors, part->count * sizeof *part->tensors);
+        all->count += part->count;
+        part->count = 0; /* moved: names and data belong to `all` now */
+        sqz_tensor_file_free(part);
+        part = NULL;
+    }
+done:
+    sqz_tensor_file_free(part);
+    free(shards);
+    json_decref(root);
+    if (st != SQZ_OK) {
+        sqz_tensor_file_free(all);
+        all = NULL;
+    }
+    *out = all;
+    return st;
 }
 
 static sqz_status bind_weights(sqz_model *m, sqz_tensor_file *file)
@@ -396,15 +489,16 @@ sqz_status sqz_model_load(const char *dir, sqz_model **out)
         free(m);
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     }
-    char *config_path = join_path(dir, "config.json");
+    char *config_path = sqz_path_join(dir, "config.json");
     sqz_status s = config_path ? sqz_config_load(config_path, &m->config)
                                : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     free(config_path);
     sqz_tensor_file *file = NULL;
+    bool sharded = false;
     if (s == SQZ_OK)
-        s = find_weights_file(m);
+        s = find_weights_file(m, &sharded);
     if (s == SQZ_OK)
-        s = sqz_tensor_file_read(m->weights_path, &file);
+        s = sharded ? read_sharded(m, &file) : sqz_tensor_file_read(m->weights_path, &file);
     if (s == SQZ_OK)
         s = bind_weights(m, file);
     sqz_tensor_file_free(file);

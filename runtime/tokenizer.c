@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "runtime/error.h"
+#include "runtime/files.h"
 #include "runtime/tokenizer_unicode.h"
 
 enum {
@@ -23,6 +24,13 @@ enum {
     MAX_WORD_CHARS_LIMIT = 1 << 16,   /* upper bound accepted for max_input_chars_per_word */
     MAX_SPECIAL_TOKENS = 1 << 16,
 };
+
+/* The post-processor's framing: [first] A [last] for one text, [first] A [mid] B [last] for a
+ * pair, each piece with its token type id (BERT: [CLS] A [SEP] B [SEP], types 0 0 0 1 1). */
+typedef struct frame {
+    int32_t first_id, mid_id, last_id;
+    int64_t first_type, a_type, mid_type, b_type, last_type;
+} frame;
 
 typedef struct special_token {
     char *text;
@@ -46,7 +54,13 @@ struct sqz_tokenizer {
     bool lowercase, strip_accents, chinese, clean_text;
     int max_word_chars;
     int model_max_length;
-    int32_t unk_id, cls_id, sep_id, pad_id, mask_id;
+    int32_t unk_id, pad_id, mask_id;
+    frame single, pair;
+
+    char vocab_file[1024];  /* the file the vocabulary came from, for messages */
+    bool vocab_from_json, vocab_txt_present;
+    int32_t vocab_txt_diff; /* first id where vocab.txt differs from tokenizer.json's, or -1 */
+    char source[512];       /* what sqz info shows */
 
     special_token *specials; /* sorted by first byte, then longest first */
     size_t special_count;
@@ -148,28 +162,79 @@ static sqz_status build_tables(sqz_tokenizer *t)
 
 /* ---- loading ---------------------------------------------------------------------------- */
 
-static char *join_path(const char *dir, const char *name)
+/* An integral JSON number within [lo, hi] (numbers are decoded as reals). */
+static bool get_integral(json_t *v, double lo, double hi, long long *out)
 {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = malloc(n);
-    if (p)
-        snprintf(p, n, "%s/%s", dir, name);
-    return p;
+    if (!json_is_number(v))
+        return false;
+    double x = json_number_value(v);
+    if (!(x >= lo && x <= hi) || x != (double)(long long)x)
+        return false;
+    *out = (long long)x;
+    return true;
 }
 
-static sqz_status read_vocab(sqz_tokenizer *t, const char *dir)
+/* What sqz info shows as the tokenizer's source. */
+static void describe_source(sqz_tokenizer *t, bool has_json, bool has_config)
 {
-    char *path = join_path(dir, "vocab.txt");
-    if (!path)
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        sqz_status st = sqz_fail(SQZ_ERR_IO,
-                                 "cannot open %s: %s (the tokenizer needs vocab.txt)", path,
-                                 strerror(errno));
-        free(path);
-        return st;
+    char txt[160] = "";
+    if (t->vocab_txt_present && t->vocab_txt_diff < 0)
+        snprintf(txt, sizeof txt, "; vocab.txt is there too and identical");
+    else if (t->vocab_txt_present)
+        snprintf(txt, sizeof txt, "; vocab.txt is there too but differs from id %d on, and is "
+                 "ignored as transformers ignores it", t->vocab_txt_diff);
+    snprintf(t->source, sizeof t->source, "%s%s%s",
+             t->vocab_from_json ? "tokenizer.json (vocabulary and settings)"
+             : has_json ? "vocab.txt (vocabulary) + tokenizer.json (settings)" : "vocab.txt",
+             has_config ? " + tokenizer_config.json (its settings win)" : "", txt);
+}
+
+/* Splits a vocab.txt held in `data` (size bytes, one spare byte after it) into entries. */
+static sqz_status split_vocab_txt(sqz_tokenizer *t, char *data, size_t size, const char *path)
+{
+    /* one entry per line; a final line without a newline counts, an empty file has none */
+    size_t lines = 0;
+    for (size_t i = 0; i < size; i++)
+        lines += data[i] == '\n';
+    if (size && data[size - 1] != '\n')
+        lines++;
+    if (lines == 0 || lines > MAX_VOCAB_ENTRIES)
+        return sqz_fail(SQZ_ERR_FORMAT, "%s has %zu entries (expected 1 to %d)", path, lines,
+                        MAX_VOCAB_ENTRIES);
+    t->vocab_size = (int32_t)lines;
+    t->entry_off = malloc(lines * sizeof *t->entry_off);
+    t->entry_len = malloc(lines * sizeof *t->entry_len);
+    if (!t->entry_off || !t->entry_len)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for %zu vocabulary entries", lines);
+    size_t start = 0, id = 0;
+    for (size_t i = 0; i <= size && id < lines; i++) {
+        if (i < size && data[i] != '\n')
+            continue;
+        size_t end = i;
+        /* the Rust reader trims trailing whitespace (this also drops a CRLF's \r) */
+        while (end > start && (data[end - 1] == '\r' || data[end - 1] == ' ' ||
+                               data[end - 1] == '\t' || data[end - 1] == '\f' ||
+                               data[end - 1] == '\v'))
+            end--;
+        data[end] = '\0'; /* end <= i <= size, and data[size] is spare room */
+        t->entry_off[id] = start;
+        t->entry_len[id] = (uint32_t)(end - start);
+        id++;
+        start = i + 1;
     }
+    t->arena = data;
+    return SQZ_OK;
+}
+
+/* Reads dir/vocab.txt; *found false (and SQZ_OK) when there is none. */
+static sqz_status read_vocab_txt(sqz_tokenizer *t, const char *path, bool *found)
+{
+    *found = false;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return errno == ENOENT ? SQZ_OK
+                               : sqz_fail(SQZ_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    *found = true;
     sqz_status st = SQZ_OK;
     size_t size = 0, cap = 1 << 16;
     char *data = malloc(cap);
@@ -198,83 +263,57 @@ static sqz_status read_vocab(sqz_tokenizer *t, const char *dir)
                       sqz_utf8_validate((const unsigned char *)data, size));
     }
     fclose(f);
-    if (st != SQZ_OK) {
+    if (st == SQZ_OK)
+        st = split_vocab_txt(t, data, size, path);
+    if (st != SQZ_OK && t->arena != data)
         free(data);
-        free(path);
-        return st;
-    }
-    /* one entry per line; a final line without a newline counts, an empty file has none */
-    size_t lines = 0;
-    for (size_t i = 0; i < size; i++)
-        lines += data[i] == '\n';
-    if (size && data[size - 1] != '\n')
-        lines++;
-    if (lines == 0 || lines > MAX_VOCAB_ENTRIES) {
-        st = sqz_fail(SQZ_ERR_FORMAT, "%s has %zu entries (expected 1 to %d)", path, lines,
-                      MAX_VOCAB_ENTRIES);
-        free(data);
-        free(path);
-        return st;
-    }
-    t->vocab_size = (int32_t)lines;
-    t->entry_off = malloc(lines * sizeof *t->entry_off);
-    t->entry_len = malloc(lines * sizeof *t->entry_len);
-    if (!t->entry_off || !t->entry_len) {
-        free(data);
-        free(path);
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for %zu vocabulary entries", lines);
-    }
-    size_t start = 0, id = 0;
-    for (size_t i = 0; i <= size && id < lines; i++) {
-        if (i < size && data[i] != '\n')
-            continue;
-        size_t end = i;
-        /* the Rust reader trims trailing whitespace (this also drops a CRLF's \r) */
-        while (end > start && (data[end - 1] == '\r' || data[end - 1] == ' ' ||
-                               data[end - 1] == '\t' || data[end - 1] == '\f' ||
-                               data[end - 1] == '\v'))
-            end--;
-        data[end] = '\0'; /* end <= i < cap, and data[size] is spare room */
-        t->entry_off[id] = start;
-        t->entry_len[id] = (uint32_t)(end - start);
-        id++;
-        start = i + 1;
-    }
-    t->arena = data;
-    free(path);
-    return SQZ_OK;
+    return st;
 }
 
-/* Loads dir/name as JSON; *out NULL (and SQZ_OK) when the file does not exist. */
-static sqz_status load_optional_json(const char *dir, const char *name, json_t **out)
+/* tokenizer.json's model.vocab: {"token": id, ...} with the ids 0..N-1 each exactly once
+ * (what every WordPiece tokenizer.json holds; gaps or repeats would leave ids without a
+ * token or tokens without an id, so they are refused). */
+static sqz_status read_vocab_json(sqz_tokenizer *t, json_t *vocab, const char *file)
 {
-    *out = NULL;
-    char *path = join_path(dir, name);
-    if (!path)
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        sqz_status st = SQZ_OK;
-        if (errno != ENOENT)
-            st = sqz_fail(SQZ_ERR_IO, "cannot open %s: %s", path, strerror(errno));
-        free(path);
-        return st;
+    size_t n = json_object_size(vocab);
+    if (n == 0 || n > MAX_VOCAB_ENTRIES)
+        return sqz_fail(SQZ_ERR_FORMAT, "%s: model.vocab has %zu entries (expected 1 to %d)", file,
+                        n, MAX_VOCAB_ENTRIES);
+    size_t bytes = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(vocab, key, v) bytes += strlen(key) + 1;
+    t->entry_off = malloc(n * sizeof *t->entry_off);
+    t->entry_len = malloc(n * sizeof *t->entry_len);
+    t->arena = malloc(bytes);
+    bool *seen = calloc(n, sizeof *seen);
+    if (!t->entry_off || !t->entry_len || !t->arena || !seen) {
+        free(seen);
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for %zu vocabulary entries", n);
     }
-    json_error_t err;
-    /* every number as a real: transformers writes int(1e30) as model_max_length, which
-     * overflows jansson's integers */
-    json_t *root = json_loadf(f, JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL, &err);
-    fclose(f);
-    if (!root || !json_is_object(root)) {
-        sqz_status st = root ? sqz_fail(SQZ_ERR_FORMAT, "%s: the top level is not an object", path)
-                             : sqz_fail(SQZ_ERR_FORMAT, "%s: invalid JSON at line %d column %d: %s",
-                                        path, err.line, err.column, err.text);
-        json_decref(root);
-        free(path);
-        return st;
+    size_t off = 0;
+    json_object_foreach(vocab, key, v) {
+        long long id;
+        if (!get_integral(v, 0, (double)n - 1, &id)) {
+            free(seen);
+            return sqz_fail(SQZ_ERR_FORMAT,
+                            "%s: model.vocab[\"%s\"] must be an integer id in 0..%zu (the ids of a "
+                            "vocabulary of %zu tokens)", file, key, n - 1, n);
+        }
+        if (seen[id]) {
+            free(seen);
+            return sqz_fail(SQZ_ERR_FORMAT, "%s: model.vocab gives id %lld to two tokens (one is "
+                            "\"%s\")", file, id, key);
+        }
+        seen[id] = true;
+        size_t len = strlen(key);
+        memcpy(t->arena + off, key, len + 1);
+        t->entry_off[id] = off;
+        t->entry_len[id] = (uint32_t)len;
+        off += len + 1;
     }
-    free(path);
-    *out = root;
+    free(seen); /* n distinct ids in 0..n-1: every id has its token */
+    t->vocab_size = (int32_t)n;
     return SQZ_OK;
 }
 
@@ -288,18 +327,6 @@ static sqz_status get_bool(json_t *obj, const char *key, const char *file, int *
         return sqz_fail(SQZ_ERR_FORMAT, "%s: \"%s\" must be true, false or null", file, key);
     *out = json_is_true(v);
     return SQZ_OK;
-}
-
-/* An integral JSON number within [lo, hi] (numbers are decoded as reals). */
-static bool get_integral(json_t *v, double lo, double hi, long long *out)
-{
-    if (!json_is_number(v))
-        return false;
-    double x = json_number_value(v);
-    if (!(x >= lo && x <= hi) || x != (double)(long long)x)
-        return false;
-    *out = (long long)x;
-    return true;
 }
 
 /* A token setting: a string or {"content": string}; NULL when absent. */
@@ -346,8 +373,8 @@ static sqz_status add_added_token(sqz_tokenizer *t, json_t *entry, long long id,
         return sqz_fail(SQZ_ERR_FORMAT, "%s: an added token has no \"content\" string", file);
     if (id < 0 || id >= t->vocab_size)
         return sqz_fail(SQZ_ERR_UNSUPPORTED,
-                        "%s: added token \"%s\" has id %lld outside vocab.txt's %d entries", file,
-                        content, id, t->vocab_size);
+                        "%s: added token \"%s\" has id %lld outside the vocabulary's %d entries",
+                        file, content, id, t->vocab_size);
     static const char *const unsupported[] = {"normalized", "lstrip", "rstrip", "single_word"};
     for (size_t k = 0; k < sizeof unsupported / sizeof unsupported[0]; k++)
         if (json_is_true(json_object_get(entry, unsupported[k])))
@@ -363,32 +390,57 @@ typedef struct settings {
     int lowercase, strip, chinese, clean; /* -1 unset */
     int max_word_chars;                   /* -1 unset */
     const char *unk, *cls, *sep, *pad, *mask;
+    bool cls_set, sep_set;                /* named by tokenizer_config.json */
     const char *prefix;
+    json_t *post;                         /* tokenizer.json's post_processor, or NULL */
 } settings;
+
+/* The "type" of a tokenizer.json section, or NULL when it has none. */
+static const char *section_type(json_t *section)
+{
+    json_t *type = json_is_object(section) ? json_object_get(section, "type") : NULL;
+    return json_is_string(type) ? json_string_value(type) : NULL;
+}
+
+/* A tokenizer.json section we implement only one kind of: absent means the BERT default, any
+ * other kind (null included) is refused by name rather than approximated. */
+static sqz_status require_type(json_t *root, const char *key, const char *want, const char *file)
+{
+    json_t *section = json_object_get(root, key);
+    if (!section)
+        return SQZ_OK;
+    const char *type = section_type(section);
+    if (type && strcmp(type, want) == 0)
+        return SQZ_OK;
+    return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: %s is %s%s%s; only %s is supported (BERT's WordPiece "
+                    "tokenizer)", file, key, type ? "\"" : "", type ? type : json_is_null(section) ? "null" : "without a type",
+                    type ? "\"" : "", want);
+}
 
 static sqz_status read_tokenizer_json(json_t *root, const char *file, settings *s)
 {
+    sqz_status st;
+    if ((st = require_type(root, "normalizer", "BertNormalizer", file)) != SQZ_OK ||
+        (st = require_type(root, "pre_tokenizer", "BertPreTokenizer", file)) != SQZ_OK ||
+        (st = require_type(root, "model", "WordPiece", file)) != SQZ_OK)
+        return st;
     json_t *norm = json_object_get(root, "normalizer");
-    /* transformers rebuilds a BertNormalizer whatever this says; read only that type */
-    if (json_is_object(norm) && json_is_string(json_object_get(norm, "type")) &&
-        strcmp(json_string_value(json_object_get(norm, "type")), "BertNormalizer") == 0) {
-        sqz_status st;
-        if ((st = get_bool(norm, "lowercase", file, &s->lowercase)) != SQZ_OK ||
-            (st = get_bool(norm, "strip_accents", file, &s->strip)) != SQZ_OK ||
-            (st = get_bool(norm, "handle_chinese_chars", file, &s->chinese)) != SQZ_OK ||
-            (st = get_bool(norm, "clean_text", file, &s->clean)) != SQZ_OK)
-            return st;
-    }
+    if ((st = get_bool(norm, "lowercase", file, &s->lowercase)) != SQZ_OK ||
+        (st = get_bool(norm, "strip_accents", file, &s->strip)) != SQZ_OK ||
+        (st = get_bool(norm, "handle_chinese_chars", file, &s->chinese)) != SQZ_OK ||
+        (st = get_bool(norm, "clean_text", file, &s->clean)) != SQZ_OK)
+        return st;
     json_t *model = json_object_get(root, "model");
     if (json_is_object(model)) {
-        json_t *type = json_object_get(model, "type");
-        if (json_is_string(type) && strcmp(json_string_value(type), "WordPiece") != 0)
-            return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: model type \"%s\" is not WordPiece", file,
-                            json_string_value(type));
-        if (json_is_string(json_object_get(model, "unk_token")))
-            s->unk = json_string_value(json_object_get(model, "unk_token"));
-        if (json_is_string(json_object_get(model, "continuing_subword_prefix")))
-            s->prefix = json_string_value(json_object_get(model, "continuing_subword_prefix"));
+        json_t *unk = json_object_get(model, "unk_token"), *prefix = json_object_get(model, "continuing_subword_prefix");
+        if (unk && !json_is_string(unk))
+            return sqz_fail(SQZ_ERR_FORMAT, "%s: model.unk_token must be a string", file);
+        if (prefix && !json_is_string(prefix))
+            return sqz_fail(SQZ_ERR_FORMAT, "%s: model.continuing_subword_prefix must be a string", file);
+        if (unk)
+            s->unk = json_string_value(unk);
+        if (prefix)
+            s->prefix = json_string_value(prefix);
         json_t *m = json_object_get(model, "max_input_chars_per_word");
         if (m && !json_is_null(m)) {
             long long v;
@@ -399,6 +451,145 @@ static sqz_status read_tokenizer_json(json_t *root, const char *file, settings *
             s->max_word_chars = (int)v;
         }
     }
+    json_t *post = json_object_get(root, "post_processor");
+    if (post) {
+        const char *type = section_type(post);
+        if (!type || (strcmp(type, "TemplateProcessing") != 0 && strcmp(type, "BertProcessing") != 0))
+            return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: post_processor is %s%s%s; only TemplateProcessing "
+                            "(in BERT's [CLS] A [SEP] B [SEP] shape) and BertProcessing are supported", file,
+                            type ? "\"" : "", type ? type : json_is_null(post) ? "null" : "without a type",
+                            type ? "\"" : "");
+        s->post = post;
+    }
+    return SQZ_OK;
+}
+
+/* ---- framing (the post-processor) ------------------------------------------------------- */
+
+enum { MAX_TYPE_ID = 1 << 16 };
+
+/* One piece of a TemplateProcessing template: a special token (its one id, from the
+ * special_tokens map) or sequence A or B. */
+static sqz_status template_piece(const sqz_tokenizer *t, json_t *piece, json_t *specials,
+                                 const char *file, const char *where, char *seq, int32_t *id,
+                                 int64_t *type)
+{
+    json_t *sp = json_object_get(piece, "SpecialToken"), *sq = json_object_get(piece, "Sequence");
+    json_t *body = json_is_object(sp) ? sp : sq;
+    long long ty;
+    if (!json_is_object(body) || !json_is_string(json_object_get(body, "id")) ||
+        !get_integral(json_object_get(body, "type_id"), 0, MAX_TYPE_ID, &ty))
+        return sqz_fail(SQZ_ERR_FORMAT, "%s: post_processor.%s: expected {\"SpecialToken\" or "
+                        "\"Sequence\": {\"id\": string, \"type_id\": 0..%d}}", file, where, MAX_TYPE_ID);
+    const char *name = json_string_value(json_object_get(body, "id"));
+    *type = ty;
+    if (body == sq) {
+        if (strcmp(name, "A") != 0 && strcmp(name, "B") != 0)
+            return sqz_fail(SQZ_ERR_FORMAT, "%s: post_processor.%s: sequence \"%s\" is neither A nor B",
+                            file, where, name);
+        *seq = name[0];
+        return SQZ_OK;
+    }
+    *seq = 0;
+    json_t *entry = json_object_get(specials, name), *ids = json_object_get(entry, "ids");
+    long long v;
+    if (!json_is_array(ids) || json_array_size(ids) != 1 ||
+        !get_integral(json_array_get(ids, 0), 0, (double)t->vocab_size - 1, &v))
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: post_processor.special_tokens[\"%s\"] must have "
+                        "\"ids\" of exactly one id in the vocabulary (0..%d)", file, name,
+                        t->vocab_size - 1);
+    *id = (int32_t)v;
+    return SQZ_OK;
+}
+
+/* Reads template `key` ("single" or "pair") into f, which must be the BERT shape:
+ * special A special (single) or special A special B special (pair), any ids and type ids. */
+static sqz_status read_template(const sqz_tokenizer *t, json_t *post, const char *key,
+                                const char *file, frame *f)
+{
+    json_t *list = json_object_get(post, key), *specials = json_object_get(post, "special_tokens");
+    const bool pair = key[0] == 'p';
+    const size_t n = pair ? 5 : 3;
+    static const char shape[2][6] = {"SAS", "SASBS"};
+    char got[8] = "";
+    int32_t ids[5] = {0};
+    int64_t types[5] = {0};
+    for (size_t i = 0; json_is_array(list) && i < json_array_size(list) && i < 5; i++) {
+        char where[32], seq = 0;
+        snprintf(where, sizeof where, "%s[%zu]", key, i);
+        sqz_status st = template_piece(t, json_array_get(list, i), specials, file, where, &seq,
+                                       &ids[i], &types[i]);
+        if (st != SQZ_OK)
+            return st;
+        got[i] = seq ? seq : 'S';
+    }
+    if (!json_is_array(list) || json_array_size(list) != n || strcmp(got, shape[pair]) != 0)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: post_processor.%s is not BERT's %s template; only "
+                        "that shape is supported", file, key,
+                        pair ? "[CLS] A [SEP] B [SEP]" : "[CLS] A [SEP]");
+    f->first_id = ids[0], f->first_type = types[0], f->a_type = types[1];
+    if (pair) {
+        f->mid_id = ids[2], f->mid_type = types[2], f->b_type = types[3];
+        f->last_id = ids[4], f->last_type = types[4];
+    } else {
+        f->last_id = ids[2], f->last_type = types[2];
+    }
+    return SQZ_OK;
+}
+
+/* BertProcessing: {"cls": ["[CLS]", id], "sep": ["[SEP]", id]} with types 0 and 1. */
+static sqz_status read_bert_processing(const sqz_tokenizer *t, json_t *post, const char *file,
+                                       int32_t *cls, int32_t *sep)
+{
+    const char *keys[2] = {"cls", "sep"};
+    int32_t *out[2] = {cls, sep};
+    for (int k = 0; k < 2; k++) {
+        json_t *pair = json_object_get(post, keys[k]);
+        long long v;
+        if (!json_is_array(pair) || json_array_size(pair) != 2 ||
+            !json_is_string(json_array_get(pair, 0)) ||
+            !get_integral(json_array_get(pair, 1), 0, (double)t->vocab_size - 1, &v))
+            return sqz_fail(SQZ_ERR_FORMAT, "%s: post_processor.%s must be [token, id] with an id "
+                            "in the vocabulary (0..%d)", file, keys[k], t->vocab_size - 1);
+        *out[k] = (int32_t)v;
+    }
+    return SQZ_OK;
+}
+
+/* The framing: tokenizer.json's post-processor when it has one, else BERT's template built
+ * from the [CLS]/[SEP] token strings. tokenizer_config.json's cls_token/sep_token win in
+ * transformers, so when they are named there and disagree with the post-processor the
+ * load fails rather than pick one silently. */
+static sqz_status resolve_framing(sqz_tokenizer *t, const settings *s, const char *tj_file,
+                                  const char *tc_file)
+{
+    const int32_t cls = sqz_tokenizer_token_to_id(t, s->cls, strlen(s->cls));
+    const int32_t sep = sqz_tokenizer_token_to_id(t, s->sep, strlen(s->sep));
+    t->single = (frame){cls, -1, sep, 0, 0, 0, 0, 0};
+    t->pair = (frame){cls, sep, sep, 0, 0, 0, 1, 1};
+    if (!s->post) {
+        if (cls < 0 || sep < 0)
+            return sqz_fail(SQZ_ERR_FORMAT, "%s has no entry \"%s\" (needed as the %s token)",
+                            t->vocab_file, cls < 0 ? s->cls : s->sep, cls < 0 ? "classifier" : "separator");
+        return SQZ_OK;
+    }
+    sqz_status st;
+    if (strcmp(section_type(s->post), "BertProcessing") == 0) {
+        int32_t c, p;
+        if ((st = read_bert_processing(t, s->post, tj_file, &c, &p)) != SQZ_OK)
+            return st;
+        t->single = (frame){c, -1, p, 0, 0, 0, 0, 0};
+        t->pair = (frame){c, p, p, 0, 0, 0, 1, 1};
+    } else if ((st = read_template(t, s->post, "single", tj_file, &t->single)) != SQZ_OK ||
+               (st = read_template(t, s->post, "pair", tj_file, &t->pair)) != SQZ_OK) {
+        return st;
+    }
+    if ((s->cls_set && (t->single.first_id != cls || t->pair.first_id != cls)) ||
+        (s->sep_set && (t->single.last_id != sep || t->pair.mid_id != sep || t->pair.last_id != sep)))
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s names cls_token \"%s\" (id %d) and sep_token \"%s\" "
+                        "(id %d), but %s's post_processor frames with ids %d and %d: the two files "
+                        "disagree", tc_file, s->cls, cls, s->sep, sep, tj_file, t->single.first_id,
+                        t->single.last_id);
     return SQZ_OK;
 }
 
@@ -446,6 +637,58 @@ static int cmp_special(const void *a, const void *b)
     return memcmp(x->text, y->text, x->len);
 }
 
+/* The vocabulary: tokenizer.json's model.vocab when it has one (transformers builds the
+ * tokenizer from it and never reads vocab.txt then), else vocab.txt. When both exist, the
+ * first entry where vocab.txt disagrees is recorded for sqz info. */
+static sqz_status read_vocabulary(sqz_tokenizer *t, json_t *tj, const char *dir, const char *tj_file)
+{
+    json_t *vocab = tj ? json_object_get(json_object_get(tj, "model"), "vocab") : NULL;
+    char *vt_file = sqz_path_join(dir, "vocab.txt");
+    if (!vt_file)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    sqz_status st = SQZ_OK;
+    if (vocab && !json_is_object(vocab)) {
+        st = sqz_fail(SQZ_ERR_FORMAT, "%s: model.vocab must be an object {\"token\": id}", tj_file);
+    } else if (vocab) {
+        st = read_vocab_json(t, vocab, tj_file);
+        t->vocab_from_json = true;
+        snprintf(t->vocab_file, sizeof t->vocab_file, "%s", tj_file);
+        if (st == SQZ_OK && sqz_file_exists(vt_file)) {
+            /* compared only to be reported: transformers ignores it */
+            sqz_tokenizer txt = {0};
+            bool found = false;
+            if (read_vocab_txt(&txt, vt_file, &found) == SQZ_OK && found) {
+                int32_t diff = -1;
+                for (int32_t id = 0; id < t->vocab_size && id < txt.vocab_size && diff < 0; id++)
+                    if (t->entry_len[id] != txt.entry_len[id] ||
+                        memcmp(t->arena + t->entry_off[id], txt.arena + txt.entry_off[id], t->entry_len[id]) != 0)
+                        diff = id;
+                if (diff < 0 && txt.vocab_size != t->vocab_size)
+                    diff = t->vocab_size < txt.vocab_size ? t->vocab_size : txt.vocab_size;
+                t->vocab_txt_diff = diff;
+                t->vocab_txt_present = true;
+            }
+            free(txt.arena), free(txt.entry_off), free(txt.entry_len);
+            sqz_clear_error();
+        }
+    } else {
+        bool found = false;
+        st = read_vocab_txt(t, vt_file, &found);
+        snprintf(t->vocab_file, sizeof t->vocab_file, "%s", vt_file);
+        if (st == SQZ_OK && !found)
+            st = sqz_fail(SQZ_ERR_IO, "no tokenizer vocabulary: %s does not exist and %s %s (the "
+                          "tokenizer needs vocab.txt or a tokenizer.json with model.vocab)", vt_file,
+                          tj_file, tj ? "has no model.vocab" : "does not exist either");
+    }
+    free(vt_file);
+    return st;
+}
+
+enum {
+    MAX_TOKENIZER_JSON_BYTES = 128 << 20,  /* 30k-250k-entry vocabularies are 0.5-20 MB */
+    MAX_TOKENIZER_CONFIG_BYTES = 16 << 20,
+};
+
 sqz_status sqz_tokenizer_load(const char *dir, sqz_tokenizer **out)
 {
     if (!out)
@@ -457,18 +700,23 @@ sqz_status sqz_tokenizer_load(const char *dir, sqz_tokenizer **out)
     if (!t)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     json_t *tj = NULL, *tc = NULL;
-    char *tj_file = join_path(dir, "tokenizer.json"), *tc_file = join_path(dir, "tokenizer_config.json");
+    char *tj_file = sqz_path_join(dir, "tokenizer.json"), *tc_file = sqz_path_join(dir, "tokenizer_config.json");
     sqz_status st = SQZ_OK;
     if (!tj_file || !tc_file) {
         st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
         goto fail;
     }
-    if ((st = read_vocab(t, dir)) != SQZ_OK || (st = load_optional_json(dir, "tokenizer.json", &tj)) != SQZ_OK ||
-        (st = load_optional_json(dir, "tokenizer_config.json", &tc)) != SQZ_OK)
+    /* every number as a real: transformers writes int(1e30) as model_max_length, which
+     * overflows jansson's integers */
+    const size_t flags = JSON_ALLOW_NUL | JSON_DECODE_INT_AS_REAL;
+    t->vocab_txt_diff = -1;
+    if ((st = sqz_json_read(tj_file, MAX_TOKENIZER_JSON_BYTES, flags, JSON_OBJECT, true, &tj)) != SQZ_OK ||
+        (st = sqz_json_read(tc_file, MAX_TOKENIZER_CONFIG_BYTES, flags, JSON_OBJECT, true, &tc)) != SQZ_OK)
         goto fail;
-
-    settings s = {-1, -1, -1, -1, -1, "[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", "##"};
+    settings s = {-1, -1, -1, -1, -1, "[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]", false, false, "##", NULL};
     if (tj && (st = read_tokenizer_json(tj, tj_file, &s)) != SQZ_OK)
+        goto fail;
+    if ((st = read_vocabulary(t, tj, dir, tj_file)) != SQZ_OK)
         goto fail;
     if (tc) { /* tokenizer_config.json wins: transformers builds the normaliser from it */
         if ((st = get_bool(tc, "do_lower_case", tc_file, &s.lowercase)) != SQZ_OK ||
@@ -484,9 +732,9 @@ sqz_status sqz_tokenizer_load(const char *dir, sqz_tokenizer **out)
         if ((v = token_string(json_object_get(tc, "unk_token"))))
             s.unk = v;
         if ((v = token_string(json_object_get(tc, "cls_token"))))
-            s.cls = v;
+            s.cls = v, s.cls_set = true;
         if ((v = token_string(json_object_get(tc, "sep_token"))))
-            s.sep = v;
+            s.sep = v, s.sep_set = true;
         if ((v = token_string(json_object_get(tc, "pad_token"))))
             s.pad = v;
         if ((v = token_string(json_object_get(tc, "mask_token"))))
@@ -512,16 +760,15 @@ sqz_status sqz_tokenizer_load(const char *dir, sqz_tokenizer **out)
         goto fail;
 
     t->unk_id = sqz_tokenizer_token_to_id(t, s.unk, strlen(s.unk));
-    t->cls_id = sqz_tokenizer_token_to_id(t, s.cls, strlen(s.cls));
-    t->sep_id = sqz_tokenizer_token_to_id(t, s.sep, strlen(s.sep));
     t->pad_id = sqz_tokenizer_token_to_id(t, s.pad, strlen(s.pad));
     t->mask_id = sqz_tokenizer_token_to_id(t, s.mask, strlen(s.mask));
-    const char *missing = t->unk_id < 0 ? s.unk : t->cls_id < 0 ? s.cls : t->sep_id < 0 ? s.sep : NULL;
-    if (missing) {
-        st = sqz_fail(SQZ_ERR_FORMAT, "%s/vocab.txt has no entry \"%s\" (needed as the %s token)",
-                      dir, missing, missing == s.unk ? "unknown" : missing == s.cls ? "classifier" : "separator");
+    if (t->unk_id < 0) {
+        st = sqz_fail(SQZ_ERR_FORMAT, "%s has no entry \"%s\" (needed as the unknown token)",
+                      t->vocab_file, s.unk);
         goto fail;
     }
+    if ((st = resolve_framing(t, &s, tj_file, tc_file)) != SQZ_OK)
+        goto fail;
     /* the named special tokens are matched verbatim in the raw text, as transformers does */
     const char *named[] = {s.pad, s.unk, s.cls, s.sep, s.mask};
     for (size_t i = 0; i < 5; i++) {
@@ -541,6 +788,7 @@ sqz_status sqz_tokenizer_load(const char *dir, sqz_tokenizer **out)
         t->ascii_flags[c] = (unsigned char)sqz_uc_flags(c);
         t->ascii_lower[c] = (unsigned char)(sqz_uc_lower(c, low) == 1 && low[0] < 128 ? low[0] : c);
     }
+    describe_source(t, tj != NULL, tc != NULL);
     json_decref(tj);
     json_decref(tc);
     free(tj_file);
@@ -571,6 +819,8 @@ void sqz_tokenizer_free(sqz_tokenizer *t)
     free(t);
 }
 
+const char *sqz_tokenizer_source(const sqz_tokenizer *t) { return t ? t->source : ""; }
+
 sqz_status sqz_tokenizer_get_info(const sqz_tokenizer *t, sqz_tokenizer_info *out)
 {
     if (!t || !out)
@@ -584,8 +834,8 @@ sqz_status sqz_tokenizer_get_info(const sqz_tokenizer *t, sqz_tokenizer_info *ou
         .max_input_chars_per_word = t->max_word_chars,
         .model_max_length = t->model_max_length,
         .unk_id = t->unk_id,
-        .cls_id = t->cls_id,
-        .sep_id = t->sep_id,
+        .cls_id = t->single.first_id,
+        .sep_id = t->single.last_id,
         .pad_id = t->pad_id,
         .mask_id = t->mask_id,
         .special_token_count = t->special_count,
@@ -1110,15 +1360,16 @@ sqz_status sqz_tokenizer_encode(const sqz_tokenizer *t, const char *text, size_t
         impl->seq_ids[k] = (seq_);                                                         \
         k++;                                                                               \
     } while (0)
-    PUT(t->cls_id, 0, 0, 0, -1);
+    const frame *f = has_pair ? &t->pair : &t->single;
+    PUT(f->first_id, f->first_type, 0, 0, -1);
     for (size_t i = 0; i < ka; i++)
-        PUT(impl->seq[0].v[i].id, 0, impl->seq[0].v[i].start, impl->seq[0].v[i].end, 0);
-    PUT(t->sep_id, 0, 0, 0, -1);
+        PUT(impl->seq[0].v[i].id, f->a_type, impl->seq[0].v[i].start, impl->seq[0].v[i].end, 0);
     if (has_pair) {
+        PUT(f->mid_id, f->mid_type, 0, 0, -1);
         for (size_t i = 0; i < kb; i++)
-            PUT(impl->seq[1].v[i].id, 1, impl->seq[1].v[i].start, impl->seq[1].v[i].end, 1);
-        PUT(t->sep_id, 1, 0, 0, -1);
+            PUT(impl->seq[1].v[i].id, f->b_type, impl->seq[1].v[i].start, impl->seq[1].v[i].end, 1);
     }
+    PUT(f->last_id, f->last_type, 0, 0, -1);
 #undef PUT
     impl->pub = (sqz_encoding){total, impl->ids, impl->types, impl->mask, impl->offsets,
                                impl->seq_ids,

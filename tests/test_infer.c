@@ -1,5 +1,6 @@
 /* `sqz infer` through the binary, as users run it: every task against the records
- * tools/gen_infer_fixtures.py computed with transformers for the same text, on every
+ * tools/gen_infer_fixtures.py computed with transformers for the same text (and embeddings of
+ * sentence-transformers folders against its encode, tools/gen_sentence_fixtures.py), on every
  * backend that can run here; results independent of batching; errors on their own line;
  * 10,000 lines back in input order. */
 #include "tests/test_util.h"
@@ -119,6 +120,10 @@ static void every_task_matches_transformers(void **unused)
         {"embed", "--pooling pooler", "expected-pooler.jsonl"},
         {"embed", "--pooling mean", "expected-mean.jsonl"},
         {"embed", "--pooling cls --normalize", "expected-cls-normalized.jsonl"},
+        /* sentence-transformers folders with no flags: what its encode gives (1e-5 as above) */
+        {"../sentence/st-bert-mean", "", "expected.jsonl"},
+        {"../sentence/st-sqb-dense", "", "expected.jsonl"},
+        {"../sentence/st-bert-cls-sqrt", "", "expected.jsonl"},
     };
     for (size_t b = 0; sqz_backend_name(b); b++) {
         const char *backend = sqz_backend_name(b);
@@ -137,7 +142,7 @@ static void every_task_matches_transformers(void **unused)
             snprintf(want, sizeof want, "%s/%s/%s", INFER, cases[c].dir, cases[c].expected);
             snprintf(label, sizeof label, "%s %s on %s", cases[c].dir, cases[c].args, backend);
             compare_files(out, want, label);
-            print_message("%-44s matches transformers\n", label);
+            print_message("%-44s matches the reference\n", label);
         }
     }
 }

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "squeezebert.h"
+
 /* Accepts --name value and --name=value; returns non-zero (message printed) on misuse. */
 int cli_parse(const char *command, int argc, char **argv, cli_option *opts, size_t n)
 {
@@ -73,4 +75,15 @@ bool cli_wants_help(int argc, char **argv)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
             return true;
     return false;
+}
+
+const char *cli_pick_backend(const char *wanted)
+{
+    if (strcmp(wanted, "auto") != 0)
+        return wanted;
+    if (sqz_backend_probe("cuda") == SQZ_OK)
+        return "cuda";
+    if (sqz_backend_probe("opencl") == SQZ_OK)
+        return "opencl";
+    return "cpu_ref";
 }

@@ -18,7 +18,7 @@ while getopts "j:t:n:b:" o; do
 done
 shift $((OPTIND - 1))
 all=(fuzz_infer_line fuzz_tokenize fuzz_forward_input fuzz_config fuzz_safetensors
-     fuzz_torch_zip fuzz_pickle fuzz_tokenizer_load)
+     fuzz_torch_zip fuzz_pickle fuzz_tokenizer_load fuzz_modules)
 targets=("$@")
 ((${#targets[@]})) || targets=("${all[@]}")
 

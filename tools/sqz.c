@@ -290,8 +290,49 @@ static int cmd_info(int argc, char **argv)
     if (cli_get(opts, n, "verbose"))
         for (size_t k = 0; k < ignored; k++)
             printf("  %s\n", sqz_model_ignored_key(model, k));
+    int rc = 0;
+    /* what sqz infer and sqz tokenize read besides the weights; a checkpoint without
+     * tokenizer files is fine, broken ones are errors */
+    sqz_tokenizer *tok = NULL;
+    st = sqz_tokenizer_load(cli_get(opts, n, "model"), &tok);
+    if (st == SQZ_OK) {
+        sqz_tokenizer_info t;
+        sqz_tokenizer_get_info(tok, &t);
+        printf("tokenizer         %s\n", sqz_tokenizer_source(tok));
+        printf("                  %d entries; lower case %s, strip accents %s, split CJK %s, clean "
+               "text %s; %d characters per word; model_max_length %d%s\n", t.vocab_size,
+               t.do_lower_case ? "yes" : "no", t.strip_accents ? "yes" : "no",
+               t.tokenize_chinese_chars ? "yes" : "no", t.clean_text ? "yes" : "no",
+               t.max_input_chars_per_word, t.model_max_length, t.model_max_length ? "" : " (none)");
+    } else if (st == SQZ_ERR_IO && strstr(sqz_last_error(), "no tokenizer vocabulary")) {
+        printf("tokenizer         none (no vocab.txt or tokenizer.json)\n");
+    } else {
+        printf("tokenizer         error: %s\n", sqz_last_error());
+        rc = 1;
+    }
+    sqz_embedder *emb = NULL;
+    if ((st = sqz_embedder_load(model, &emb)) == SQZ_OK && (!tok || (st = sqz_embedder_use_tokenizer(emb, tok)) == SQZ_OK)) {
+        sqz_embedder_info e;
+        sqz_embedder_get_info(emb, &e);
+        char modes[256] = "";
+        for (int k = 0; k < e.pool_count; k++)
+            snprintf(modes + strlen(modes), sizeof modes - strlen(modes), "%s%s", k ? "+" : "",
+                     sqz_pool_mode_name(e.pool[k]));
+        printf("embedding (embed) %s; pooling %s%s%s%s, %d Dense module%s, normalize %s, max length %d%s, "
+               "inputs cut at %d tokens, %d floats\n",
+               e.from_modules ? "sentence-transformers modules.json" : "no modules.json", modes,
+               e.pooling_file[0] ? " (" : "", e.pooling_file, e.pooling_file[0] ? ")" : "",
+               e.dense_count, e.dense_count == 1 ? "" : "s", e.normalize ? "yes" : "no",
+               e.max_seq_length, e.max_seq_length ? " (sentence_bert_config.json)" : " (not given)",
+               e.truncate_at, e.dimension);
+    } else {
+        printf("embedding (embed) error: %s\n", sqz_last_error());
+        rc = 1;
+    }
+    sqz_embedder_free(emb);
+    sqz_tokenizer_free(tok);
     sqz_model_free(model);
-    return 0;
+    return rc;
 }
 
 static int cmd_backends(int argc, char **argv)
@@ -662,12 +703,14 @@ static const char main_help[] =
     "commands:\n"
     "  infer         text in, answers out: classify, embed, tokens, qa, fill-mask (JSON Lines)\n"
     "  tokenize      JSON Lines of text in, token ids out (the checkpoint's WordPiece tokenizer)\n"
+    "  similarity    embed a few texts and show which are close (cosine of the embeddings)\n"
     "  bench         throughput and latency over backends, devices, batch sizes and lengths\n"
     "  demo          the main job on an embedded default: random full-size model, timed forward\n"
     "  forward       run a checkpoint on input ids from JSON, write every output as JSON\n"
     "  graph         draw the compiled plan of a checkpoint (Graphviz DOT)\n"
     "  random-model  write a deterministic random-weight checkpoint\n"
-    "  info          print a checkpoint's configuration and unused weight keys\n"
+    "  info          print a checkpoint's configuration, unused weight keys, tokenizer and\n"
+    "                embedding sources\n"
     "  backends      list the backends of this build and whether they can run here\n"
     "  devices       list every CUDA and OpenCL device with its memory and capabilities\n"
     "  validate      run a backend and cpu_ref on the same input and compare every node\n";
@@ -688,6 +731,7 @@ int main(int argc, char **argv)
         {"info", cmd_info},       {"backends", cmd_backends}, {"demo", cmd_demo},
         {"devices", cmd_devices}, {"validate", cmd_validate},
         {"infer", sqz_cli_infer}, {"tokenize", sqz_cli_tokenize}, {"bench", sqz_cli_bench},
+        {"similarity", sqz_cli_similarity},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0)

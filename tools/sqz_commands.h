@@ -14,4 +14,7 @@ int sqz_cli_bench(int argc, char **argv);
  * the contract is docs/infer.md. */
 int sqz_cli_infer(int argc, char **argv);
 
+/* sqz similarity --model DIR [...]: embeds a few texts and prints which are close. */
+int sqz_cli_similarity(int argc, char **argv);
+
 #endif

@@ -43,14 +43,15 @@ static volatile sig_atomic_t stop_signal;
 static void on_stop_signal(int sig) { stop_signal = sig; }
 
 typedef enum task { TASK_AUTO, TASK_CLASSIFY, TASK_EMBED, TASK_TOKENS, TASK_QA, TASK_FILL_MASK } task;
-typedef enum pooling { POOL_DEFAULT, POOL_POOLER, POOL_CLS, POOL_MEAN } pooling;
 
 typedef struct options {
     const char *model, *backend, *device, *input, *output;
     sqz_precision precision;
     task task;
-    pooling pooling;
-    bool normalize, resume, verbose;
+    sqz_pool_mode pooling[SQZ_MAX_POOL_MODES];
+    int pooling_count;   /* 0: from the checkpoint (modules.json, else the pooler) */
+    int normalize;       /* -1: from the checkpoint */
+    bool resume, verbose;
     long batch_tokens, max_length, top_k, max_answer_length;
 } options;
 
@@ -118,6 +119,8 @@ typedef struct pipeline {
     sqz_model_info info;
     sqz_tokenizer *tok;
     sqz_tokenizer_info tok_info;
+    sqz_embedder *embedder;
+    sqz_embedder_info emb_info;
     infer_line_setup setup;
     sqz_session *session;
     FILE *in, *out;
@@ -461,36 +464,20 @@ static json_t *record_classify(pipeline *p, const float *logits)
 
 static json_t *record_embed(pipeline *p, const sqz_result *res, size_t row, const item *it)
 {
-    const int64_t H = p->info.hidden_size;
-    double *v = calloc((size_t)H, sizeof *v);
+    const size_t H = (size_t)p->info.hidden_size;
+    float *v = malloc((size_t)p->emb_info.dimension * sizeof *v);
     if (!v)
         return NULL;
     const sqz_output *pooled = sqz_result_find(res, "pooler_output");
     const sqz_output *hidden = sqz_result_find(res, "last_hidden_state");
-    pooling mode = p->opt.pooling == POOL_DEFAULT ? (pooled ? POOL_POOLER : POOL_CLS) : p->opt.pooling;
-    if (mode == POOL_POOLER && pooled) {
-        for (int64_t c = 0; c < H; c++)
-            v[c] = pooled->data[row * H + c];
-    } else {
-        const int64_t W = hidden->shape[1];
-        const size_t count = mode == POOL_MEAN ? it->n_use : 1;
-        for (size_t w = 0; w < count; w++)
-            for (int64_t c = 0; c < H; c++)
-                v[c] += hidden->data[((int64_t)row * W + (int64_t)w) * H + c];
-        for (int64_t c = 0; c < H; c++)
-            v[c] /= (double)count;
-    }
-    if (p->opt.normalize) {
-        double norm = 0;
-        for (int64_t c = 0; c < H; c++)
-            norm += v[c] * v[c];
-        norm = sqrt(norm);
-        for (int64_t c = 0; c < H && norm > 0; c++)
-            v[c] /= norm;
+    const float *rows = hidden ? hidden->data + row * (size_t)hidden->shape[1] * H : NULL;
+    if (sqz_embedder_embed(p->embedder, rows, it->n_use, pooled ? pooled->data + row * H : NULL, v) != SQZ_OK) {
+        free(v);
+        return NULL;
     }
     json_t *r = json_object(), *arr = json_array();
-    for (int64_t c = 0; c < H; c++)
-        json_array_append_new(arr, json_real((float)v[c]));
+    for (int c = 0; c < p->emb_info.dimension; c++)
+        json_array_append_new(arr, json_real(v[c]));
     json_object_set_new(r, "embedding", arr);
     free(v);
     return r;
@@ -730,8 +717,8 @@ static const char infer_help[] =
     "usage: sqz infer --model DIR [--backend auto|cpu_ref|opencl|cuda] [--device D] [--precision P]\n"
     "                 [--task auto|classify|embed|tokens|qa|fill-mask] [--batch-tokens N]\n"
     "                 [--max-length N] [--input FILE|-] [--output FILE|-]\n"
-    "                 [--pooling pooler|cls|mean] [--normalize] [--top-k K] [--max-answer-length L]\n"
-    "                 [--resume] [--verbose]\n"
+    "                 [--pooling MODE[,MODE...]] [--normalize|--no-normalize] [--top-k K]\n"
+    "                 [--max-answer-length L] [--resume] [--verbose]\n"
     "\n"
     "Reads JSON Lines ({\"text\": ..., \"text_pair\": ...}, or {\"question\": ..., \"context\": ...}\n"
     "for qa; other fields such as \"id\" are copied through) and writes one JSON line per input\n"
@@ -746,7 +733,13 @@ static const char infer_help[] =
     "  --batch-tokens N    padded tokens per batch (default 8192); lines are sorted by length\n"
     "                      in windows of 4096 so batches carry little padding, and the engine\n"
     "                      packs them so padding costs no compute\n"
-    "  --max-length N      truncate longest-first to N tokens (default: max_position_embeddings)\n"
+    "  --max-length N      truncate longest-first to N tokens (default: sentence_bert_config.json's\n"
+    "                      max_seq_length for embed, else max_position_embeddings)\n"
+    "  --pooling MODES     embed: pooler, cls, mean, max, mean_sqrt_len_tokens, weightedmean,\n"
+    "                      lasttoken, or a comma-separated list (concatenated); default: what\n"
+    "                      modules.json and its Pooling say (sentence-transformers), else pooler\n"
+    "  --normalize         embed: L2-normalise (default: when modules.json has Normalize);\n"
+    "                      --no-normalize turns a Normalize module off\n"
     "  --resume            append to --output FILE, skipping the input lines it already has a\n"
     "                      record for (after an interrupted run)\n"
     "  --verbose           report every batch retry\n"
@@ -764,6 +757,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"input", true, NULL},      {"output", true, NULL},       {"pooling", true, NULL},
         {"normalize", false, NULL}, {"top-k", true, NULL},        {"max-answer-length", true, NULL},
         {"resume", false, NULL},    {"verbose", false, NULL},     {"precision", true, NULL},
+        {"no-normalize", false, NULL},
     };
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("infer", argc, argv, opts, n))
@@ -778,7 +772,11 @@ static int parse_options(int argc, char **argv, options *o)
     }
     o->input = cli_get(opts, n, "input") ? cli_get(opts, n, "input") : "-";
     o->output = cli_get(opts, n, "output") ? cli_get(opts, n, "output") : "-";
-    o->normalize = cli_get(opts, n, "normalize") != NULL;
+    o->normalize = cli_get(opts, n, "normalize") ? 1 : cli_get(opts, n, "no-normalize") ? 0 : -1;
+    if (cli_get(opts, n, "normalize") && cli_get(opts, n, "no-normalize")) {
+        fprintf(stderr, "sqz infer: --normalize and --no-normalize contradict each other\n");
+        return EXIT_USAGE;
+    }
     o->resume = cli_get(opts, n, "resume") != NULL;
     o->verbose = cli_get(opts, n, "verbose") != NULL;
     if (o->resume && strcmp(o->output, "-") == 0) {
@@ -801,13 +799,20 @@ static int parse_options(int argc, char **argv, options *o)
         return EXIT_USAGE;
     }
     const char *pool = cli_get(opts, n, "pooling");
-    if (pool) {
-        o->pooling = strcmp(pool, "pooler") == 0 ? POOL_POOLER : strcmp(pool, "cls") == 0 ? POOL_CLS
-                   : strcmp(pool, "mean") == 0 ? POOL_MEAN : POOL_DEFAULT;
-        if (o->pooling == POOL_DEFAULT) {
-            fprintf(stderr, "sqz infer: --pooling must be pooler, cls or mean\n");
+    for (const char *q = pool; q && *q;) {
+        const char *comma = strchr(q, ',');
+        const size_t len = comma ? (size_t)(comma - q) : strlen(q);
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)(len < sizeof name ? len : sizeof name - 1), q);
+        if (o->pooling_count == SQZ_MAX_POOL_MODES ||
+            sqz_pool_mode_from_name(name, &o->pooling[o->pooling_count]) != SQZ_OK) {
+            fprintf(stderr, "sqz infer: --pooling takes up to %d of pooler, cls, mean, max, "
+                    "mean_sqrt_len_tokens, weightedmean, lasttoken (comma-separated); got '%s'\n",
+                    SQZ_MAX_POOL_MODES, pool);
             return EXIT_USAGE;
         }
+        o->pooling_count++;
+        q = comma ? comma + 1 : q + len;
     }
     if ((cli_get(opts, n, "batch-tokens") && cli_int("infer", "batch-tokens", cli_get(opts, n, "batch-tokens"), 1, 1L << 24, &o->batch_tokens)) ||
         (cli_get(opts, n, "max-length") && cli_int("infer", "max-length", cli_get(opts, n, "max-length"), 3, 1L << 20, &o->max_length)) ||
@@ -854,17 +859,6 @@ static task task_for_head(sqz_head head)
     }
 }
 
-static const char *pick_backend(const char *wanted)
-{
-    if (strcmp(wanted, "auto") != 0)
-        return wanted;
-    if (sqz_backend_probe("cuda") == SQZ_OK)
-        return "cuda";
-    if (sqz_backend_probe("opencl") == SQZ_OK)
-        return "opencl";
-    return "cpu_ref";
-}
-
 int sqz_cli_infer(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -894,14 +888,28 @@ int sqz_cli_infer(int argc, char **argv)
         goto done;
     }
     if (p.task == TASK_FILL_MASK && p.tok_info.mask_id < 0) {
-        fprintf(stderr, "sqz infer: fill-mask needs a [MASK] token in vocab.txt\n");
+        fprintf(stderr, "sqz infer: fill-mask needs a [MASK] token in the vocabulary\n");
         goto done;
+    }
+    if (p.task == TASK_EMBED) {
+        if ((st = sqz_embedder_load(p.model, &p.embedder)) != SQZ_OK ||
+            (st = sqz_embedder_override(p.embedder, p.opt.pooling, p.opt.pooling_count, p.opt.normalize)) != SQZ_OK) {
+            fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
+            goto done;
+        }
+        if ((st = sqz_embedder_use_tokenizer(p.embedder, p.tok)) != SQZ_OK) {
+            fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
+            goto done;
+        }
+        sqz_embedder_get_info(p.embedder, &p.emb_info);
+        if (p.opt.max_length == 0)
+            p.opt.max_length = p.emb_info.truncate_at;
     }
     if (p.opt.max_length == 0 || p.opt.max_length > p.info.max_position_embeddings)
         p.opt.max_length = p.info.max_position_embeddings;
     p.setup = (infer_line_setup){p.tok, p.task == TASK_QA, p.task == TASK_FILL_MASK,
                                  p.tok_info.mask_id, (size_t)p.opt.max_length};
-    const char *backend = pick_backend(p.opt.backend);
+    const char *backend = cli_pick_backend(p.opt.backend);
     sqz_session_options so = {backend, p.opt.device, p.opt.precision};
     if ((st = sqz_session_create_with(p.model, &so, &p.session)) != SQZ_OK) {
         fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
@@ -909,11 +917,17 @@ int sqz_cli_infer(int argc, char **argv)
     }
     if (p.task == TASK_EMBED) {
         /* only what the pooling reads crosses to the host (the full hidden state is most of a
-         * GPU run's time); a model without a pooler falls back to the hidden state */
-        const char *pooled[] = {"pooler_output"}, *hidden[] = {"last_hidden_state"};
-        const bool want_pooler = p.opt.pooling == POOL_DEFAULT || p.opt.pooling == POOL_POOLER;
-        if (!want_pooler || sqz_session_select_outputs(p.session, pooled, 1) != SQZ_OK)
-            (void)sqz_session_select_outputs(p.session, hidden, 1);
+         * GPU run's time) */
+        const char *names[2];
+        size_t count = 0;
+        if (p.emb_info.needs_pooler)
+            names[count++] = "pooler_output";
+        if (p.emb_info.needs_hidden)
+            names[count++] = "last_hidden_state";
+        if ((st = sqz_session_select_outputs(p.session, names, count)) != SQZ_OK) {
+            fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
+            goto done;
+        }
     }
     if (p.opt.resume && !resume_prepare(p.opt.output, &p.skip_lines)) {
         fprintf(stderr, "sqz infer: cannot read %s to resume: %s\n", p.opt.output, strerror(errno));
@@ -997,6 +1011,7 @@ done:
     if (p.out && p.out != stdout)
         fclose(p.out);
     sqz_session_free(p.session);
+    sqz_embedder_free(p.embedder);
     sqz_tokenizer_free(p.tok);
     sqz_model_free(p.model);
     return rc;

@@ -24,7 +24,7 @@ static const char tokenize_help[] =
     "UTF-8) gets {\"error\": \"...\"} on its line and the rest go on; the exit status is 1\n"
     "when any line failed.\n"
     "\n"
-    "  --model DIR       vocab.txt, plus tokenizer_config.json / tokenizer.json when present\n"
+    "  --model DIR       tokenizer.json and/or vocab.txt, plus tokenizer_config.json when present\n"
     "  --max-length N    truncate longest_first to N tokens in all; 0: no truncation\n"
     "                    (default: max_position_embeddings of DIR/config.json, else 512)\n"
     "  --offsets         also write \"offsets\": [[start, end], ...], byte offsets into the\n"

@@ -1,7 +1,8 @@
 /* Tokenizer loading: vocab.txt, tokenizer.json and tokenizer_config.json of a checkpoint
  * folder. Input: the three files separated by 0xFF 0xFE (vocab.txt first; a missing part
- * means the file is absent, as the optional ones may be). A tokenizer that loads is used
- * once on a fixed text, so that the tables it built are exercised too. */
+ * means the file is absent, as the optional ones may be, and an empty vocab.txt part too, so
+ * that folders with tokenizer.json alone are reached). A tokenizer that loads is used once on
+ * a fixed text, so that the tables it built are exercised too. */
 #include "tests/fuzz/fuzz_util.h"
 
 #include "squeezebert.h"
@@ -14,7 +15,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char *const names[3] = {"vocab.txt", "tokenizer.json", "tokenizer_config.json"};
     char path[600];
     for (size_t i = 0; i < 3; i++) {
-        if (i < n)
+        if (i < n && (i > 0 || lens[0] > 0))
             fuzz_write(names[i], parts[i], lens[i]);
         else {
             snprintf(path, sizeof path, "%s/%s", fuzz_dir(), names[i]);
