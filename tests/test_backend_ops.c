@@ -44,6 +44,7 @@ struct op_case {
     int64_t out_cols;
     sqz_run_dims dims;
     int matrix_input; /* the input a backend stores in its 16-bit type too (a linear's W), or -1 */
+    int second_matrix_input; /* another such input (the FFN's W2), or 0 for none */
     reference_fn reference;
 };
 
@@ -203,7 +204,8 @@ static op_case rounded_case(const op_case *c, sqz_precision p)
         const int64_t n = operand_rows(o, &c->dims) * o->cols;
         const size_t bytes = (size_t)(n ? n : 1) * 4;
         r.in[i].data = memcpy(malloc(bytes), o->data, (size_t)n * 4);
-        const bool stored16 = o->dtype == SQZ_DTYPE_F32 && (o->extent != SQZ_EXTENT_FIXED || i == c->matrix_input);
+        const bool matrix = i == c->matrix_input || (c->second_matrix_input > 0 && i == c->second_matrix_input);
+        const bool stored16 = o->dtype == SQZ_DTYPE_F32 && (o->extent != SQZ_EXTENT_FIXED || matrix);
         if (is_16bit(p) && stored16)
             for (int64_t k = 0; k < n; k++)
                 ((float *)r.in[i].data)[k] = from_bits(to_bits(((float *)o->data)[k], p), p);
@@ -334,6 +336,50 @@ static void linear_cases(void **unused)
         c.out_extent = SQZ_EXTENT_TOKENS;
         c.out_cols = CO;
         c.reference = ref_linear;
+        check_case(&c);
+        free_inputs(&c);
+    }
+}
+
+/* the feed-forward block: two grouped products, GELU between them */
+static void ref_ffn(const op_case *c, float *out)
+{
+    const int64_t R = c->dims.tokens, CI = c->in[0].cols, MID = c->in[1].rows, CO = c->out_cols;
+    const int G = c->params.linear.groups;
+    float *hidden = malloc((size_t)(R * MID) * sizeof *hidden);
+    sqz_ref_linear(F(c, 0), R, CI, F(c, 1), F(c, 2), MID, G, hidden);
+    sqz_ref_gelu(hidden, R * MID, hidden);
+    sqz_ref_linear(hidden, R, MID, F(c, 3), F(c, 4), CO, G, out);
+    free(hidden);
+}
+
+static void ffn_cases(void **unused)
+{
+    /* SqueezeBERT's block (192 per group), a small model's (32 per group), and sizes only the
+     * unfused variants take */
+    const struct { int64_t rows, cin, mid, cout; int groups; } shapes[] = {
+        {33, 768, 3072, 768, 4}, {70, 128, 512, 128, 4}, {1, 128, 512, 128, 4}, {9, 60, 90, 30, 3},
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t R = shapes[s].rows, CI = shapes[s].cin, MID = shapes[s].mid, CO = shapes[s].cout;
+        const int G = shapes[s].groups;
+        op_case c = {0};
+        snprintf(c.name, sizeof c.name, "ffn %lldx%lld->%lld->%lld g%d", (long long)R, (long long)CI, (long long)MID,
+                 (long long)CO, G);
+        c.op = SQZ_OP_FFN;
+        c.params.linear.groups = G;
+        c.dims = (sqz_run_dims){R, 1, R * R, R};
+        c.n_inputs = 5;
+        c.in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
+        c.in[1] = weight(MID, CI / G, uniform(MID * (CI / G), 0.15f));
+        c.in[2] = weight(1, MID, uniform(MID, 0.5f));
+        c.in[3] = weight(CO, MID / G, uniform(CO * (MID / G), 0.1f));
+        c.in[4] = weight(1, CO, uniform(CO, 0.5f));
+        c.matrix_input = 1; /* the backend keeps both matrices in its 16-bit type */
+        c.second_matrix_input = 3;
+        c.out_extent = SQZ_EXTENT_TOKENS;
+        c.out_cols = CO;
+        c.reference = ref_ffn;
         check_case(&c);
         free_inputs(&c);
     }
@@ -624,6 +670,7 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(linear_cases),
+        cmocka_unit_test(ffn_cases),
         cmocka_unit_test(elementwise_and_norm_cases),
         cmocka_unit_test(gelu_over_its_whole_range),
         cmocka_unit_test(gather_and_embedding_cases),
