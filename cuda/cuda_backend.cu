@@ -163,6 +163,7 @@ struct variant_choice {
     int chosen;
     double seconds[MAX_VARIANTS]; /* < 0: did not apply */
     double error[MAX_VARIANTS];
+    double flops, bytes;          /* of the first instance measured, for the kernel report */
 };
 
 #define GRAPH_CACHE 16
@@ -404,6 +405,8 @@ sqz_status cuda_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *sr
 }
 
 unsigned blocks(size_t n, unsigned per_block) { return (unsigned)((n + per_block - 1) / per_block); }
+
+bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 unsigned grid_1d(size_t n) { return n == 0 ? 1 : blocks(n, 256) < 16384 ? blocks(n, 256) : 16384; }
 
@@ -784,8 +787,6 @@ sqz_status flash_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node,
     return SQZ_OK;
 }
 
-bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 /* *ran = false when the variant does not apply (precision, head size, alignment) */
 template <typename T>
 sqz_status attention_run(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims,
@@ -859,6 +860,7 @@ struct variant_job {
     int family;
     int64_t key[6];
     size_t out_bytes;
+    double flops, bytes; /* the work and the least memory traffic, for the kernel report */
     const sqz_node *node;
     std::function<sqz_status(int v, void *out, bool *ran)> run;
 };
@@ -935,6 +937,7 @@ sqz_status choose_variant(cuda_ctx *c, const variant_job &job, void *out, int *c
     memset(&ch, 0, sizeof ch);
     ch.family = family;
     memcpy(ch.key, job.key, sizeof ch.key);
+    ch.flops = job.flops, ch.bytes = job.bytes;
     for (int v = 0; v < MAX_VARIANTS; v++)
         ch.seconds[v] = -1;
     /* variant 0 into the real output: the reference */
@@ -1022,6 +1025,8 @@ variant_job linear_job(cuda_ctx *c, const gemm_args &a)
     job.key[0] = a.s.cin, job.key[1] = a.s.cout, job.key[2] = a.s.groups, job.key[3] = a.s.bias,
     job.key[4] = a.s.gelu, job.key[5] = pow2_at_least(a.s.rows);
     job.out_bytes = (size_t)(a.s.rows * a.s.cout) * element_size(c->store);
+    job.flops = 2.0 * (double)a.s.rows * (double)a.s.cout * (double)a.s.cin_g;
+    job.bytes = (double)(a.s.rows * a.s.cin + a.s.cout * a.s.cin_g + a.s.rows * a.s.cout) * element_size(c->store);
     job.node = a.node;
     job.run = [c, a](int v, void *out, bool *ran) { return linear_exec(c, a, v, out, ran); };
     return job;
@@ -1037,6 +1042,8 @@ variant_job attention_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *nod
     job.key[4] = pow2_at_least(dims->tokens);
     job.out_bytes = (size_t)(dims->tokens * node->params.attention.heads * node->params.attention.head_dim) *
                     element_size(c->store);
+    job.flops = 4.0 * (double)dims->score_rows * node->params.attention.heads * node->params.attention.head_dim;
+    job.bytes = 4.0 * (double)job.out_bytes; /* q, k and v read, the context written */
     job.node = node;
     const sqz_run_dims d = *dims;
     job.run = [c, b, node, d](int v, void *out, bool *ran) {
@@ -1112,6 +1119,9 @@ variant_job ffn_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, con
     job.key[0] = first.s.cin, job.key[1] = first.s.cout, job.key[2] = second.s.cout, job.key[3] = first.s.groups,
     job.key[4] = pow2_at_least(rows);
     job.out_bytes = (size_t)(rows * second.s.cout) * element_size(c->store);
+    job.flops = 2.0 * (double)rows * ((double)first.s.cout * first.s.cin_g + (double)second.s.cout * second.s.cin_g);
+    job.bytes = (double)(rows * first.s.cin + first.s.cout * first.s.cin_g + second.s.cout * second.s.cin_g +
+                         rows * second.s.cout) * element_size(c->store);
     job.node = node;
     job.run = [c, node, first, second](int v, void *out, bool *ran) -> sqz_status {
         *ran = true;
@@ -1147,8 +1157,10 @@ variant_job ffn_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, con
 
 /* ---- other ops, in the storage type T ------------------------------------------------- */
 
-template <typename T>
-sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows, int64_t cols)
+/* the LayerNorm family with E columns per access and embedding tables of type TAB */
+template <typename T, typename TAB, int E>
+sqz_status layernorm_launch_e(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows, int64_t cols,
+                              const TAB *word, const TAB *pos, const TAB *type)
 {
     const sqz_graph *g = &b->plan->graph;
     const int *in = node->inputs;
@@ -1157,28 +1169,65 @@ sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *n
     T *out = act<T>(b, node->output);
     const T *none = NULL;
     const int *no_ints = NULL;
-    const float *no_table = NULL;
+    const TAB *no_table = NULL;
     switch (node->op) {
     case SQZ_OP_LAYERNORM:
-        sqz_launch("layernorm", sqzk::layernorm_rows<T, sqzk::LN_PLAIN>, grid, threads, 0, c->stream,
+        sqz_launch("layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_PLAIN, E>, grid, threads, 0, c->stream,
                    act<T>(b, in[0]), none, no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0, 0,
                    weight_f32(b, in[1]), weight_f32(b, in[2]), out, (int)rows, (int)cols, eps);
         break;
     case SQZ_OP_ADD_LAYERNORM:
-        sqz_launch("add_layernorm", sqzk::layernorm_rows<T, sqzk::LN_ADD>, grid, threads, 0, c->stream,
+        sqz_launch("add_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_ADD, E>, grid, threads, 0, c->stream,
                    act<T>(b, in[0]), act<T>(b, in[1]), no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0,
                    0, weight_f32(b, in[2]), weight_f32(b, in[3]), out, (int)rows, (int)cols, eps);
         break;
     default: /* SQZ_OP_EMBED_LAYERNORM: ids, positions, types, word, pos, type, gamma, beta */
-        sqz_launch("embed_layernorm", sqzk::layernorm_rows<T, sqzk::LN_EMBED>, grid, threads, 0, c->stream, none,
-                   none, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), weight_f32(b, in[3]), weight_f32(b, in[4]),
-                   weight_f32(b, in[5]), (int)g->tensors[in[3]].fixed_rows, (int)g->tensors[in[4]].fixed_rows,
+        sqz_launch("embed_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_EMBED, E>, grid, threads, 0, c->stream,
+                   none, none, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), word, pos, type,
+                   (int)g->tensors[in[3]].fixed_rows, (int)g->tensors[in[4]].fixed_rows,
                    (int)g->tensors[in[5]].fixed_rows, weight_f32(b, in[6]), weight_f32(b, in[7]), out, (int)rows,
                    (int)cols, eps);
         break;
     }
     LAUNCH_CHECK(sqz_op_name(node->op), node);
     return SQZ_OK;
+}
+
+/* 16-byte accesses where every row and operand allows them; embedding tables in the storage
+ * type at 16-bit precisions (the session's copy of the weights), fp32 otherwise */
+template <typename T>
+sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows, int64_t cols)
+{
+    constexpr int E = 16 / sizeof(T);
+    const int *in = node->inputs;
+    const int n_ptr = node->op == SQZ_OP_EMBED_LAYERNORM ? 5 : node->op == SQZ_OP_ADD_LAYERNORM ? 5 : 4;
+    const void *ptrs[5] = {act<T>(b, node->output)};
+    if (node->op == SQZ_OP_EMBED_LAYERNORM) {
+        ptrs[1] = weight_stored(c, b, in[3]), ptrs[2] = weight_stored(c, b, in[4]), ptrs[3] = weight_stored(c, b, in[5]);
+        ptrs[4] = weight_f32(b, in[6]);
+    } else {
+        ptrs[1] = act<T>(b, in[0]);
+        ptrs[2] = weight_f32(b, in[node->op == SQZ_OP_ADD_LAYERNORM ? 2 : 1]);
+        ptrs[3] = weight_f32(b, in[node->op == SQZ_OP_ADD_LAYERNORM ? 3 : 2]);
+        if (node->op == SQZ_OP_ADD_LAYERNORM)
+            ptrs[4] = act<T>(b, in[1]);
+    }
+    bool vec = cols % E == 0;
+    for (int i = 0; i < n_ptr; i++)
+        vec = vec && aligned16(ptrs[i]);
+    if (node->op == SQZ_OP_EMBED_LAYERNORM) {
+        vec = vec && aligned16(weight_f32(b, in[7]));
+        if (c->store != STORE_F32) {
+            const T *word = (const T *)ptrs[1], *pos = (const T *)ptrs[2], *type = (const T *)ptrs[3];
+            return vec ? layernorm_launch_e<T, T, E>(c, b, node, rows, cols, word, pos, type)
+                       : layernorm_launch_e<T, T, 1>(c, b, node, rows, cols, word, pos, type);
+        }
+    }
+    const float *word = NULL, *pos = NULL, *type = NULL;
+    if (node->op == SQZ_OP_EMBED_LAYERNORM)
+        word = weight_f32(b, in[3]), pos = weight_f32(b, in[4]), type = weight_f32(b, in[5]);
+    return vec ? layernorm_launch_e<T, float, E>(c, b, node, rows, cols, word, pos, type)
+               : layernorm_launch_e<T, float, 1>(c, b, node, rows, cols, word, pos, type);
 }
 
 template <typename T>
@@ -1403,6 +1452,32 @@ sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_dims *dim
     return SQZ_OK;
 }
 
+sqz_status cuda_kernel_report(void *ctx, char **text)
+{
+    const cuda_ctx *c = (const cuda_ctx *)ctx;
+    sqz_status st = sqz_text_append(text, "%s", "");
+    for (int i = 0; i < c->n_choices && st == SQZ_OK; i++) {
+        const variant_choice &ch = c->choices[i];
+        char shape[160];
+        if (ch.family == FAMILY_ATTENTION)
+            snprintf(shape, sizeof shape, "heads %lld x %lld, length <= %lld, <= %lld sequences, <= %lld tokens",
+                     (long long)ch.key[0], (long long)ch.key[1], (long long)ch.key[2], (long long)ch.key[3],
+                     (long long)ch.key[4]);
+        else if (ch.family == FAMILY_FFN)
+            snprintf(shape, sizeof shape, "%lld -> %lld -> %lld, %lld groups, <= %lld rows", (long long)ch.key[0],
+                     (long long)ch.key[1], (long long)ch.key[2], (long long)ch.key[3], (long long)ch.key[4]);
+        else
+            snprintf(shape, sizeof shape, "%lld -> %lld, %lld groups%s%s, <= %lld rows", (long long)ch.key[0],
+                     (long long)ch.key[1], (long long)ch.key[2], ch.key[3] ? ", bias" : "", ch.key[4] ? ", gelu" : "",
+                     (long long)ch.key[5]);
+        for (int v = 0; v < variant_count(ch.family) && st == SQZ_OK; v++)
+            st = sqz_text_append(text, "%s\t%s\t%s\t%.9g\t%.3g\t%.6g\t%.6g\t%d\n", family_names[ch.family], shape,
+                                 variant_name(ch.family, v), ch.seconds[v], ch.error[v], ch.flops, ch.bytes,
+                                 v == ch.chosen);
+    }
+    return st;
+}
+
 sqz_backend_ops make_ops(void)
 {
     sqz_backend_ops ops;
@@ -1423,6 +1498,7 @@ sqz_backend_ops make_ops(void)
     ops.set_precision = cuda_set_precision;
     ops.run_begin = cuda_run_begin;
     ops.run_end = cuda_run_end;
+    ops.kernel_report = cuda_kernel_report;
 #ifdef SQZ_CUDA_SIM
     ops.emulated = true;
 #endif

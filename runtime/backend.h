@@ -56,6 +56,10 @@ typedef struct sqz_backend_ops {
     /* Runs device code on the host to check it (cuda-sim): never chosen by `auto` and left
      * out of `sqz bench` unless named. */
     bool emulated;
+    /* Optional: the kernel variants chosen so far, one tab-separated line per variant of each
+     * op shape: family, shape, variant, seconds per run (-1: did not apply), max difference
+     * from variant 0 relative to its largest value, FLOPs, bytes moved, 1 if chosen. */
+    sqz_status (*kernel_report)(void *ctx, char **text);
 } sqz_backend_ops;
 
 const sqz_backend_ops *sqz_backend_find(const char *name);
