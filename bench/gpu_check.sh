@@ -67,8 +67,7 @@ step gpu-info 30 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.tota
 # build-gpu with a hash of the sources they were built from; when the hash still matches, the
 # GPU minutes go to checking, not compiling. CMake and CTest files name the folder they were
 # made in, so that path is made to lead here.
-source_hash() { find CMakeLists.txt cmake include runtime graph cpu_ref opencl cuda kernels tools tests/CMakeLists.txt \
-  tests/*.c tests/*.cc tests/*.h -type f 2>/dev/null | LC_ALL=C sort | xargs sha1sum | sha1sum | cut -c1-40; }
+source bench/source_hash.sh
 if [ -f build-gpu/source-hash ] && [ "$(cat build-gpu/source-hash)" = "$(source_hash)" ]; then
   built_in=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' build-gpu/CMakeCache.txt)
   if [ -n "$built_in" ] && [ "$built_in" != "$PWD" ] && [ ! -e "$built_in" ]; then
@@ -76,7 +75,7 @@ if [ -f build-gpu/source-hash ] && [ "$(cat build-gpu/source-hash)" = "$(source_
   fi
   step build 30 bash -c 'echo "prebuilt for sm_90a from these sources (build-gpu/source-hash)"; ls -la build-gpu/sqz'
 else
-  step build 240 bash -c "cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSQZ_WERROR=ON -DSQZ_WITH_CUDA=ON -DSQZ_WITH_OPENCL=ON -DCMAKE_CUDA_ARCHITECTURES=90a ${cmake_deps[*]} && cmake --build build-gpu -j16"
+  step build 240 bash -c "cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSQZ_WERROR=ON -DSQZ_WITH_CUDA=ON -DSQZ_WITH_OPENCL=ON -DSQZ_WITH_CUDA_SIM=OFF -DCMAKE_CUDA_ARCHITECTURES=90a ${cmake_deps[*]} && cmake --build build-gpu -j16"
 fi
 step devices 30 build-gpu/sqz devices
 # every precision against cpu_ref on the full-size random model (fused; fp32 also unfused),

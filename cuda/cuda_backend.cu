@@ -768,7 +768,8 @@ template <typename T, int HD, int WARPS>
 sqz_status flash_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, T *out)
 {
     constexpr size_t shared = sqzk::fa_shared_bytes<HD, WARPS>();
-    if (shared > 48 * 1024) /* per function and device; cheap, and not a stream operation */
+    /* per function and device: set on the first (never captured) run of each shape, cheap */
+    if (shared > 48 * 1024 && c->capturing < 0)
         CUDA_TRY(cudaFuncSetAttribute(sqzk::flash_attention<T, HD, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)shared));
     const int *in = node->inputs;
@@ -1066,7 +1067,7 @@ sqz_status ffn_fused_launch(cuda_ctx *c, const sqz_node *node, const gemm_args &
                             void *y)
 {
     constexpr size_t shared = sqzk::ffn_shared_bytes<K1, N2, WARPS>();
-    if (shared > 48 * 1024)
+    if (shared > 48 * 1024 && c->capturing < 0) /* as in flash_launch */
         CUDA_TRY(cudaFuncSetAttribute(sqzk::ffn_fused<T, K1, N2, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)shared));
     const dim3 grid(blocks((size_t)first.s.rows, 16 * WARPS), (unsigned)first.s.groups);

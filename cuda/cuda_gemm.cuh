@@ -89,14 +89,14 @@ static sqz_status mma_launch(cuda_ctx *c, const sqz_node *node, const gemm_shape
     constexpr size_t shared = sqzk::mma_gemm_shared_bytes<BM, BN, STAGES>();
     const dim3 grid(blocks((size_t)s.cout_g, BN), blocks((size_t)s.rows, BM), (unsigned)s.groups);
     if (s.gelu) {
-        if (shared > 48 * 1024)
+        if (shared > 48 * 1024 && c->capturing < 0) /* as in flash_launch */
             CUDA_TRY(cudaFuncSetAttribute(sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, true>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
         sqz_launch("gemm_mma", sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, true>, grid,
                    32 * WARPS_M * WARPS_N, shared, c->stream, x, w, bias, y, (int)s.rows, (int)s.cin, (int)s.cout,
                    s.groups);
     } else {
-        if (shared > 48 * 1024)
+        if (shared > 48 * 1024 && c->capturing < 0) /* as in flash_launch */
             CUDA_TRY(cudaFuncSetAttribute(sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, false>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
         sqz_launch("gemm_mma", sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, false>, grid,
