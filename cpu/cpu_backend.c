@@ -1,0 +1,819 @@
+/* The cpu backend: for servers without a GPU. Matrix products are oneDNN's (Debian's
+ * libdnnl): each linear layer is one matmul primitive per group, with the bias and the exact
+ * erf GELU in its post-ops, created once per shape with the token count left to run time. The
+ * other ops are vectorised row kernels (cpu_kernels.inc) over OpenMP threads, the pool oneDNN
+ * itself runs on; attention runs per (sequence, head) with its score block in cache. Buffers
+ * are host memory. Threads: every core by default, or device "threads=N".
+ *
+ * bf16 (CPUs with AVX512-BF16 or AMX): activations are stored in 16 bits in the first half of
+ * their fp32 slot and converted back on download (the CUDA backend's convention), matrix
+ * weights are read from a bf16 copy made once, and LayerNorm, softmax, GELU and every
+ * elementwise op compute in fp32. */
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/cpu_kernels.h"
+#include "runtime/backend.h"
+#include "runtime/error.h"
+
+#define MAX_THREADS 1024
+#define MATMUL_CACHE 64 /* distinct linear shapes of a session; BERT-family models have < 10 */
+
+#define DNNL_TRY(call)                                                                        \
+    do {                                                                                      \
+        dnnl_status_t s_ = (call);                                                            \
+        if (s_ != dnnl_success)                                                               \
+            return sqz_fail(s_ == dnnl_out_of_memory ? SQZ_ERR_OUT_OF_MEMORY : SQZ_ERR_BACKEND, \
+                            "cpu: %s failed: %s at %s:%d", #call, dnnl_status2str(s_),       \
+                            __FILE__, __LINE__);                                              \
+    } while (0)
+
+/* An arena range written in bf16: fp32_bytes of fp32 values stored as half as many bytes. */
+typedef struct region {
+    size_t offset, fp32_bytes;
+} region;
+
+struct sqz_buffer {
+    unsigned char *data;
+    size_t bytes;
+    uint16_t *shadow; /* weights at bf16: the same elements, rounded, at half the byte offsets */
+    bool shadow_valid;
+    region *regions;
+    size_t n_regions, cap_regions;
+};
+
+/* One matmul primitive: M (tokens) is given at execution time. */
+typedef struct matmul {
+    int64_t k, n, lda, ldc;
+    bool bias, gelu;
+    dnnl_primitive_t prim;
+} matmul;
+
+typedef struct cpu_ctx {
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    int threads;
+    bool bf16;
+    const cpu_kernels *k;
+    matmul cache[MATMUL_CACHE];
+    int n_cache;
+    float *scratch; /* per-thread working rows and attention blocks */
+    size_t scratch_floats;
+    char description[320];
+} cpu_ctx;
+
+/* ---- device ---------------------------------------------------------------------------- */
+
+static const char *isa_name(dnnl_cpu_isa_t isa)
+{
+    switch (isa) {
+    case dnnl_cpu_isa_avx512_core_amx: return "AVX-512 + AMX";
+    case dnnl_cpu_isa_avx512_core_bf16: return "AVX-512 BF16";
+    case dnnl_cpu_isa_avx512_core_vnni: return "AVX-512 VNNI";
+    case dnnl_cpu_isa_avx512_core: return "AVX-512";
+    case dnnl_cpu_isa_avx2_vnni: return "AVX2 VNNI";
+    case dnnl_cpu_isa_avx2: return "AVX2";
+    case dnnl_cpu_isa_avx: return "AVX";
+    case dnnl_cpu_isa_sse41: return "SSE4.1";
+    default: return "baseline";
+    }
+}
+
+static bool cpu_has_bf16(void)
+{
+    const unsigned isa = (unsigned)dnnl_get_effective_cpu_isa(), need = (unsigned)dnnl_cpu_isa_avx512_core_bf16;
+    return (isa & need) == need; /* the ISA values are nested bit sets */
+}
+
+static const cpu_kernels *best_kernels(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return &sqz_cpu_kernels_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return &sqz_cpu_kernels_avx2;
+#endif
+    return &sqz_cpu_kernels_baseline;
+}
+
+static void cpu_model_name(char *out, size_t size)
+{
+    snprintf(out, size, "host CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, "model name", 10) == 0 && strchr(line, ':')) {
+            const char *v = strchr(line, ':') + 1;
+            while (*v == ' ')
+                v++;
+            snprintf(out, size, "%.*s", (int)strcspn(v, "\n"), v);
+            break;
+        }
+    if (f)
+        fclose(f);
+}
+
+/* "" / NULL / "0" / "default": every core; "threads=N": N threads. */
+static sqz_status parse_device(const char *device, int *threads)
+{
+    *threads = omp_get_num_procs();
+    if (!device || !*device || strcmp(device, "0") == 0 || strcmp(device, "default") == 0)
+        return SQZ_OK;
+    if (strncmp(device, "threads=", 8) == 0) {
+        char *end = NULL;
+        long n = strtol(device + 8, &end, 10);
+        if (end && end != device + 8 && *end == '\0' && n >= 1 && n <= MAX_THREADS) {
+            *threads = (int)n;
+            return SQZ_OK;
+        }
+    }
+    return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cpu: device '%s' is not understood: give threads=N "
+                    "(N in 1..%d) or nothing for every core (%d here)", device, MAX_THREADS,
+                    omp_get_num_procs());
+}
+
+static void describe_into(char *out, size_t size, int threads, bool bf16, const cpu_kernels *k)
+{
+    char model[160];
+    cpu_model_name(model, sizeof model);
+    const dnnl_version_t *v = dnnl_version();
+    snprintf(out, size, "%s (oneDNN %d.%d.%d, %s; row kernels %s)%s, %d thread%s", model, v->major,
+             v->minor, v->patch, isa_name(dnnl_get_effective_cpu_isa()), k->level, bf16 ? ", bf16" : "",
+             threads, threads == 1 ? "" : "s");
+}
+
+sqz_status sqz_cpu_list_devices(char **text)
+{
+    char line[320];
+    describe_into(line, sizeof line, omp_get_num_procs(), false, best_kernels());
+    return sqz_text_append(text, "cpu      0  %s by default (threads=N to change); bf16 %s\n", line,
+                           cpu_has_bf16() ? "yes" : "n/a on this CPU");
+}
+
+static void cpu_destroy(void *ctx)
+{
+    cpu_ctx *c = ctx;
+    if (!c)
+        return;
+    for (int i = 0; i < c->n_cache; i++)
+        dnnl_primitive_destroy(c->cache[i].prim);
+    if (c->stream)
+        dnnl_stream_destroy(c->stream);
+    if (c->engine)
+        dnnl_engine_destroy(c->engine);
+    free(c->scratch);
+    free(c);
+}
+
+static sqz_status cpu_create_checked(cpu_ctx *c, const char *device)
+{
+    sqz_status st = parse_device(device, &c->threads);
+    if (st != SQZ_OK)
+        return st;
+    c->k = best_kernels();
+    DNNL_TRY(dnnl_engine_create(&c->engine, dnnl_cpu, 0));
+    DNNL_TRY(dnnl_stream_create(&c->stream, c->engine, dnnl_stream_default_flags));
+    describe_into(c->description, sizeof c->description, c->threads, false, c->k);
+    return SQZ_OK;
+}
+
+static sqz_status cpu_create(void **ctx, const char *device)
+{
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    sqz_status st = cpu_create_checked(c, device);
+    if (st != SQZ_OK) {
+        cpu_destroy(c);
+        return st;
+    }
+    *ctx = c;
+    return SQZ_OK;
+}
+
+static sqz_status cpu_set_precision(void *ctx, sqz_precision precision)
+{
+    cpu_ctx *c = ctx;
+    if (precision == SQZ_PRECISION_FP32)
+        return SQZ_OK;
+    if (precision != SQZ_PRECISION_BF16)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "cpu: runs fp32 and bf16, not %s", sqz_precision_name(precision));
+    if (!cpu_has_bf16())
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "cpu: bf16 needs AVX512-BF16 or AMX; this CPU has %s",
+                        isa_name(dnnl_get_effective_cpu_isa()));
+    c->bf16 = true;
+    describe_into(c->description, sizeof c->description, c->threads, true, c->k);
+    return SQZ_OK;
+}
+
+static const char *cpu_describe(void *ctx) { return ((cpu_ctx *)ctx)->description; }
+
+/* ---- buffers and bf16 regions ------------------------------------------------------------ */
+
+static sqz_status cpu_buffer_alloc(void *ctx, size_t bytes, sqz_buffer **out)
+{
+    sqz_buffer *b = calloc(1, sizeof *b);
+    /* 64-byte rows for the vector loads; calloc'd contents so nothing reads garbage */
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    unsigned char *data = b && rounded >= bytes ? aligned_alloc(64, rounded ? rounded : 64) : NULL;
+    if (!data) {
+        free(b);
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "cpu: cannot allocate %zu bytes", bytes);
+    }
+    memset(data, 0, rounded ? rounded : 64);
+    b->data = data;
+    b->bytes = bytes;
+    *out = b;
+    return SQZ_OK;
+}
+
+static void cpu_buffer_free(void *ctx, sqz_buffer *b)
+{
+    if (b) {
+        free(b->data);
+        free(b->shadow);
+        free(b->regions);
+    }
+    free(b);
+}
+
+static void regions_erase(sqz_buffer *b, size_t offset, size_t bytes)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < b->n_regions; i++) {
+        const region r = b->regions[i];
+        if (!(r.offset < offset + bytes && offset < r.offset + r.fp32_bytes))
+            b->regions[kept++] = r;
+    }
+    b->n_regions = kept;
+}
+
+static sqz_status regions_add(sqz_buffer *b, size_t offset, size_t fp32_bytes)
+{
+    regions_erase(b, offset, fp32_bytes);
+    if (b->n_regions == b->cap_regions) {
+        size_t cap = b->cap_regions ? 2 * b->cap_regions : 64;
+        region *r = realloc(b->regions, cap * sizeof *r);
+        if (!r)
+            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+        b->regions = r;
+        b->cap_regions = cap;
+    }
+    b->regions[b->n_regions++] = (region){offset, fp32_bytes};
+    return SQZ_OK;
+}
+
+static sqz_status cpu_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *src, size_t bytes)
+{
+    if (offset > dst->bytes || bytes > dst->bytes - offset)
+        return sqz_fail(SQZ_ERR_INTERNAL, "cpu: upload of %zu bytes at %zu overruns a %zu-byte buffer",
+                        bytes, offset, dst->bytes);
+    if (bytes)
+        memcpy(dst->data + offset, src, bytes);
+    regions_erase(dst, offset, bytes);
+    dst->shadow_valid = false;
+    return SQZ_OK;
+}
+
+static sqz_status cpu_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, size_t bytes)
+{
+    cpu_ctx *c = ctx;
+    if (offset > src->bytes || bytes > src->bytes - offset)
+        return sqz_fail(SQZ_ERR_INTERNAL, "cpu: download of %zu bytes at %zu overruns a %zu-byte buffer",
+                        bytes, offset, src->bytes);
+    if (!bytes)
+        return SQZ_OK;
+    const region *r = NULL;
+    for (size_t i = 0; i < src->n_regions && !r; i++)
+        if (src->regions[i].offset < offset + bytes && offset < src->regions[i].offset + src->regions[i].fp32_bytes)
+            r = &src->regions[i];
+    if (!r) {
+        memcpy(dst, src->data + offset, bytes);
+        return SQZ_OK;
+    }
+    if (offset < r->offset || offset + bytes > r->offset + r->fp32_bytes || (offset - r->offset) % 4 || bytes % 4)
+        return sqz_fail(SQZ_ERR_INTERNAL, "cpu: download [%zu, +%zu) straddles a bf16 tensor at [%zu, +%zu)",
+                        offset, bytes, r->offset, r->fp32_bytes);
+    const size_t first = (offset - r->offset) / 4;
+    c->k->bf16_to_f32((const uint16_t *)(src->data + r->offset) + first, (int64_t)(bytes / 4), dst);
+    return SQZ_OK;
+}
+
+/* ---- tensors ------------------------------------------------------------------------------- */
+
+static unsigned char *tensor_base(const sqz_binding *b, int tensor)
+{
+    const sqz_tensor_desc *d = &b->plan->graph.tensors[tensor];
+    if (d->kind == SQZ_TENSOR_WEIGHT)
+        return b->weights->data + b->weight_offsets[d->weight_index];
+    return b->arena->data + b->plan->offsets[tensor];
+}
+
+/* Whether a tensor's values are stored in bf16 (activations and inputs of a bf16 session). */
+static bool stored16(const cpu_ctx *c, const sqz_binding *b, int tensor)
+{
+    const sqz_tensor_desc *d = &b->plan->graph.tensors[tensor];
+    return c->bf16 && d->kind != SQZ_TENSOR_WEIGHT && d->dtype == SQZ_DTYPE_F32;
+}
+
+/* A view of an fp32-valued tensor as rows of `cols`: fp32 in place, or bf16. */
+typedef struct view {
+    unsigned char *base;
+    int64_t cols;
+    bool bf16;
+} view;
+
+static view view_of(const cpu_ctx *c, const sqz_binding *b, int tensor)
+{
+    return (view){tensor_base(b, tensor), b->plan->graph.tensors[tensor].cols, stored16(c, b, tensor)};
+}
+
+/* Row r as fp32: in place, or converted into `tmp` (cols floats). */
+static const float *row_in(const cpu_ctx *c, view v, int64_t r, float *tmp)
+{
+    if (!v.bf16)
+        return (const float *)v.base + r * v.cols;
+    c->k->bf16_to_f32((const uint16_t *)v.base + r * v.cols, v.cols, tmp);
+    return tmp;
+}
+
+/* Where to compute row r: in place for fp32, else `tmp`, which row_out then stores. */
+static float *row_dst(view v, int64_t r, float *tmp) { return v.bf16 ? tmp : (float *)v.base + r * v.cols; }
+
+static void row_out(const cpu_ctx *c, view v, int64_t r, const float *values)
+{
+    if (v.bf16)
+        c->k->f32_to_bf16(values, v.cols, (uint16_t *)v.base + r * v.cols);
+}
+
+static sqz_status ensure_scratch(cpu_ctx *c, size_t per_thread)
+{
+    const size_t need = per_thread * (size_t)c->threads;
+    if (need <= c->scratch_floats)
+        return SQZ_OK;
+    free(c->scratch);
+    c->scratch = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
+    c->scratch_floats = c->scratch ? need : 0;
+    if (!c->scratch)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "cpu: cannot allocate %zu bytes of working memory", need * 4);
+    return SQZ_OK;
+}
+
+static float *thread_scratch(const cpu_ctx *c, size_t per_thread)
+{
+    return c->scratch + per_thread * (size_t)omp_get_thread_num();
+}
+
+/* ---- linear: oneDNN matmul, one execution per group ------------------------------------------ */
+
+static sqz_status matmul_for(cpu_ctx *c, int64_t k, int64_t n, int64_t lda, int64_t ldc, bool bias,
+                             bool gelu, dnnl_primitive_t *out)
+{
+    for (int i = 0; i < c->n_cache; i++) {
+        const matmul *m = &c->cache[i];
+        if (m->k == k && m->n == n && m->lda == lda && m->ldc == ldc && m->bias == bias && m->gelu == gelu) {
+            *out = m->prim;
+            return SQZ_OK;
+        }
+    }
+    if (c->n_cache == MATMUL_CACHE)
+        return sqz_fail(SQZ_ERR_INTERNAL, "cpu: more than %d linear shapes in one session", MATMUL_CACHE);
+    const dnnl_data_type_t t = c->bf16 ? dnnl_bf16 : dnnl_f32;
+    /* x [M, k] rows lda apart; W [n][k] read as its transpose; y [M, n] rows ldc apart */
+    dnnl_memory_desc_t src, wei, bmd, dst;
+    dnnl_dims_t src_dims = {DNNL_RUNTIME_DIM_VAL, k}, src_strides = {lda, 1};
+    dnnl_dims_t wei_dims = {k, n}, wei_strides = {1, k};
+    dnnl_dims_t b_dims = {1, n}, b_strides = {n, 1};
+    dnnl_dims_t dst_dims = {DNNL_RUNTIME_DIM_VAL, n}, dst_strides = {ldc, 1};
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&src, 2, src_dims, t, src_strides));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&wei, 2, wei_dims, t, wei_strides));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&bmd, 2, b_dims, dnnl_f32, b_strides));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&dst, 2, dst_dims, t, dst_strides));
+    dnnl_matmul_desc_t desc;
+    DNNL_TRY(dnnl_matmul_desc_init(&desc, &src, &wei, bias ? &bmd : NULL, &dst));
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t post = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_status_t s = dnnl_primitive_attr_create(&attr);
+    if (s == dnnl_success && gelu) {
+        s = dnnl_post_ops_create(&post);
+        if (s == dnnl_success)
+            s = dnnl_post_ops_append_eltwise(post, 1.0f, dnnl_eltwise_gelu_erf, 0.0f, 0.0f);
+        if (s == dnnl_success)
+            s = dnnl_primitive_attr_set_post_ops(attr, post);
+    }
+    if (s == dnnl_success)
+        s = dnnl_primitive_desc_create(&pd, &desc, attr, c->engine, NULL);
+    if (s == dnnl_success)
+        s = dnnl_primitive_create(&prim, pd);
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (post)
+        dnnl_post_ops_destroy(post);
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success)
+        return sqz_fail(SQZ_ERR_BACKEND, "cpu: oneDNN matmul %lldx%lld (%s%s) could not be created: %s",
+                        (long long)k, (long long)n, c->bf16 ? "bf16" : "fp32", gelu ? ", GELU" : "",
+                        dnnl_status2str(s));
+    c->cache[c->n_cache++] = (matmul){k, n, lda, ldc, bias, gelu, prim};
+    *out = prim;
+    return SQZ_OK;
+}
+
+static sqz_status ensure_shadow(cpu_ctx *c, sqz_buffer *w)
+{
+    if (w->shadow_valid)
+        return SQZ_OK;
+    const int64_t n = (int64_t)(w->bytes / 4);
+    if (!w->shadow && !(w->shadow = malloc((size_t)(n ? n : 1) * 2)))
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "cpu: cannot allocate the bf16 copy of the weights (%zu bytes)",
+                        (size_t)n * 2);
+    const int64_t chunk = 1 << 16;
+#pragma omp parallel for num_threads(c->threads) schedule(static)
+    for (int64_t i = 0; i < n; i += chunk)
+        c->k->f32_to_bf16((const float *)w->data + i, n - i < chunk ? n - i : chunk, w->shadow + i);
+    w->shadow_valid = true;
+    return SQZ_OK;
+}
+
+static sqz_status run_linear(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows)
+{
+    const sqz_graph *g = &b->plan->graph;
+    const int *in = node->inputs;
+    const int64_t cin = g->tensors[in[0]].cols, cout = g->tensors[node->output].cols;
+    const int groups = node->params.linear.groups;
+    if (groups < 1 || cin % groups || cout % groups)
+        return sqz_fail(SQZ_ERR_INTERNAL, "cpu: node '%s': %lld -> %lld features in %d groups", node->name,
+                        (long long)cin, (long long)cout, groups);
+    const int64_t k = cin / groups, n = cout / groups;
+    const bool has_bias = node->n_inputs > 2 && in[2] >= 0, gelu = node->op == SQZ_OP_LINEAR_GELU;
+    dnnl_primitive_t prim = NULL;
+    sqz_status st = matmul_for(c, k, n, cin, cout, has_bias, gelu, &prim);
+    if (st != SQZ_OK)
+        return st;
+    const size_t el = c->bf16 ? 2 : 4;
+    unsigned char *x = tensor_base(b, in[0]), *y = tensor_base(b, node->output);
+    const unsigned char *w = tensor_base(b, in[1]);
+    if (c->bf16) {
+        if ((st = ensure_shadow(c, b->weights)) != SQZ_OK)
+            return st;
+        w = (const unsigned char *)(b->weights->shadow + (w - b->weights->data) / 4);
+    }
+    const float *bias = has_bias ? (const float *)tensor_base(b, in[2]) : NULL;
+    const dnnl_data_type_t t = c->bf16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t src, wei, bmd, dst;
+    dnnl_dims_t src_dims = {rows, k}, src_strides = {cin, 1}, wei_dims = {k, n}, wei_strides = {1, k};
+    dnnl_dims_t b_dims = {1, n}, b_strides = {n, 1}, dst_dims = {rows, n}, dst_strides = {cout, 1};
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&src, 2, src_dims, t, src_strides));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&wei, 2, wei_dims, t, wei_strides));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&bmd, 2, b_dims, dnnl_f32, b_strides));
+    DNNL_TRY(dnnl_memory_desc_init_by_strides(&dst, 2, dst_dims, t, dst_strides));
+    dnnl_memory_t mem[4] = {0};
+    dnnl_status_t s = dnnl_success;
+    for (int gi = 0; gi < groups && s == dnnl_success; gi++) {
+        s = dnnl_memory_create(&mem[0], &src, c->engine, x + (size_t)(gi * k) * el);
+        if (s == dnnl_success)
+            s = dnnl_memory_create(&mem[1], &wei, c->engine, (void *)(w + (size_t)(gi * n * k) * el));
+        if (s == dnnl_success)
+            s = dnnl_memory_create(&mem[2], &bmd, c->engine, has_bias ? (void *)(bias + gi * n) : NULL);
+        if (s == dnnl_success)
+            s = dnnl_memory_create(&mem[3], &dst, c->engine, y + (size_t)(gi * n) * el);
+        if (s == dnnl_success) {
+            dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]},
+                                       {DNNL_ARG_DST, mem[3]}, {DNNL_ARG_BIAS, mem[2]}};
+            s = dnnl_primitive_execute(prim, c->stream, has_bias ? 4 : 3, args);
+        }
+        for (int i = 0; i < 4; i++)
+            if (mem[i]) {
+                dnnl_memory_destroy(mem[i]);
+                mem[i] = NULL;
+            }
+    }
+    if (s == dnnl_success)
+        s = dnnl_stream_wait(c->stream);
+    if (s != dnnl_success)
+        return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': oneDNN matmul failed: %s", node->name, dnnl_status2str(s));
+    return SQZ_OK;
+}
+
+/* ---- attention ----------------------------------------------------------------------------- */
+
+typedef struct attn_shape {
+    int heads, d;
+    float scale;
+    const int32_t *seq_off, *score_off;
+    int64_t sequences;
+} attn_shape;
+
+/* The [len][d] slice of head h of a token-major tensor, as fp32 with leading dimension *ld:
+ * in place for fp32, converted into `tmp` for bf16. */
+static const float *head_slice(const cpu_ctx *c, view v, int64_t first, int64_t len, int h, int d, float *tmp,
+                               int64_t *ld)
+{
+    if (!v.bf16) {
+        *ld = v.cols;
+        return (const float *)v.base + first * v.cols + (int64_t)h * d;
+    }
+    for (int64_t r = 0; r < len; r++)
+        c->k->bf16_to_f32((const uint16_t *)v.base + (first + r) * v.cols + (int64_t)h * d, d, tmp + r * d);
+    *ld = d;
+    return tmp;
+}
+
+/* Adds the lowest float to the scores of padded keys, as cpu_ref does (so a row whose keys are
+ * all padding still averages, as transformers' does). */
+static void mask_keys(float *s, int64_t len, const int32_t *valid)
+{
+    for (int64_t b = 0; b < len; b++)
+        if (!valid[b])
+            s[b] += -FLT_MAX;
+}
+
+static sqz_status check_sequences(const sqz_node *node, const attn_shape *a, const sqz_run_dims *dims)
+{
+    bool ok = a->seq_off[0] == 0 && a->score_off[0] == 0 && a->sequences >= 0;
+    for (int64_t s = 0; ok && s < a->sequences; s++) {
+        const int64_t len = (int64_t)a->seq_off[s + 1] - a->seq_off[s];
+        ok = len >= 1 && len <= dims->max_len && (int64_t)a->score_off[s + 1] - a->score_off[s] == len * len;
+    }
+    if (!ok || a->seq_off[a->sequences] != dims->tokens || a->score_off[a->sequences] != dims->score_rows)
+        return sqz_fail(SQZ_ERR_INTERNAL, "cpu: node '%s': sequence offsets are inconsistent with %lld tokens",
+                        node->name, (long long)dims->tokens);
+    return SQZ_OK;
+}
+
+/* softmax(scale Q K^T + mask) V for every (sequence, head); the [len][len] block stays in the
+ * thread's cache between the two products. */
+static sqz_status run_attention(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, const attn_shape *a,
+                                const sqz_run_dims *dims)
+{
+    const int *in = node->inputs;
+    const view q = view_of(c, b, in[0]), k = view_of(c, b, in[1]), v = view_of(c, b, in[2]);
+    const view out = view_of(c, b, node->output);
+    const int32_t *valid = (const int32_t *)tensor_base(b, in[3]);
+    const int64_t L = dims->max_len, d = a->d;
+    const size_t per_thread = (size_t)(L * L + 4 * L * d);
+    sqz_status st = ensure_scratch(c, per_thread);
+    if (st != SQZ_OK)
+        return st;
+    const int64_t pairs = a->sequences * a->heads;
+    int failed = 0;
+#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t pi = 0; pi < pairs; pi++) {
+        const int64_t s = pi / a->heads;
+        const int h = (int)(pi % a->heads);
+        const int64_t o = a->seq_off[s], len = a->seq_off[s + 1] - o;
+        float *scores = thread_scratch(c, per_thread), *tq = scores + L * L, *tk = tq + L * d;
+        float *tv = tk + L * d, *to = tv + L * d;
+        int64_t ldq, ldk, ldv;
+        const float *Q = head_slice(c, q, o, len, h, a->d, tq, &ldq);
+        const float *K = head_slice(c, k, o, len, h, a->d, tk, &ldk);
+        const float *V = head_slice(c, v, o, len, h, a->d, tv, &ldv);
+        failed |= dnnl_sgemm('N', 'T', len, len, d, a->scale, Q, ldq, K, ldk, 0.0f, scores, len) != dnnl_success;
+        for (int64_t r = 0; r < len; r++) {
+            mask_keys(scores + r * len, len, valid + o);
+            c->k->softmax(scores + r * len, len);
+        }
+        float *O = out.bf16 ? to : (float *)out.base + o * out.cols + (int64_t)h * d;
+        const int64_t ldo = out.bf16 ? d : out.cols;
+        failed |= dnnl_sgemm('N', 'N', len, d, len, 1.0f, scores, len, V, ldv, 0.0f, O, ldo) != dnnl_success;
+        if (out.bf16)
+            for (int64_t r = 0; r < len; r++)
+                c->k->f32_to_bf16(to + r * d, d, (uint16_t *)out.base + (o + r) * out.cols + (int64_t)h * d);
+    }
+    if (failed)
+        return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': oneDNN sgemm failed", node->name);
+    return SQZ_OK;
+}
+
+/* The unfused parts (SQZ_DISABLE_FUSION=1): the same arithmetic, one step per node. Scores
+ * are [heads][len][len] blocks, one row of `heads` values per score row of the tensor, read
+ * as a flat array. */
+static sqz_status run_attention_part(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, const attn_shape *a,
+                                     const sqz_run_dims *dims)
+{
+    if (c->bf16) /* a masked score is the lowest float, which bf16 cannot hold; so CUDA too */
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "cpu: node '%s': the unfused attention (%s) runs at fp32 only; "
+                        "bf16 runs the fused attention", node->name, sqz_op_name(node->op));
+    const int *in = node->inputs;
+    const int64_t L = dims->max_len, d = a->d;
+    const size_t per_thread = (size_t)(L * L + 3 * L * d);
+    sqz_status st = ensure_scratch(c, per_thread);
+    if (st != SQZ_OK)
+        return st;
+    const view out = view_of(c, b, node->output);
+    const view first = view_of(c, b, in[0]);
+    const view second = node->op == SQZ_OP_ATTN_SOFTMAX ? first : view_of(c, b, in[1]);
+    const int64_t pairs = a->sequences * a->heads;
+    int failed = 0;
+#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t pi = 0; pi < pairs; pi++) {
+        const int64_t s = pi / a->heads;
+        const int h = (int)(pi % a->heads);
+        const int64_t o = a->seq_off[s], len = a->seq_off[s + 1] - o;
+        const int64_t block = (int64_t)a->score_off[s] * a->heads + (int64_t)h * len * len;
+        float *blk = thread_scratch(c, per_thread), *t1 = blk + L * L, *t2 = t1 + L * d, *t3 = t2 + L * d;
+        if (node->op != SQZ_OP_ATTN_SCORES) { /* the block this node reads */
+            if (first.bf16)
+                c->k->bf16_to_f32((const uint16_t *)first.base + block, len * len, blk);
+            else
+                memcpy(blk, (const float *)first.base + block, (size_t)(len * len) * sizeof(float));
+        }
+        int64_t ld1, ld2;
+        if (node->op == SQZ_OP_ATTN_SCORES) {
+            const float *Q = head_slice(c, first, o, len, h, a->d, t1, &ld1);
+            const float *K = head_slice(c, second, o, len, h, a->d, t2, &ld2);
+            failed |= dnnl_sgemm('N', 'T', len, len, d, a->scale, Q, ld1, K, ld2, 0.0f, blk, len) != dnnl_success;
+        } else if (node->op == SQZ_OP_ATTN_KEY_MASK) {
+            const int32_t *valid = (const int32_t *)tensor_base(b, in[1]);
+            for (int64_t r = 0; r < len; r++)
+                mask_keys(blk + r * len, len, valid + o);
+        } else if (node->op == SQZ_OP_ATTN_SOFTMAX) {
+            for (int64_t r = 0; r < len; r++)
+                c->k->softmax(blk + r * len, len);
+        } else { /* context: P V into the head's columns */
+            const float *V = head_slice(c, second, o, len, h, a->d, t2, &ld2);
+            float *O = out.bf16 ? t3 : (float *)out.base + o * out.cols + (int64_t)h * d;
+            const int64_t ldo = out.bf16 ? d : out.cols;
+            failed |= dnnl_sgemm('N', 'N', len, d, len, 1.0f, blk, len, V, ld2, 0.0f, O, ldo) != dnnl_success;
+            if (out.bf16)
+                for (int64_t r = 0; r < len; r++)
+                    c->k->f32_to_bf16(t3 + r * d, d, (uint16_t *)out.base + (o + r) * out.cols + (int64_t)h * d);
+            continue;
+        }
+        if (out.bf16)
+            c->k->f32_to_bf16(blk, len * len, (uint16_t *)out.base + block);
+        else
+            memcpy((float *)out.base + block, blk, (size_t)(len * len) * sizeof(float));
+    }
+    if (failed)
+        return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': oneDNN sgemm failed", node->name);
+    return SQZ_OK;
+}
+
+/* ---- row ops ------------------------------------------------------------------------------- */
+
+/* Every index inside its table, or an error naming the node and the table. */
+static sqz_status check_indices(const sqz_binding *b, const sqz_node *node, int index_tensor, int table_tensor,
+                                int64_t rows, const sqz_run_dims *dims)
+{
+    const int32_t *idx = (const int32_t *)tensor_base(b, index_tensor);
+    const sqz_tensor_desc *table = &b->plan->graph.tensors[table_tensor];
+    const int64_t table_rows = sqz_tensor_rows(table, dims); /* a weight, or an activation (the pooler's) */
+    for (int64_t r = 0; r < rows; r++)
+        if (idx[r] < 0 || idx[r] >= table_rows)
+            return sqz_fail(SQZ_ERR_INPUT, "cpu: node '%s': index %d (row %lld) is outside the %lld rows of '%s'",
+                            node->name, idx[r], (long long)r, (long long)table_rows, table->name);
+    return SQZ_OK;
+}
+
+static float gelu_exact(float x)
+{
+    /* erfc of the negated argument: no cancellation in the negative tail, unlike 1 + erf */
+    return (float)(0.5 * x * erfc(-x / sqrt(2.0)));
+}
+
+static sqz_status run_rows(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows,
+                           const sqz_run_dims *dims)
+{
+    const int *in = node->inputs;
+    const view out = view_of(c, b, node->output);
+    const int64_t cols = out.cols;
+    const float eps = node->params.layernorm.eps;
+    sqz_status st = SQZ_OK;
+    if (node->op == SQZ_OP_GATHER_ROWS)
+        st = check_indices(b, node, in[0], in[1], rows, dims);
+    if (node->op == SQZ_OP_EMBED_LAYERNORM)
+        for (int t = 0; t < 3 && st == SQZ_OK; t++)
+            st = check_indices(b, node, in[t], in[3 + t], rows, dims);
+    if (st == SQZ_OK)
+        st = ensure_scratch(c, (size_t)(3 * cols));
+    if (st != SQZ_OK)
+        return st;
+    const view a = node->n_inputs > 0 ? view_of(c, b, in[0]) : out;
+    const view bv = node->n_inputs > 1 ? view_of(c, b, in[1]) : out;
+#pragma omp parallel for num_threads(c->threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        float *t0 = thread_scratch(c, (size_t)(3 * cols)), *t1 = t0 + cols, *t2 = t1 + cols;
+        float *y = row_dst(out, r, t2);
+        switch (node->op) {
+        case SQZ_OP_GATHER_ROWS: {
+            const float *from = row_in(c, bv, ((const int32_t *)a.base)[r], t0);
+            memcpy(y, from, (size_t)cols * sizeof(float));
+            break;
+        }
+        case SQZ_OP_ADD: c->k->add(row_in(c, a, r, t0), row_in(c, bv, r, t1), cols, y); break;
+        case SQZ_OP_GELU: {
+            const float *x = row_in(c, a, r, t0);
+            for (int64_t i = 0; i < cols; i++)
+                y[i] = gelu_exact(x[i]);
+            break;
+        }
+        case SQZ_OP_TANH: {
+            const float *x = row_in(c, a, r, t0);
+            for (int64_t i = 0; i < cols; i++)
+                y[i] = tanhf(x[i]);
+            break;
+        }
+        case SQZ_OP_LAYERNORM:
+            c->k->layernorm(row_in(c, a, r, t0), cols, (const float *)tensor_base(b, in[1]),
+                            (const float *)tensor_base(b, in[2]), eps, y);
+            break;
+        case SQZ_OP_ADD_LAYERNORM:
+            c->k->add(row_in(c, a, r, t0), row_in(c, bv, r, t1), cols, y);
+            c->k->layernorm(y, cols, (const float *)tensor_base(b, in[2]), (const float *)tensor_base(b, in[3]), eps, y);
+            break;
+        case SQZ_OP_EMBED_LAYERNORM: {
+            /* (word + position) + type, the reference's order, then LN, in one pass per row */
+            const float *word = (const float *)tensor_base(b, in[3]) + (int64_t)((const int32_t *)a.base)[r] * cols;
+            const float *pos = (const float *)tensor_base(b, in[4]) + (int64_t)((const int32_t *)bv.base)[r] * cols;
+            const float *type = (const float *)tensor_base(b, in[5]) + (int64_t)((const int32_t *)tensor_base(b, in[2]))[r] * cols;
+            c->k->add(word, pos, cols, y);
+            c->k->add(y, type, cols, y);
+            c->k->layernorm(y, cols, (const float *)tensor_base(b, in[6]), (const float *)tensor_base(b, in[7]), eps, y);
+            break;
+        }
+        default: break;
+        }
+        row_out(c, out, r, y);
+    }
+    return SQZ_OK;
+}
+
+/* ---- launch ---------------------------------------------------------------------------------- */
+
+static sqz_status cpu_launch(void *ctx, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
+{
+    cpu_ctx *c = ctx;
+    const sqz_tensor_desc *out = &b->plan->graph.tensors[node->output];
+    const int64_t rows = sqz_tensor_rows(out, dims);
+    /* oneDNN sizes its parallel regions by this thread's OpenMP setting */
+    omp_set_num_threads(c->threads);
+    sqz_status st = SQZ_OK;
+    if (rows > 0) {
+        attn_shape a = {0};
+        const bool fused = node->op == SQZ_OP_ATTENTION;
+        if (fused || (node->op >= SQZ_OP_ATTN_SCORES && node->op <= SQZ_OP_ATTN_CONTEXT)) {
+            const int offsets = fused ? 4 : node->op == SQZ_OP_ATTN_SOFTMAX ? 1 : 2;
+            a = (attn_shape){node->params.attention.heads, node->params.attention.head_dim,
+                             node->params.attention.scale,
+                             (const int32_t *)tensor_base(b, node->inputs[offsets]),
+                             (const int32_t *)tensor_base(b, node->inputs[offsets + 1]), dims->sequences};
+            st = check_sequences(node, &a, dims);
+        }
+        if (st != SQZ_OK)
+            return st;
+        switch (node->op) {
+        case SQZ_OP_LINEAR:
+        case SQZ_OP_LINEAR_GELU: st = run_linear(c, b, node, rows); break;
+        case SQZ_OP_ATTENTION: st = run_attention(c, b, node, &a, dims); break;
+        case SQZ_OP_ATTN_SCORES:
+        case SQZ_OP_ATTN_KEY_MASK:
+        case SQZ_OP_ATTN_SOFTMAX:
+        case SQZ_OP_ATTN_CONTEXT: st = run_attention_part(c, b, node, &a, dims); break;
+        case SQZ_OP_GATHER_ROWS:
+        case SQZ_OP_ADD:
+        case SQZ_OP_GELU:
+        case SQZ_OP_TANH:
+        case SQZ_OP_LAYERNORM:
+        case SQZ_OP_ADD_LAYERNORM:
+        case SQZ_OP_EMBED_LAYERNORM: st = run_rows(c, b, node, rows, dims); break;
+        default:
+            return sqz_fail(SQZ_ERR_UNSUPPORTED, "cpu: op %s (node '%s') is not implemented", sqz_op_name(node->op),
+                            node->name);
+        }
+    }
+    if (st == SQZ_OK && stored16(c, b, node->output))
+        st = regions_add(b->arena, (size_t)b->plan->offsets[node->output], (size_t)(rows * out->cols) * 4);
+    return st;
+}
+
+static bool cpu_supports(void *ctx, const sqz_node *node) { return (unsigned)node->op < SQZ_OP_COUNT; }
+
+const sqz_backend_ops sqz_cpu_backend = {
+    .api_version = SQZ_BACKEND_API_VERSION,
+    .name = "cpu",
+    .probe = NULL,
+    .create = cpu_create,
+    .destroy = cpu_destroy,
+    .describe = cpu_describe,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .supports = cpu_supports,
+    .launch = cpu_launch,
+    .synchronize = NULL,
+    .set_precision = cpu_set_precision,
+};
