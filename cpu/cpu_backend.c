@@ -447,6 +447,55 @@ static sqz_status ensure_shadow(cpu_ctx *c, sqz_buffer *w)
     return SQZ_OK;
 }
 
+/* One tile of a linear layer: rows [r0, r0 + m) of group g, output columns [n0, n0 + nb) of
+ * that group, through a matmul primitive made for nb columns (oneDNN runs it on the calling
+ * thread: it is inside our parallel region). */
+typedef struct linear_job {
+    const cpu_ctx *c;
+    dnnl_primitive_t prim;
+    const unsigned char *x, *w;
+    const float *bias;
+    unsigned char *y;
+    int64_t cin, cout, k, n, nb;
+    size_t el;
+    dnnl_data_type_t t;
+} linear_job;
+
+static dnnl_status_t linear_tile(const linear_job *j, int64_t g, int64_t r0, int64_t m, int64_t n0)
+{
+    dnnl_memory_desc_t src, wei, bmd, dst;
+    dnnl_dims_t src_dims = {m, j->k}, src_strides = {j->cin, 1}, wei_dims = {j->k, j->nb}, wei_strides = {1, j->k};
+    dnnl_dims_t b_dims = {1, j->nb}, b_strides = {j->nb, 1}, dst_dims = {m, j->nb}, dst_strides = {j->cout, 1};
+    dnnl_status_t s = dnnl_memory_desc_init_by_strides(&src, 2, src_dims, j->t, src_strides);
+    if (s == dnnl_success)
+        s = dnnl_memory_desc_init_by_strides(&wei, 2, wei_dims, j->t, wei_strides);
+    if (s == dnnl_success)
+        s = dnnl_memory_desc_init_by_strides(&bmd, 2, b_dims, dnnl_f32, b_strides);
+    if (s == dnnl_success)
+        s = dnnl_memory_desc_init_by_strides(&dst, 2, dst_dims, j->t, dst_strides);
+    const int64_t col = g * j->n + n0; /* first output feature of the tile */
+    dnnl_memory_t mem[4] = {0};
+    if (s == dnnl_success)
+        s = dnnl_memory_create(&mem[0], &src, j->c->engine, (void *)(j->x + (size_t)(r0 * j->cin + g * j->k) * j->el));
+    if (s == dnnl_success)
+        s = dnnl_memory_create(&mem[1], &wei, j->c->engine, (void *)(j->w + (size_t)(col * j->k) * j->el));
+    if (s == dnnl_success)
+        s = dnnl_memory_create(&mem[2], &dst, j->c->engine, j->y + (size_t)(r0 * j->cout + col) * j->el);
+    if (s == dnnl_success && j->bias)
+        s = dnnl_memory_create(&mem[3], &bmd, j->c->engine, (void *)(j->bias + col));
+    if (s == dnnl_success) {
+        dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]},
+                                   {DNNL_ARG_DST, mem[2]}, {DNNL_ARG_BIAS, mem[3]}};
+        s = dnnl_primitive_execute(j->prim, j->c->stream, j->bias ? 4 : 3, args);
+    }
+    for (int i = 0; i < 4; i++)
+        if (mem[i])
+            dnnl_memory_destroy(mem[i]);
+    return s;
+}
+
+#define LINEAR_TILE_ROWS 128
+
 static sqz_status run_linear(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows)
 {
     const sqz_graph *g = &b->plan->graph;
@@ -457,53 +506,40 @@ static sqz_status run_linear(cpu_ctx *c, const sqz_binding *b, const sqz_node *n
         return sqz_fail(SQZ_ERR_INTERNAL, "cpu: node '%s': %lld -> %lld features in %d groups", node->name,
                         (long long)cin, (long long)cout, groups);
     const int64_t k = cin / groups, n = cout / groups;
+    /* Tiles of 128 rows x a block of a group's columns, handed out to the threads one at a
+     * time: on a machine other work shares, a thread that loses its core delays one tile, not
+     * a fixed half of the product (oneDNN's own split is static). Columns are split only when
+     * there are too few row tiles to keep every thread busy. */
+    const int64_t row_tiles = (rows + LINEAR_TILE_ROWS - 1) / LINEAR_TILE_ROWS;
+    int64_t col_blocks = 1;
+    while (groups * row_tiles * col_blocks < 4 * c->threads && n % (2 * col_blocks) == 0 &&
+           n / (2 * col_blocks) >= 64)
+        col_blocks *= 2;
+    const int64_t nb = n / col_blocks;
     const bool has_bias = node->n_inputs > 2 && in[2] >= 0, gelu = node->op == SQZ_OP_LINEAR_GELU;
     dnnl_primitive_t prim = NULL;
-    sqz_status st = matmul_for(c, k, n, cin, cout, has_bias, gelu, &prim);
+    sqz_status st = matmul_for(c, k, nb, cin, cout, has_bias, gelu, &prim);
     if (st != SQZ_OK)
         return st;
-    const size_t el = c->bf16 ? 2 : 4;
-    unsigned char *x = tensor_base(b, in[0]), *y = tensor_base(b, node->output);
     const unsigned char *w = tensor_base(b, in[1]);
     if (c->bf16) {
         if ((st = ensure_shadow(c, b->weights)) != SQZ_OK)
             return st;
         w = (const unsigned char *)(b->weights->shadow + (w - b->weights->data) / 4);
     }
-    const float *bias = has_bias ? (const float *)tensor_base(b, in[2]) : NULL;
-    const dnnl_data_type_t t = c->bf16 ? dnnl_bf16 : dnnl_f32;
-    dnnl_memory_desc_t src, wei, bmd, dst;
-    dnnl_dims_t src_dims = {rows, k}, src_strides = {cin, 1}, wei_dims = {k, n}, wei_strides = {1, k};
-    dnnl_dims_t b_dims = {1, n}, b_strides = {n, 1}, dst_dims = {rows, n}, dst_strides = {cout, 1};
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&src, 2, src_dims, t, src_strides));
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&wei, 2, wei_dims, t, wei_strides));
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&bmd, 2, b_dims, dnnl_f32, b_strides));
-    DNNL_TRY(dnnl_memory_desc_init_by_strides(&dst, 2, dst_dims, t, dst_strides));
-    dnnl_memory_t mem[4] = {0};
-    dnnl_status_t s = dnnl_success;
-    for (int gi = 0; gi < groups && s == dnnl_success; gi++) {
-        s = dnnl_memory_create(&mem[0], &src, c->engine, x + (size_t)(gi * k) * el);
-        if (s == dnnl_success)
-            s = dnnl_memory_create(&mem[1], &wei, c->engine, (void *)(w + (size_t)(gi * n * k) * el));
-        if (s == dnnl_success)
-            s = dnnl_memory_create(&mem[2], &bmd, c->engine, has_bias ? (void *)(bias + gi * n) : NULL);
-        if (s == dnnl_success)
-            s = dnnl_memory_create(&mem[3], &dst, c->engine, y + (size_t)(gi * n) * el);
-        if (s == dnnl_success) {
-            dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, mem[0]}, {DNNL_ARG_WEIGHTS, mem[1]},
-                                       {DNNL_ARG_DST, mem[3]}, {DNNL_ARG_BIAS, mem[2]}};
-            s = dnnl_primitive_execute(prim, c->stream, has_bias ? 4 : 3, args);
-        }
-        for (int i = 0; i < 4; i++)
-            if (mem[i]) {
-                dnnl_memory_destroy(mem[i]);
-                mem[i] = NULL;
-            }
+    const linear_job job = {c, prim, tensor_base(b, in[0]), w,
+                            has_bias ? (const float *)tensor_base(b, in[2]) : NULL, tensor_base(b, node->output),
+                            cin, cout, k, n, nb, c->bf16 ? 2 : 4, c->bf16 ? dnnl_bf16 : dnnl_f32};
+    const int64_t tiles = groups * row_tiles * col_blocks;
+    int failed = 0;
+#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1) reduction(| : failed)
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t gi = t % groups, cb = t / groups % col_blocks, rt = t / groups / col_blocks;
+        const int64_t r0 = rt * LINEAR_TILE_ROWS, m = rows - r0 < LINEAR_TILE_ROWS ? rows - r0 : LINEAR_TILE_ROWS;
+        failed |= linear_tile(&job, gi, r0, m, cb * nb) != dnnl_success;
     }
-    if (s == dnnl_success)
-        s = dnnl_stream_wait(c->stream);
-    if (s != dnnl_success)
-        return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': oneDNN matmul failed: %s", node->name, dnnl_status2str(s));
+    if (failed)
+        return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': a oneDNN matmul tile failed", node->name);
     return SQZ_OK;
 }
 
@@ -703,7 +739,7 @@ static sqz_status run_rows(cpu_ctx *c, const sqz_binding *b, const sqz_node *nod
         return st;
     const view a = node->n_inputs > 0 ? view_of(c, b, in[0]) : out;
     const view bv = node->n_inputs > 1 ? view_of(c, b, in[1]) : out;
-#pragma omp parallel for num_threads(c->threads) schedule(static)
+#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 16)
     for (int64_t r = 0; r < rows; r++) {
         float *t0 = thread_scratch(c, (size_t)(3 * cols)), *t1 = t0 + cols, *t2 = t1 + cols;
         float *y = row_dst(out, r, t2);
