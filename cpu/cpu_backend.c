@@ -1,9 +1,10 @@
 /* The cpu backend: for servers without a GPU. Matrix products are oneDNN's (Debian's
  * libdnnl): each linear layer is one matmul primitive per group, with the bias and the exact
  * erf GELU in its post-ops, created once per shape with the token count left to run time. The
- * other ops are vectorised row kernels (cpu_kernels.inc) over OpenMP threads, the pool oneDNN
- * itself runs on; attention runs per (sequence, head) with its score block in cache. Buffers
- * are host memory. Threads: every core by default, or device "threads=N".
+ * other ops are vectorised row kernels (cpu_kernels.inc); attention runs per (sequence, head)
+ * with its score block in cache. Work is split into tasks (tiles of a product, rows, pairs of
+ * sequence and head) that a team of threads takes in turn (cpu_pool.h), each running oneDNN
+ * on itself. Buffers are host memory. Threads: every core by default, or device "threads=N".
  *
  * bf16 (CPUs with AVX512-BF16 or AMX): activations are stored in 16 bits in the first half of
  * their fp32 slot and converted back on download (the CUDA backend's convention), matrix
@@ -12,6 +13,7 @@
 #include <float.h>
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
 #include <stdint.h>
@@ -20,6 +22,7 @@
 #include <string.h>
 
 #include "cpu/cpu_kernels.h"
+#include "cpu/cpu_pool.h"
 #include "runtime/backend.h"
 #include "runtime/error.h"
 
@@ -61,6 +64,7 @@ typedef struct cpu_ctx {
     dnnl_stream_t stream;
     int threads;
     bool bf16;
+    cpu_pool *pool;
     const cpu_kernels *k;
     matmul cache[MATMUL_CACHE];
     int n_cache;
@@ -170,6 +174,7 @@ static void cpu_destroy(void *ctx)
         dnnl_stream_destroy(c->stream);
     if (c->engine)
         dnnl_engine_destroy(c->engine);
+    sqz_cpu_pool_destroy(c->pool);
     free(c->scratch);
     free(c);
 }
@@ -180,6 +185,8 @@ static sqz_status cpu_create_checked(cpu_ctx *c, const char *device)
     if (st != SQZ_OK)
         return st;
     c->k = best_kernels();
+    if ((st = sqz_cpu_pool_create(c->threads, &c->pool)) != SQZ_OK)
+        return st;
     DNNL_TRY(dnnl_engine_create(&c->engine, dnnl_cpu, 0));
     DNNL_TRY(dnnl_stream_create(&c->stream, c->engine, dnnl_stream_default_flags));
     describe_into(c->description, sizeof c->description, c->threads, false, c->k);
@@ -368,9 +375,9 @@ static sqz_status ensure_scratch(cpu_ctx *c, size_t per_thread)
     return SQZ_OK;
 }
 
-static float *thread_scratch(const cpu_ctx *c, size_t per_thread)
+static float *thread_scratch(const cpu_ctx *c, size_t per_thread, int worker)
 {
-    return c->scratch + per_thread * (size_t)omp_get_thread_num();
+    return c->scratch + per_thread * (size_t)worker;
 }
 
 /* ---- linear: oneDNN matmul, one execution per group ------------------------------------------ */
@@ -431,6 +438,21 @@ static sqz_status matmul_for(cpu_ctx *c, int64_t k, int64_t n, int64_t lda, int6
     return SQZ_OK;
 }
 
+#define SHADOW_CHUNK (1 << 16)
+
+typedef struct shadow_job {
+    const cpu_ctx *c;
+    sqz_buffer *w;
+    int64_t n;
+} shadow_job;
+
+static void shadow_task(void *arg, int64_t task, int worker)
+{
+    const shadow_job *j = arg;
+    const int64_t i = task * SHADOW_CHUNK, count = j->n - i < SHADOW_CHUNK ? j->n - i : SHADOW_CHUNK;
+    j->c->k->f32_to_bf16((const float *)j->w->data + i, count, j->w->shadow + i);
+}
+
 static sqz_status ensure_shadow(cpu_ctx *c, sqz_buffer *w)
 {
     if (w->shadow_valid)
@@ -439,10 +461,8 @@ static sqz_status ensure_shadow(cpu_ctx *c, sqz_buffer *w)
     if (!w->shadow && !(w->shadow = malloc((size_t)(n ? n : 1) * 2)))
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "cpu: cannot allocate the bf16 copy of the weights (%zu bytes)",
                         (size_t)n * 2);
-    const int64_t chunk = 1 << 16;
-#pragma omp parallel for num_threads(c->threads) schedule(static)
-    for (int64_t i = 0; i < n; i += chunk)
-        c->k->f32_to_bf16((const float *)w->data + i, n - i < chunk ? n - i : chunk, w->shadow + i);
+    shadow_job job = {c, w, n};
+    sqz_cpu_pool_run(c->pool, shadow_task, &job, (n + SHADOW_CHUNK - 1) / SHADOW_CHUNK);
     w->shadow_valid = true;
     return SQZ_OK;
 }
@@ -459,6 +479,8 @@ typedef struct linear_job {
     int64_t cin, cout, k, n, nb;
     size_t el;
     dnnl_data_type_t t;
+    int64_t rows, groups, col_blocks;
+    atomic_int failed;
 } linear_job;
 
 static dnnl_status_t linear_tile(const linear_job *j, int64_t g, int64_t r0, int64_t m, int64_t n0)
@@ -496,6 +518,15 @@ static dnnl_status_t linear_tile(const linear_job *j, int64_t g, int64_t r0, int
 
 #define LINEAR_TILE_ROWS 128
 
+static void linear_task(void *arg, int64_t t, int worker)
+{
+    linear_job *j = arg;
+    const int64_t gi = t % j->groups, cb = t / j->groups % j->col_blocks, rt = t / j->groups / j->col_blocks;
+    const int64_t r0 = rt * LINEAR_TILE_ROWS, m = j->rows - r0 < LINEAR_TILE_ROWS ? j->rows - r0 : LINEAR_TILE_ROWS;
+    if (linear_tile(j, gi, r0, m, cb * j->nb) != dnnl_success)
+        atomic_store(&j->failed, 1);
+}
+
 static sqz_status run_linear(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows)
 {
     const sqz_graph *g = &b->plan->graph;
@@ -527,18 +558,12 @@ static sqz_status run_linear(cpu_ctx *c, const sqz_binding *b, const sqz_node *n
             return st;
         w = (const unsigned char *)(b->weights->shadow + (w - b->weights->data) / 4);
     }
-    const linear_job job = {c, prim, tensor_base(b, in[0]), w,
-                            has_bias ? (const float *)tensor_base(b, in[2]) : NULL, tensor_base(b, node->output),
-                            cin, cout, k, n, nb, c->bf16 ? 2 : 4, c->bf16 ? dnnl_bf16 : dnnl_f32};
-    const int64_t tiles = groups * row_tiles * col_blocks;
-    int failed = 0;
-#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1) reduction(| : failed)
-    for (int64_t t = 0; t < tiles; t++) {
-        const int64_t gi = t % groups, cb = t / groups % col_blocks, rt = t / groups / col_blocks;
-        const int64_t r0 = rt * LINEAR_TILE_ROWS, m = rows - r0 < LINEAR_TILE_ROWS ? rows - r0 : LINEAR_TILE_ROWS;
-        failed |= linear_tile(&job, gi, r0, m, cb * nb) != dnnl_success;
-    }
-    if (failed)
+    linear_job job = {c, prim, tensor_base(b, in[0]), w,
+                      has_bias ? (const float *)tensor_base(b, in[2]) : NULL, tensor_base(b, node->output),
+                      cin, cout, k, n, nb, c->bf16 ? 2 : 4, c->bf16 ? dnnl_bf16 : dnnl_f32,
+                      rows, groups, col_blocks, 0};
+    sqz_cpu_pool_run(c->pool, linear_task, &job, groups * row_tiles * col_blocks);
+    if (atomic_load(&job.failed))
         return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': a oneDNN matmul tile failed", node->name);
     return SQZ_OK;
 }
@@ -589,111 +614,119 @@ static sqz_status check_sequences(const sqz_node *node, const attn_shape *a, con
     return SQZ_OK;
 }
 
-/* softmax(scale Q K^T + mask) V for every (sequence, head); the [len][len] block stays in the
+/* One node's attention work: a task per (sequence, head). */
+typedef struct attn_job {
+    const cpu_ctx *c;
+    const sqz_binding *b;
+    const sqz_node *node;
+    const attn_shape *a;
+    int64_t L;
+    size_t per_thread;
+    view first, second, third, out;
+    const int32_t *valid;
+    atomic_int failed;
+} attn_job;
+
+/* softmax(scale Q K^T + mask) V of one (sequence, head); the [len][len] block stays in the
  * thread's cache between the two products. */
+static void attention_task(void *arg, int64_t pair, int worker)
+{
+    attn_job *j = arg;
+    const cpu_ctx *c = j->c;
+    const attn_shape *a = j->a;
+    const int64_t s = pair / a->heads, L = j->L, d = a->d;
+    const int h = (int)(pair % a->heads);
+    const int64_t o = a->seq_off[s], len = a->seq_off[s + 1] - o;
+    float *scores = thread_scratch(c, j->per_thread, worker), *tq = scores + L * L, *tk = tq + L * d;
+    float *tv = tk + L * d, *to = tv + L * d;
+    int64_t ldq, ldk, ldv;
+    const float *Q = head_slice(c, j->first, o, len, h, a->d, tq, &ldq);
+    const float *K = head_slice(c, j->second, o, len, h, a->d, tk, &ldk);
+    const float *V = head_slice(c, j->third, o, len, h, a->d, tv, &ldv);
+    bool ok = dnnl_sgemm('N', 'T', len, len, d, a->scale, Q, ldq, K, ldk, 0.0f, scores, len) == dnnl_success;
+    for (int64_t r = 0; r < len; r++) {
+        mask_keys(scores + r * len, len, j->valid + o);
+        c->k->softmax(scores + r * len, len);
+    }
+    const view out = j->out;
+    float *O = out.bf16 ? to : (float *)out.base + o * out.cols + (int64_t)h * d;
+    ok = ok && dnnl_sgemm('N', 'N', len, d, len, 1.0f, scores, len, V, ldv, 0.0f, O, out.bf16 ? d : out.cols) ==
+                   dnnl_success;
+    if (out.bf16)
+        for (int64_t r = 0; r < len; r++)
+            c->k->f32_to_bf16(to + r * d, d, (uint16_t *)out.base + (o + r) * out.cols + (int64_t)h * d);
+    if (!ok)
+        atomic_store(&j->failed, 1);
+}
+
+/* The unfused parts (SQZ_DISABLE_FUSION=1, fp32): the same arithmetic, one step per node.
+ * Head h of sequence s has the [len][len] block at element score_off[s] * heads + h len^2. */
+static void attention_part_task(void *arg, int64_t pair, int worker)
+{
+    attn_job *j = arg;
+    const cpu_ctx *c = j->c;
+    const attn_shape *a = j->a;
+    const int64_t s = pair / a->heads, L = j->L, d = a->d;
+    const int h = (int)(pair % a->heads);
+    const int64_t o = a->seq_off[s], len = a->seq_off[s + 1] - o;
+    float *blk = (float *)j->out.base + (int64_t)a->score_off[s] * a->heads + (int64_t)h * len * len;
+    const float *in_blk = (const float *)j->first.base + (blk - (float *)j->out.base);
+    float *t1 = thread_scratch(c, j->per_thread, worker), *t2 = t1 + L * d;
+    int64_t ld1, ld2;
+    bool ok = true;
+    switch (j->node->op) {
+    case SQZ_OP_ATTN_SCORES: {
+        const float *Q = head_slice(c, j->first, o, len, h, a->d, t1, &ld1);
+        const float *K = head_slice(c, j->second, o, len, h, a->d, t2, &ld2);
+        ok = dnnl_sgemm('N', 'T', len, len, d, a->scale, Q, ld1, K, ld2, 0.0f, blk, len) == dnnl_success;
+        break;
+    }
+    case SQZ_OP_ATTN_KEY_MASK:
+        memcpy(blk, in_blk, (size_t)(len * len) * sizeof(float));
+        for (int64_t r = 0; r < len; r++)
+            mask_keys(blk + r * len, len, j->valid + o);
+        break;
+    case SQZ_OP_ATTN_SOFTMAX:
+        memcpy(blk, in_blk, (size_t)(len * len) * sizeof(float));
+        for (int64_t r = 0; r < len; r++)
+            c->k->softmax(blk + r * len, len);
+        break;
+    default: { /* context: P V into the head's columns */
+        const float *P = (const float *)j->first.base + (int64_t)a->score_off[s] * a->heads + (int64_t)h * len * len;
+        const float *V = head_slice(c, j->second, o, len, h, a->d, t2, &ld2);
+        float *O = (float *)j->out.base + o * j->out.cols + (int64_t)h * d;
+        ok = dnnl_sgemm('N', 'N', len, d, len, 1.0f, P, len, V, ld2, 0.0f, O, j->out.cols) == dnnl_success;
+        break;
+    }
+    }
+    if (!ok)
+        atomic_store(&j->failed, 1);
+}
+
 static sqz_status run_attention(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, const attn_shape *a,
                                 const sqz_run_dims *dims)
 {
-    const int *in = node->inputs;
-    const view q = view_of(c, b, in[0]), k = view_of(c, b, in[1]), v = view_of(c, b, in[2]);
-    const view out = view_of(c, b, node->output);
-    const int32_t *valid = (const int32_t *)tensor_base(b, in[3]);
-    const int64_t L = dims->max_len, d = a->d;
-    const size_t per_thread = (size_t)(L * L + 4 * L * d);
-    sqz_status st = ensure_scratch(c, per_thread);
-    if (st != SQZ_OK)
-        return st;
-    const int64_t pairs = a->sequences * a->heads;
-    int failed = 0;
-#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1) reduction(| : failed)
-    for (int64_t pi = 0; pi < pairs; pi++) {
-        const int64_t s = pi / a->heads;
-        const int h = (int)(pi % a->heads);
-        const int64_t o = a->seq_off[s], len = a->seq_off[s + 1] - o;
-        float *scores = thread_scratch(c, per_thread), *tq = scores + L * L, *tk = tq + L * d;
-        float *tv = tk + L * d, *to = tv + L * d;
-        int64_t ldq, ldk, ldv;
-        const float *Q = head_slice(c, q, o, len, h, a->d, tq, &ldq);
-        const float *K = head_slice(c, k, o, len, h, a->d, tk, &ldk);
-        const float *V = head_slice(c, v, o, len, h, a->d, tv, &ldv);
-        failed |= dnnl_sgemm('N', 'T', len, len, d, a->scale, Q, ldq, K, ldk, 0.0f, scores, len) != dnnl_success;
-        for (int64_t r = 0; r < len; r++) {
-            mask_keys(scores + r * len, len, valid + o);
-            c->k->softmax(scores + r * len, len);
-        }
-        float *O = out.bf16 ? to : (float *)out.base + o * out.cols + (int64_t)h * d;
-        const int64_t ldo = out.bf16 ? d : out.cols;
-        failed |= dnnl_sgemm('N', 'N', len, d, len, 1.0f, scores, len, V, ldv, 0.0f, O, ldo) != dnnl_success;
-        if (out.bf16)
-            for (int64_t r = 0; r < len; r++)
-                c->k->f32_to_bf16(to + r * d, d, (uint16_t *)out.base + (o + r) * out.cols + (int64_t)h * d);
-    }
-    if (failed)
-        return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': oneDNN sgemm failed", node->name);
-    return SQZ_OK;
-}
-
-/* The unfused parts (SQZ_DISABLE_FUSION=1): the same arithmetic, one step per node. Scores
- * are [heads][len][len] blocks, one row of `heads` values per score row of the tensor, read
- * as a flat array. */
-static sqz_status run_attention_part(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, const attn_shape *a,
-                                     const sqz_run_dims *dims)
-{
-    if (c->bf16) /* a masked score is the lowest float, which bf16 cannot hold; so CUDA too */
+    const bool fused = node->op == SQZ_OP_ATTENTION;
+    if (!fused && c->bf16) /* a masked score is the lowest float, which bf16 cannot hold; so CUDA too */
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "cpu: node '%s': the unfused attention (%s) runs at fp32 only; "
                         "bf16 runs the fused attention", node->name, sqz_op_name(node->op));
     const int *in = node->inputs;
-    const int64_t L = dims->max_len, d = a->d;
-    const size_t per_thread = (size_t)(L * L + 3 * L * d);
-    sqz_status st = ensure_scratch(c, per_thread);
+    attn_job job = {c, b, node, a, dims->max_len, 0, view_of(c, b, in[0]), {0}, {0}, view_of(c, b, node->output),
+                    NULL, 0};
+    if (node->op != SQZ_OP_ATTN_SOFTMAX)
+        job.second = view_of(c, b, in[1]);
+    if (fused) {
+        job.third = view_of(c, b, in[2]);
+        job.valid = (const int32_t *)tensor_base(b, in[3]);
+    } else if (node->op == SQZ_OP_ATTN_KEY_MASK) {
+        job.valid = (const int32_t *)tensor_base(b, in[1]);
+    }
+    job.per_thread = (size_t)(job.L * job.L + 4 * job.L * a->d);
+    sqz_status st = ensure_scratch(c, job.per_thread);
     if (st != SQZ_OK)
         return st;
-    const view out = view_of(c, b, node->output);
-    const view first = view_of(c, b, in[0]);
-    const view second = node->op == SQZ_OP_ATTN_SOFTMAX ? first : view_of(c, b, in[1]);
-    const int64_t pairs = a->sequences * a->heads;
-    int failed = 0;
-#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 1) reduction(| : failed)
-    for (int64_t pi = 0; pi < pairs; pi++) {
-        const int64_t s = pi / a->heads;
-        const int h = (int)(pi % a->heads);
-        const int64_t o = a->seq_off[s], len = a->seq_off[s + 1] - o;
-        const int64_t block = (int64_t)a->score_off[s] * a->heads + (int64_t)h * len * len;
-        float *blk = thread_scratch(c, per_thread), *t1 = blk + L * L, *t2 = t1 + L * d, *t3 = t2 + L * d;
-        if (node->op != SQZ_OP_ATTN_SCORES) { /* the block this node reads */
-            if (first.bf16)
-                c->k->bf16_to_f32((const uint16_t *)first.base + block, len * len, blk);
-            else
-                memcpy(blk, (const float *)first.base + block, (size_t)(len * len) * sizeof(float));
-        }
-        int64_t ld1, ld2;
-        if (node->op == SQZ_OP_ATTN_SCORES) {
-            const float *Q = head_slice(c, first, o, len, h, a->d, t1, &ld1);
-            const float *K = head_slice(c, second, o, len, h, a->d, t2, &ld2);
-            failed |= dnnl_sgemm('N', 'T', len, len, d, a->scale, Q, ld1, K, ld2, 0.0f, blk, len) != dnnl_success;
-        } else if (node->op == SQZ_OP_ATTN_KEY_MASK) {
-            const int32_t *valid = (const int32_t *)tensor_base(b, in[1]);
-            for (int64_t r = 0; r < len; r++)
-                mask_keys(blk + r * len, len, valid + o);
-        } else if (node->op == SQZ_OP_ATTN_SOFTMAX) {
-            for (int64_t r = 0; r < len; r++)
-                c->k->softmax(blk + r * len, len);
-        } else { /* context: P V into the head's columns */
-            const float *V = head_slice(c, second, o, len, h, a->d, t2, &ld2);
-            float *O = out.bf16 ? t3 : (float *)out.base + o * out.cols + (int64_t)h * d;
-            const int64_t ldo = out.bf16 ? d : out.cols;
-            failed |= dnnl_sgemm('N', 'N', len, d, len, 1.0f, blk, len, V, ld2, 0.0f, O, ldo) != dnnl_success;
-            if (out.bf16)
-                for (int64_t r = 0; r < len; r++)
-                    c->k->f32_to_bf16(t3 + r * d, d, (uint16_t *)out.base + (o + r) * out.cols + (int64_t)h * d);
-            continue;
-        }
-        if (out.bf16)
-            c->k->f32_to_bf16(blk, len * len, (uint16_t *)out.base + block);
-        else
-            memcpy((float *)out.base + block, blk, (size_t)(len * len) * sizeof(float));
-    }
-    if (failed)
+    sqz_cpu_pool_run(c->pool, fused ? attention_task : attention_part_task, &job, a->sequences * a->heads);
+    if (atomic_load(&job.failed))
         return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': oneDNN sgemm failed", node->name);
     return SQZ_OK;
 }
@@ -720,35 +753,33 @@ static float gelu_exact(float x)
     return (float)(0.5 * x * erfc(-x / sqrt(2.0)));
 }
 
-static sqz_status run_rows(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows,
-                           const sqz_run_dims *dims)
+#define ROWS_PER_TASK 16
+
+typedef struct rows_job {
+    const cpu_ctx *c;
+    const sqz_binding *b;
+    const sqz_node *node;
+    view a, bv, out;
+    int64_t rows;
+} rows_job;
+
+/* ROWS_PER_TASK rows of a row op, each row in one pass while it is in L1 */
+static void rows_task(void *arg, int64_t task, int worker)
 {
-    const int *in = node->inputs;
-    const view out = view_of(c, b, node->output);
-    const int64_t cols = out.cols;
-    const float eps = node->params.layernorm.eps;
-    sqz_status st = SQZ_OK;
-    if (node->op == SQZ_OP_GATHER_ROWS)
-        st = check_indices(b, node, in[0], in[1], rows, dims);
-    if (node->op == SQZ_OP_EMBED_LAYERNORM)
-        for (int t = 0; t < 3 && st == SQZ_OK; t++)
-            st = check_indices(b, node, in[t], in[3 + t], rows, dims);
-    if (st == SQZ_OK)
-        st = ensure_scratch(c, (size_t)(3 * cols));
-    if (st != SQZ_OK)
-        return st;
-    const view a = node->n_inputs > 0 ? view_of(c, b, in[0]) : out;
-    const view bv = node->n_inputs > 1 ? view_of(c, b, in[1]) : out;
-#pragma omp parallel for num_threads(c->threads) schedule(dynamic, 16)
-    for (int64_t r = 0; r < rows; r++) {
-        float *t0 = thread_scratch(c, (size_t)(3 * cols)), *t1 = t0 + cols, *t2 = t1 + cols;
+    const rows_job *j = arg;
+    const cpu_ctx *c = j->c;
+    const sqz_binding *b = j->b;
+    const int *in = j->node->inputs;
+    const view a = j->a, bv = j->bv, out = j->out;
+    const int64_t cols = out.cols, end = (task + 1) * ROWS_PER_TASK < j->rows ? (task + 1) * ROWS_PER_TASK : j->rows;
+    const float eps = j->node->params.layernorm.eps;
+    float *t0 = thread_scratch(c, (size_t)(3 * cols), worker), *t1 = t0 + cols, *t2 = t1 + cols;
+    for (int64_t r = task * ROWS_PER_TASK; r < end; r++) {
         float *y = row_dst(out, r, t2);
-        switch (node->op) {
-        case SQZ_OP_GATHER_ROWS: {
-            const float *from = row_in(c, bv, ((const int32_t *)a.base)[r], t0);
-            memcpy(y, from, (size_t)cols * sizeof(float));
+        switch (j->node->op) {
+        case SQZ_OP_GATHER_ROWS:
+            memcpy(y, row_in(c, bv, ((const int32_t *)a.base)[r], t0), (size_t)cols * sizeof(float));
             break;
-        }
         case SQZ_OP_ADD: c->k->add(row_in(c, a, r, t0), row_in(c, bv, r, t1), cols, y); break;
         case SQZ_OP_GELU: {
             const float *x = row_in(c, a, r, t0);
@@ -766,15 +797,16 @@ static sqz_status run_rows(cpu_ctx *c, const sqz_binding *b, const sqz_node *nod
             c->k->layernorm(row_in(c, a, r, t0), cols, (const float *)tensor_base(b, in[1]),
                             (const float *)tensor_base(b, in[2]), eps, y);
             break;
-        case SQZ_OP_ADD_LAYERNORM:
+        case SQZ_OP_ADD_LAYERNORM: /* the residual and its LayerNorm in one pass */
             c->k->add(row_in(c, a, r, t0), row_in(c, bv, r, t1), cols, y);
             c->k->layernorm(y, cols, (const float *)tensor_base(b, in[2]), (const float *)tensor_base(b, in[3]), eps, y);
             break;
         case SQZ_OP_EMBED_LAYERNORM: {
-            /* (word + position) + type, the reference's order, then LN, in one pass per row */
+            /* (word + position) + type, the reference's order, then LN */
             const float *word = (const float *)tensor_base(b, in[3]) + (int64_t)((const int32_t *)a.base)[r] * cols;
             const float *pos = (const float *)tensor_base(b, in[4]) + (int64_t)((const int32_t *)bv.base)[r] * cols;
-            const float *type = (const float *)tensor_base(b, in[5]) + (int64_t)((const int32_t *)tensor_base(b, in[2]))[r] * cols;
+            const float *type =
+                (const float *)tensor_base(b, in[5]) + (int64_t)((const int32_t *)tensor_base(b, in[2]))[r] * cols;
             c->k->add(word, pos, cols, y);
             c->k->add(y, type, cols, y);
             c->k->layernorm(y, cols, (const float *)tensor_base(b, in[6]), (const float *)tensor_base(b, in[7]), eps, y);
@@ -784,18 +816,49 @@ static sqz_status run_rows(cpu_ctx *c, const sqz_binding *b, const sqz_node *nod
         }
         row_out(c, out, r, y);
     }
+}
+
+static sqz_status run_rows(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows,
+                           const sqz_run_dims *dims)
+{
+    const int *in = node->inputs;
+    const view out = view_of(c, b, node->output);
+    sqz_status st = SQZ_OK;
+    if (node->op == SQZ_OP_GATHER_ROWS)
+        st = check_indices(b, node, in[0], in[1], rows, dims);
+    if (node->op == SQZ_OP_EMBED_LAYERNORM)
+        for (int t = 0; t < 3 && st == SQZ_OK; t++)
+            st = check_indices(b, node, in[t], in[3 + t], rows, dims);
+    if (st == SQZ_OK)
+        st = ensure_scratch(c, (size_t)(3 * out.cols));
+    if (st != SQZ_OK)
+        return st;
+    const rows_job job = {c, b, node, node->n_inputs > 0 ? view_of(c, b, in[0]) : out,
+                          node->n_inputs > 1 ? view_of(c, b, in[1]) : out, out, rows};
+    sqz_cpu_pool_run(c->pool, rows_task, (void *)&job, (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK);
     return SQZ_OK;
 }
 
 /* ---- launch ---------------------------------------------------------------------------------- */
 
+static sqz_status launch_checked(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims);
+
 static sqz_status cpu_launch(void *ctx, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
 {
     cpu_ctx *c = ctx;
+    /* every oneDNN call runs on the thread that makes it (the team is ours): primitives are
+     * made and run with an OpenMP thread count of 1; the caller's setting is put back */
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    sqz_status st = launch_checked(c, b, node, dims);
+    omp_set_num_threads(saved);
+    return st;
+}
+
+static sqz_status launch_checked(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
+{
     const sqz_tensor_desc *out = &b->plan->graph.tensors[node->output];
     const int64_t rows = sqz_tensor_rows(out, dims);
-    /* oneDNN sizes its parallel regions by this thread's OpenMP setting */
-    omp_set_num_threads(c->threads);
     sqz_status st = SQZ_OK;
     if (rows > 0) {
         attn_shape a = {0};
@@ -813,11 +876,11 @@ static sqz_status cpu_launch(void *ctx, const sqz_binding *b, const sqz_node *no
         switch (node->op) {
         case SQZ_OP_LINEAR:
         case SQZ_OP_LINEAR_GELU: st = run_linear(c, b, node, rows); break;
-        case SQZ_OP_ATTENTION: st = run_attention(c, b, node, &a, dims); break;
+        case SQZ_OP_ATTENTION:
         case SQZ_OP_ATTN_SCORES:
         case SQZ_OP_ATTN_KEY_MASK:
         case SQZ_OP_ATTN_SOFTMAX:
-        case SQZ_OP_ATTN_CONTEXT: st = run_attention_part(c, b, node, &a, dims); break;
+        case SQZ_OP_ATTN_CONTEXT: st = run_attention(c, b, node, &a, dims); break;
         case SQZ_OP_GATHER_ROWS:
         case SQZ_OP_ADD:
         case SQZ_OP_GELU:
