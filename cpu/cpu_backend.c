@@ -634,24 +634,23 @@ static void attention_task(void *arg, int64_t pair, int worker)
     attn_job *j = arg;
     const cpu_ctx *c = j->c;
     const attn_shape *a = j->a;
-    const int64_t s = pair / a->heads, L = j->L, d = a->d;
+    const int64_t s = pair / a->heads, L = j->L, d = a->d, o = a->seq_off[s], len = a->seq_off[s + 1] - o;
     const int h = (int)(pair % a->heads);
-    const int64_t o = a->seq_off[s], len = a->seq_off[s + 1] - o;
     float *scores = thread_scratch(c, j->per_thread, worker), *tq = scores + L * L, *tk = tq + L * d;
     float *tv = tk + L * d, *to = tv + L * d;
     int64_t ldq, ldk, ldv;
     const float *Q = head_slice(c, j->first, o, len, h, a->d, tq, &ldq);
     const float *K = head_slice(c, j->second, o, len, h, a->d, tk, &ldk);
     const float *V = head_slice(c, j->third, o, len, h, a->d, tv, &ldv);
+    const view out = j->out;
+    float *O = out.bf16 ? to : (float *)out.base + o * out.cols + (int64_t)h * d;
+    const int64_t ldo = out.bf16 ? d : out.cols;
     bool ok = dnnl_sgemm('N', 'T', len, len, d, a->scale, Q, ldq, K, ldk, 0.0f, scores, len) == dnnl_success;
     for (int64_t r = 0; r < len; r++) {
         mask_keys(scores + r * len, len, j->valid + o);
         c->k->softmax(scores + r * len, len);
     }
-    const view out = j->out;
-    float *O = out.bf16 ? to : (float *)out.base + o * out.cols + (int64_t)h * d;
-    ok = ok && dnnl_sgemm('N', 'N', len, d, len, 1.0f, scores, len, V, ldv, 0.0f, O, out.bf16 ? d : out.cols) ==
-                   dnnl_success;
+    ok = ok && dnnl_sgemm('N', 'N', len, d, len, 1.0f, scores, len, V, ldv, 0.0f, O, ldo) == dnnl_success;
     if (out.bf16)
         for (int64_t r = 0; r < len; r++)
             c->k->f32_to_bf16(to + r * d, d, (uint16_t *)out.base + (o + r) * out.cols + (int64_t)h * d);
@@ -666,9 +665,8 @@ static void attention_part_task(void *arg, int64_t pair, int worker)
     attn_job *j = arg;
     const cpu_ctx *c = j->c;
     const attn_shape *a = j->a;
-    const int64_t s = pair / a->heads, L = j->L, d = a->d;
+    const int64_t s = pair / a->heads, L = j->L, d = a->d, o = a->seq_off[s], len = a->seq_off[s + 1] - o;
     const int h = (int)(pair % a->heads);
-    const int64_t o = a->seq_off[s], len = a->seq_off[s + 1] - o;
     float *blk = (float *)j->out.base + (int64_t)a->score_off[s] * a->heads + (int64_t)h * len * len;
     const float *in_blk = (const float *)j->first.base + (blk - (float *)j->out.base);
     float *t1 = thread_scratch(c, j->per_thread, worker), *t2 = t1 + L * d;

@@ -667,7 +667,7 @@ static void backend_threads(const char *backend, const char *line, char *out, si
         const char *p = threads;
         while (p > line && p[-1] >= '0' && p[-1] <= '9')
             p--;
-        snprintf(out, size, "%.*s OpenMP threads (oneDNN and the row kernels)", (int)(threads - p), p);
+        snprintf(out, size, "%.*s threads (the backend's team; oneDNN single-threaded in each)", (int)(threads - p), p);
         return;
     }
     const char *cu = strstr(line, " compute units");
