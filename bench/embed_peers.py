@@ -20,7 +20,7 @@ model of search/retrieval text, not a measured trace). --rounds R repeats both a
 one's best round.
 
     bench/embed_peers.py                          # cpu backend, every core
-    bench/embed_peers.py --backends cpu,opencl --threads 2 --rounds 2 --json out.json
+    bench/embed_peers.py --backends cpu,opencl --precisions fp32,bf16 --threads 2 --rounds 2 --json out.json
 
 Needs the virtual environment of bench/peers.py with sentence-transformers installed in it
 (`--venv DIR`; pip installs it there when missing).
@@ -86,10 +86,10 @@ def loadavg():
         return "?"
 
 
-def run_sqz(args, model_dir, backend, inp, work):
-    out = os.path.join(work, f"sqz-{backend}.jsonl")
+def run_sqz(args, model_dir, backend, precision, inp, work):
+    out = os.path.join(work, f"sqz-{backend}-{precision}.jsonl")
     cmd = [args.sqz, "infer", "--model", model_dir, "--task", "embed", "--backend", backend,
-           "--input", inp, "--output", out]
+           "--precision", precision, "--input", inp, "--output", out]
     if backend == "cpu":
         cmd += ["--threads", str(args.threads)]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--sqz", default=os.path.join(REPO, "build", "sqz"))
     ap.add_argument("--model", help="a sentence-transformers folder (default: tools/fetch_minilm.sh)")
     ap.add_argument("--backends", default="cpu", help="sqz backends, comma-separated")
+    ap.add_argument("--precisions", default="fp32",
+                    help="sqz precisions, comma-separated (a backend that lacks one is left out)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--sentences", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=1)
@@ -148,9 +150,12 @@ def main():
         for r in range(args.rounds):
             rnd = {"loadavg": loadavg()}
             for backend in args.backends.split(","):
-                row, emb = run_sqz(args, model_dir, backend, inp, work)
-                rnd[f"sqz:{backend}"] = row
-                rnd[f"sqz:{backend}"]["embeddings"] = emb
+                for precision in args.precisions.split(","):
+                    if precision != "fp32" and backend not in ("cpu", "cuda"):
+                        continue
+                    row, emb = run_sqz(args, model_dir, backend, precision, inp, work)
+                    key = f"sqz:{backend}" + ("" if precision == "fp32" else f" {precision}")
+                    rnd[key] = dict(row, embeddings=emb)
             t0 = time.perf_counter()
             ref = st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
             secs = time.perf_counter() - t0
@@ -160,8 +165,10 @@ def main():
                                                        f"{torch.get_num_threads()} threads"}
             for key in list(rnd):
                 if key.startswith("sqz:"):
-                    diff = float(np.max(np.abs(np.asarray(rnd[key].pop("embeddings")) - ref)))
-                    rnd[key]["max_abs_diff_vs_st"] = diff
+                    got = np.asarray(rnd[key].pop("embeddings"))
+                    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+                    rnd[key]["max_abs_diff_vs_st"] = float(np.max(np.abs(got - ref)))
+                    rnd[key]["min_cosine_vs_st"] = float(np.min(cos))
             results["rounds"].append(rnd)
             print(f"embed_peers: round {r + 1}: load {rnd['loadavg']}: " + "; ".join(
                 f"{k} {v['lines_per_s']:.1f} lines/s" for k, v in rnd.items() if k != "loadavg"),
@@ -174,8 +181,8 @@ def main():
     st_best = results["best"]["sentence-transformers"]["lines_per_s"]
     print(f"{len(texts)} sentences, {args.threads} threads, best of {args.rounds} round(s):")
     for key, v in results["best"].items():
-        extra = f", max |diff| vs sentence-transformers {v['max_abs_diff_vs_st']:.1e}" \
-            if "max_abs_diff_vs_st" in v else ""
+        extra = (f", vs sentence-transformers: max |diff| {v['max_abs_diff_vs_st']:.1e}, "
+                 f"min cosine {v['min_cosine_vs_st']:.6f}") if "max_abs_diff_vs_st" in v else ""
         print(f"  {key:<22} {v['lines_per_s']:8.1f} lines/s  {v['lines_per_s'] / st_best:5.2f}x"
               f"  (load {v['loadavg']}{extra})")
     if args.json:

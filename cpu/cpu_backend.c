@@ -1,10 +1,11 @@
 /* The cpu backend: for servers without a GPU. Matrix products are oneDNN's (Debian's
- * libdnnl): each linear layer is one matmul primitive per group, with the bias and the exact
- * erf GELU in its post-ops, created once per shape with the token count left to run time. The
- * other ops are vectorised row kernels (cpu_kernels.inc); attention runs per (sequence, head)
- * with its score block in cache. Work is split into tasks (tiles of a product, rows, pairs of
- * sequence and head) that a team of threads takes in turn (cpu_pool.h), each running oneDNN
- * on itself. Buffers are host memory. Threads: every core by default, or device "threads=N".
+ * libdnnl): a linear layer runs a matmul primitive, with the bias and the exact erf GELU in its
+ * post-ops, made once per shape with the token count left to run time, on tiles of 128 rows x
+ * one group's columns. The other ops are vectorised row kernels (cpu_kernels.inc); attention
+ * runs per (sequence, head) with its score block in cache. Work is split into tasks (tiles of
+ * a product, blocks of rows, pairs of sequence and head) that a team of threads takes in turn
+ * (cpu_pool.h), each thread running oneDNN on itself. Buffers are host memory. Threads: every
+ * core by default, or device "threads=N".
  *
  * bf16 (CPUs with AVX512-BF16 or AMX): activations are stored in 16 bits in the first half of
  * their fp32 slot and converted back on download (the CUDA backend's convention), matrix
@@ -27,7 +28,7 @@
 #include "runtime/error.h"
 
 #define MAX_THREADS 1024
-#define MATMUL_CACHE 64 /* distinct linear shapes of a session; BERT-family models have < 10 */
+#define MATMUL_CACHE 64 /* distinct tile shapes of a session; BERT-family models have < 20 */
 
 #define DNNL_TRY(call)                                                                        \
     do {                                                                                      \
@@ -67,7 +68,7 @@ typedef struct cpu_ctx {
     cpu_pool *pool;
     const cpu_kernels *k;
     matmul cache[MATMUL_CACHE];
-    int n_cache;
+    int n_cache, evict;
     float *scratch; /* per-thread working rows and attention blocks */
     size_t scratch_floats;
     char description[320];
@@ -392,8 +393,6 @@ static sqz_status matmul_for(cpu_ctx *c, int64_t k, int64_t n, int64_t lda, int6
             return SQZ_OK;
         }
     }
-    if (c->n_cache == MATMUL_CACHE)
-        return sqz_fail(SQZ_ERR_INTERNAL, "cpu: more than %d linear shapes in one session", MATMUL_CACHE);
     const dnnl_data_type_t t = c->bf16 ? dnnl_bf16 : dnnl_f32;
     /* x [M, k] rows lda apart; W [n][k] read as its transpose; y [M, n] rows ldc apart */
     dnnl_memory_desc_t src, wei, bmd, dst;
@@ -433,7 +432,14 @@ static sqz_status matmul_for(cpu_ctx *c, int64_t k, int64_t n, int64_t lda, int6
         return sqz_fail(SQZ_ERR_BACKEND, "cpu: oneDNN matmul %lldx%lld (%s%s) could not be created: %s",
                         (long long)k, (long long)n, c->bf16 ? "bf16" : "fp32", gelu ? ", GELU" : "",
                         dnnl_status2str(s));
-    c->cache[c->n_cache++] = (matmul){k, n, lda, ldc, bias, gelu, prim};
+    int slot = c->n_cache;
+    if (slot == MATMUL_CACHE) { /* full: the entries are replaced in turn (nothing runs between launches) */
+        slot = c->evict++ % MATMUL_CACHE;
+        dnnl_primitive_destroy(c->cache[slot].prim);
+    } else {
+        c->n_cache++;
+    }
+    c->cache[slot] = (matmul){k, n, lda, ldc, bias, gelu, prim};
     *out = prim;
     return SQZ_OK;
 }
