@@ -384,7 +384,8 @@ def main():
     ap.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
                     help="peers on cpu, cuda, or both when a GPU is there (auto)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
-                    help="intra-op threads of torch and ONNX Runtime (default: every core)")
+                    help="intra-op threads of torch and ONNX Runtime, and sqz bench --threads for "
+                         "the cpu backend (default: every core)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run sqz bench and the peers R times and keep each row's best round "
                          "(lowest p50): for a machine other work shares")
@@ -458,7 +459,11 @@ def main():
             if args.from_report:
                 shutil.copy(args.from_report, sqz_json)
             else:
-                cmd = [sqz, "bench", "--model", args.model_dir, "--json", sqz_json, *args.bench_args]
+                # the cpu backend gets the peers' thread count unless the options name one
+                threads = [] if any(a.startswith("--threads") for a in args.bench_args) else [
+                    "--threads", str(args.threads)]
+                cmd = [sqz, "bench", "--model", args.model_dir, "--json", sqz_json, *threads,
+                       *args.bench_args]
                 print(f"peers: round {rnd + 1}/{args.rounds}: " + " ".join(cmd), file=sys.stderr)
                 subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
             with open(sqz_json) as f:
@@ -477,8 +482,8 @@ def main():
                         print(f"  sqz {dev['backend']:<10} {dev['threads']}", file=sys.stderr)
                 for peer in peers:
                     print(f"  {peer.engine:<11} {peer.backend:<4} {peer.threads}", file=sys.stderr)
-                print("  (cpu_ref is one thread by design; sqz:opencl is the row to compare with "
-                      "the peers)", file=sys.stderr)
+                print("  (cpu_ref is one thread by design; sqz:cpu, with --threads N, and sqz:opencl "
+                      "are the rows to compare with the peers)", file=sys.stderr)
                 if not args.no_validate:
                     ref = Reference(sqz, args.model_dir, report["settings"]["input_seed"],
                                     args.vocab, args.work)

@@ -481,9 +481,16 @@ static sqz_status cl_synchronize(void *ctx) { CL_TRY(clFinish(((cl_backend *)ctx
 
 static bool cl_supports(void *ctx, const sqz_node *node)
 {
-    if (node->op == SQZ_OP_ATTENTION)
+    switch (node->op) { /* the fused ops named here; one added later is not taken by default */
+    case SQZ_OP_ATTENTION:
         return node->params.attention.head_dim <= MAX_HEAD_DIM;
-    return (unsigned)node->op < SQZ_OP_COUNT && node->op != SQZ_OP_FFN;
+    case SQZ_OP_EMBED_LAYERNORM:
+    case SQZ_OP_LINEAR_GELU:
+    case SQZ_OP_ADD_LAYERNORM:
+        return true;
+    default:
+        return (unsigned)node->op < SQZ_OP_COUNT && !sqz_op_is_fused(node->op);
+    }
 }
 
 /* ---- launches ------------------------------------------------------------------------------ */

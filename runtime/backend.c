@@ -9,6 +9,9 @@
 
 static const sqz_backend_ops *const runnable[] = {
     &sqz_cpu_ref_backend,
+#ifdef SQZ_HAVE_CPU
+    &sqz_cpu_backend,
+#endif
 #ifdef SQZ_HAVE_OPENCL
     &sqz_opencl_backend,
 #endif
@@ -81,6 +84,13 @@ sqz_status sqz_devices_describe(char **out)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_devices_describe: out is required");
     *out = NULL;
     sqz_status st = sqz_text_append(out, "cpu_ref  0  host CPU, scalar reference (always available)\n");
+#ifdef SQZ_HAVE_CPU
+    if (st == SQZ_OK)
+        st = sqz_cpu_list_devices(out);
+#else
+    if (st == SQZ_OK)
+        st = sqz_text_append(out, "cpu      -  not built in (install libdnnl-dev; -DSQZ_WITH_CPU=ON)\n");
+#endif
 #ifdef SQZ_HAVE_OPENCL
     if (st == SQZ_OK)
         st = sqz_opencl_list_devices(out);

@@ -68,6 +68,10 @@ const sqz_backend_ops *sqz_backend_find(const char *name);
 typedef sqz_status (*sqz_list_devices_fn)(char **text);
 
 extern const sqz_backend_ops sqz_cpu_ref_backend;
+#ifdef SQZ_HAVE_CPU
+extern const sqz_backend_ops sqz_cpu_backend;
+sqz_status sqz_cpu_list_devices(char **text);
+#endif
 #ifdef SQZ_HAVE_OPENCL
 extern const sqz_backend_ops sqz_opencl_backend;
 sqz_status sqz_opencl_list_devices(char **text);

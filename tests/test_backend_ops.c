@@ -315,7 +315,7 @@ static void linear_cases(void **unused)
         {1, 8, 8, 1, false, true},     {5, 60, 90, 3, false, true},  {7, 90, 60, 5, true, true},
         {128, 768, 192, 4, false, true}, {33, 64, 256, 4, true, true}, {3, 64, 1, 1, false, true},
         {9, 64, 2, 1, false, true},    {4, 30, 3, 3, false, false},  {17, 96, 96, 32, true, true},
-        {6, 13, 7, 1, false, true},
+        {6, 13, 7, 1, false, true},    {260, 64, 512, 2, true, true}, /* several row and column tiles */
     };
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         op_case c = {0};

@@ -124,9 +124,9 @@ int main(void)
         return 1;
     }
     /* every case on cpu_ref, and on each other backend that can run here, fused and not */
-    struct { const char *backend; bool unfused; } runs[8];
+    struct { const char *backend; bool unfused; } runs[12];
     size_t n_runs = 0;
-    for (size_t b = 0; sqz_backend_name(b) && n_runs + 2 <= 8; b++) {
+    for (size_t b = 0; sqz_backend_name(b) && n_runs + 2 <= 12; b++) {
         const char *name = sqz_backend_name(b);
         if (sqz_backend_probe(name) != SQZ_OK) {
             printf("SKIPPED backend %s: %s\n", name, sqz_last_error());

@@ -77,13 +77,56 @@ bool cli_wants_help(int argc, char **argv)
     return false;
 }
 
+/* Whether an OpenCL GPU is listed (`sqz devices` marks each OpenCL device's type). */
+static bool opencl_has_gpu(void)
+{
+    char *text = NULL;
+    bool gpu = false;
+    if (sqz_devices_describe(&text) == SQZ_OK)
+        for (const char *line = text; line && *line;) {
+            const char *end = strchr(line, '\n'), *mark = strstr(line, "[GPU]");
+            if (strncmp(line, "opencl ", 7) == 0 && mark && (!end || mark < end))
+                gpu = true;
+            line = end ? end + 1 : NULL;
+        }
+    sqz_free(text);
+    return gpu;
+}
+
 const char *cli_pick_backend(const char *wanted)
 {
     if (strcmp(wanted, "auto") != 0)
         return wanted;
     if (sqz_backend_probe("cuda") == SQZ_OK)
         return "cuda";
-    if (sqz_backend_probe("opencl") == SQZ_OK)
+    /* without a GPU the cpu backend is the faster one: measured 2-4x PoCL's OpenCL on the same
+     * cores (bench/RESULTS.md); on an OpenCL GPU, OpenCL */
+    const bool opencl = sqz_backend_probe("opencl") == SQZ_OK;
+    if (opencl && opencl_has_gpu())
         return "opencl";
-    return "cpu_ref";
+    if (sqz_backend_probe("cpu") == SQZ_OK)
+        return "cpu";
+    return opencl ? "opencl" : "cpu_ref";
+}
+
+int cli_device_for(const char *command, const char *backend, const char *device, const char *threads,
+                   char *buf, size_t size, const char **out)
+{
+    *out = device;
+    if (!threads)
+        return 0;
+    long n = 0;
+    if (cli_int(command, "threads", threads, 1, 1024, &n))
+        return 1;
+    if (strcmp(backend, "cpu") != 0) {
+        fprintf(stderr, "sqz %s: --threads is for the cpu backend (this run is on %s)\n", command, backend);
+        return 1;
+    }
+    if (device) {
+        fprintf(stderr, "sqz %s: give --threads or --device threads=N, not both\n", command);
+        return 1;
+    }
+    snprintf(buf, size, "threads=%ld", n);
+    *out = buf;
+    return 0;
 }

@@ -18,9 +18,13 @@ int cli_parse(const char *command, int argc, char **argv, cli_option *opts, size
 const char *cli_get(const cli_option *opts, size_t n, const char *name);
 /* Parses an integer option in [min, max]; non-zero (message printed) when it is not one. */
 int cli_int(const char *command, const char *name, const char *text, long min, long max, long *out);
-/* The backend "auto" stands for: cuda if a device is there, else opencl, else cpu_ref; any
- * other name is returned as it is. */
+/* The backend "auto" stands for: cuda if a device is there, else opencl on an OpenCL GPU, else
+ * cpu (oneDNN) when built in, else opencl, else cpu_ref; any other name is returned as it is. */
 const char *cli_pick_backend(const char *wanted);
+/* The device string for --threads N (the cpu backend's "threads=N", written into buf) or
+ * `device` as given when threads is NULL; non-zero (message printed) on misuse. */
+int cli_device_for(const char *command, const char *backend, const char *device, const char *threads,
+                   char *buf, size_t size, const char **out);
 /* True when --help or -h is among the arguments. */
 bool cli_wants_help(int argc, char **argv);
 

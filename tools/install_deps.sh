@@ -11,6 +11,7 @@ packages=(
   libutf8proc-dev         # tokenizer: NFD, Unicode categories, lower case
   libcmocka-dev           # unit tests
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo   # OpenCL backend, PoCL on CPUs
+  libdnnl-dev             # cpu backend: oneDNN's matmul and sgemm (it brings libgomp)
 )
 
 if [ "${1:-}" = "--fuzz" ]; then

@@ -40,7 +40,8 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 fuzz_dir=build-tests/fuzz
 echo "== build $fuzz_dir (clang, libFuzzer, ASan + UBSan)"
 cmake -S . -B "$fuzz_dir" -DCMAKE_C_COMPILER=clang -DSQZ_FUZZ=ON -DSQZ_BUILD_TESTS=OFF \
-  -DSQZ_WITH_OPENCL=OFF -DSQZ_WITH_CUDA=OFF -DSQZ_WITH_CUDA_SIM=OFF -DSQZ_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DSQZ_WITH_OPENCL=OFF -DSQZ_WITH_CUDA=OFF -DSQZ_WITH_CUDA_SIM=OFF -DSQZ_WITH_CPU=OFF -DSQZ_WERROR=ON \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   > "$fuzz_dir.log" 2>&1 || { cat "$fuzz_dir.log"; exit 1; }
 cmake --build "$fuzz_dir" -j"$jobs" >> "$fuzz_dir.log" 2>&1 || { tail -50 "$fuzz_dir.log"; exit 1; }
 echo "== fuzz $fuzz_dir"

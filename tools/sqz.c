@@ -33,8 +33,8 @@ static int fail(const char *command, sqz_status status)
 /* ---- forward ------------------------------------------------------------------------------ */
 
 static const char forward_help[] =
-    "usage: sqz forward --model DIR [--backend cpu_ref|opencl|cuda] [--device D] [--precision P]\n"
-    "                   --input IN.json --output OUT.json [--verbose]\n"
+    "usage: sqz forward --model DIR [--backend cpu_ref|cpu|opencl|cuda] [--device D] [--precision P]\n"
+    "                   [--threads N] --input IN.json --output OUT.json [--verbose]\n"
     "\n"
     "Runs the checkpoint in DIR (config.json + model.safetensors or pytorch_model.bin) on the\n"
     "ids in IN.json and writes every output of the model to OUT.json.\n"
@@ -44,8 +44,9 @@ static const char forward_help[] =
     "  OUT.json  outputs named as transformers names them (last_hidden_state, pooler_output,\n"
     "            logits, start_logits, end_logits), nested arrays, 9 significant digits;\n"
     "            values at padded positions (mask 0) are unspecified\n"
-    "  --backend cpu_ref (default), opencl or cuda; --device picks one by index or name (`sqz devices`)\n"
-    "  --precision fp32 (default), tf32, fp16 or bf16 (CUDA runs all four; the others fp32)\n"
+    "  --backend cpu_ref (default), cpu, opencl or cuda; --device picks one by index or name (`sqz devices`)\n"
+    "  --threads N cpu backend: compute threads (default: every core)\n"
+    "  --precision fp32 (default), tf32, fp16 or bf16 (CUDA runs all four, cpu fp32 and bf16; the others fp32)\n"
     "  --verbose prints the model summary, ignored weight keys and timings to stderr\n";
 
 static int cmd_forward(int argc, char **argv)
@@ -56,12 +57,17 @@ static int cmd_forward(int argc, char **argv)
     }
     cli_option opts[] = {{"model", true, NULL},  {"backend", true, NULL}, {"input", true, NULL},
                      {"output", true, NULL}, {"verbose", false, NULL}, {"device", true, NULL},
-                     {"precision", true, NULL}};
+                     {"precision", true, NULL}, {"threads", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("forward", argc, argv, opts, n))
         return EXIT_USAGE;
     const char *model_dir = cli_get(opts, n, "model"), *in_path = cli_get(opts, n, "input"),
                *out_path = cli_get(opts, n, "output"), *backend = cli_get(opts, n, "backend");
+    const char *device = NULL;
+    char device_buf[32];
+    if (cli_device_for("forward", backend ? backend : "cpu_ref", cli_get(opts, n, "device"), cli_get(opts, n, "threads"),
+                       device_buf, sizeof device_buf, &device))
+        return EXIT_USAGE;
     const bool verbose = cli_get(opts, n, "verbose") != NULL;
     if (!model_dir || !in_path || !out_path) {
         fprintf(stderr, "sqz forward: --model, --input and --output are required\n\n%s", forward_help);
@@ -97,7 +103,7 @@ static int cmd_forward(int argc, char **argv)
         for (size_t i = 0; i < ignored; i++)
             fprintf(stderr, "  %s\n", sqz_model_ignored_key(model, i));
     }
-    sqz_session_options so = {backend, cli_get(opts, n, "device"), SQZ_PRECISION_FP32};
+    sqz_session_options so = {backend, device, SQZ_PRECISION_FP32};
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
         (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK) {
         rc = fail("forward", st);
@@ -359,8 +365,8 @@ static int cmd_backends(int argc, char **argv)
 
 static const char demo_help[] =
     "usage: sqz demo [--config squeezebert-uncased|squeezebert-mnli|tiny] [--model DIR] [--seed S]\n"
-    "                [--batch N] [--length W] [--no-padding] [--backend cpu_ref|opencl|cuda]\n"
-    "                [--device D] [--precision fp32|tf32|fp16|bf16] [--repeat R]\n"
+    "                [--batch N] [--length W] [--no-padding] [--backend cpu_ref|cpu|opencl|cuda]\n"
+    "                [--device D] [--threads N] [--precision fp32|tf32|fp16|bf16] [--repeat R]\n"
     "\n"
     "The main job on an embedded default: writes a deterministic random-weight checkpoint\n"
     "(default: the full-size squeezebert-uncased shape) to a temporary directory, or uses\n"
@@ -387,9 +393,14 @@ static int cmd_demo(int argc, char **argv)
     cli_option opts[] = {{"config", true, NULL}, {"model", true, NULL},  {"seed", true, NULL},
                      {"batch", true, NULL},  {"length", true, NULL}, {"backend", true, NULL},
                      {"device", true, NULL}, {"repeat", true, NULL}, {"no-padding", false, NULL},
-                     {"precision", true, NULL}};
+                     {"precision", true, NULL}, {"threads", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("demo", argc, argv, opts, n))
+        return EXIT_USAGE;
+    const char *backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "cpu_ref", *device = NULL;
+    char device_buf[32];
+    if (cli_device_for("demo", backend, cli_get(opts, n, "device"), cli_get(opts, n, "threads"), device_buf,
+                       sizeof device_buf, &device))
         return EXIT_USAGE;
     long batch = 2, length = 32, seed = 1, repeat = 1;
     if ((cli_get(opts, n, "batch") && cli_int("demo", "batch", cli_get(opts, n, "batch"), 1, 4096, &batch)) ||
@@ -458,9 +469,8 @@ static int cmd_demo(int argc, char **argv)
             real_tokens += w < len;
         }
     }
-    const char *backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "cpu_ref";
     double t_session = now_seconds();
-    sqz_session_options so = {backend, cli_get(opts, n, "device"), SQZ_PRECISION_FP32};
+    sqz_session_options so = {backend, device, SQZ_PRECISION_FP32};
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
         (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK) {
         rc = fail("demo", st);
@@ -582,7 +592,7 @@ static int random_batch(const sqz_model_info *info, long batch, long seq, long s
 
 static const char validate_help[] =
     "usage: sqz validate (--model DIR | --random squeezebert-uncased|squeezebert-mnli|tiny)\n"
-    "                    --backend opencl|cuda [--device D] [--batch B] [--seq S] [--seed N]\n"
+    "                    --backend cpu|opencl|cuda [--device D] [--batch B] [--seq S] [--seed N]\n"
     "                    [--precision fp32|tf32|fp16|bf16] [--tolerance T]\n"
     "\n"
     "Runs the same fresh random input on the backend and on cpu_ref, keeping every\n"

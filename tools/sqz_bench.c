@@ -47,6 +47,8 @@ static const char bench_help[] =
     "                      as unavailable, with the reason)\n"
     "  --devices SPEC      default (each backend's default device), all, or BACKEND:DEVICE,...\n"
     "                      with DEVICE an index or name substring as `sqz devices` lists them\n"
+    "  --threads N         the cpu backend's compute threads (default: every core; the same\n"
+    "                      as --devices cpu:threads=N)\n"
     "  --precisions LIST   default fp32,fp16; one a backend lacks is reported as n/a\n"
     "  --batch LIST        default 1,8,32\n"
     "  --length LIST       default 32,128 (every row of a batch that long: no padding)\n"
@@ -658,6 +660,14 @@ static void backend_threads(const char *backend, const char *line, char *out, si
 {
     if (strcmp(backend, "cpu_ref") == 0) {
         snprintf(out, size, "1 host thread (scalar reference)");
+        return;
+    }
+    const char *threads = strcmp(backend, "cpu") == 0 ? strstr(line, " thread") : NULL;
+    if (threads) { /* the cpu backend's description ends with its thread count */
+        const char *p = threads;
+        while (p > line && p[-1] >= '0' && p[-1] <= '9')
+            p--;
+        snprintf(out, size, "%.*s threads (the backend's team; oneDNN single-threaded in each)", (int)(threads - p), p);
         return;
     }
     const char *cu = strstr(line, " compute units");
@@ -1470,7 +1480,7 @@ int sqz_cli_bench(int argc, char **argv)
         {"max-repeats", true, NULL}, {"peak-budget", true, NULL},  {"tolerance", true, NULL},
         {"no-validate", false, NULL}, {"json", true, NULL},        {"csv", true, NULL},
         {"plot", true, NULL},        {"baseline", true, NULL},     {"from", true, NULL},
-        {"quiet", false, NULL},      {"outputs", true, NULL},
+        {"quiet", false, NULL},      {"outputs", true, NULL},      {"threads", true, NULL},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
     if (cli_parse("bench", argc, argv, opts, n_opts))
@@ -1608,7 +1618,16 @@ int sqz_cli_bench(int argc, char **argv)
         }
         if (n_reqs == before && n_reqs < MAX_LIST * 2) { /* the backend's default device */
             snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", backends[i]);
-            reqs[n_reqs++].device[0] = '\0';
+            reqs[n_reqs].device[0] = '\0';
+            long threads = 0; /* --threads: the cpu backend's device */
+            if (strcmp(backends[i], "cpu") == 0 && (v = cli_get(opts, n_opts, "threads"))) {
+                if (cli_int("bench", "threads", v, 1, 1024, &threads)) {
+                    rc = EXIT_USAGE;
+                    break;
+                }
+                snprintf(reqs[n_reqs].device, sizeof reqs[0].device, "threads=%ld", threads);
+            }
+            n_reqs++;
         }
     }
     free_words(backends, n_backends);
@@ -1801,7 +1820,7 @@ int sqz_cli_bench(int argc, char **argv)
         device_line(devtext ? devtext : "", backend, device && strspn(device, "0123456789") == strlen(device) ? device : NULL,
                     name, line, sizeof line);
         set_str(dev, "description", *line ? line : desc);
-        backend_threads(backend, line, threads, sizeof threads);
+        backend_threads(backend, strcmp(backend, "cpu") == 0 ? desc : line, threads, sizeof threads);
         set_str(dev, "threads", threads);
         sqz_session_free(probe);
         for (int p = 0; p < n_prec; p++) {

@@ -45,7 +45,7 @@ static void on_stop_signal(int sig) { stop_signal = sig; }
 typedef enum task { TASK_AUTO, TASK_CLASSIFY, TASK_EMBED, TASK_TOKENS, TASK_QA, TASK_FILL_MASK } task;
 
 typedef struct options {
-    const char *model, *backend, *device, *input, *output;
+    const char *model, *backend, *device, *input, *output, *threads;
     sqz_precision precision;
     task task;
     sqz_pool_mode pooling[SQZ_MAX_POOL_MODES];
@@ -714,7 +714,8 @@ static void *writer_main(void *arg)
 /* ---- command line --------------------------------------------------------------------- */
 
 static const char infer_help[] =
-    "usage: sqz infer --model DIR [--backend auto|cpu_ref|opencl|cuda] [--device D] [--precision P]\n"
+    "usage: sqz infer --model DIR [--backend auto|cpu|cpu_ref|opencl|cuda] [--device D] [--threads N]\n"
+    "                 [--precision P]\n"
     "                 [--task auto|classify|embed|tokens|qa|fill-mask] [--batch-tokens N]\n"
     "                 [--max-length N] [--input FILE|-] [--output FILE|-]\n"
     "                 [--pooling MODE[,MODE...]] [--normalize|--no-normalize] [--top-k K]\n"
@@ -727,8 +728,11 @@ static const char infer_help[] =
     "top-k tokens per [MASK]. A line that cannot be processed gets {\"line\": n, \"error\": ...}\n"
     "and processing goes on. The full contract is docs/infer.md.\n"
     "\n"
-    "  --backend auto      cuda if a device is there, else opencl, else cpu_ref\n"
-    "  --precision P       fp32 (default), tf32, fp16 or bf16; only cuda runs other than fp32\n"
+    "  --backend auto      cuda if a device is there, else opencl on an OpenCL GPU, else cpu\n"
+    "                      (oneDNN; else opencl, else cpu_ref)\n"
+    "  --threads N         cpu backend: compute threads (default: every core)\n"
+    "  --precision P       fp32 (default), tf32, fp16 or bf16; cuda runs all four, cpu fp32 and\n"
+    "                      bf16 (where the CPU has it), the others fp32\n"
     "  --task auto         from the checkpoint's head (base model: embed)\n"
     "  --batch-tokens N    padded tokens per batch (default 8192); lines are sorted by length\n"
     "                      in windows of 4096 so batches carry little padding, and the engine\n"
@@ -757,7 +761,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"input", true, NULL},      {"output", true, NULL},       {"pooling", true, NULL},
         {"normalize", false, NULL}, {"top-k", true, NULL},        {"max-answer-length", true, NULL},
         {"resume", false, NULL},    {"verbose", false, NULL},     {"precision", true, NULL},
-        {"no-normalize", false, NULL},
+        {"no-normalize", false, NULL}, {"threads", true, NULL},
     };
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("infer", argc, argv, opts, n))
@@ -766,6 +770,7 @@ static int parse_options(int argc, char **argv, options *o)
     o->model = cli_get(opts, n, "model");
     o->backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "auto";
     o->device = cli_get(opts, n, "device");
+    o->threads = cli_get(opts, n, "threads");
     if (sqz_precision_from_name(cli_get(opts, n, "precision"), &o->precision) != SQZ_OK) {
         fprintf(stderr, "sqz infer: %s\n", sqz_last_error());
         return EXIT_USAGE;
@@ -909,8 +914,13 @@ int sqz_cli_infer(int argc, char **argv)
         p.opt.max_length = p.info.max_position_embeddings;
     p.setup = (infer_line_setup){p.tok, p.task == TASK_QA, p.task == TASK_FILL_MASK,
                                  p.tok_info.mask_id, (size_t)p.opt.max_length};
-    const char *backend = cli_pick_backend(p.opt.backend);
-    sqz_session_options so = {backend, p.opt.device, p.opt.precision};
+    const char *backend = cli_pick_backend(p.opt.backend), *device = NULL;
+    char device_buf[32];
+    if (cli_device_for("infer", backend, p.opt.device, p.opt.threads, device_buf, sizeof device_buf, &device)) {
+        rc = EXIT_USAGE;
+        goto done;
+    }
+    sqz_session_options so = {backend, device, p.opt.precision};
     if ((st = sqz_session_create_with(p.model, &so, &p.session)) != SQZ_OK) {
         fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
         goto done;

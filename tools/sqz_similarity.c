@@ -17,7 +17,7 @@
 #define MAX_TEXTS 512
 
 static const char similarity_help[] =
-    "usage: sqz similarity --model DIR [--backend auto|cpu_ref|opencl|cuda] [--device D]\n"
+    "usage: sqz similarity --model DIR [--backend auto|cpu|cpu_ref|opencl|cuda] [--device D]\n"
     "                      [--input FILE|-] [--pairs N]\n"
     "\n"
     "Reads JSON Lines {\"text\": ...} (2 to 512 lines), embeds every text as sqz infer --task embed\n"
