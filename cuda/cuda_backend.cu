@@ -172,6 +172,8 @@ struct cuda_ctx {
     int device;
     cudaStream_t stream;      /* uploads, launches, output formatting */
     cudaStream_t copy_stream; /* downloads of finished runs */
+    cudaEvent_t ev_begin[SQZ_RUN_SLOTS]; /* compute stream: a run's input copy starts */
+    bool begun[SQZ_RUN_SLOTS];           /* ev_begin recorded for the slot's current run */
     cudaEvent_t ev_ready[SQZ_RUN_SLOTS]; /* compute stream: a run's outputs are written */
     cudaEvent_t ev_done[SQZ_RUN_SLOTS];  /* copy stream: they have landed on the host */
     unsigned long graphs_captured, graphs_replayed;
@@ -426,13 +428,15 @@ void cuda_host_free(void *memory)
 
 /* A run's input image: one copy from pinned memory the session keeps unchanged until the
  * run is waited for, in stream order before the launches that read it. */
-sqz_status cuda_upload_async(void *ctx, sqz_buffer *dst, size_t offset, const void *src, size_t bytes)
+sqz_status cuda_upload_async(void *ctx, int slot, sqz_buffer *dst, size_t offset, const void *src, size_t bytes)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    if (offset > dst->bytes || bytes > dst->bytes - offset)
-        return sqz_fail(SQZ_ERR_INTERNAL, "%s: upload of %zu bytes at %zu overruns a %zu-byte buffer",
-                        SQZ_CUDA_NAME, bytes, offset, dst->bytes);
+    if (slot < 0 || slot >= SQZ_RUN_SLOTS || offset > dst->bytes || bytes > dst->bytes - offset)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: upload of %zu bytes at %zu into a %zu-byte buffer for slot %d",
+                        SQZ_CUDA_NAME, bytes, offset, dst->bytes, slot);
     BIND_DEVICE(c);
+    CUDA_TRY(cudaEventRecord(c->ev_begin[slot], c->stream)); /* the run's device time starts */
+    c->begun[slot] = true;
     regions_erase(dst, offset, bytes);
     dst->shadow_valid = false;
     if (bytes)
@@ -469,6 +473,20 @@ sqz_status cuda_run_wait(void *ctx, int slot)
     BIND_DEVICE(c);
     CUDA_TRY(cudaEventSynchronize(c->ev_done[slot]));
     return SQZ_OK;
+}
+
+double cuda_run_device_seconds(void *ctx, int slot)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    float ms = 0;
+    if (slot < 0 || slot >= SQZ_RUN_SLOTS || !c->begun[slot])
+        return -1;
+    c->begun[slot] = false;
+    if (cudaEventElapsedTime(&ms, c->ev_begin[slot], c->ev_ready[slot]) != cudaSuccess) {
+        cudaGetLastError(); /* a statistic lost, not an answer: later launch checks must not see it */
+        return -1;
+    }
+    return ms * 1e-3;
 }
 
 void *cuda_device_address(void *ctx, sqz_buffer *b)
@@ -736,6 +754,8 @@ void cuda_destroy(void *ctx)
     if (c->pinned)
         cudaFreeHost(c->pinned);
     for (int k = 0; k < SQZ_RUN_SLOTS; k++) {
+        if (c->ev_begin[k])
+            cudaEventDestroy(c->ev_begin[k]);
         if (c->ev_ready[k])
             cudaEventDestroy(c->ev_ready[k]);
         if (c->ev_done[k])
@@ -825,10 +845,11 @@ sqz_status create_checked(cuda_ctx *c, const char *device)
     c->report = env_flag("SQZ_CUDA_REPORT", false);
     if ((st = read_forced_variants(c)) != SQZ_OK)
         return st;
-    /* downloads run on their own stream, behind per-run events (no timing: cheaper) */
+    /* downloads run on their own stream, behind per-run events */
     CUDA_TRY(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
     for (int k = 0; k < SQZ_RUN_SLOTS; k++) {
-        CUDA_TRY(cudaEventCreateWithFlags(&c->ev_ready[k], cudaEventDisableTiming));
+        CUDA_TRY(cudaEventCreate(&c->ev_begin[k])); /* timed: busy time (sqz_session_busy_seconds) */
+        CUDA_TRY(cudaEventCreate(&c->ev_ready[k]));
         CUDA_TRY(cudaEventCreateWithFlags(&c->ev_done[k], cudaEventDisableTiming));
     }
     CUDA_TRY(cudaEventCreate(&c->ev_start));
@@ -1452,6 +1473,7 @@ sqz_backend_ops make_ops(void)
     ops.format_output = cuda_format_output;
     ops.run_download = cuda_run_download;
     ops.run_wait = cuda_run_wait;
+    ops.run_device_seconds = cuda_run_device_seconds;
     ops.device_address = cuda_device_address;
     ops.records_runs = cuda_records_runs;
     ops.graph_counts = cuda_graph_counts;

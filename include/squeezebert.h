@@ -295,6 +295,12 @@ sqz_status sqz_session_output_bytes(const sqz_session *session, const sqz_input 
 sqz_status sqz_session_wait(sqz_session *session, sqz_ticket ticket, sqz_result **out);
 /* Runs submitted and not yet waited for. */
 int sqz_session_in_flight(const sqz_session *session);
+/* Seconds the device has spent on this session's runs that were waited for. On CUDA, each
+ * run from its input copy starting to its outputs being written, timed by events on the
+ * compute stream (a pause inside a run while the device waits for the host counts as busy;
+ * time between runs does not); on backends that finish a run inside submit, the time submit
+ * took. Against wall time it says how busy the device was. */
+sqz_status sqz_session_busy_seconds(const sqz_session *session, double *seconds);
 
 size_t sqz_result_count(const sqz_result *result);
 const sqz_output *sqz_result_get(const sqz_result *result, size_t index);

@@ -81,10 +81,9 @@ typedef struct sqz_backend_ops {
      * context: a result may outlive its session. NULL: malloc/free. */
     sqz_status (*host_alloc)(void *ctx, size_t bytes, void **out);
     void (*host_free)(void *memory);
-    /* Enqueues a host-to-device copy behind everything enqueued and returns at once; `src`
-     * (from host_alloc) stays unchanged until run_wait of the run it belongs to returns.
-     * NULL: upload. */
-    sqz_status (*upload_async)(void *ctx, sqz_buffer *dst, size_t offset, const void *src, size_t bytes);
+    /* Starts run `slot` with a host-to-device copy behind everything enqueued and returns at
+     * once; `src` (from host_alloc) stays unchanged until run_wait(slot) returns. NULL: upload. */
+    sqz_status (*upload_async)(void *ctx, int slot, sqz_buffer *dst, size_t offset, const void *src, size_t bytes);
     /* Enqueues the writing of one output in its final layout into `dst` at `offset` (see
      * sqz_output_format). NULL: the session downloads the tensor and formats it on the host. */
     sqz_status (*format_output)(void *ctx, const sqz_binding *binding, const sqz_output_format *format,
@@ -95,6 +94,9 @@ typedef struct sqz_backend_ops {
      * run's work. Both NULL: the session synchronizes and downloads. */
     sqz_status (*run_download)(void *ctx, int slot, sqz_buffer *src, size_t offset, void *host, size_t bytes);
     sqz_status (*run_wait)(void *ctx, int slot);
+    /* After run_wait: seconds the device spent on the run, from its upload_async starting to
+     * its outputs being written; < 0 when unknown. NULL: unknown. */
+    double (*run_device_seconds)(void *ctx, int slot);
     /* The device address of a buffer's first byte, for outputs left on the device (CUDA: a
      * device pointer; host-memory backends: the host pointer). NULL: not offered. */
     void *(*device_address)(void *ctx, sqz_buffer *buffer);

@@ -56,6 +56,7 @@ typedef struct run_slot {
     sqz_run_dims dims;     /* what ran */
     sqz_run_dims real;     /* the caller's sequences alone */
     double compile_seconds;
+    double host_seconds;   /* spent in submit: the device time of backends that finish there */
     sqz_result *result;
     void *staging;         /* the input image, uploaded in one copy */
     size_t staging_bytes;
@@ -90,6 +91,7 @@ struct sqz_session {
     run_slot slots[SQZ_RUN_SLOTS];
     sqz_ticket last_ticket;
     bool pad_runs;              /* pad batches to replayable shapes (pad_for_replay) */
+    double busy_seconds;        /* device time of the runs waited for (sqz_session_busy_seconds) */
     /* test hook (SQZ_FAULT_LAUNCH / SQZ_FAULT_ALLOC = N or N:P): the Nth launch or buffer
      * allocation of this session fails, then every Pth after it; 0 = off */
     unsigned long fault_launch_at, fault_launch_every, launches_done;
@@ -861,7 +863,7 @@ static sqz_status upload_inputs(sqz_session *s, run_slot *slot, const sqz_plan *
             memcpy(image + (size_t)plan->offsets[items[i].tensor] - lo, items[i].data,
                    (size_t)items[i].count * sizeof(int32_t));
     return s->ops->upload_async && !guarded
-               ? s->ops->upload_async(s->ctx, s->arena, lo, image, hi - lo)
+               ? s->ops->upload_async(s->ctx, (int)(slot - s->slots), s->arena, lo, image, hi - lo)
                : s->ops->upload(s->ctx, s->arena, lo, image, hi - lo);
 }
 
@@ -1278,7 +1280,11 @@ static sqz_status submit(sqz_session *s, const sqz_input *input, void *memory, s
     if (k == SQZ_RUN_SLOTS)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_submit: %d runs are already in flight; wait for "
                         "one first (SQZ_MAX_IN_FLIGHT)", SQZ_RUN_SLOTS);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     sqz_status st = submit_run(s, k, input, memory, memory_bytes);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    s->slots[k].host_seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     if (st != SQZ_OK) {
         /* what was enqueued may still read the slot's memory: let it finish first */
         if (s->slots[k].busy && s->ops->synchronize) {
@@ -1305,6 +1311,14 @@ sqz_status sqz_session_submit_into(sqz_session *s, const sqz_input *input, void 
     if (!memory)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_submit_into: memory is required");
     return submit(s, input, memory, bytes, ticket);
+}
+
+sqz_status sqz_session_busy_seconds(const sqz_session *s, double *seconds)
+{
+    if (!s || !seconds)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_busy_seconds: session and seconds are required");
+    *seconds = s->busy_seconds;
+    return SQZ_OK;
 }
 
 void sqz_session_graph_counts(const sqz_session *s, unsigned long *captured, unsigned long *replayed)
@@ -1352,6 +1366,8 @@ sqz_status sqz_session_wait(sqz_session *s, sqz_ticket ticket, sqz_result **out)
         rs->arena_bytes = s->arena_bytes;
         rs->weight_bytes = s->weight_bytes;
         rs->compile_seconds = slot->compile_seconds;
+        const double device = s->ops->run_device_seconds && !slot->landed ? s->ops->run_device_seconds(s->ctx, k) : -1;
+        s->busy_seconds += device >= 0 ? device : slot->host_seconds;
         *out = slot->result;
         slot->result = NULL;
     } else {
