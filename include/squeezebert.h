@@ -302,6 +302,11 @@ int sqz_session_in_flight(const sqz_session *session);
  * took. Against wall time it says how busy the device was. */
 sqz_status sqz_session_busy_seconds(const sqz_session *session, double *seconds);
 
+/* IEEE binary16 (SQZ_OUTPUT_FP16 values) to fp32, exactly; and fp32 to binary16, rounded to
+ * nearest even (overflow to infinity, NaN stays NaN). */
+float sqz_half_to_float(uint16_t bits);
+uint16_t sqz_float_to_half(float value);
+
 size_t sqz_result_count(const sqz_result *result);
 const sqz_output *sqz_result_get(const sqz_result *result, size_t index);
 const sqz_output *sqz_result_find(const sqz_result *result, const char *name);

@@ -113,9 +113,6 @@ typedef struct sqz_backend_ops {
 void sqz_format_output_host(const sqz_output_format *format, const float *src, int64_t src_cols,
                             const int32_t *seq_offsets, const int32_t *positions, const int32_t *key_valid,
                             void *dst);
-/* IEEE binary16 from fp32, rounded to nearest even (overflow to infinity, NaN kept), and back. */
-uint16_t sqz_float_to_half(float value);
-float sqz_half_to_float(uint16_t bits);
 
 const sqz_backend_ops *sqz_backend_find(const char *name);
 

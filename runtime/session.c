@@ -1366,7 +1366,7 @@ sqz_status sqz_session_wait(sqz_session *s, sqz_ticket ticket, sqz_result **out)
         rs->arena_bytes = s->arena_bytes;
         rs->weight_bytes = s->weight_bytes;
         rs->compile_seconds = slot->compile_seconds;
-        const double device = s->ops->run_device_seconds && !slot->landed ? s->ops->run_device_seconds(s->ctx, k) : -1;
+        const double device = s->ops->run_device_seconds ? s->ops->run_device_seconds(s->ctx, k) : -1;
         s->busy_seconds += device >= 0 ? device : slot->host_seconds;
         *out = slot->result;
         slot->result = NULL;

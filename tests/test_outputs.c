@@ -19,16 +19,19 @@
 
 #include "runtime/backend.h"
 #include "tests/test_float16.h"
+#ifdef SQZ_TEST_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 #define ODD SQZ_FIXTURES_DIR "/models/sqb-odd"
 
 static const char *const heads[] = {"base-safetensors", "seqcls-safetensors", "tokcls-safetensors",
                                     "qa-safetensors", "mc-safetensors", "mlm-safetensors"};
 
-/* The backends that can run here, cpu_ref first. */
+/* The backends that can run here, cpu_ref first (cuda where a GPU is: the GPU check runs this). */
 static size_t backends_here(const char **out)
 {
-    static const char *const all[] = {"cpu_ref", "cuda-sim", "opencl"};
+    static const char *const all[] = {"cpu_ref", "cuda-sim", "opencl", "cuda"};
     size_t n = 0;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (sqz_backend_probe(all[i]) == SQZ_OK)
@@ -166,7 +169,25 @@ static void compare_with_alone(sqz_session *ref, const batch *b, const sqz_resul
     }
 }
 
-static void same_bytes(const sqz_result *a, const sqz_result *b, const char *what)
+/* An output's bytes on the host: its values, or its device memory (host memory on cuda-sim and
+ * cpu_ref; copied back with the CUDA runtime on a GPU). Freed by the caller. */
+static void *host_copy(const sqz_output *o, bool gpu)
+{
+    void *copy = malloc(o->bytes ? o->bytes : 1);
+    assert_non_null(copy);
+    if (o->values || !gpu) {
+        memcpy(copy, o->values ? o->values : o->device_data, o->bytes);
+        return copy;
+    }
+#ifdef SQZ_TEST_CUDA
+    assert_int_equal(cudaMemcpy(copy, o->device_data, o->bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+#else
+    fail_msg("a GPU output in a build without the CUDA runtime");
+#endif
+    return copy;
+}
+
+static void same_bytes_on(const sqz_result *a, const sqz_result *b, const char *what, bool gpu)
 {
     assert_int_equal(sqz_result_count(a), sqz_result_count(b));
     for (size_t i = 0; i < sqz_result_count(a); i++) {
@@ -174,15 +195,21 @@ static void same_bytes(const sqz_result *a, const sqz_result *b, const char *wha
         assert_non_null(y);
         assert_int_equal(x->bytes, y->bytes);
         assert_memory_equal(x->shape, y->shape, sizeof x->shape);
-        const void *vx = x->values ? x->values : x->device_data, *vy = y->values ? y->values : y->device_data;
+        void *vx = host_copy(x, gpu), *vy = host_copy(y, gpu);
         if (memcmp(vx, vy, x->bytes) != 0)
             fail_msg("%s: %s differs", what, x->name);
+        free(vx), free(vy);
     }
+}
+
+static void same_bytes(const sqz_result *a, const sqz_result *b, const char *what)
+{
+    same_bytes_on(a, b, what, false);
 }
 
 static void layouts_match_sequences_alone(void **unused)
 {
-    const char *backends[4];
+    const char *backends[8];
     const size_t nb = backends_here(backends);
     for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
         char dir[512];
@@ -227,7 +254,7 @@ static void layouts_match_sequences_alone(void **unused)
  * run of the same kept tokens at the same positions. */
 static void dropped_positions_are_zero(void **unused)
 {
-    const char *backends[4];
+    const char *backends[8];
     const size_t nb = backends_here(backends);
     sqz_model_info info;
     sqz_model *m = load_model(ODD "/base-safetensors", &info);
@@ -264,7 +291,7 @@ static void dropped_positions_are_zero(void **unused)
  * hold the same bytes as host outputs. */
 static void types_and_places(void **unused)
 {
-    const char *backends[4];
+    const char *backends[8];
     const size_t nb = backends_here(backends);
     for (size_t h = 0; h < 4; h++) { /* base, seqcls, tokcls, qa: every layout but choices */
         char dir[512];
@@ -303,7 +330,7 @@ static void types_and_places(void **unused)
                     assert_null(sqz_result_get(dev, i)->values);
                     assert_non_null(sqz_result_get(dev, i)->device_data);
                 }
-                same_bytes(f32, dev, "device outputs"); /* cuda-sim and cpu_ref: device memory is host memory */
+                same_bytes_on(f32, dev, "device outputs", strcmp(backends[k], "cuda") == 0);
             }
             sqz_output_options plain = {SQZ_OUTPUT_FP32, SQZ_OUTPUT_ON_HOST};
             assert_sqz_ok(sqz_session_set_output_options(s, &plain));
@@ -335,7 +362,7 @@ static void types_and_places(void **unused)
 /* Two runs in flight, waited in both orders, against runs one at a time. */
 static void runs_in_flight_match_synchronous_runs(void **unused)
 {
-    const char *backends[4];
+    const char *backends[8];
     const size_t nb = backends_here(backends);
     sqz_model_info info;
     sqz_model *m = load_model(ODD "/tokcls-safetensors", &info);
@@ -376,6 +403,9 @@ static void runs_in_flight_match_synchronous_runs(void **unused)
         assert_fails_with(sqz_session_submit(s, &bad, &tb), SQZ_ERR_INPUT, "input_ids[0][0]", "vocab");
         b[0].ids[0] = 1;
         assert_int_equal(sqz_session_in_flight(s), 0);
+        double busy = 0;
+        assert_sqz_ok(sqz_session_busy_seconds(s, &busy));
+        assert_true(busy > 0);
         sqz_session_free(s); /* results outlive their session */
         for (int i = 0; i < RUNS; i++) {
             char what[128];
@@ -425,12 +455,8 @@ static void results_freed_elsewhere(void **unused)
     sqz_model_free(m);
 }
 
-/* cuda-sim: runs of other lengths in the same replay step replay one graph, and their answers
- * are those of a session that launches every kernel (SQZ_CUDA_GRAPHS=0), bit for bit. */
-static void graphs_replay_across_lengths(void **unused)
+static void replay_across_lengths(const char *backend)
 {
-    if (sqz_backend_probe("cuda-sim") != SQZ_OK)
-        skip();
     static const char *const models[] = {"tiny", ODD "/qa-safetensors"};
     char *tmp = make_temp_dir();
     for (int mi = 0; mi < 2; mi++) {
@@ -442,7 +468,8 @@ static void graphs_replay_across_lengths(void **unused)
         sqz_model_info info;
         sqz_model *m = load_model(dir, &info);
         for (int p = 0; p < 2; p++) {
-            sqz_session_options so = {"cuda-sim", "random:3", p ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32};
+            sqz_session_options so = {backend, strcmp(backend, "cuda-sim") == 0 ? "random:3" : NULL,
+                                      p ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32};
             sqz_session *graphs = NULL, *plain = NULL;
             assert_sqz_ok(sqz_session_create_with(m, &so, &graphs));
             setenv("SQZ_CUDA_GRAPHS", "0", 1);
@@ -489,6 +516,17 @@ static void graphs_replay_across_lengths(void **unused)
     remove_temp_dir(tmp);
 }
 
+/* cuda-sim (and cuda on a GPU): runs of other lengths in the same replay step replay one
+ * graph, and their answers are those of a session that launches every kernel
+ * (SQZ_CUDA_GRAPHS=0), bit for bit. */
+static void graphs_replay_across_lengths(void **unused)
+{
+    for (int gpu = 0; gpu < 2; gpu++) {
+        const char *backend = gpu ? "cuda" : "cuda-sim";
+        if (sqz_backend_probe(backend) == SQZ_OK)
+            replay_across_lengths(backend);
+    }
+}
 /* The host's fp16 rounding (the fallback and cpu_ref's) against the tests' own. */
 static void half_conversion_rounds_to_nearest_even(void **unused)
 {
@@ -519,6 +557,9 @@ static void half_conversion_rounds_to_nearest_even(void **unused)
 
 int main(void)
 {
+    /* the highest-numbered kernel variant that applies, without measuring: on a GPU, sessions
+     * compared bit for bit must not pick different variants by their timings */
+    setenv("SQZ_CUDA_MEASURE", "0", 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(half_conversion_rounds_to_nearest_even),
         cmocka_unit_test(layouts_match_sequences_alone),

@@ -8,7 +8,9 @@
  *            packing batch i+1 and submitting it while batch i computes and batch i-1's
  *            outputs come back (two runs in flight per session); the engine packs the
  *            sequences, so padding costs no compute;
- *   writer   turns outputs into records and writes them back in input order.
+ *   format   turns outputs into JSON records (a few threads: an embedding is hundreds of
+ *            numbers to print, more work per line than a GPU's);
+ *   writer   writes the records back in input order.
  * Every line yields exactly one record: an answer or {"line": n, "error": ...}. A batch that
  * fails on one device goes to another that has not failed it; one that every device has
  * failed is retried in halves down to single lines, so a device error costs at most the lines
@@ -249,7 +251,10 @@ typedef struct pipeline {
     size_t skip_lines;    /* --resume: input lines whose records the output already has */
     size_t max_line_bytes;
     struct work *work;    /* reader -> workers */
-    queue to_write;       /* workers -> writer */
+    queue to_format;      /* workers -> formatters */
+    queue to_write;       /* formatters -> writer */
+    int n_formatters;
+    double *format_s;     /* busy time of each formatter */
     /* statistics; each counter is written by one thread only (workers keep their own) */
     size_t lines, failed, tokens, lines_read;
     double tokenize_s, write_s;
@@ -505,9 +510,10 @@ static int width_of(item **items, size_t n)
     return (int)w;
 }
 
+/* A batch leaves the workers: to the formatters, then the writer. */
 static void send_to_writer(worker *w, batch *b)
 {
-    queue_push(&w->p->to_write, b);
+    queue_push(&w->p->to_format, b);
     work_done(w->p->work);
 }
 
@@ -918,6 +924,30 @@ static void show_progress(pipeline *p, bool final)
             t > 0 ? (double)p->tokens / t : 0.0, eta, final ? "\n" : "");
 }
 
+typedef struct formatter {
+    pipeline *p;
+    int index;
+    pthread_t thread;
+} formatter;
+
+/* Makes the records of whole batches (any order: the writer restores input order). */
+static void *formatter_main(void *arg)
+{
+    formatter *f = arg;
+    pipeline *p = f->p;
+    batch *b;
+    while ((b = queue_pop(&p->to_format)) != NULL) {
+        const double t0 = now_seconds();
+        for (size_t r = 0; r < b->count && !b->skipped; r++)
+            make_record(p, b, r);
+        sqz_result_free(b->result); /* the records hold everything now */
+        b->result = NULL;
+        p->format_s[f->index] += now_seconds() - t0;
+        queue_push(&p->to_write, b);
+    }
+    return NULL;
+}
+
 static void *writer_main(void *arg)
 {
     pipeline *p = arg;
@@ -932,7 +962,6 @@ static void *writer_main(void *arg)
                 infer_item_free(it);
                 continue;
             }
-            make_record(p, b, r);
             size_t slot = it->line - ro.base;
             if (slot >= ro.cap) {
                 size_t cap = ro.cap ? ro.cap : 1024;
@@ -991,7 +1020,9 @@ static void *writer_main(void *arg)
 static void report_summary(const pipeline *p, const char *backend, double wall)
 {
     size_t computed = 0, padded = 0, split = 0, moved = 0;
-    double compute_s = 0, busy = 0;
+    double compute_s = 0, busy = 0, format_s = 0;
+    for (int i = 0; i < p->n_formatters; i++)
+        format_s += p->format_s[i];
     for (int i = 0; i < p->n_workers; i++) {
         const worker *w = &p->workers[i];
         double seconds = 0;
@@ -1006,10 +1037,10 @@ static void report_summary(const pipeline *p, const char *backend, double wall)
         snprintf(where, sizeof where, "%d devices", p->n_workers);
     fprintf(stderr, "sqz infer: %zu lines (%zu failed), %zu tokens on %s in %.2f s: %.1f lines/s; "
             "packing skipped %zu padded tokens (%.0f%%); busy time: tokenize %.2f s, compute %.2f s, "
-            "write %.2f s; device busy %.2f s (%.0f%% of the wall time)\n", p->lines, p->failed, p->tokens, where,
-            wall, wall > 0 ? p->lines / wall : 0.0, padded - computed,
-            padded ? 100.0 * (double)(padded - computed) / (double)padded : 0.0, p->tokenize_s, compute_s, p->write_s,
-            busy, wall > 0 ? 100.0 * busy / (wall * p->n_workers) : 0.0);
+            "format %.2f s (%d threads), write %.2f s; device busy %.2f s (%.0f%% of the wall time)\n", p->lines,
+            p->failed, p->tokens, where, wall, wall > 0 ? p->lines / wall : 0.0, padded - computed,
+            padded ? 100.0 * (double)(padded - computed) / (double)padded : 0.0, p->tokenize_s, compute_s, format_s,
+            p->n_formatters, p->write_s, busy, wall > 0 ? 100.0 * busy / (wall * p->n_workers) : 0.0);
     for (int i = 0; p->n_workers > 1 && i < p->n_workers; i++) {
         const worker *w = &p->workers[i];
         double seconds = 0;
@@ -1259,7 +1290,14 @@ int sqz_cli_infer(int argc, char **argv)
     work wk;
     work_init(&wk, p.n_workers);
     p.work = &wk;
+    queue_init(&p.to_format);
     queue_init(&p.to_write);
+    /* formatters: half the cores, 1 to 8 (printing an embedding's numbers is the slow part) */
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    p.n_formatters = cores / 2 < 1 ? 1 : cores / 2 > 8 ? 8 : (int)(cores / 2);
+    formatter formatters[8];
+    double format_s[8] = {0};
+    p.format_s = format_s;
     /* SIGINT/SIGTERM: only the reader thread takes them (see reader_main); no SA_RESTART,
      * so its blocked read() returns; a second signal kills as usual (SA_RESETHAND) */
     stop_signal = 0;
@@ -1279,10 +1317,18 @@ int sqz_cli_infer(int argc, char **argv)
     pthread_t reader, writer;
     pthread_create(&reader, NULL, reader_main, &p);
     pthread_create(&writer, NULL, writer_main, &p);
+    for (int i = 0; i < p.n_formatters; i++) {
+        formatters[i] = (formatter){&p, i, 0};
+        pthread_create(&formatters[i].thread, NULL, formatter_main, &formatters[i]);
+    }
     for (int i = 0; i < p.n_workers; i++)
         pthread_create(&p.workers[i].thread, NULL, worker_main, &p.workers[i]);
     for (int i = 0; i < p.n_workers; i++)
         pthread_join(p.workers[i].thread, NULL);
+    for (int i = 0; i < p.n_formatters; i++)
+        queue_push(&p.to_format, NULL);
+    for (int i = 0; i < p.n_formatters; i++)
+        pthread_join(formatters[i].thread, NULL);
     queue_push(&p.to_write, NULL);
     pthread_join(reader, NULL);
     pthread_join(writer, NULL);
@@ -1291,6 +1337,7 @@ int sqz_cli_infer(int argc, char **argv)
     sigaction(SIGTERM, &old_term, NULL);
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
     work_destroy(&wk);
+    queue_destroy(&p.to_format);
     queue_destroy(&p.to_write);
     if (p.progress)
         show_progress(&p, true);
