@@ -30,7 +30,12 @@
  *
  * Ownership: every object is created by a *_load/_create/_run/_write call and released
  * by the matching *_free. Strings returned by the library stay valid as long as the
- * object they came from. The library never exits or aborts on bad input.
+ * object they came from. A result stays valid after its session is freed (except outputs
+ * left on the device). The library never exits or aborts on bad input.
+ *
+ * Threads: models, tokenizers and embedders are immutable once loaded and may be shared. A
+ * session is used by one thread at a time; several sessions may run at once, on one device or
+ * several. A result may be read and freed in any thread. sqz_last_error() is per thread.
  */
 #ifndef SQUEEZEBERT_H
 #define SQUEEZEBERT_H
@@ -178,7 +183,7 @@ void sqz_session_free(sqz_session *session);
 /* The device the session runs on, in words. */
 const char *sqz_session_device(const sqz_session *session);
 
-/* What the last successful sqz_session_run did. */
+/* What the last run waited for (sqz_session_run or sqz_session_wait) did. */
 typedef struct sqz_run_stats {
     int64_t tokens, sequences;   /* real (packed) tokens and sequences computed */
     int64_t padded_tokens;       /* batch x choices x seq_len of the input, padding included */
@@ -251,7 +256,9 @@ typedef struct sqz_output_options {
     sqz_output_place place; /* SQZ_OUTPUT_ON_HOST when zero-initialised */
 } sqz_output_options;
 /* The type and place of the outputs of later submits. A backend that cannot leave outputs on
- * the device (opencl) is SQZ_ERR_UNSUPPORTED. Not while runs are in flight. */
+ * the device (opencl) is SQZ_ERR_UNSUPPORTED. Device outputs stay valid until sqz_result_free
+ * of their result or sqz_session_free of their session, whichever comes first; each holds its
+ * own device memory until then. */
 sqz_status sqz_session_set_output_options(sqz_session *session, const sqz_output_options *options);
 
 /* ---- runs in flight -----------------------------------------------------------------
@@ -270,7 +277,8 @@ sqz_status sqz_session_set_output_options(sqz_session *session, const sqz_output
  * Threads: a session is used by one thread at a time (submit, wait, run, select, options);
  * different sessions may run in different threads at once, on the same device or not. A
  * result may be read and freed in any thread, before or after its session is freed, except
- * that device outputs become invalid when their session is freed.
+ * that device outputs become invalid when their session is freed. Select and options apply to
+ * later submits; runs already in flight keep what they were submitted with.
  *
  * Memory: host outputs of a result live in one block. The session keeps the blocks that
  * sqz_result_free gives back (pinned memory on CUDA, so the copy is asynchronous and nothing

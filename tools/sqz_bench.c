@@ -342,6 +342,21 @@ static void progress_end(bench_ctx *b)
         fprintf(stderr, "\r\033[K");
 }
 
+static void make_input(const bench_ctx *b, const cell *c, int64_t *ids, int64_t *mask);
+
+/* A cell's input, allocated and filled; false without memory. */
+static bool cell_input(const bench_ctx *b, const cell *c, int64_t **ids, int64_t **mask, sqz_input *in)
+{
+    const size_t n = (size_t)c->batch * (size_t)c->width;
+    *ids = malloc(n * sizeof **ids);
+    *mask = malloc(n * sizeof **mask);
+    if (!*ids || !*mask)
+        return false;
+    make_input(b, c, *ids, *mask);
+    *in = (sqz_input){.batch = c->batch, .seq_len = c->width, .input_ids = *ids, .attention_mask = *mask};
+    return true;
+}
+
 static void make_input(const bench_ctx *b, const cell *c, int64_t *ids, int64_t *mask)
 {
     for (int r = 0; r < c->batch; r++)
@@ -609,20 +624,19 @@ static json_t *run_cell(bench_ctx *b, const char *backend, const char *device, c
     json_t *row = new_row(backend, label, precision);
     row_cell_fields(row, c);
     set_str(row, "timing", "latency");
-    const size_t n = (size_t)c->batch * (size_t)c->width;
-    int64_t *ids = malloc(n * sizeof *ids), *mask = malloc(n * sizeof *mask);
+    int64_t *ids = NULL, *mask = NULL;
+    sqz_input in;
+    const bool have_input = cell_input(b, c, &ids, &mask, &in);
     double *samples = malloc((size_t)b->max_repeats * sizeof *samples);
     sqz_session *s = NULL;
     sqz_result *res = NULL;
     sqz_status st = SQZ_OK;
     char where[64] = "";
-    if (!ids || !mask || !samples) {
+    if (!have_input || !samples) {
         st = SQZ_ERR_OUT_OF_MEMORY;
         snprintf(where, sizeof where, "allocating the input");
         goto done;
     }
-    make_input(b, c, ids, mask);
-    sqz_input in = {.batch = c->batch, .seq_len = c->width, .input_ids = ids, .attention_mask = mask};
     progress(b, false, "%s %s %s %dx%d: session", who, precision, c->mixed ? "mixed" : "fixed",
              c->batch, c->width);
     if ((st = open_cell(b, backend, device, precision, &in, row, &s, &res, where, sizeof where)) != SQZ_OK)
@@ -764,21 +778,20 @@ static json_t *run_stream_cell(bench_ctx *b, const cli_device *devs, int n, cons
     row_cell_fields(row, c);
     set_str(row, "timing", "throughput");
     set_int(row, "devices", n);
-    const size_t cells = (size_t)c->batch * (size_t)c->width;
-    int64_t *ids = malloc(cells * sizeof *ids), *mask = malloc(cells * sizeof *mask);
+    int64_t *ids = NULL, *mask = NULL;
+    sqz_input in;
+    const bool have_input = cell_input(b, c, &ids, &mask, &in);
     stream_dev *d = calloc((size_t)n, sizeof *d);
     pthread_t *threads = calloc((size_t)n, sizeof *threads);
     start_gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false};
     sqz_status st = SQZ_OK;
     char where[64] = "";
     int opened = 0, started = 0;
-    if (!ids || !mask || !d || !threads) {
+    if (!have_input || !d || !threads) {
         st = SQZ_ERR_OUT_OF_MEMORY;
         snprintf(where, sizeof where, "allocating the input");
         goto done;
     }
-    make_input(b, c, ids, mask);
-    sqz_input in = {.batch = c->batch, .seq_len = c->width, .input_ids = ids, .attention_mask = mask};
     progress(b, false, "%s %s %s %dx%d: throughput on %d device(s)", label, precision, c->mixed ? "mixed" : "fixed",
              c->batch, c->width, n);
     for (; opened < n; opened++) {
