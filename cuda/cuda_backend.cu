@@ -700,9 +700,10 @@ namespace {
 sqz_status select_device(cuda_ctx *c, const char *want)
 {
 #ifdef SQZ_CUDA_SIM
-    /* cuda-sim's one device; the text chooses the thread order */
+    /* cuda-sim's one device; the text chooses the thread order ("0", as `sqz devices` lists
+     * it, is the default one) */
     c->device = 0;
-    if (!sqzsim::set_schedule(c->stream, want))
+    if (!sqzsim::set_schedule(c->stream, want && strcmp(want, "0") == 0 ? NULL : want))
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda-sim: device '%s' is not a schedule (forward, reverse, "
                         "random or random:SEED)", want);
     return SQZ_OK;
@@ -862,7 +863,7 @@ sqz_status create_checked(cuda_ctx *c, const char *device)
     CUDA_TRY(cudaDriverGetVersion(&driver));
 #ifdef SQZ_CUDA_SIM
     snprintf(c->description, sizeof c->description, "%s (schedule %s)", prop.name,
-             device && *device ? device : "forward");
+             device && *device && strcmp(device, "0") != 0 ? device : "forward");
 #else
     snprintf(c->description, sizeof c->description, "%s (sm_%d%d, driver CUDA %d.%d), %.1f GiB", prop.name,
              prop.major, prop.minor, driver / 1000, driver % 1000 / 10, prop.totalGlobalMem / 1073741824.0);

@@ -465,7 +465,8 @@ static void replay_across_lengths(const char *backend)
         }
         sqz_model_info info;
         sqz_model *m = load_model(dir, &info);
-        for (int p = 0; p < 2; p++) {
+        { /* the tiny model at fp16 (tensor-core attention), the odd fixture at fp32 */
+            const int p = mi == 0;
             sqz_session_options so = {backend, strcmp(backend, "cuda-sim") == 0 ? "random:3" : NULL,
                                       p ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32};
             sqz_session *graphs = NULL, *plain = NULL;
@@ -475,7 +476,7 @@ static void replay_across_lengths(const char *backend)
             unsetenv("SQZ_CUDA_GRAPHS");
             assert_sqz_ok(st);
             /* one and two sequences of 17..23 tokens: one step of the 32-token bucket each */
-            const int lengths[] = {20, 17, 23, 18, 21, 19, 22};
+            const int lengths[] = {20, 17, 23, 18, 22};
             for (int batch_size = 1; batch_size <= 2; batch_size++) {
                 unsigned long captured0 = 0, replayed0 = 0, captured = 0, replayed = 0;
                 sqz_session_graph_counts(graphs, &captured0, &replayed0);
@@ -501,7 +502,7 @@ static void replay_across_lengths(const char *backend)
                 sqz_session_graph_counts(graphs, &captured, &replayed);
                 /* the first run of the step launches, the second captures, the rest replay */
                 assert_int_equal(captured - captured0, 1);
-                assert_int_equal(replayed - replayed0, 5);
+                assert_int_equal(replayed - replayed0, 3);
                 unsigned long pc = 0, pr = 0;
                 sqz_session_graph_counts(plain, &pc, &pr);
                 assert_int_equal(pc + pr, 0);
