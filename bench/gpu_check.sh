@@ -67,7 +67,20 @@ if [ -z "${OCL_ICD_VENDORS:-}" ] && [ ! -e /etc/OpenCL/vendors/nvidia.icd ]; the
 fi
 
 step gpu-info 30 bash -c 'nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -n 2; echo "OCL_ICD_VENDORS=${OCL_ICD_VENDORS:-unset}"'
-step build 240 bash -c "cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSQZ_WERROR=ON -DSQZ_WITH_CUDA=ON -DSQZ_WITH_OPENCL=ON -DCMAKE_CUDA_ARCHITECTURES=90a ${cmake_deps[*]} && cmake --build build-gpu -j16"
+# Binaries built on the CPU machine for sm_90a (tools/prepare_gpu_deps.sh --build) travel in
+# build-gpu with a hash of the sources they were built from; when the hash still matches, the
+# GPU minutes go to checking, not compiling. CMake and CTest files name the folder they were
+# made in, so that path is made to lead here.
+source bench/source_hash.sh
+if [ -f build-gpu/source-hash ] && [ "$(cat build-gpu/source-hash)" = "$(source_hash)" ]; then
+  built_in=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' build-gpu/CMakeCache.txt)
+  if [ -n "$built_in" ] && [ "$built_in" != "$PWD" ] && [ ! -e "$built_in" ]; then
+    mkdir -p "$(dirname "$built_in")" && ln -s "$PWD" "$built_in"
+  fi
+  step build 30 bash -c 'echo "prebuilt for sm_90a from these sources (build-gpu/source-hash)"; ls -la build-gpu/sqz'
+else
+  step build 240 bash -c "cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSQZ_WERROR=ON -DSQZ_WITH_CUDA=ON -DSQZ_WITH_OPENCL=ON -DSQZ_WITH_CUDA_SIM=OFF -DCMAKE_CUDA_ARCHITECTURES=90a ${cmake_deps[*]} && cmake --build build-gpu -j16"
+fi
 step devices 30 build-gpu/sqz devices
 # every precision against cpu_ref on the full-size random model (fused; fp32 also unfused),
 # in parallel: each is one CPU thread of cpu_ref plus a moment of GPU
@@ -77,18 +90,25 @@ step validate-cuda 120 bash -c 'v() { build-gpu/sqz validate --random squeezeber
   rc=0; for j in $(jobs -p); do wait $j || rc=1; done
   for f in fp32 fp32-unfused tf32 fp16 bf16; do echo "-- $f"; head -n 1 /tmp/v-$f.log; sort -g -k4 /tmp/v-$f.log | grep -E "pass|FAIL" | tail -n 2; tail -n 2 /tmp/v-$f.log; done; exit $rc'
 # every kernel variant on its own (SQZ_CUDA_VARIANTS fixes it; docs/engineering.md "Kernel
-# variants") against cpu_ref, at the precisions it runs: 70- and 200-token sequences give the
-# flash attention 1 to 4 key chunks, both warp counts and padded rows. Then racecheck on the
-# flash kernel, and the variants the measurement chooses with their times (SQZ_CUDA_REPORT).
-step variants 150 bash -c 'set -o pipefail; rc=0
-  for v in linear=simt,attention=simt linear=cublas,attention=flash linear=cublaslt,attention=flash; do
-    for p in fp32 tf32 fp16 bf16; do for s in 70 200; do
-      out=$(SQZ_CUDA_VARIANTS=$v build-gpu/sqz validate --random squeezebert-uncased --backend cuda --precision $p --batch 5 --seq $s --seed 3 2>&1) || rc=1
-      echo "-- $v $p seq $s: $(echo "$out" | tail -n 1); worst attention: $(echo "$out" | grep " attention " | sort -g -k4 | tail -n 1 | tr -s " ")"
-    done; done; done
-  SQZ_CUDA_VARIANTS=attention=flash compute-sanitizer --tool racecheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision fp16 --batch 2 --seq 150 --seed 4 | tail -n 1 || rc=3
-  SQZ_CUDA_REPORT=1 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --precision fp16 --batch 8 --seq 128 --seed 3 2>&1 | grep -E "sqz cuda:|nodes"
+# variants") against cpu_ref on the full-size model, at the precisions it runs: 70 and 200
+# tokens give the flash attention 1 to 4 key chunks, both warp counts and padded rows; the
+# FFN and GEMM variants see partial tiles. In parallel (cpu_ref is one core each). Then
+# racecheck and memcheck on the tensor-core kernels.
+step variants 150 bash -c 'set -o pipefail
+  { for p in fp32 tf32 fp16 bf16; do for v in linear=simt,attention=simt,ffn=simt linear=cublas,ffn=split linear=cublaslt,ffn=split; do echo "$v $p"; done; done
+    for p in fp16 bf16; do for v in linear=mma128,attention=flash,ffn=fused linear=mma64,attention=flash,ffn=split; do echo "$v $p"; done; done; } |
+  while read v p; do echo "$v $p 3 70"; echo "$v $p 2 200"; done |
+  xargs -P 16 -n 4 sh -c '"'"'out=$(SQZ_CUDA_VARIANTS=$0 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --precision $1 --batch $2 --seq $3 --seed 3 2>&1); rc=$?; echo "$rc $0 $1 $2x$3: $(echo "$out" | tail -n 1) | worst: $(echo "$out" | grep -E " (pass|FAIL)$" | sort -g -k4 | tail -n 1 | tr -s " ")"'"'"' | sort | tee /tmp/variants-summary
+  rc=0; grep -qv "^0 " /tmp/variants-summary && rc=1
+  for v in linear=mma128,attention=flash,ffn=fused linear=mma64,ffn=fused; do
+    SQZ_CUDA_VARIANTS=$v compute-sanitizer --tool racecheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision fp16 --batch 2 --seq 150 --seed 4 | tail -n 1 || rc=3
+    SQZ_CUDA_VARIANTS=$v compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision bf16 --batch 3 --seq 70 --seed 4 | tail -n 1 || rc=3
+  done
   exit $rc'
+# the kernel lab's table at full size, 256 x 128 tokens per precision and 1 x 128 at fp16: time,
+# TFLOP/s, GB/s and roofline fraction of every variant of every op shape (sqz kernels)
+step kernels 150 bash -c 'rc=0; for p in fp16 bf16 tf32 fp32; do echo "-- $p 256 x 128"; build-gpu/sqz kernels --random squeezebert-uncased --backend cuda --precision $p --batch 256 --seq 128 || rc=1; done
+  echo "-- fp16 1 x 128"; build-gpu/sqz kernels --random squeezebert-uncased --backend cuda --precision fp16 --batch 1 --seq 128 || rc=1; exit $rc'
 # the transformers fixtures (every head, 3 configs) at every precision
 step validate-fixtures 120 bash -c 'ls -d tests/fixtures/models/*/*-safetensors | while read m; do for p in fp32 tf32 fp16 bf16; do echo "$m $p"; done; done |
   xargs -P 16 -n 2 sh -c '"'"'build-gpu/sqz validate --model $0 --backend cuda --precision $1 --batch 3 --seq 24 --seed 9 > /tmp/fx-$(basename $(dirname $0))-$(basename $0)-$1.log 2>&1; echo "$? $0 $1 $(grep -oE "(all [0-9]+ nodes within tolerance|first node out of tolerance.*)" /tmp/fx-$(basename $(dirname $0))-$(basename $0)-$1.log)"'"'"' | sort | tee /tmp/fx-summary; ! grep -qv "^0 " /tmp/fx-summary'

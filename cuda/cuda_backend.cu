@@ -31,11 +31,16 @@
 
 #include "cuda/cuda_flash_attention.cuh"
 
+#include "cuda/cuda_mma_gemm.cuh"
+
+#include "cuda/cuda_ffn.cuh"
+
 #include "cuda/cuda_output.cuh"
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <type_traits>
 #ifndef SQZ_CUDA_SIM
 #include <cublasLt.h>
@@ -147,13 +152,18 @@ struct graph_entry {
  * means nothing, keeps the highest-numbered one, so that the newest kernels are the ones the
  * tests see). A variant outside the bar is reported on stderr and not used for the shape; in
  * cuda-sim that is a fault, since there it can only be a kernel bug.
- * SQZ_CUDA_VARIANTS="linear=NAME,attention=NAME" fixes the variants instead (names or
- * numbers), SQZ_CUDA_MEASURE=0 takes the highest-numbered variant that applies without
+ * SQZ_CUDA_VARIANTS="linear=NAME,attention=NAME,ffn=NAME" fixes the variants instead (names
+ * or numbers), SQZ_CUDA_MEASURE=0 takes the highest-numbered variant that applies without
  * running the others, SQZ_CUDA_REPORT=1 prints every choice. */
-enum family { FAMILY_LINEAR, FAMILY_ATTENTION, FAMILIES };
+enum family { FAMILY_LINEAR, FAMILY_ATTENTION, FAMILY_FFN, FAMILIES };
+static const char *const family_names[FAMILIES] = {"linear", "attention", "ffn"};
 enum attention_variant { ATTENTION_SIMT, ATTENTION_FLASH, ATTENTION_VARIANTS };
 static const char *const attention_variant_names[ATTENTION_VARIANTS] = {"simt", "flash"};
-constexpr int MAX_VARIANTS = 4;
+/* the fused feed-forward block: 0 both products by gemm_simt (the reference), 1 each product by
+ * its own measured linear variant (the unfused plan's speed), 2 ffn_fused (cuda/cuda_ffn.cuh) */
+enum ffn_variant { FFN_SIMT, FFN_SPLIT, FFN_FUSED, FFN_VARIANTS };
+static const char *const ffn_variant_names[FFN_VARIANTS] = {"simt", "split", "fused"};
+constexpr int MAX_VARIANTS = 8;
 constexpr int VARIANT_CHOICES = 256;
 
 struct variant_choice {
@@ -162,6 +172,7 @@ struct variant_choice {
     int chosen;
     double seconds[MAX_VARIANTS]; /* < 0: did not apply */
     double error[MAX_VARIANTS];
+    double flops, bytes;          /* of the first instance measured, for the kernel report */
 };
 
 #define GRAPH_CACHE 16
@@ -191,9 +202,15 @@ struct cuda_ctx {
     /* pinned staging for uploads: filled front to back, reset once the stream is idle */
     char *pinned;
     size_t pinned_bytes, pinned_used;
-    /* device scratch: 16-bit downloads converted to fp32, and variant outputs under check */
-    void *scratch;
-    size_t scratch_bytes;
+    /* device scratch: 16-bit downloads converted to fp32, and variant outputs under check (one
+     * per nesting level: a variant of the FFN block runs linear choices of its own) */
+    void *scratch[2];
+    size_t scratch_bytes[2];
+    int depth;
+    /* the FFN block's hidden activation where a variant stores it; only grows, and graphs that
+     * captured the old one are dropped when it does */
+    void *hidden;
+    size_t hidden_bytes;
     unsigned *check; /* max |difference|, max |reference| (float bits), non-finite flag */
     graph_entry graphs[GRAPH_CACHE];
     unsigned long clock;
@@ -506,21 +523,29 @@ void cuda_graph_counts(void *ctx, unsigned long *captured, unsigned long *replay
 
 unsigned blocks(size_t n, unsigned per_block) { return (unsigned)((n + per_block - 1) / per_block); }
 
+bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 unsigned grid_1d(size_t n) { return n == 0 ? 1 : blocks(n, 256) < 16384 ? blocks(n, 256) : 16384; }
+
+/* device memory that grows as needed, never inside a graph capture */
+sqz_status ensure_device(cuda_ctx *c, void **ptr, size_t *have, size_t bytes)
+{
+    if (*have >= bytes)
+        return SQZ_OK;
+    if (c->capturing >= 0)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: device scratch grown during graph capture", SQZ_CUDA_NAME);
+    if (*ptr)
+        CUDA_TRY(cudaFree(*ptr));
+    *ptr = NULL;
+    *have = 0;
+    CUDA_TRY(cudaMalloc(ptr, bytes));
+    *have = bytes;
+    return SQZ_OK;
+}
 
 sqz_status ensure_scratch(cuda_ctx *c, size_t bytes)
 {
-    if (c->scratch_bytes >= bytes)
-        return SQZ_OK;
-    if (c->capturing >= 0)
-        return sqz_fail(SQZ_ERR_INTERNAL, "%s: scratch grown during graph capture", SQZ_CUDA_NAME);
-    if (c->scratch)
-        CUDA_TRY(cudaFree(c->scratch));
-    c->scratch = NULL;
-    c->scratch_bytes = 0;
-    CUDA_TRY(cudaMalloc(&c->scratch, bytes));
-    c->scratch_bytes = bytes;
-    return SQZ_OK;
+    return ensure_device(c, &c->scratch[c->depth], &c->scratch_bytes[c->depth], bytes);
 }
 
 sqz_status cuda_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, size_t bytes)
@@ -549,12 +574,12 @@ sqz_status cuda_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, s
     const unsigned grid = (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
     if (c->store == STORE_F16)
         sqz_launch("convert_to_f32", sqzk::convert_to_f32<__half>, grid, 256, 0, c->stream, (const void *)from,
-                   c->scratch, n);
+                   c->scratch[c->depth], n);
     else
         sqz_launch("convert_to_f32", sqzk::convert_to_f32<__nv_bfloat16>, grid, 256, 0, c->stream, (const void *)from,
-                   c->scratch, n);
+                   c->scratch[c->depth], n);
     CUDA_TRY(cudaGetLastError());
-    CUDA_TRY(cudaMemcpyAsync(dst, c->scratch, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_TRY(cudaMemcpyAsync(dst, c->scratch[c->depth], bytes, cudaMemcpyDeviceToHost, c->stream));
     return cuda_synchronize(c);
 }
 
@@ -748,8 +773,11 @@ void cuda_destroy(void *ctx)
     if (c->lt_workspace)
         cudaFree(c->lt_workspace);
 #endif
-    if (c->scratch)
-        cudaFree(c->scratch);
+    for (int i = 0; i < 2; i++)
+        if (c->scratch[i])
+            cudaFree(c->scratch[i]);
+    if (c->hidden)
+        cudaFree(c->hidden);
     if (c->check)
         cudaFree(c->check);
     if (c->pinned)
@@ -781,12 +809,13 @@ bool env_flag(const char *name, bool fallback)
     return strcmp(v, "0") != 0;
 }
 
-/* SQZ_CUDA_VARIANTS="linear=cublaslt,attention=1": names or numbers per family */
+/* SQZ_CUDA_VARIANTS="linear=cublaslt,attention=1,ffn=fused": names or numbers per family */
 sqz_status read_forced_variants(cuda_ctx *c)
 {
-    static const char *const families[FAMILIES] = {"linear", "attention"};
-    static const char *const *const names[FAMILIES] = {linear_variant_names, attention_variant_names};
-    static const int counts[FAMILIES] = {LINEAR_VARIANTS, ATTENTION_VARIANTS};
+    static const char *const *const families = family_names;
+    static const char *const *const names[FAMILIES] = {linear_variant_names, attention_variant_names,
+                                                       ffn_variant_names};
+    static const int counts[FAMILIES] = {LINEAR_VARIANTS, ATTENTION_VARIANTS, FFN_VARIANTS};
     for (int f = 0; f < FAMILIES; f++)
         c->forced[f] = -1;
     const char *text = getenv("SQZ_CUDA_VARIANTS");
@@ -802,7 +831,7 @@ sqz_status read_forced_variants(cuda_ctx *c)
             f++;
         if (f == FAMILIES)
             return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "SQZ_CUDA_VARIANTS: '%s' is not FAMILY=VARIANT with FAMILY "
-                            "linear or attention", item);
+                            "linear, attention or ffn", item);
         int v = 0;
         while (v < counts[f] && strcmp(eq + 1, names[f][v]) != 0 && !(eq[1] == '0' + v && eq[2] == '\0'))
             v++;
@@ -925,7 +954,8 @@ template <typename T, int HD, int WARPS>
 sqz_status flash_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, T *out)
 {
     constexpr size_t shared = sqzk::fa_shared_bytes<HD, WARPS>();
-    if (shared > 48 * 1024) /* per function and device; cheap, and not a stream operation */
+    /* per function and device: set on the first (never captured) run of each shape, cheap */
+    if (shared > 48 * 1024 && c->capturing < 0)
         CUDA_TRY(cudaFuncSetAttribute(sqzk::flash_attention<T, HD, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)shared));
     const int *in = node->inputs;
@@ -943,8 +973,6 @@ sqz_status flash_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node,
     LAUNCH_CHECK("flash_attention", node);
     return SQZ_OK;
 }
-
-bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* *ran = false when the variant does not apply (precision, head size, alignment) */
 template <typename T>
@@ -1012,31 +1040,38 @@ sqz_status compare_device(cuda_ctx *c, const void *got, const void *want, size_t
     return SQZ_OK;
 }
 
-/* Runs variant v of a node writing to out; *ran as the family's run functions say. */
-sqz_status run_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int family,
-                       int v, void *out, bool *ran)
+/* ---- running a node through its variants ------------------------------------------------
+ * A job is one linear, attention or FFN computation: its family, what identifies its shape,
+ * the size of its output, and how to run variant v into a given output. */
+struct variant_job {
+    int family;
+    int64_t key[6];
+    size_t out_bytes;
+    double flops, bytes; /* the work and the least memory traffic, for the kernel report */
+    const sqz_node *node;
+    std::function<sqz_status(int v, void *out, bool *ran)> run;
+};
+
+int variant_count(int family)
 {
-    if (family == FAMILY_LINEAR)
-        return linear_run(c, b, node, linear_shape(b, node, sqz_tensor_rows(&b->plan->graph.tensors[node->output], dims)),
-                          v, out, ran);
-    switch (c->store) {
-    case STORE_F32:
-        return attention_run<float>(c, b, node, dims, v, (float *)out, ran);
-    case STORE_F16:
-        return attention_run<__half>(c, b, node, dims, v, (__half *)out, ran);
-    default:
-        return attention_run<__nv_bfloat16>(c, b, node, dims, v, (__nv_bfloat16 *)out, ran);
-    }
+    return family == FAMILY_LINEAR ? (int)LINEAR_VARIANTS : family == FAMILY_ATTENTION ? (int)ATTENTION_VARIANTS
+                                                                                      : (int)FFN_VARIANTS;
+}
+
+const char *variant_name(int family, int v)
+{
+    return family == FAMILY_LINEAR ? linear_variant_names[v]
+           : family == FAMILY_ATTENTION ? attention_variant_names[v]
+                                        : ffn_variant_names[v];
 }
 
 /* seconds per run of a variant that has just run once (warm): MEASURE_RUNS more, timed */
-sqz_status time_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int family,
-                        int v, void *out, double *seconds)
+sqz_status time_variant(cuda_ctx *c, const variant_job &job, int v, void *out, double *seconds)
 {
     bool ran = true;
     CUDA_TRY(cudaEventRecord(c->ev_start, c->stream));
     for (int i = 0; i < MEASURE_RUNS; i++) {
-        sqz_status st = run_variant(c, b, node, dims, family, v, out, &ran);
+        sqz_status st = job.run(v, out, &ran);
         if (st != SQZ_OK)
             return st;
     }
@@ -1056,98 +1091,85 @@ int64_t pow2_at_least(int64_t n)
     return p;
 }
 
-/* what fixes a variant's behaviour: the shape, rounded where the work grows smoothly */
-void variant_key(const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int family, int64_t key[6])
+void report_choice(const cuda_ctx *c, const variant_choice &ch)
 {
-    const sqz_graph *g = &b->plan->graph;
-    memset(key, 0, 6 * sizeof key[0]);
-    if (family == FAMILY_LINEAR) {
-        key[0] = g->tensors[node->inputs[0]].cols;
-        key[1] = g->tensors[node->output].cols;
-        key[2] = node->params.linear.groups;
-        key[3] = node->n_inputs > 2 && node->inputs[2] >= 0;
-        key[4] = node->op == SQZ_OP_LINEAR_GELU;
-        key[5] = pow2_at_least(sqz_tensor_rows(&g->tensors[node->output], dims));
-    } else {
-        key[0] = node->params.attention.heads;
-        key[1] = node->params.attention.head_dim;
-        key[2] = pow2_at_least(dims->max_len);
-        key[3] = pow2_at_least(dims->sequences);
-        key[4] = pow2_at_least(dims->tokens);
-    }
+    fprintf(stderr, "sqz %s: %s %s key", SQZ_CUDA_NAME, sqz_precision_name(c->precision), family_names[ch.family]);
+    for (int i = 0; i < 6; i++)
+        fprintf(stderr, " %lld", (long long)ch.key[i]);
+    for (int v = 0; v < variant_count(ch.family); v++)
+        if (ch.seconds[v] >= 0)
+            fprintf(stderr, "  %s %.1f us (err %.1e)", variant_name(ch.family, v), ch.seconds[v] * 1e6, ch.error[v]);
+    fprintf(stderr, "  -> %s\n", variant_name(ch.family, ch.chosen));
 }
 
-const char *variant_name(int family, int v)
+/* The variant for a job's shape: cached, forced, or measured now (see "variants" above).
+ * *output_written: the chosen variant's output is already in `out`. */
+sqz_status choose_variant(cuda_ctx *c, const variant_job &job, void *out, int *chosen, bool *output_written)
 {
-    return family == FAMILY_LINEAR ? linear_variant_names[v] : attention_variant_names[v];
-}
-
-sqz_status choose_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims,
-                          int family, void *out, int *chosen, bool *output_written)
-{
-    const int count = family == FAMILY_LINEAR ? (int)LINEAR_VARIANTS : (int)ATTENTION_VARIANTS;
-    variant_choice ch;
-    memset(&ch, 0, sizeof ch);
-    ch.family = family;
-    variant_key(b, node, dims, family, ch.key);
+    const int family = job.family, count = variant_count(family);
+    *output_written = false;
     for (int i = 0; i < c->n_choices; i++) {
         const variant_choice *k = &c->choices[i];
-        if (k->family == family && memcmp(k->key, ch.key, sizeof ch.key) == 0) {
+        if (k->family == family && memcmp(k->key, job.key, sizeof job.key) == 0) {
             *chosen = k->chosen;
             return SQZ_OK;
         }
     }
-    *output_written = false;
-    if (c->forced[family] >= 0 || c->capturing >= 0) {
+    if (c->forced[family] >= 0 || c->capturing >= 0 || c->depth >= 1 + (family == FAMILY_FFN ? 0 : 1)) {
         /* forced, or (never expected) a new shape inside a capture: nothing is measured */
         *chosen = c->forced[family] >= 0 ? c->forced[family] : 0;
         return SQZ_OK;
     }
-    const size_t out_bytes = (size_t)(sqz_tensor_rows(&b->plan->graph.tensors[node->output], dims) *
-                                      b->plan->graph.tensors[node->output].cols) * element_size(c->store);
+    variant_choice ch;
+    memset(&ch, 0, sizeof ch);
+    ch.family = family;
+    memcpy(ch.key, job.key, sizeof ch.key);
+    ch.flops = job.flops, ch.bytes = job.bytes;
     for (int v = 0; v < MAX_VARIANTS; v++)
         ch.seconds[v] = -1;
     /* variant 0 into the real output: the reference */
     bool ran = false;
-    sqz_status st = run_variant(c, b, node, dims, family, 0, out, &ran);
+    sqz_status st = job.run(0, out, &ran);
     if (st == SQZ_OK && c->measure)
-        st = time_variant(c, b, node, dims, family, 0, out, &ch.seconds[0]);
+        st = time_variant(c, job, 0, out, &ch.seconds[0]);
     if (st != SQZ_OK)
         return st;
     ch.seconds[0] = c->measure ? ch.seconds[0] : 0;
+    const double bar = sqz_precision_op_tolerance(c->precision);
     int best = 0;
-    for (int v = 1; v < count; v++) {
+    for (int v = 1; v < count && st == SQZ_OK; v++) {
+        const int level = c->depth;
+        if ((st = ensure_scratch(c, job.out_bytes)) != SQZ_OK)
+            break;
+        void *candidate = c->scratch[level];
+        c->depth++; /* choices made inside this variant use the next scratch */
+        st = job.run(v, candidate, &ran);
+        c->depth--;
+        if (st != SQZ_OK || !ran)
+            continue;
         if (!c->measure) {
-            bool applies = false;
-            if ((st = ensure_scratch(c, out_bytes)) != SQZ_OK ||
-                (st = run_variant(c, b, node, dims, family, v, c->scratch, &applies)) != SQZ_OK)
-                return st;
-            if (applies)
-                best = v; /* no checking asked for: the highest that applies */
+            best = v; /* no checking asked for: the highest that applies */
             continue;
         }
-        if ((st = ensure_scratch(c, out_bytes)) != SQZ_OK ||
-            (st = run_variant(c, b, node, dims, family, v, c->scratch, &ran)) != SQZ_OK)
-            return st;
-        if (!ran)
-            continue;
-        if ((st = compare_device(c, c->scratch, out, out_bytes / element_size(c->store), &ch.error[v])) != SQZ_OK)
-            return st;
-        const double bar = sqz_precision_op_tolerance(c->precision);
+        if ((st = compare_device(c, candidate, out, job.out_bytes / element_size(c->store), &ch.error[v])) != SQZ_OK)
+            break;
         if (!(ch.error[v] <= bar)) {
 #ifdef SQZ_CUDA_SIM
             sqzsim::fault("variant %s of %s disagrees with variant %s on node '%s': max difference %.3e of the "
-                          "largest value, bar %.0e", variant_name(family, v), family ? "attention" : "linear",
-                          variant_name(family, 0), node->name, ch.error[v], bar);
+                          "largest value, bar %.0e", variant_name(family, v), family_names[family],
+                          variant_name(family, 0), job.node->name, ch.error[v], bar);
 #else
             fprintf(stderr, "sqz cuda: variant %s of %s is off on node '%s' (max difference %.3e of the largest "
                     "value, bar %.0e at %s): not used for this shape\n", variant_name(family, v),
-                    family ? "attention" : "linear", node->name, ch.error[v], bar, sqz_precision_name(c->precision));
+                    family_names[family], job.node->name, ch.error[v], bar, sqz_precision_name(c->precision));
             continue;
 #endif
         }
-        if ((st = time_variant(c, b, node, dims, family, v, c->scratch, &ch.seconds[v])) != SQZ_OK)
-            return st;
+        c->depth++;
+        st = time_variant(c, job, v, candidate, &ch.seconds[v]);
+        c->depth--;
+        if (st != SQZ_OK)
+            break;
 #ifdef SQZ_CUDA_SIM
         best = v; /* time means nothing here: the newest kernel that passed */
 #else
@@ -1155,46 +1177,177 @@ sqz_status choose_variant(cuda_ctx *c, const sqz_binding *b, const sqz_node *nod
             best = v;
 #endif
     }
+    if (st != SQZ_OK)
+        return st;
     ch.chosen = best;
-    if (best == 0)
-        *output_written = true; /* variant 0's output is already in place */
+    *output_written = best == 0; /* variant 0's output is already in place */
     if (c->n_choices < VARIANT_CHOICES)
         c->choices[c->n_choices++] = ch;
-    if (c->report) {
-        fprintf(stderr, "sqz %s: %s %s key", SQZ_CUDA_NAME, sqz_precision_name(c->precision),
-                family ? "attention" : "linear");
-        for (int i = 0; i < 6; i++)
-            fprintf(stderr, " %lld", (long long)ch.key[i]);
-        for (int v = 0; v < count; v++)
-            if (ch.seconds[v] >= 0)
-                fprintf(stderr, "  %s %.1f us (err %.1e)", variant_name(family, v), ch.seconds[v] * 1e6, ch.error[v]);
-        fprintf(stderr, "  -> %s\n", variant_name(family, best));
-    }
+    if (c->report)
+        report_choice(c, ch);
     *chosen = best;
     return SQZ_OK;
 }
 
-/* a linear or attention node: its chosen variant into its output */
-sqz_status run_chosen(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int family)
+/* a job: its chosen variant into out */
+sqz_status run_job(cuda_ctx *c, const variant_job &job, void *out)
 {
-    void *out = (char *)b->arena->ptr + b->plan->offsets[node->output];
     int v = 0;
-    bool written = false;
-    sqz_status st = choose_variant(c, b, node, dims, family, out, &v, &written);
+    bool written = false, ran = false;
+    sqz_status st = choose_variant(c, job, out, &v, &written);
     if (st != SQZ_OK || written)
         return st;
-    bool ran = false;
-    if ((st = run_variant(c, b, node, dims, family, v, out, &ran)) != SQZ_OK)
+    if ((st = job.run(v, out, &ran)) != SQZ_OK)
         return st;
     if (!ran) /* a forced variant that does not apply here: the reference instead */
-        st = run_variant(c, b, node, dims, family, 0, out, &ran);
+        st = job.run(0, out, &ran);
     return st;
+}
+
+variant_job linear_job(cuda_ctx *c, const gemm_args &a)
+{
+    variant_job job;
+    job.family = FAMILY_LINEAR;
+    memset(job.key, 0, sizeof job.key);
+    job.key[0] = a.s.cin, job.key[1] = a.s.cout, job.key[2] = a.s.groups, job.key[3] = a.s.bias,
+    job.key[4] = a.s.gelu, job.key[5] = pow2_at_least(a.s.rows);
+    job.out_bytes = (size_t)(a.s.rows * a.s.cout) * element_size(c->store);
+    job.flops = 2.0 * (double)a.s.rows * (double)a.s.cout * (double)a.s.cin_g;
+    job.bytes = (double)(a.s.rows * a.s.cin + a.s.cout * a.s.cin_g + a.s.rows * a.s.cout) * element_size(c->store);
+    job.node = a.node;
+    job.run = [c, a](int v, void *out, bool *ran) { return linear_exec(c, a, v, out, ran); };
+    return job;
+}
+
+variant_job attention_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
+{
+    variant_job job;
+    job.family = FAMILY_ATTENTION;
+    memset(job.key, 0, sizeof job.key);
+    job.key[0] = node->params.attention.heads, job.key[1] = node->params.attention.head_dim,
+    job.key[2] = pow2_at_least(dims->max_len), job.key[3] = pow2_at_least(dims->sequences),
+    job.key[4] = pow2_at_least(dims->tokens);
+    job.out_bytes = (size_t)(dims->tokens * node->params.attention.heads * node->params.attention.head_dim) *
+                    element_size(c->store);
+    job.flops = 4.0 * (double)dims->score_rows * node->params.attention.heads * node->params.attention.head_dim;
+    job.bytes = 4.0 * (double)job.out_bytes; /* q, k and v read, the context written */
+    job.node = node;
+    const sqz_run_dims d = *dims;
+    job.run = [c, b, node, d](int v, void *out, bool *ran) {
+        switch (c->store) {
+        case STORE_F32:
+            return attention_run<float>(c, b, node, &d, v, (float *)out, ran);
+        case STORE_F16:
+            return attention_run<__half>(c, b, node, &d, v, (__half *)out, ran);
+        default:
+            return attention_run<__nv_bfloat16>(c, b, node, &d, v, (__nv_bfloat16 *)out, ran);
+        }
+    };
+    return job;
+}
+
+/* the fused kernel's shapes: (K1, N2) per group and a warp count, instantiated for the models'
+ * group sizes (SqueezeBERT's 192, small test models' 32) */
+template <typename T, int K1, int N2, int WARPS>
+sqz_status ffn_fused_launch(cuda_ctx *c, const sqz_node *node, const gemm_args &first, const gemm_args &second,
+                            void *y)
+{
+    constexpr size_t shared = sqzk::ffn_shared_bytes<K1, N2, WARPS>();
+    if (shared > 48 * 1024 && c->capturing < 0) /* as in flash_launch */
+        CUDA_TRY(cudaFuncSetAttribute(sqzk::ffn_fused<T, K1, N2, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)shared));
+    const dim3 grid(blocks((size_t)first.s.rows, 16 * WARPS), (unsigned)first.s.groups);
+    sqz_launch("ffn_fused", sqzk::ffn_fused<T, K1, N2, WARPS>, grid, 32 * WARPS, shared, c->stream, first.x, first.w,
+               first.bias32, second.w, second.bias32, y, (int)first.s.rows, first.s.groups, (int)first.s.cout_g);
+    LAUNCH_CHECK("ffn_fused", node);
+    return SQZ_OK;
+}
+
+template <typename T>
+sqz_status ffn_fused_run(cuda_ctx *c, const sqz_node *node, const gemm_args &first, const gemm_args &second, void *y,
+                         bool *ran)
+{
+    const int64_t k1 = first.s.cin_g, n2 = second.s.cout_g;
+    const uintptr_t any = (uintptr_t)first.x | (uintptr_t)first.w | (uintptr_t)second.w | (uintptr_t)y;
+    *ran = (any & 15) == 0 && first.s.cout_g % 8 == 0 && ((k1 == 192 && n2 == 192) || (k1 == 32 && n2 == 32));
+    if (!*ran)
+        return SQZ_OK;
+    const bool many = first.s.rows > 64 * 132; /* enough rows to fill the SMs with bigger tiles */
+    if (k1 == 192)
+        return many ? ffn_fused_launch<T, 192, 192, 8>(c, node, first, second, y)
+                    : ffn_fused_launch<T, 192, 192, 4>(c, node, first, second, y);
+    return ffn_fused_launch<T, 32, 32, 4>(c, node, first, second, y);
+}
+
+variant_job ffn_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int64_t rows)
+{
+    const sqz_graph *g = &b->plan->graph;
+    const int *in = node->inputs;
+    /* the two products as the unfused plan had them */
+    gemm_args first, second;
+    first.s.rows = second.s.rows = rows;
+    first.s.groups = second.s.groups = node->params.linear.groups;
+    first.s.cin = g->tensors[in[0]].cols;
+    first.s.cout = second.s.cin = g->tensors[in[1]].fixed_rows;
+    second.s.cout = g->tensors[node->output].cols;
+    first.s.cin_g = first.s.cin / first.s.groups, first.s.cout_g = first.s.cout / first.s.groups;
+    second.s.cin_g = second.s.cin / second.s.groups, second.s.cout_g = second.s.cout / second.s.groups;
+    first.s.bias = second.s.bias = true;
+    first.s.gelu = true, second.s.gelu = false;
+    first.x = act<char>(b, in[0]);
+    first.w = weight_stored(c, b, in[1]), first.bias32 = weight_f32(b, in[2]), first.bias_stored = weight_stored(c, b, in[2]);
+    second.x = NULL; /* the hidden activation, where the variant puts it */
+    second.w = weight_stored(c, b, in[3]), second.bias32 = weight_f32(b, in[4]), second.bias_stored = weight_stored(c, b, in[4]);
+    first.node = second.node = node;
+    (void)dims;
+    variant_job job;
+    job.family = FAMILY_FFN;
+    memset(job.key, 0, sizeof job.key);
+    job.key[0] = first.s.cin, job.key[1] = first.s.cout, job.key[2] = second.s.cout, job.key[3] = first.s.groups,
+    job.key[4] = pow2_at_least(rows);
+    job.out_bytes = (size_t)(rows * second.s.cout) * element_size(c->store);
+    job.flops = 2.0 * (double)rows * ((double)first.s.cout * first.s.cin_g + (double)second.s.cout * second.s.cin_g);
+    job.bytes = (double)(rows * first.s.cin + first.s.cout * first.s.cin_g + second.s.cout * second.s.cin_g +
+                         rows * second.s.cout) * element_size(c->store);
+    job.node = node;
+    job.run = [c, node, first, second](int v, void *out, bool *ran) -> sqz_status {
+        *ran = true;
+        if (v == FFN_FUSED) {
+            if (c->store == STORE_F32) {
+                *ran = false;
+                return SQZ_OK;
+            }
+            return c->store == STORE_F16 ? ffn_fused_run<__half>(c, node, first, second, out, ran)
+                                         : ffn_fused_run<__nv_bfloat16>(c, node, first, second, out, ran);
+        }
+        /* the hidden activation in c->hidden: growing it invalidates graphs that captured it */
+        const size_t hidden_bytes = (size_t)(first.s.rows * first.s.cout) * element_size(c->store);
+        if (c->hidden_bytes < hidden_bytes) {
+            for (int i = 0; i < GRAPH_CACHE; i++)
+                graph_drop(&c->graphs[i]);
+            sqz_status st = ensure_device(c, &c->hidden, &c->hidden_bytes, hidden_bytes);
+            if (st != SQZ_OK)
+                return st;
+        }
+        gemm_args second_in = second;
+        second_in.x = c->hidden;
+        if (v == FFN_SIMT) {
+            bool applied = false;
+            sqz_status st = linear_exec(c, first, LINEAR_SIMT, c->hidden, &applied);
+            return st != SQZ_OK ? st : linear_exec(c, second_in, LINEAR_SIMT, out, &applied);
+        }
+        sqz_status st = run_job(c, linear_job(c, first), c->hidden); /* FFN_SPLIT */
+        return st != SQZ_OK ? st : run_job(c, linear_job(c, second_in), out);
+    };
+    return job;
 }
 
 /* ---- other ops, in the storage type T ------------------------------------------------- */
 
-template <typename T>
-sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows, int64_t cols)
+/* the LayerNorm family with E columns per access and embedding tables of type TAB */
+template <typename T, typename TAB, int E>
+sqz_status layernorm_launch_e(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows, int64_t cols,
+                              const TAB *word, const TAB *pos, const TAB *type)
 {
     const sqz_graph *g = &b->plan->graph;
     const int *in = node->inputs;
@@ -1203,28 +1356,65 @@ sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *n
     T *out = act<T>(b, node->output);
     const T *none = NULL;
     const int *no_ints = NULL;
-    const float *no_table = NULL;
+    const TAB *no_table = NULL;
     switch (node->op) {
     case SQZ_OP_LAYERNORM:
-        sqz_launch("layernorm", sqzk::layernorm_rows<T, sqzk::LN_PLAIN>, grid, threads, 0, c->stream,
+        sqz_launch("layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_PLAIN, E>, grid, threads, 0, c->stream,
                    act<T>(b, in[0]), none, no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0, 0,
                    weight_f32(b, in[1]), weight_f32(b, in[2]), out, (int)rows, (int)cols, eps);
         break;
     case SQZ_OP_ADD_LAYERNORM:
-        sqz_launch("add_layernorm", sqzk::layernorm_rows<T, sqzk::LN_ADD>, grid, threads, 0, c->stream,
+        sqz_launch("add_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_ADD, E>, grid, threads, 0, c->stream,
                    act<T>(b, in[0]), act<T>(b, in[1]), no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0,
                    0, weight_f32(b, in[2]), weight_f32(b, in[3]), out, (int)rows, (int)cols, eps);
         break;
     default: /* SQZ_OP_EMBED_LAYERNORM: ids, positions, types, word, pos, type, gamma, beta */
-        sqz_launch("embed_layernorm", sqzk::layernorm_rows<T, sqzk::LN_EMBED>, grid, threads, 0, c->stream, none,
-                   none, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), weight_f32(b, in[3]), weight_f32(b, in[4]),
-                   weight_f32(b, in[5]), (int)g->tensors[in[3]].fixed_rows, (int)g->tensors[in[4]].fixed_rows,
+        sqz_launch("embed_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_EMBED, E>, grid, threads, 0, c->stream,
+                   none, none, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), word, pos, type,
+                   (int)g->tensors[in[3]].fixed_rows, (int)g->tensors[in[4]].fixed_rows,
                    (int)g->tensors[in[5]].fixed_rows, weight_f32(b, in[6]), weight_f32(b, in[7]), out, (int)rows,
                    (int)cols, eps);
         break;
     }
     LAUNCH_CHECK(sqz_op_name(node->op), node);
     return SQZ_OK;
+}
+
+/* 16-byte accesses where every row and operand allows them; embedding tables in the storage
+ * type at 16-bit precisions (the session's copy of the weights), fp32 otherwise */
+template <typename T>
+sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows, int64_t cols)
+{
+    constexpr int E = 16 / sizeof(T);
+    const int *in = node->inputs;
+    const int n_ptr = node->op == SQZ_OP_EMBED_LAYERNORM ? 5 : node->op == SQZ_OP_ADD_LAYERNORM ? 5 : 4;
+    const void *ptrs[5] = {act<T>(b, node->output)};
+    if (node->op == SQZ_OP_EMBED_LAYERNORM) {
+        ptrs[1] = weight_stored(c, b, in[3]), ptrs[2] = weight_stored(c, b, in[4]), ptrs[3] = weight_stored(c, b, in[5]);
+        ptrs[4] = weight_f32(b, in[6]);
+    } else {
+        ptrs[1] = act<T>(b, in[0]);
+        ptrs[2] = weight_f32(b, in[node->op == SQZ_OP_ADD_LAYERNORM ? 2 : 1]);
+        ptrs[3] = weight_f32(b, in[node->op == SQZ_OP_ADD_LAYERNORM ? 3 : 2]);
+        if (node->op == SQZ_OP_ADD_LAYERNORM)
+            ptrs[4] = act<T>(b, in[1]);
+    }
+    bool vec = cols % E == 0;
+    for (int i = 0; i < n_ptr; i++)
+        vec = vec && aligned16(ptrs[i]);
+    if (node->op == SQZ_OP_EMBED_LAYERNORM) {
+        vec = vec && aligned16(weight_f32(b, in[7]));
+        if (c->store != STORE_F32) {
+            const T *word = (const T *)ptrs[1], *pos = (const T *)ptrs[2], *type = (const T *)ptrs[3];
+            return vec ? layernorm_launch_e<T, T, E>(c, b, node, rows, cols, word, pos, type)
+                       : layernorm_launch_e<T, T, 1>(c, b, node, rows, cols, word, pos, type);
+        }
+    }
+    const float *word = NULL, *pos = NULL, *type = NULL;
+    if (node->op == SQZ_OP_EMBED_LAYERNORM)
+        word = weight_f32(b, in[3]), pos = weight_f32(b, in[4]), type = weight_f32(b, in[5]);
+    return vec ? layernorm_launch_e<T, float, E>(c, b, node, rows, cols, word, pos, type)
+               : layernorm_launch_e<T, float, 1>(c, b, node, rows, cols, word, pos, type);
 }
 
 template <typename T>
@@ -1325,10 +1515,13 @@ sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *node, co
     switch (node->op) {
     case SQZ_OP_LINEAR:
     case SQZ_OP_LINEAR_GELU:
-        st = run_chosen(c, b, node, dims, FAMILY_LINEAR);
+        st = run_job(c, linear_job(c, linear_args(c, b, node, rows)), act<char>(b, node->output));
         break;
     case SQZ_OP_ATTENTION:
-        st = run_chosen(c, b, node, dims, FAMILY_ATTENTION);
+        st = run_job(c, attention_job(c, b, node, dims), act<char>(b, node->output));
+        break;
+    case SQZ_OP_FFN:
+        st = run_job(c, ffn_job(c, b, node, dims, rows), act<char>(b, node->output));
         break;
     case SQZ_OP_ATTN_SCORES:
     case SQZ_OP_ATTN_KEY_MASK:
@@ -1448,6 +1641,32 @@ sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_dims *dim
     return SQZ_OK;
 }
 
+sqz_status cuda_kernel_report(void *ctx, char **text)
+{
+    const cuda_ctx *c = (const cuda_ctx *)ctx;
+    sqz_status st = sqz_text_append(text, "%s", "");
+    for (int i = 0; i < c->n_choices && st == SQZ_OK; i++) {
+        const variant_choice &ch = c->choices[i];
+        char shape[160];
+        if (ch.family == FAMILY_ATTENTION)
+            snprintf(shape, sizeof shape, "heads %lld x %lld, length <= %lld, <= %lld sequences, <= %lld tokens",
+                     (long long)ch.key[0], (long long)ch.key[1], (long long)ch.key[2], (long long)ch.key[3],
+                     (long long)ch.key[4]);
+        else if (ch.family == FAMILY_FFN)
+            snprintf(shape, sizeof shape, "%lld -> %lld -> %lld, %lld groups, <= %lld rows", (long long)ch.key[0],
+                     (long long)ch.key[1], (long long)ch.key[2], (long long)ch.key[3], (long long)ch.key[4]);
+        else
+            snprintf(shape, sizeof shape, "%lld -> %lld, %lld groups%s%s, <= %lld rows", (long long)ch.key[0],
+                     (long long)ch.key[1], (long long)ch.key[2], ch.key[3] ? ", bias" : "", ch.key[4] ? ", gelu" : "",
+                     (long long)ch.key[5]);
+        for (int v = 0; v < variant_count(ch.family) && st == SQZ_OK; v++)
+            st = sqz_text_append(text, "%s\t%s\t%s\t%.9g\t%.3g\t%.6g\t%.6g\t%d\n", family_names[ch.family], shape,
+                                 variant_name(ch.family, v), ch.seconds[v], ch.error[v], ch.flops, ch.bytes,
+                                 v == ch.chosen);
+    }
+    return st;
+}
+
 sqz_backend_ops make_ops(void)
 {
     sqz_backend_ops ops;
@@ -1478,6 +1697,7 @@ sqz_backend_ops make_ops(void)
     ops.device_address = cuda_device_address;
     ops.records_runs = cuda_records_runs;
     ops.graph_counts = cuda_graph_counts;
+    ops.kernel_report = cuda_kernel_report;
 #ifdef SQZ_CUDA_SIM
     ops.emulated = true;
 #endif

@@ -5,7 +5,10 @@
  *   1 cublas    cublasGemmStridedBatchedEx, then the bias (+ GELU) kernel
  *   2 cublaslt  cuBLASLt strided-batched with the bias in its epilogue, then the GELU kernel
  *               (cuBLASLt's own GELU epilogue is the tanh form, which the model is not)
- * cuBLAS and cuBLASLt do not exist in cuda-sim, which has variant 0 only.
+ *   3 mma128    gemm_mma (cuda/cuda_mma_gemm.cuh): tensor cores, fp16/bf16, bias and exact
+ *               GELU in its epilogue; 128 x 128 tiles, 8 warps, 3 stages
+ *   4 mma64     the same with 64 x 64 tiles and 4 warps (narrow groups, few rows)
+ * cuBLAS and cuBLASLt do not exist in cuda-sim, which runs the others.
  *
  * On row-major activations, in cuBLAS's column-major view: Y^T[g] (cout_g x rows) =
  * W_g (stored [cout_g][cin_g], so transposed) x X^T[g] (cin_g x rows, leading dimension cin);
@@ -13,8 +16,8 @@
 #ifndef SQZ_CUDA_GEMM_CUH
 #define SQZ_CUDA_GEMM_CUH
 
-enum linear_variant { LINEAR_SIMT, LINEAR_CUBLAS, LINEAR_CUBLASLT, LINEAR_VARIANTS };
-static const char *const linear_variant_names[LINEAR_VARIANTS] = {"simt", "cublas", "cublaslt"};
+enum linear_variant { LINEAR_SIMT, LINEAR_CUBLAS, LINEAR_CUBLASLT, LINEAR_MMA128, LINEAR_MMA64, LINEAR_VARIANTS };
+static const char *const linear_variant_names[LINEAR_VARIANTS] = {"simt", "cublas", "cublaslt", "mma128", "mma64"};
 
 struct gemm_shape {
     int64_t rows, cin, cout, cin_g, cout_g;
@@ -77,6 +80,39 @@ static sqz_status simt_launch(cuda_ctx *c, const sqz_node *node, const gemm_shap
                    (const T *)x, (const T *)w, bias, (T *)y, (int)s.rows, (int)s.cin, (int)s.cout, s.groups);
     LAUNCH_CHECK("gemm_simt", node);
     return SQZ_OK;
+}
+
+template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int STAGES>
+static sqz_status mma_launch(cuda_ctx *c, const sqz_node *node, const gemm_shape &s, const void *w, const void *x,
+                             void *y, const float *bias)
+{
+    constexpr size_t shared = sqzk::mma_gemm_shared_bytes<BM, BN, STAGES>();
+    const dim3 grid(blocks((size_t)s.cout_g, BN), blocks((size_t)s.rows, BM), (unsigned)s.groups);
+    if (s.gelu) {
+        if (shared > 48 * 1024 && c->capturing < 0) /* as in flash_launch */
+            CUDA_TRY(cudaFuncSetAttribute(sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, true>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
+        sqz_launch("gemm_mma", sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, true>, grid,
+                   32 * WARPS_M * WARPS_N, shared, c->stream, x, w, bias, y, (int)s.rows, (int)s.cin, (int)s.cout,
+                   s.groups);
+    } else {
+        if (shared > 48 * 1024 && c->capturing < 0) /* as in flash_launch */
+            CUDA_TRY(cudaFuncSetAttribute(sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, false>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
+        sqz_launch("gemm_mma", sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, false>, grid,
+                   32 * WARPS_M * WARPS_N, shared, c->stream, x, w, bias, y, (int)s.rows, (int)s.cin, (int)s.cout,
+                   s.groups);
+    }
+    LAUNCH_CHECK("gemm_mma", node);
+    return SQZ_OK;
+}
+
+/* what gemm_mma needs: 16-bit storage, whole 16-byte chunks of K per group, 16-byte aligned
+ * rows and pointers, pairs of output columns */
+static bool mma_applies(const cuda_ctx *c, const gemm_shape &s, const void *w, const void *x, const void *y)
+{
+    const uintptr_t any = (uintptr_t)w | (uintptr_t)x | (uintptr_t)y;
+    return c->store != STORE_F32 && s.cin_g % 8 == 0 && s.cin % 8 == 0 && s.cout_g % 2 == 0 && (any & 15) == 0;
 }
 
 #ifndef SQZ_CUDA_SIM
@@ -187,38 +223,69 @@ out:
 }
 #endif
 
+/* one grouped product and where its operands are: a linear node's, or half of a fused FFN */
+struct gemm_args {
+    gemm_shape s;
+    const void *w, *x;         /* in the storage type */
+    const float *bias32;       /* fp32 bias, or NULL */
+    const void *bias_stored;   /* the bias in the storage type (cuBLASLt's epilogue), or NULL */
+    const sqz_node *node;      /* for messages */
+};
+
+static gemm_args linear_args(const cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows)
+{
+    gemm_args a;
+    a.s = linear_shape(b, node, rows);
+    a.w = weight_stored(c, b, node->inputs[1]);
+    a.x = (const char *)b->arena->ptr + b->plan->offsets[node->inputs[0]];
+    a.bias32 = a.s.bias ? weight_f32(b, node->inputs[2]) : NULL;
+    a.bias_stored = a.s.bias ? weight_stored(c, b, node->inputs[2]) : NULL;
+    a.node = node;
+    return a;
+}
+
 /* Runs one linear variant writing to y. *ran = false when the variant does not apply to this
  * shape here (nothing was enqueued). */
-static sqz_status linear_run(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const gemm_shape &s, int variant,
-                             void *y, bool *ran)
+static sqz_status linear_exec(cuda_ctx *c, const gemm_args &a, int variant, void *y, bool *ran)
 {
-    const void *w = weight_stored(c, b, node->inputs[1]);
-    const void *x = (const char *)b->arena->ptr + b->plan->offsets[node->inputs[0]];
-    const float *bias32 = s.bias ? weight_f32(b, node->inputs[2]) : NULL;
+    const gemm_shape &s = a.s;
+    const sqz_node *node = a.node;
     *ran = true;
     switch (variant) {
     case LINEAR_SIMT:
         switch (c->store) {
         case STORE_F32:
-            return simt_launch<float>(c, node, s, w, x, y, bias32);
+            return simt_launch<float>(c, node, s, a.w, a.x, y, a.bias32);
         case STORE_F16:
-            return simt_launch<__half>(c, node, s, w, x, y, bias32);
+            return simt_launch<__half>(c, node, s, a.w, a.x, y, a.bias32);
         default:
-            return simt_launch<__nv_bfloat16>(c, node, s, w, x, y, bias32);
+            return simt_launch<__nv_bfloat16>(c, node, s, a.w, a.x, y, a.bias32);
         }
+    case LINEAR_MMA128:
+    case LINEAR_MMA64:
+        if (!mma_applies(c, s, a.w, a.x, y)) {
+            *ran = false;
+            return SQZ_OK;
+        }
+        if (variant == LINEAR_MMA128)
+            return c->store == STORE_F16
+                       ? mma_launch<__half, 128, 128, 2, 4, 3>(c, node, s, a.w, a.x, y, a.bias32)
+                       : mma_launch<__nv_bfloat16, 128, 128, 2, 4, 3>(c, node, s, a.w, a.x, y, a.bias32);
+        return c->store == STORE_F16 ? mma_launch<__half, 64, 64, 2, 2, 3>(c, node, s, a.w, a.x, y, a.bias32)
+                                     : mma_launch<__nv_bfloat16, 64, 64, 2, 2, 3>(c, node, s, a.w, a.x, y, a.bias32);
 #ifndef SQZ_CUDA_SIM
     case LINEAR_CUBLAS: {
         const float one = 1.0f, zero = 0.0f;
         const cudaDataType_t dt = data_type(c->store);
         CUBLAS_TRY(cublasGemmStridedBatchedEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)s.cout_g, (int)s.rows,
-                                              (int)s.cin_g, &one, w, dt, (int)s.cin_g, s.cout_g * s.cin_g, x, dt,
+                                              (int)s.cin_g, &one, a.w, dt, (int)s.cin_g, s.cout_g * s.cin_g, a.x, dt,
                                               (int)s.cin, s.cin_g, &zero, y, dt, (int)s.cout, s.cout_g, s.groups,
                                               compute_type(c->precision), CUBLAS_GEMM_DEFAULT));
-        return bias_act_after(c, node, y, bias32, s);
+        return bias_act_after(c, node, y, a.bias32, s);
     }
     case LINEAR_CUBLASLT: {
         /* cuBLASLt takes the bias in the output type: fp32, or the 16-bit copy */
-        sqz_status st = linear_lt(c, s, w, x, y, s.bias ? weight_stored(c, b, node->inputs[2]) : NULL, ran);
+        sqz_status st = linear_lt(c, s, a.w, a.x, y, a.bias_stored, ran);
         if (st != SQZ_OK || !*ran)
             return st;
         return bias_act_after(c, node, y, NULL, s);

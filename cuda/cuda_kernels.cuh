@@ -31,39 +31,87 @@ __device__ __forceinline__ float warp_sum(float v)
 
 __device__ __forceinline__ int clamp_index(int i, int n) { return i < 0 ? 0 : i >= n ? n - 1 : i; }
 
+/* E consecutive elements as fp32, in 16-byte loads where E elements fill whole words (the
+ * caller guarantees 16-byte alignment then), else one by one */
+template <int E, typename TT> __device__ __forceinline__ void load_elems(const TT *p, float (&v)[E])
+{
+    if constexpr (E * sizeof(TT) >= 16 && E * sizeof(TT) % 16 == 0) {
+        TT e[E];
+        for (int w = 0; w < (int)(E * sizeof(TT) / 16); w++) {
+            const uint4 raw = ((const uint4 *)p)[w];
+            memcpy((void *)(e + w * (16 / sizeof(TT))), &raw, 16);
+        }
+        for (int i = 0; i < E; i++)
+            v[i] = to_f(e[i]);
+    } else {
+        for (int i = 0; i < E; i++)
+            v[i] = to_f(p[i]);
+    }
+}
+
+template <int E, typename T> __device__ __forceinline__ void store_elems(T *p, const float (&v)[E])
+{
+    if constexpr (E * sizeof(T) == 16) {
+        T e[E];
+        for (int i = 0; i < E; i++)
+            e[i] = from_f<T>(v[i]);
+        uint4 raw;
+        memcpy(&raw, (const void *)e, 16);
+        *(uint4 *)p = raw;
+    } else {
+        for (int i = 0; i < E; i++)
+            p[i] = from_f<T>(v[i]);
+    }
+}
+
 /* ---- LayerNorm family: one warp per row ------------------------------------------------
- * The row's values stay in registers (rows up to 32 * LN_PER_LANE columns); wider rows are
- * recomputed from the inputs in each pass. Two passes (mean, then squared deviations), as
- * the reference does. Each lane writes only the columns it read, so out may alias an input. */
+ * A lane handles groups of E consecutive columns (E = 1, or 16 bytes of T for 16-byte loads
+ * and stores where the row allows: cols a multiple of E, rows and pointers aligned). The row's
+ * values stay in registers (rows up to 32 * LN_PER_LANE columns); wider rows are recomputed
+ * from the inputs in each pass. Two passes (mean, then squared deviations), as the reference
+ * does. Each lane writes only the columns it read, so out may alias an input. Embedding tables
+ * (TAB) are fp32, or the session's 16-bit copy at a 16-bit precision. */
 constexpr int LN_PER_LANE = 32;
 constexpr int LN_ROWS_PER_BLOCK = 4;
 
 enum LnMode { LN_PLAIN, LN_ADD, LN_EMBED };
 
-template <typename T, LnMode mode> struct LnRow {
-    const T *a, *b;                          /* LN_PLAIN: a; LN_ADD: a + b */
-    const float *word, *pos, *type;          /* LN_EMBED: (word + pos) + type, fp32 tables */
-    __device__ __forceinline__ float at(int c) const
+template <typename T, typename TAB, LnMode mode, int E> struct LnRow {
+    const T *a, *b;              /* LN_PLAIN: a; LN_ADD: a + b */
+    const TAB *word, *pos, *type; /* LN_EMBED: (word + pos) + type */
+    __device__ __forceinline__ void at(int c, float (&v)[E]) const
     {
-        if (mode == LN_PLAIN)
-            return to_f(a[c]);
-        if (mode == LN_ADD)
-            return to_f(a[c]) + to_f(b[c]);
-        return (word[c] + pos[c]) + type[c];
+        if (mode == LN_EMBED) {
+            float p[E], t[E];
+            load_elems<E>(word + c, v);
+            load_elems<E>(pos + c, p);
+            load_elems<E>(type + c, t);
+            for (int i = 0; i < E; i++)
+                v[i] = (v[i] + p[i]) + t[i];
+            return;
+        }
+        load_elems<E>(a + c, v);
+        if (mode == LN_ADD) {
+            float w[E];
+            load_elems<E>(b + c, w);
+            for (int i = 0; i < E; i++)
+                v[i] += w[i];
+        }
     }
 };
 
-template <typename T, LnMode mode>
+template <typename T, typename TAB, LnMode mode, int E>
 __global__ void __launch_bounds__(32 * LN_ROWS_PER_BLOCK)
-layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, const int *types,
-               const float *word, const float *pos, const float *type, int vocab, int max_positions,
-               int type_vocab, const float *gamma, const float *beta, T *out, int rows, int cols, float eps)
+layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, const int *types, const TAB *word,
+               const TAB *pos, const TAB *type, int vocab, int max_positions, int type_vocab, const float *gamma,
+               const float *beta, T *out, int rows, int cols, float eps)
 {
+    constexpr int GROUPS = LN_PER_LANE / E; /* cached groups per lane */
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * LN_ROWS_PER_BLOCK + (threadIdx.x >> 5);
     if (r >= rows)
         return;
-    LnRow<T, mode> row;
+    LnRow<T, TAB, mode, E> row;
     const size_t base = (size_t)r * cols;
     if (mode == LN_EMBED) {
         row.word = word + (size_t)clamp_index(ids[r], vocab) * cols;
@@ -74,46 +122,67 @@ layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, con
         row.b = mode == LN_ADD ? b + base : nullptr;
     }
     T *o = out + base;
-    const bool cached = cols <= 32 * LN_PER_LANE;
-    float v[LN_PER_LANE];
+    const int n_groups = cols / E;
+    const bool cached = n_groups <= 32 * GROUPS;
+    float v[GROUPS][E];
     float sum = 0.0f;
     if (cached) {
 #pragma unroll
-        for (int j = 0; j < LN_PER_LANE; j++) {
-            const int c = lane + 32 * j;
-            v[j] = c < cols ? row.at(c) : 0.0f;
-            sum += v[j];
+        for (int j = 0; j < GROUPS; j++) {
+            const int q = lane + 32 * j;
+            if (q < n_groups)
+                row.at(q * E, v[j]);
+            else
+                for (int i = 0; i < E; i++)
+                    v[j][i] = 0.0f;
+            for (int i = 0; i < E; i++)
+                sum += v[j][i];
         }
     } else {
-        for (int c = lane; c < cols; c += 32)
-            sum += row.at(c);
+        for (int q = lane; q < n_groups; q += 32) {
+            float x[E];
+            row.at(q * E, x);
+            for (int i = 0; i < E; i++)
+                sum += x[i];
+        }
     }
     const float mean = warp_sum(sum) / (float)cols;
     float sq = 0.0f;
     if (cached) {
 #pragma unroll
-        for (int j = 0; j < LN_PER_LANE; j++) {
-            const int c = lane + 32 * j;
-            const float d = c < cols ? v[j] - mean : 0.0f;
-            sq += d * d;
-        }
+        for (int j = 0; j < GROUPS; j++)
+            for (int i = 0; i < E; i++) {
+                const float d = lane + 32 * j < n_groups ? v[j][i] - mean : 0.0f;
+                sq += d * d;
+            }
     } else {
-        for (int c = lane; c < cols; c += 32) {
-            const float d = row.at(c) - mean;
-            sq += d * d;
+        for (int q = lane; q < n_groups; q += 32) {
+            float x[E];
+            row.at(q * E, x);
+            for (int i = 0; i < E; i++)
+                sq += (x[i] - mean) * (x[i] - mean);
         }
     }
     const float inv = rsqrtf(warp_sum(sq) / (float)cols + eps);
+    auto normalize = [&](int q, const float(&x)[E]) {
+        float y[E], gm[E], bt[E];
+        load_elems<E>(gamma + q * E, gm);
+        load_elems<E>(beta + q * E, bt);
+        for (int i = 0; i < E; i++)
+            y[i] = (x[i] - mean) * inv * gm[i] + bt[i];
+        store_elems<E>(o + q * E, y);
+    };
     if (cached) {
 #pragma unroll
-        for (int j = 0; j < LN_PER_LANE; j++) {
-            const int c = lane + 32 * j;
-            if (c < cols)
-                o[c] = from_f<T>((v[j] - mean) * inv * gamma[c] + beta[c]);
-        }
+        for (int j = 0; j < GROUPS; j++)
+            if (lane + 32 * j < n_groups)
+                normalize(lane + 32 * j, v[j]);
     } else {
-        for (int c = lane; c < cols; c += 32)
-            o[c] = from_f<T>((row.at(c) - mean) * inv * gamma[c] + beta[c]);
+        for (int q = lane; q < n_groups; q += 32) {
+            float x[E];
+            row.at(q * E, x);
+            normalize(q, x);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ static const char *const op_names[SQZ_OP_COUNT] = {
     [SQZ_OP_ATTN_SOFTMAX] = "attn_softmax",   [SQZ_OP_ATTN_CONTEXT] = "attn_context",
     [SQZ_OP_EMBED_LAYERNORM] = "embed_layernorm", [SQZ_OP_LINEAR_GELU] = "linear_gelu",
     [SQZ_OP_ADD_LAYERNORM] = "add_layernorm", [SQZ_OP_ATTENTION] = "attention",
+    [SQZ_OP_FFN] = "ffn",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == SQZ_OP_COUNT, "op name table");
 
@@ -210,6 +211,7 @@ static const op_signature signatures[SQZ_OP_COUNT] = {
     [SQZ_OP_ATTN_SOFTMAX] = {3, 3, 0x6},  [SQZ_OP_ATTN_CONTEXT] = {4, 4, 0xC},
     [SQZ_OP_EMBED_LAYERNORM] = {8, 8, 0x7}, [SQZ_OP_LINEAR_GELU] = {3, 3, 0},
     [SQZ_OP_ADD_LAYERNORM] = {4, 4, 0},   [SQZ_OP_ATTENTION] = {6, 6, 0x38},
+    [SQZ_OP_FFN] = {5, 5, 0},
 };
 
 #define VERIFY(cond, ...)                                                                  \
@@ -387,6 +389,19 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
             s = same_rows(out, in[0]) ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
         }
+        case SQZ_OP_FFN: {
+            const int g = node->params.linear.groups;
+            const int64_t mid = in[1]->fixed_rows;
+            VERIFY(g >= 1 && in[0]->cols % g == 0 && mid % g == 0 && out->cols % g == 0 &&
+                       in[1]->extent == SQZ_EXTENT_FIXED && in[1]->cols == in[0]->cols / g &&
+                       is_row_vector(in[2], mid) && in[3]->extent == SQZ_EXTENT_FIXED &&
+                       in[3]->fixed_rows == out->cols && in[3]->cols == mid / g && is_row_vector(in[4], out->cols),
+                   "weights [%lld, %lld] and [%lld, %lld] or biases do not fit %lld -> %lld -> %lld channels in %d "
+                   "groups", (long long)in[1]->fixed_rows, (long long)in[1]->cols, (long long)in[3]->fixed_rows,
+                   (long long)in[3]->cols, (long long)in[0]->cols, (long long)mid, (long long)out->cols, g);
+            s = same_rows(out, in[0]) ? SQZ_OK : SQZ_ERR_INTERNAL;
+            break;
+        }
         case SQZ_OP_ADD_LAYERNORM:
             s = (same_rows(in[0], in[1]) && in[0]->cols == in[1]->cols &&
                  is_row_vector(in[2], in[0]->cols) && is_row_vector(in[3], in[0]->cols) &&
@@ -435,6 +450,10 @@ double sqz_node_flops(const sqz_graph *graph, const sqz_node *node, const sqz_ru
     case SQZ_OP_LINEAR_GELU: {
         const sqz_tensor_desc *w = &graph->tensors[node->inputs[1]];
         return 2.0 * rows * (double)out->cols * (double)w->cols;
+    }
+    case SQZ_OP_FFN: {
+        const sqz_tensor_desc *w1 = &graph->tensors[node->inputs[1]], *w2 = &graph->tensors[node->inputs[3]];
+        return 2.0 * rows * ((double)w1->fixed_rows * (double)w1->cols + (double)out->cols * (double)w2->cols);
     }
     case SQZ_OP_ATTN_SCORES:
     case SQZ_OP_ATTN_CONTEXT:

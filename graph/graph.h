@@ -31,6 +31,9 @@ typedef enum sqz_op {
     SQZ_OP_ADD_LAYERNORM,   /* LN(a + b), the residual and post-LN      (a, b, gamma, beta) */
     SQZ_OP_ATTENTION,       /* softmax(scale Q K^T + key mask) V in one launch
                                (q, k, v, key_valid, seq_off, score_off) */
+    SQZ_OP_FFN,             /* gelu(x W1^T + b1) W2^T + b2, both grouped alike, so that group g of
+                               the second reads only what group g of the first wrote; the
+                               hidden activation is never stored      (x, W1, b1, W2, b2) */
     SQZ_OP_COUNT
 } sqz_op;
 

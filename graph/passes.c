@@ -165,6 +165,23 @@ static bool fuse_linear_gelu(fuse_ctx *f, sqz_node *gelu)
     return true;
 }
 
+/* LINEAR_GELU then LINEAR with the same groups: the feed-forward block, whose hidden activation
+ * a backend may keep on chip */
+static bool fuse_ffn(fuse_ctx *f, sqz_node *output)
+{
+    sqz_node *inter = fusable_producer(f, output->inputs[0], SQZ_OP_LINEAR_GELU);
+    if (!inter || output->n_inputs != 3 || output->inputs[2] < 0 ||
+        inter->params.linear.groups != output->params.linear.groups)
+        return false;
+    int inputs[5] = {inter->inputs[0], inter->inputs[1], inter->inputs[2], output->inputs[1], output->inputs[2]};
+    retire(f, output), retire(f, inter);
+    output->op = SQZ_OP_FFN;
+    set_inputs(output, inputs, 5);
+    for (int i = 0; i < 5; i++)
+        f->readers[inputs[i]]++;
+    return true;
+}
+
 static bool fuse_attention(fuse_ctx *f, sqz_node *context)
 {
     sqz_node *softmax = fusable_producer(f, context->inputs[0], SQZ_OP_ATTN_SOFTMAX);
@@ -210,6 +227,10 @@ sqz_status sqz_pass_fuse(sqz_graph *g, uint64_t fusable_ops)
         case SQZ_OP_ATTN_CONTEXT:
             if (ALLOWED(SQZ_OP_ATTENTION))
                 fuse_attention(&f, node);
+            break;
+        case SQZ_OP_LINEAR: /* after the GELU before it became LINEAR_GELU */
+            if (ALLOWED(SQZ_OP_FFN) && ALLOWED(SQZ_OP_LINEAR_GELU))
+                fuse_ffn(&f, node);
             break;
         default: break;
         }

@@ -182,6 +182,12 @@ sqz_precision sqz_session_precision(const sqz_session *session);
 void sqz_session_free(sqz_session *session);
 /* The device the session runs on, in words. */
 const char *sqz_session_device(const sqz_session *session);
+/* The kernel variants the session's backend has chosen so far (after a run), as text: one
+ * tab-separated line per variant of each op shape it met: op family, shape, variant name,
+ * seconds per run (-1 where the variant does not apply), max |difference| from variant 0
+ * relative to variant 0's largest value, FLOPs, bytes moved, and 1 on the chosen variant's
+ * line. Released with sqz_free. SQZ_ERR_UNSUPPORTED for a backend without variants. */
+sqz_status sqz_session_kernel_report(const sqz_session *session, char **out);
 
 /* What the last run waited for (sqz_session_run or sqz_session_wait) did. */
 typedef struct sqz_run_stats {

@@ -483,7 +483,7 @@ static bool cl_supports(void *ctx, const sqz_node *node)
 {
     if (node->op == SQZ_OP_ATTENTION)
         return node->params.attention.head_dim <= MAX_HEAD_DIM;
-    return (unsigned)node->op < SQZ_OP_COUNT;
+    return (unsigned)node->op < SQZ_OP_COUNT && node->op != SQZ_OP_FFN;
 }
 
 /* ---- launches ------------------------------------------------------------------------------ */

@@ -105,6 +105,10 @@ typedef struct sqz_backend_ops {
     bool (*records_runs)(void *ctx);
     /* Counters for tests and reports: graphs captured and runs replayed. */
     void (*graph_counts)(void *ctx, unsigned long *captured, unsigned long *replayed);
+    /* Optional: the kernel variants chosen so far, one tab-separated line per variant of each
+     * op shape: family, shape, variant, seconds per run (-1: did not apply), max difference
+     * from variant 0 relative to its largest value, FLOPs, bytes moved, 1 if chosen. */
+    sqz_status (*kernel_report)(void *ctx, char **text);
 } sqz_backend_ops;
 
 

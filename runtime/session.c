@@ -403,6 +403,16 @@ sqz_status sqz_session_last_stats(const sqz_session *s, sqz_run_stats *out)
     return SQZ_OK;
 }
 
+sqz_status sqz_session_kernel_report(const sqz_session *s, char **out)
+{
+    if (!s || !out)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_kernel_report: session and out are required");
+    *out = NULL;
+    if (!s->ops->kernel_report)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' has no kernel variants to report", s->ops->name);
+    return s->ops->kernel_report(s->ctx, out);
+}
+
 const char *sqz_session_device(const sqz_session *s)
 {
     return s && s->ops->describe ? s->ops->describe(s->ctx) : "";

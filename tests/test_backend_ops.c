@@ -6,9 +6,9 @@
  *
  * Backends with precisions run every case at each of them: activations are given in the
  * storage type (16 bits in the first half of their fp32 slot, as the CUDA backend keeps
- * them), the reference computes from the same rounded values (and from the rounded matrix
- * of a linear layer, which the backend rounds the same way), and the bar is the per-op one
- * of the precision (sqz_precision_op_tolerance). cuda-sim runs the cases under its three
+ * them), the reference computes from the same rounded values (and from the weights the CUDA
+ * backend keeps in 16 bits too, rounded the same way: matrices and embedding tables), and the
+ * bar is the per-op one of the precision (sqz_precision_op_tolerance). cuda-sim runs the cases under its three
  * thread orders in turn, so a missing barrier in a kernel changes the answer. */
 #include "tests/test_util.h"
 
@@ -43,7 +43,8 @@ struct op_case {
     sqz_extent out_extent;
     int64_t out_cols;
     sqz_run_dims dims;
-    int matrix_input; /* the input a backend stores in its 16-bit type too (a linear's W), or -1 */
+    unsigned stored16; /* weight inputs (bit i: input i) a backend keeps in its 16-bit type too:
+                          matrices, embedding tables */
     reference_fn reference;
 };
 
@@ -203,7 +204,7 @@ static op_case rounded_case(const op_case *c, sqz_precision p)
         const int64_t n = operand_rows(o, &c->dims) * o->cols;
         const size_t bytes = (size_t)(n ? n : 1) * 4;
         r.in[i].data = memcpy(malloc(bytes), o->data, (size_t)n * 4);
-        const bool stored16 = o->dtype == SQZ_DTYPE_F32 && (o->extent != SQZ_EXTENT_FIXED || i == c->matrix_input);
+        const bool stored16 = o->dtype == SQZ_DTYPE_F32 && (o->extent != SQZ_EXTENT_FIXED || (c->stored16 >> i & 1));
         if (is_16bit(p) && stored16)
             for (int64_t k = 0; k < n; k++)
                 ((float *)r.in[i].data)[k] = from_bits(to_bits(((float *)o->data)[k], p), p);
@@ -330,10 +331,53 @@ static void linear_cases(void **unused)
         c.in[1] = weight(CO, CI / G, uniform(CO * (CI / G), 0.3f));
         if (shapes[s].bias)
             c.in[2] = weight(1, CO, uniform(CO, 0.5f));
-        c.matrix_input = 1;
+        c.stored16 = 1u << 1;
         c.out_extent = SQZ_EXTENT_TOKENS;
         c.out_cols = CO;
         c.reference = ref_linear;
+        check_case(&c);
+        free_inputs(&c);
+    }
+}
+
+/* the feed-forward block: two grouped products, GELU between them */
+static void ref_ffn(const op_case *c, float *out)
+{
+    const int64_t R = c->dims.tokens, CI = c->in[0].cols, MID = c->in[1].rows, CO = c->out_cols;
+    const int G = c->params.linear.groups;
+    float *hidden = malloc((size_t)(R * MID) * sizeof *hidden);
+    sqz_ref_linear(F(c, 0), R, CI, F(c, 1), F(c, 2), MID, G, hidden);
+    sqz_ref_gelu(hidden, R * MID, hidden);
+    sqz_ref_linear(hidden, R, MID, F(c, 3), F(c, 4), CO, G, out);
+    free(hidden);
+}
+
+static void ffn_cases(void **unused)
+{
+    /* SqueezeBERT's block (192 per group), a small model's (32 per group), and sizes only the
+     * unfused variants take */
+    const struct { int64_t rows, cin, mid, cout; int groups; } shapes[] = {
+        {33, 768, 3072, 768, 4}, {70, 128, 512, 128, 4}, {1, 128, 512, 128, 4}, {9, 60, 90, 30, 3},
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t R = shapes[s].rows, CI = shapes[s].cin, MID = shapes[s].mid, CO = shapes[s].cout;
+        const int G = shapes[s].groups;
+        op_case c = {0};
+        snprintf(c.name, sizeof c.name, "ffn %lldx%lld->%lld->%lld g%d", (long long)R, (long long)CI, (long long)MID,
+                 (long long)CO, G);
+        c.op = SQZ_OP_FFN;
+        c.params.linear.groups = G;
+        c.dims = (sqz_run_dims){R, 1, R * R, R};
+        c.n_inputs = 5;
+        c.in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
+        c.in[1] = weight(MID, CI / G, uniform(MID * (CI / G), 0.15f));
+        c.in[2] = weight(1, MID, uniform(MID, 0.5f));
+        c.in[3] = weight(CO, MID / G, uniform(CO * (MID / G), 0.1f));
+        c.in[4] = weight(1, CO, uniform(CO, 0.5f));
+        c.stored16 = 1u << 1 | 1u << 3; /* both matrices */
+        c.out_extent = SQZ_EXTENT_TOKENS;
+        c.out_cols = CO;
+        c.reference = ref_ffn;
         check_case(&c);
         free_inputs(&c);
     }
@@ -372,7 +416,6 @@ static void elementwise_and_norm_cases(void **unused)
             c.dims = dims;
             c.out_extent = SQZ_EXTENT_TOKENS;
             c.out_cols = C;
-            c.matrix_input = -1;
             float *a = uniform(R * C, 3.0f);
             float *b = uniform(R * C, 1.0f);
             float *gamma = uniform(C, 0.5f), *beta = uniform(C, 0.5f);
@@ -417,7 +460,7 @@ static void gelu_over_its_whole_range(void **unused)
     /* both sides of every branch of a device GELU: |x/sqrt 2| < 1, the erfc tail, underflow */
     const int64_t n = 24001;
     op_case c = {.op = SQZ_OP_GELU, .n_inputs = 1, .dims = {n, 1, n, 1}, .out_extent = SQZ_EXTENT_TOKENS,
-                 .out_cols = 1, .matrix_input = -1, .reference = ref_gelu};
+                 .out_cols = 1, .reference = ref_gelu};
     snprintf(c.name, sizeof c.name, "gelu sweep -16..16");
     float *x = malloc((size_t)n * sizeof *x);
     for (int64_t i = 0; i < n; i++)
@@ -463,9 +506,9 @@ static void ref_embed_layernorm(const op_case *c, float *out)
     free(w), free(p), free(t);
 }
 
-static void gather_and_embedding_cases(void **unused)
+static void gather_and_embedding_of_width(int64_t C)
 {
-    const int64_t T = 45, C = 60, V = 77, P = 24, TV = 3;
+    const int64_t T = 45, V = 77, P = 24, TV = 3;
     int32_t ids[45], pos[45], types[45];
     for (int i = 0; i < T; i++)
         ids[i] = (i * 37 + 5) % V, pos[i] = i % P, types[i] = i % TV;
@@ -473,7 +516,7 @@ static void gather_and_embedding_cases(void **unused)
     const sqz_run_dims dims = {T, 1, T * T, T};
 
     op_case g = {.op = SQZ_OP_GATHER_ROWS, .n_inputs = 2, .dims = dims, .out_extent = SQZ_EXTENT_TOKENS,
-                 .out_cols = C, .matrix_input = -1, .reference = ref_gather};
+                 .out_cols = C, .reference = ref_gather};
     snprintf(g.name, sizeof g.name, "gather_rows %lld of %lldx%lld", (long long)T, (long long)V, (long long)C);
     g.in[0] = ints(SQZ_EXTENT_TOKENS, copy_ints(ids, T));
     g.in[1] = weight(V, C, uniform(V * C, 1.0f));
@@ -481,7 +524,7 @@ static void gather_and_embedding_cases(void **unused)
     free_inputs(&g);
 
     op_case e = {.op = SQZ_OP_EMBED_LAYERNORM, .n_inputs = 8, .dims = dims, .out_extent = SQZ_EXTENT_TOKENS,
-                 .out_cols = C, .matrix_input = -1, .reference = ref_embed_layernorm};
+                 .out_cols = C, .stored16 = 7u << 3, .reference = ref_embed_layernorm};
     e.params.layernorm.eps = 1e-3f;
     snprintf(e.name, sizeof e.name, "embed_layernorm %lld tokens x %lld", (long long)T, (long long)C);
     e.in[0] = ints(SQZ_EXTENT_TOKENS, copy_ints(ids, T));
@@ -492,6 +535,13 @@ static void gather_and_embedding_cases(void **unused)
     e.in[6] = weight(1, C, uniform(C, 0.3f)), e.in[7] = weight(1, C, uniform(C, 0.3f));
     check_case(&e);
     free_inputs(&e);
+}
+
+static void gather_and_embedding_cases(void **unused)
+{
+    /* 60 columns: element by element at 16 bits; 64: 16-byte accesses at every precision */
+    for (int64_t C = 60; C <= 64; C += 4)
+        gather_and_embedding_of_width(C);
 }
 
 /* ---- attention ------------------------------------------------------------------------------ */
@@ -589,8 +639,7 @@ static void attention_layouts(const char *label, const int32_t *lengths, int64_t
 #undef COPY
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         op_case c = {.op = parts[i].op, .params = ap, .n_inputs = parts[i].n, .dims = dims,
-                     .out_extent = parts[i].out, .out_cols = parts[i].cols, .matrix_input = -1,
-                     .reference = parts[i].ref};
+                     .out_extent = parts[i].out, .out_cols = parts[i].cols, .reference = parts[i].ref};
         memcpy(c.in, parts[i].in, sizeof parts[i].in);
         snprintf(c.name, sizeof c.name, "%s %s h%d d%d", sqz_op_name(c.op), label, heads, d);
         check_case(&c);
@@ -624,6 +673,7 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(linear_cases),
+        cmocka_unit_test(ffn_cases),
         cmocka_unit_test(elementwise_and_norm_cases),
         cmocka_unit_test(gelu_over_its_whole_range),
         cmocka_unit_test(gather_and_embedding_cases),

@@ -123,7 +123,7 @@ static void forward_reproduces_the_fixture(void **unused)
 
 static void every_subcommand_has_help(void **unused)
 {
-    const char *commands[] = {"forward", "graph", "random-model", "info", "backends", "demo"};
+    const char *commands[] = {"forward", "graph", "random-model", "info", "backends", "demo", "kernels"};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
         char args[128], *out, want[128];
         snprintf(args, sizeof args, "%s --help", commands[i]);
@@ -206,6 +206,32 @@ static void random_model_info_and_graph(void **unused)
     free(dir);
 }
 
+/* sqz kernels on cuda-sim: the variants of every op family, the tensor-core ones chosen at
+ * fp16 (cuda-sim keeps the newest variant that matches variant 0), and a clear refusal for a
+ * backend without variants */
+static void kernels_lists_the_variants(void **unused)
+{
+    char *out;
+    if (sqz("backends", &out) != 0 || !strstr(out, "cuda-sim ready")) {
+        free(out);
+        skip();
+    }
+    free(out);
+    assert_int_equal(sqz("kernels --random tiny --backend cuda-sim --precision fp16 --batch 3 --seq 40 "
+                         "--peak-tflops 1 --peak-gbs 10", &out), 0);
+    const char *wants[] = {"flash ", "fused ", "mma64 ", "roofline from 1 TFLOP/s"};
+    for (size_t i = 0; i < sizeof wants / sizeof wants[0]; i++)
+        if (!strstr(out, wants[i]))
+            fail_msg("no '%s' in: %s", wants[i], out);
+    const char *flash = strstr(out, "flash ");
+    assert_non_null(strstr(flash, "<- chosen"));
+    assert_true(strstr(flash, "<- chosen") < strchr(flash, '\n'));
+    free(out);
+    assert_int_equal(sqz("kernels --random tiny --backend cpu_ref", &out), 1);
+    assert_non_null(strstr(out, "no kernel variants"));
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -213,6 +239,7 @@ int main(void)
         cmocka_unit_test(every_subcommand_has_help),
         cmocka_unit_test(bad_input_exits_non_zero_with_a_message),
         cmocka_unit_test(random_model_info_and_graph),
+        cmocka_unit_test(kernels_lists_the_variants),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -298,6 +298,46 @@ static void fusion_makes_nine_launches_per_layer(void **unused)
     sqz_graph_release(&g);
 }
 
+static void the_feed_forward_block_fuses_when_allowed(void **unused)
+{
+    sqz_graph g = small_graph();
+    const uint64_t all = (1ull << SQZ_OP_EMBED_LAYERNORM) | (1ull << SQZ_OP_LINEAR_GELU) |
+                         (1ull << SQZ_OP_ADD_LAYERNORM) | (1ull << SQZ_OP_ATTENTION) | (1ull << SQZ_OP_FFN);
+    sqz_bucket bucket = {64, 4, 32};
+    sqz_compile_options opts = {.fusable_ops = all};
+    sqz_plan *plan = NULL;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    const sqz_graph *f = &plan->graph;
+    assert_int_equal(count_op(f, SQZ_OP_FFN), 2);
+    assert_int_equal(count_op(f, SQZ_OP_LINEAR_GELU), 0);
+    /* 8 launches per layer now; the FFN node keeps the output layer's name and tensor, which
+     * is what sqz validate compares with cpu_ref's */
+    assert_int_equal(plan->n_launches, 1 + 8 * 2 + 3 + 1);
+    bool found = false;
+    for (size_t i = 0; i < f->n_nodes; i++)
+        if (f->nodes[i].op == SQZ_OP_FFN && strcmp(f->nodes[i].name, "layer0.output") == 0)
+            found = strcmp(f->tensors[f->nodes[i].output].name, "layer0.output") == 0 && f->nodes[i].n_inputs == 5;
+    assert_true(found);
+    sqz_plan_free(plan);
+    /* FFN alone is not enough: it fuses a LINEAR_GELU, which must be allowed too */
+    opts.fusable_ops = 1ull << SQZ_OP_FFN;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_FFN), 0);
+    sqz_plan_free(plan);
+    /* different groups in the two layers: not block diagonal, not fused */
+    for (size_t i = 0; i < g.n_nodes; i++)
+        if (strcmp(g.nodes[i].name, "layer1.output") == 0) {
+            g.nodes[i].params.linear.groups = 1;
+            g.tensors[g.nodes[i].inputs[1]].cols = g.tensors[g.nodes[i].inputs[0]].cols;
+        }
+    opts.fusable_ops = all;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_FFN), 1);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_LINEAR_GELU), 1);
+    sqz_plan_free(plan);
+    sqz_graph_release(&g);
+}
+
 static void bad_buckets_are_rejected(void **unused)
 {
     sqz_graph g = small_graph();
@@ -318,6 +358,7 @@ int main(void)
         cmocka_unit_test(memory_plan_never_overlaps_live_tensors),
         cmocka_unit_test(dot_output_draws_the_plan),
         cmocka_unit_test(fusion_makes_nine_launches_per_layer),
+        cmocka_unit_test(the_feed_forward_block_fuses_when_allowed),
         cmocka_unit_test(bad_buckets_are_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

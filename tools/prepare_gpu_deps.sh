@@ -2,7 +2,11 @@
 # Run HERE (a machine with Debian's registry) before a GPU check: the GPU machine reaches no
 # registry and its image has no Debian -dev packages, so the libraries and headers the build
 # needs travel with the call in .gpu-deps/ (git-ignored; pass it in the device tool's carry).
-#   tools/prepare_gpu_deps.sh && (device tool) carry [".gpu-deps"] command "bench/gpu_check.sh"
+# With --build it also builds build-gpu here for sm_90a (binaries and test programs, object
+# files removed, stamped with bench/source_hash.sh's hash), so that the GPU check skips its
+# build when the sources are unchanged:
+#   tools/prepare_gpu_deps.sh --build && (device tool) carry [".gpu-deps", "build-gpu"]
+#   command "bench/gpu_check.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(
@@ -19,3 +23,14 @@ mkdir -p .gpu-deps/debs .gpu-deps/root
 for deb in .gpu-deps/debs/*.deb; do dpkg -x "$deb" .gpu-deps/root; done
 rm -rf .gpu-deps/debs
 du -sh .gpu-deps
+if [ "${1:-}" = "--build" ]; then
+  source bench/source_hash.sh
+  rm -rf build-gpu
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DSQZ_WERROR=ON -DSQZ_WITH_CUDA=ON -DSQZ_WITH_OPENCL=ON \
+    -DSQZ_WITH_CUDA_SIM=OFF -DCMAKE_CUDA_ARCHITECTURES=90a > /dev/null
+  cmake --build build-gpu -j"$(nproc)" > build-gpu.log 2>&1 || { tail -30 build-gpu.log; exit 1; }
+  find build-gpu -name '*.o' -delete
+  rm -f build-gpu/*.a build-gpu/libsqueezebert.so*  # everything links the static library in
+  source_hash > build-gpu/source-hash
+  du -sh build-gpu
+fi

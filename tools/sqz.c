@@ -549,6 +549,37 @@ static int cmd_devices(int argc, char **argv)
     return 0;
 }
 
+/* B random sequences of up to S tokens for a model (random ids, every other row padded to a
+ * random length, token types mixed), as sqz validate and sqz kernels run them; the arrays are
+ * the caller's to free. Returns 0, or 1 after saying why. */
+static int random_batch(const sqz_model_info *info, long batch, long seq, long seed, sqz_input *input, int64_t **ids,
+                        int64_t **mask, int64_t **types)
+{
+    const int choices = info->head == SQZ_HEAD_MULTIPLE_CHOICE ? 2 : 0;
+    const long rows = batch * (choices ? choices : 1);
+    *ids = calloc((size_t)(rows * seq), sizeof **ids);
+    *mask = calloc((size_t)(rows * seq), sizeof **mask);
+    *types = calloc((size_t)(rows * seq), sizeof **types);
+    if (!*ids || !*mask || !*types) {
+        fprintf(stderr, "sqz: out of memory for %ld x %ld tokens\n", rows, seq);
+        return 1;
+    }
+    uint64_t state = (uint64_t)seed * 0x9E3779B97F4A7C15ull + 12345;
+    for (long r = 0; r < rows; r++) {
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        long len = r % 2 ? 1 + (long)((state >> 33) % (uint64_t)seq) : seq; /* every other row padded */
+        for (long w = 0; w < seq; w++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            (*ids)[r * seq + w] = (int64_t)((state >> 33) % (uint64_t)info->vocab_size);
+            (*mask)[r * seq + w] = w < len;
+            (*types)[r * seq + w] = info->type_vocab_size > 1 && w >= len / 2 ? 1 : 0;
+        }
+    }
+    *input = (sqz_input){.batch = (int)batch, .choices = choices, .seq_len = (int)seq,
+                         .input_ids = *ids, .attention_mask = *mask, .token_type_ids = *types};
+    return 0;
+}
+
 static const char validate_help[] =
     "usage: sqz validate (--model DIR | --random squeezebert-uncased|squeezebert-mnli|tiny)\n"
     "                    --backend opencl|cuda [--device D] [--batch B] [--seq S] [--seed N]\n"
@@ -632,28 +663,10 @@ static int cmd_validate(int argc, char **argv)
     sqz_model_get_info(model, &info);
     if (seq > info.max_position_embeddings)
         seq = info.max_position_embeddings;
-    const int choices = info.head == SQZ_HEAD_MULTIPLE_CHOICE ? 2 : 0;
-    const long rows = batch * (choices ? choices : 1);
-    ids = calloc((size_t)(rows * seq), sizeof *ids);
-    mask = calloc((size_t)(rows * seq), sizeof *mask);
-    types = calloc((size_t)(rows * seq), sizeof *types);
-    if (!ids || !mask || !types) {
-        fprintf(stderr, "sqz validate: out of memory\n");
+    const long rows = batch * (info.head == SQZ_HEAD_MULTIPLE_CHOICE ? 2 : 1);
+    sqz_input input;
+    if (random_batch(&info, batch, seq, seed, &input, &ids, &mask, &types) != 0)
         goto done;
-    }
-    uint64_t state = (uint64_t)seed * 0x9E3779B97F4A7C15ull + 12345;
-    for (long r = 0; r < rows; r++) {
-        state = state * 6364136223846793005ull + 1442695040888963407ull;
-        long len = r % 2 ? 1 + (long)((state >> 33) % (uint64_t)seq) : seq; /* every other row padded */
-        for (long w = 0; w < seq; w++) {
-            state = state * 6364136223846793005ull + 1442695040888963407ull;
-            ids[r * seq + w] = (int64_t)((state >> 33) % (uint64_t)info.vocab_size);
-            mask[r * seq + w] = w < len;
-            types[r * seq + w] = info.type_vocab_size > 1 && w >= len / 2 ? 1 : 0;
-        }
-    }
-    sqz_input input = {.batch = (int)batch, .choices = choices, .seq_len = (int)seq,
-                       .input_ids = ids, .attention_mask = mask, .token_type_ids = types};
     sqz_session_options so = {backend, cli_get(opts, n, "device"), precision};
     if ((st = sqz_validate_with(model, &so, &input, tolerance, &v)) != SQZ_OK) {
         rc = fail("validate", st);
@@ -695,6 +708,163 @@ done:
     return rc;
 }
 
+
+/* ---- kernels ------------------------------------------------------------------------------- */
+
+static const char kernels_help[] =
+    "usage: sqz kernels (--model DIR | --random squeezebert-uncased|squeezebert-mnli|tiny)\n"
+    "                   --backend cuda|cuda-sim [--device D] [--precision fp32|tf32|fp16|bf16]\n"
+    "                   [--batch B] [--seq S] [--seed N] [--peak-tflops T] [--peak-gbs G]\n"
+    "\n"
+    "The kernel lab's table: runs B random sequences of S tokens (default 256 x 128; every other\n"
+    "row padded, as in sqz validate) once, which makes the backend check and time every kernel\n"
+    "variant that applies to each op shape it meets (docs/engineering.md, \"Kernel variants\"),\n"
+    "and prints per shape and variant: microseconds per run, the difference from variant 0\n"
+    "(max |difference| / max |variant 0|), TFLOP/s, GB/s of the least traffic the op needs, and\n"
+    "the fraction of the roofline, max(FLOPs / peak, bytes / bandwidth) / time, with the chosen\n"
+    "variant marked. Peaks: --peak-tflops and --peak-gbs, else the datasheet figures of an\n"
+    "H100 SXM or H200 at the precision (tensor cores; fp32 on CUDA cores), else none. On\n"
+    "cuda-sim the times are the emulation's, not a GPU's. Exit 77 when the backend has no device.\n";
+
+/* datasheet peaks by device name and precision: TFLOP/s dense and GB/s (performance notes) */
+static bool datasheet_peaks(const char *device, sqz_precision p, double *tflops, double *gbs)
+{
+    const double bw = strstr(device, "H200") ? 4800 : strstr(device, "H100") ? 3350 : 0;
+    if (bw == 0)
+        return false;
+    *gbs = bw;
+    *tflops = p == SQZ_PRECISION_FP32 ? 67 : p == SQZ_PRECISION_TF32 ? 495 : 989;
+    return true;
+}
+
+static int cmd_kernels(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(kernels_help, stdout);
+        return 0;
+    }
+    cli_option opts[] = {{"model", true, NULL},  {"random", true, NULL},    {"backend", true, NULL},
+                         {"device", true, NULL}, {"batch", true, NULL},     {"seq", true, NULL},
+                         {"seed", true, NULL},   {"precision", true, NULL}, {"peak-tflops", true, NULL},
+                         {"peak-gbs", true, NULL}};
+    const size_t n = sizeof opts / sizeof opts[0];
+    if (cli_parse("kernels", argc, argv, opts, n))
+        return EXIT_USAGE;
+    long batch = 256, seq = 128, seed = 1;
+    if ((cli_get(opts, n, "batch") && cli_int("kernels", "batch", cli_get(opts, n, "batch"), 1, 65536, &batch)) ||
+        (cli_get(opts, n, "seq") && cli_int("kernels", "seq", cli_get(opts, n, "seq"), 1, 65536, &seq)) ||
+        (cli_get(opts, n, "seed") && cli_int("kernels", "seed", cli_get(opts, n, "seed"), 0, 1L << 30, &seed)))
+        return EXIT_USAGE;
+    sqz_precision precision;
+    if (sqz_precision_from_name(cli_get(opts, n, "precision"), &precision) != SQZ_OK) {
+        fprintf(stderr, "sqz kernels: %s\n", sqz_last_error());
+        return EXIT_USAGE;
+    }
+    double peak_tflops = 0, peak_gbs = 0;
+    for (int k = 0; k < 2; k++) {
+        const char *text = cli_get(opts, n, k ? "peak-gbs" : "peak-tflops");
+        char *end = NULL;
+        double *into = k ? &peak_gbs : &peak_tflops;
+        if (text && (*into = strtod(text, &end), !end || *end || !(*into > 0))) {
+            fprintf(stderr, "sqz kernels: --%s must be a positive number\n", k ? "peak-gbs" : "peak-tflops");
+            return EXIT_USAGE;
+        }
+    }
+    const char *model_dir = cli_get(opts, n, "model"), *preset = cli_get(opts, n, "random");
+    const char *backend = cli_get(opts, n, "backend");
+    if (!backend || (!model_dir == !preset)) {
+        fprintf(stderr, "sqz kernels: --backend and one of --model or --random are required\n\n%s", kernels_help);
+        return EXIT_USAGE;
+    }
+    sqz_status probe = sqz_backend_probe(backend);
+    if (probe != SQZ_OK) {
+        fail("kernels", probe);
+        return probe == SQZ_ERR_NO_DEVICE ? EXIT_NO_DEVICE : 1;
+    }
+    char tmp_dir[] = "/tmp/sqz-kernels-XXXXXX";
+    if (preset) {
+        if (!mkdtemp(tmp_dir)) {
+            fprintf(stderr, "sqz kernels: cannot create a temporary directory: %s\n", strerror(errno));
+            return 1;
+        }
+        sqz_status st = sqz_random_model_write(preset, (uint64_t)seed, tmp_dir);
+        if (st != SQZ_OK) {
+            remove_checkpoint(tmp_dir);
+            return fail("kernels", st);
+        }
+        model_dir = tmp_dir;
+    }
+    int rc = 1;
+    sqz_model *model = NULL;
+    sqz_session *session = NULL;
+    sqz_result *result = NULL;
+    char *report = NULL;
+    int64_t *ids = NULL, *mask = NULL, *types = NULL;
+    sqz_model_info info;
+    sqz_input input;
+    sqz_session_options so = {backend, cli_get(opts, n, "device"), precision};
+    sqz_status st = sqz_model_load(model_dir, &model);
+    if (st == SQZ_OK) {
+        sqz_model_get_info(model, &info);
+        if (seq > info.max_position_embeddings)
+            seq = info.max_position_embeddings;
+        if (random_batch(&info, batch, seq, seed, &input, &ids, &mask, &types) != 0)
+            goto done;
+        st = sqz_session_create_with(model, &so, &session);
+    }
+    if (st == SQZ_OK && (st = sqz_session_kernel_report(session, &report)) == SQZ_OK) { /* before a long run */
+        sqz_free(report);
+        report = NULL;
+    }
+    if (st == SQZ_OK)
+        st = sqz_session_run(session, &input, &result);
+    if (st == SQZ_OK)
+        st = sqz_session_kernel_report(session, &report);
+    if (st != SQZ_OK) {
+        rc = fail("kernels", st);
+        goto done;
+    }
+    const bool peaks = (peak_tflops > 0 && peak_gbs > 0) ||
+                       datasheet_peaks(sqz_session_device(session), precision, &peak_tflops, &peak_gbs);
+    printf("kernels %s %s on %s: %s, %ld x %ld tokens (every other row padded)%s\n", backend,
+           sqz_precision_name(precision), sqz_session_device(session), info.architecture, batch, seq,
+           peaks ? "" : "; no roofline (give --peak-tflops and --peak-gbs)");
+    if (peaks)
+        printf("roofline from %.0f TFLOP/s and %.0f GB/s\n", peak_tflops, peak_gbs);
+    printf("%-9s %-58s %-9s %10s %9s %8s %8s %8s\n", "op", "shape", "variant", "us", "diff", "TFLOP/s", "GB/s",
+           "roofline");
+    for (char *save = NULL, *line = strtok_r(report, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        char *field[8];
+        int k = 0;
+        for (char *f_save = NULL, *f = strtok_r(line, "\t", &f_save); f && k < 8; f = strtok_r(NULL, "\t", &f_save))
+            field[k++] = f;
+        if (k != 8)
+            continue;
+        const double seconds = atof(field[3]), flops = atof(field[5]), bytes = atof(field[6]);
+        if (seconds < 0) {
+            printf("%-9s %-58s %-9s %10s\n", field[0], field[1], field[2], "n/a");
+            continue;
+        }
+        const double floor_s = peaks ? fmax(flops / (peak_tflops * 1e12), bytes / (peak_gbs * 1e9)) : 0;
+        char roofline[16] = "-";
+        if (peaks && seconds > 0)
+            snprintf(roofline, sizeof roofline, "%.0f%%", 100 * floor_s / seconds);
+        printf("%-9s %-58s %-9s %10.1f %9.1e %8.1f %8.0f %8s%s\n", field[0], field[1], field[2], seconds * 1e6,
+               atof(field[4]), seconds > 0 ? flops / seconds * 1e-12 : 0, seconds > 0 ? bytes / seconds * 1e-9 : 0,
+               roofline, strcmp(field[7], "1") == 0 ? "  <- chosen" : "");
+    }
+    rc = 0;
+done:
+    sqz_free(report);
+    sqz_result_free(result);
+    sqz_session_free(session);
+    sqz_model_free(model);
+    free(ids), free(mask), free(types);
+    if (preset)
+        remove_checkpoint(tmp_dir);
+    return rc;
+}
+
 /* ---- main ---------------------------------------------------------------------------------- */
 
 static const char main_help[] =
@@ -713,7 +883,8 @@ static const char main_help[] =
     "                embedding sources\n"
     "  backends      list the backends of this build and whether they can run here\n"
     "  devices       list every CUDA and OpenCL device with its memory and capabilities\n"
-    "  validate      run a backend and cpu_ref on the same input and compare every node\n";
+    "  validate      run a backend and cpu_ref on the same input and compare every node\n"
+    "  kernels       the kernel variants a backend measured for each op shape, with roofline\n";
 
 int main(int argc, char **argv)
 {
@@ -731,7 +902,7 @@ int main(int argc, char **argv)
         {"info", cmd_info},       {"backends", cmd_backends}, {"demo", cmd_demo},
         {"devices", cmd_devices}, {"validate", cmd_validate},
         {"infer", sqz_cli_infer}, {"tokenize", sqz_cli_tokenize}, {"bench", sqz_cli_bench},
-        {"similarity", sqz_cli_similarity},
+        {"similarity", sqz_cli_similarity}, {"kernels", cmd_kernels},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0)

@@ -505,20 +505,41 @@ void run_block(Block &b, CUstream_st *s, uint3 block_idx, dim3 grid, dim3 dims)
     if (b.shared_bytes)
         memset(b.shared, 0xff, b.shared_bytes); /* NaN in every float format */
     std::vector<int> order((size_t)b.n_threads);
+    std::vector<std::vector<int>> warp_order(b.warps.size());
+    auto release_barrier = [&] {
+        if (b.at_barrier > 0 && b.at_barrier == b.live) {
+            for (Fiber &g : fibers)
+                if (g.state == State::AtBarrier)
+                    g.state = State::Ready;
+            b.at_barrier = 0;
+        }
+    };
     while (b.live > 0) {
         permutation(s, order);
+        /* A warp first met runs on (its lanes taking turns at its collectives) until all of it
+         * waits at a barrier or has ended, before the next warp starts: warps drift as far
+         * apart as a barrier lets them, which is what exposes a missing one. The random order
+         * sometimes interleaves warps instead, one collective at a time. */
+        const bool whole_warps = s->mode != 2 || (s->rng() & 1);
+        for (auto &w : warp_order)
+            w.clear();
+        for (int i : order)
+            warp_order[(size_t)(i / WARP)].push_back(i);
         bool ran = false;
         for (int i : order) {
-            Fiber &f = fibers[(size_t)i];
-            if (f.state != State::Ready)
+            if (fibers[(size_t)i].state != State::Ready)
                 continue;
-            enter_fiber(b, f);
+            enter_fiber(b, fibers[(size_t)i]);
             ran = true;
-            if (b.at_barrier > 0 && b.at_barrier == b.live) {
-                for (Fiber &g : fibers)
-                    if (g.state == State::AtBarrier)
-                        g.state = State::Ready;
-                b.at_barrier = 0;
+            release_barrier();
+            for (bool more = whole_warps; more;) {
+                more = false;
+                for (int lane : warp_order[(size_t)(i / WARP)])
+                    if (fibers[(size_t)lane].state == State::Ready) {
+                        enter_fiber(b, fibers[(size_t)lane]);
+                        release_barrier();
+                        more = true;
+                    }
             }
         }
         if (!ran)

@@ -6,7 +6,9 @@
  * - every CUDA thread is a fiber with its own stack; the threads of a block run one at a
  *   time, each until it reaches a barrier, a warp-collective operation or its end, in an
  *   order the schedule chooses (forward, reverse or a seeded random permutation, new at
- *   every barrier), so a missing __syncthreads or __syncwarp changes the answer;
+ *   every barrier), and a warp runs on to the next barrier before the next warp starts (the
+ *   random order sometimes interleaves warps instead), so a missing __syncthreads or
+ *   __syncwarp changes the answer;
  * - blocks run one after another, in the schedule's order too;
  * - warp-collective operations (shuffles, __syncwarp, mma.sync, ldmatrix) wait for every
  *   lane their mask names and are computed from the documented register layouts; a lane
