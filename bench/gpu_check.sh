@@ -3,6 +3,9 @@
 # prepare_gpu_deps.sh for what must travel with it). Sized to finish in under 8 minutes on
 # an H100 or H200. Every step runs even if an earlier one failed; each step's log and a
 # JSON summary go to $OUT (default ./gpu-check-out), and the summary table prints last.
+# GPU_CHECK_STEPS=gpu-info,build,... runs only the steps named (build is needed by most; the
+# issue-12 steps are outputs-tests, bench-outputs, bench-devices, infer-embed, infer-replay,
+# torch-peer-compile).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -19,6 +22,7 @@ declare -a names=() results=() notes=()
 
 step() { # step NAME TIMEOUT_S COMMAND...: runs, logs to $LOGS/NAME.log, records the result
   local name=$1 limit=$2; shift 2
+  [ -n "${GPU_CHECK_STEPS:-}" ] && [[ ",$GPU_CHECK_STEPS," != *",$name,"* ]] && return
   local start=$SECONDS rc left=$((deadline - SECONDS - 15))
   names+=("$name")
   if [ "$left" -lt 10 ]; then results+=("not-run"); notes+=("budget spent"); return; fi
@@ -112,7 +116,7 @@ step throughput-cuda 150 bash -c 'build-gpu/sqz random-model --config squeezeber
 # per-op time of a warm run (the last of 3; each launch synchronised, so no graph), and the
 # measured cuBLASLt-or-cuBLAS choice per GEMM shape
 step profile 60 bash -c 'for p in fp32 fp16; do for b in 1 256; do echo "-- $p batch $b x 128"; SQZ_CUDA_REPORT=1 SQZ_DEBUG=3 build-gpu/sqz demo --model /tmp/sqb-full --backend cuda --precision $p --batch $b --length 128 --no-padding --repeat 3 > /tmp/prof 2>&1; grep "sqz cuda:" /tmp/prof; grep -E "^  [a-z_]+ +[0-9]+ launches" /tmp/prof | tail -n 7; done; done'
-step torch-peer 120 python3 bench/torch_gpu_peer.py /tmp/sqb-full --fp16 --json "$OUT/torch.json"
+step torch-peer 150 python3 bench/torch_gpu_peer.py /tmp/sqb-full --cells 1x128,32x128,256x128,32x512 --fp16 --json "$OUT/torch.json"
 step compute-sanitizer 120 bash -c 'set -o pipefail; for p in fp32 fp16; do compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision $p --batch 3 --seq 16 --seed 2 | tail -n 1 || exit 3; compute-sanitizer --tool racecheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision $p --batch 2 --seq 70 --seed 2 | tail -n 1 || exit 3; done; compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/sqz demo --config tiny --backend cuda --precision bf16 --batch 3 --length 40 --repeat 3 | tail -n 2'
 step sqz-bench-cuda 150 build-gpu/sqz bench --model /tmp/sqb-full --backends cuda --devices cuda:0 --precisions fp32,tf32,fp16,bf16 --batch 1,32,256 --length 128 --mixed-batch 32 --budget 0.5 --json "$OUT/bench.json" --plot "$OUT/bench.svg"
 # the same with only pooler_output returned: device work without the 100 MB hidden-state copy,
@@ -121,6 +125,34 @@ step sqz-bench-cuda-pooled 90 build-gpu/sqz bench --model /tmp/sqb-full --backen
 
 # CPU-only suites run in CI; here the ones that reach a GPU backend (CUDA, NVIDIA OpenCL).
 step tests 150 ctest --test-dir build-gpu --output-on-failure -j16 -R 'backend_ops|fixtures|validate|test_infer$|test_cli'
+
+# ---- issue 12: outputs, runs in flight, replay across lengths, several devices -----------------
+# (the full-size model and the lines, when the steps that make them were not among GPU_CHECK_STEPS)
+[ -x build-gpu/sqz ] && [ ! -d /tmp/sqb-full ] && build-gpu/sqz random-model --config squeezebert-uncased --seed 1 --out /tmp/sqb-full > /dev/null
+# test_outputs on the GPU: layouts against cpu_ref, fp16 outputs against fp32 bit for bit, device
+# outputs copied back, two runs in flight against one at a time, a graph replayed across lengths
+step outputs-tests 120 ctest --test-dir build-gpu --output-on-failure -R 'test_outputs|test_bench'
+# wall time of a run against its device time (dev ms: events on the compute stream from the input
+# copy to the outputs written), per output choice, latency and throughput (two runs in flight);
+# targets at fp16 batch 256: pooler_output wall within 15% of dev ms, fp16 last_hidden_state 1.5x
+step bench-outputs 200 bash -c 'b() { build-gpu/sqz bench --model /tmp/sqb-full --backends cuda --devices cuda:0 --precisions fp16 --batch 1,32,256 --length 128 --mixed-batch none --budget 0.5 --peak-budget 0 --timing both --quiet "$@" | grep -E "^engine|sqz:cuda"; }
+  for o in "--outputs pooler_output" "--outputs last_hidden_state --output-type fp16" "--output-place device" ""; do echo "-- ${o:-every output, fp32}"; b $o --json "$OUT/bench-12-$(echo ${o:-all} | tr -c "a-z0-9" _).json"; done'
+# two sessions at once: on every GPU when there are several, else two on GPU 0
+step bench-devices 120 bash -c 'n=$(nvidia-smi -L | wc -l); d=cuda:0,cuda:0; [ "$n" -gt 1 ] && d=all; echo "-- devices $d"
+  build-gpu/sqz bench --model /tmp/sqb-full --backends cuda --devices $d --precisions fp16 --batch 32,256 --length 128 --mixed-batch none --budget 1 --peak-budget 0 --timing throughput --together --outputs pooler_output --quiet --json "$OUT/bench-devices.json" | grep -E "^engine|sqz:cuda"'
+# sqz infer --task embed on 100,000 mixed-length lines, fp16, one GPU: lines/s and device busy
+# (sqz_session_busy_seconds over the wall time), then on every GPU at once
+step infer-embed 240 bash -c 'python3 bench/make_infer_lines.py /tmp/sqb-full --lines 100000 --out /tmp/lines.jsonl || exit 1
+  for d in cuda:0 all; do [ $d = all ] && [ "$(nvidia-smi -L | wc -l)" -lt 2 ] && continue; echo "-- --devices $d"
+    build-gpu/sqz infer --model /tmp/sqb-full --task embed --devices $d --precision fp16 --input /tmp/lines.jsonl --output /tmp/emb-$d.jsonl 2>&1 | tail -n 4; done
+  build-gpu/sqz bench --model /tmp/sqb-full --backends cuda --devices cuda:0 --precisions fp16 --batch 128 --length 128 --mixed-batch 128 --budget 1 --peak-budget 0 --timing throughput --outputs pooler_output --quiet | grep -E "^engine|sqz:cuda"'
+# batch-1 runs of mixed lengths (--batch-tokens 1: a batch per line) replay graphs across lengths:
+# the embeddings must be those of runs without graphs
+step infer-replay 120 bash -c '[ -f /tmp/lines.jsonl ] || python3 bench/make_infer_lines.py /tmp/sqb-full --lines 100000 --out /tmp/lines.jsonl; head -n 3000 /tmp/lines.jsonl > /tmp/l3k.jsonl; for g in 1 0; do echo "-- SQZ_CUDA_GRAPHS=$g"; SQZ_CUDA_GRAPHS=$g build-gpu/sqz infer --model /tmp/sqb-full --task embed --backend cuda --batch-tokens 1 --input /tmp/l3k.jsonl --output /tmp/replay-$g.jsonl 2>&1 | tail -n 1; done
+  python3 -c "import json; a=[json.loads(l)[\"embedding\"] for l in open(\"/tmp/replay-1.jsonl\")]; b=[json.loads(l)[\"embedding\"] for l in open(\"/tmp/replay-0.jsonl\")]; d=max(abs(x-y) for u,v in zip(a,b) for x,y in zip(u,v)); print(len(a), \"lines, max |graph - no graph| =\", d); exit(0 if len(a)==len(b)==3000 and d<=1e-5 else 1)"'
+# PyTorch torch.compile (max-autotune when it builds within its budget, else default) and ONNX
+# Runtime's CUDA provider where the image has it, with the host-copy columns (bench/README.md)
+step torch-peer-compile 420 python3 bench/torch_gpu_peer.py /tmp/sqb-full --cells 1x128,32x128,256x128 --fp16 --compile --compile-budget 180 --ort --json "$OUT/torch-12.json"
 {
   echo "{\"date\": \"$(date -u +%FT%TZ)\", \"steps\": ["
   for i in "${!names[@]}"; do
@@ -136,4 +168,6 @@ for i in "${!names[@]}"; do
   printf '%-34s %-10s %s\n' "${names[$i]}" "${results[$i]}" "${notes[$i]}"
 done
 grep -h -E "^-- |forward on|all [0-9]+ nodes|first node out|sequences/s \(" "$LOGS"/validate-cuda.log \
-  "$LOGS"/throughput-*.log "$LOGS"/torch-peer.log 2>/dev/null
+  "$LOGS"/throughput-*.log "$LOGS"/torch-peer*.log 2>/dev/null
+grep -h -E "^-- |^engine|sqz:cuda|lines/s|device busy|max \|graph" "$LOGS"/bench-outputs.log "$LOGS"/bench-devices.log \
+  "$LOGS"/infer-*.log 2>/dev/null

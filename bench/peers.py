@@ -340,7 +340,7 @@ def best_of_rounds(reports):
     on a shared machine every engine gets as many chances at a quiet moment."""
     def key(row):
         return (row["engine"], row["backend"], row["device"], row["precision"], row.get("mode"),
-                row.get("batch"), row.get("seq_len"))
+                row.get("timing", "latency"), row.get("batch"), row.get("seq_len"))
     best = {}
     for report in reports:
         for row in report["rows"]:

@@ -135,6 +135,40 @@ static sqz_status ref_launch(void *ctx, const sqz_binding *b, const sqz_node *no
     return SQZ_OK;
 }
 
+/* The "device" is host memory: the layout is the host implementation's, and the copy back
+ * is done at once (run_wait has nothing left to wait for). */
+static sqz_status ref_format_output(void *ctx, const sqz_binding *b, const sqz_output_format *f, sqz_buffer *dst,
+                                    size_t offset)
+{
+    const sqz_tensor_desc *d = &b->plan->graph.tensors[f->tensor];
+    const size_t bytes = (size_t)(f->rows * f->col_count) * (f->half ? 2 : 4);
+    if (offset > dst->bytes || bytes > dst->bytes - offset)
+        return sqz_fail(SQZ_ERR_INTERNAL, "cpu_ref: output of %zu bytes at %zu overruns a %zu-byte buffer", bytes,
+                        offset, dst->bytes);
+    const sqz_graph_inputs *in = &b->plan->graph.in;
+    sqz_format_output_host(f, tensor_data(b, f->tensor), d->cols, tensor_data(b, in->seq_offsets),
+                           tensor_data(b, in->positions), tensor_data(b, in->key_valid), dst->data + offset);
+    return SQZ_OK;
+}
+
+static sqz_status ref_run_download(void *ctx, int slot, sqz_buffer *src, size_t offset, void *host, size_t bytes)
+{
+    (void)slot;
+    return ref_download(ctx, src, offset, host, bytes);
+}
+
+static sqz_status ref_run_wait(void *ctx, int slot)
+{
+    (void)ctx, (void)slot;
+    return SQZ_OK;
+}
+
+static void *ref_device_address(void *ctx, sqz_buffer *b)
+{
+    (void)ctx;
+    return b->data;
+}
+
 static bool ref_supports(void *ctx, const sqz_node *node)
 {
     /* the reference never fuses: it runs the plain graph node by node */
@@ -155,4 +189,8 @@ const sqz_backend_ops sqz_cpu_ref_backend = {
     .supports = ref_supports,
     .launch = ref_launch,
     .synchronize = NULL,
+    .format_output = ref_format_output,
+    .run_download = ref_run_download,
+    .run_wait = ref_run_wait,
+    .device_address = ref_device_address,
 };

@@ -8,9 +8,11 @@
  * ops run the GPU-shaped kernels of cuda/cuda_kernels.cuh; the unfused attention parts run the
  * shared OpenCL source (kernels/sqz_kernels.cl compiled as CUDA through
  * kernels/sqz_dialect_cuda.cuh). Every CUDA, cuBLAS and cuBLASLt status is checked and
- * reported with the call, the library's error name and string, and file:line. One stream; a
- * run's launches are captured once as a CUDA graph (on the second run of the same shapes) and
- * replayed after that. */
+ * reported with the call, the library's error name and string, and file:line. A compute
+ * stream runs the launches (captured once as a CUDA graph on the second run of the same
+ * shapes, replayed after that) and writes each run's outputs in their final layout; a copy
+ * stream takes them to pinned host memory behind an event, so one run's download overlaps the
+ * next run's compute. */
 #ifdef SQZ_CUDA_SIM
 #define sqzk sqzk_sim /* the emulated kernels must not share symbols with the GPU's */
 #endif
@@ -32,6 +34,8 @@
 #include "cuda/cuda_mma_gemm.cuh"
 
 #include "cuda/cuda_ffn.cuh"
+
+#include "cuda/cuda_output.cuh"
 
 #include <cstdio>
 #include <cstdlib>
@@ -70,6 +74,11 @@ extern "C" {
                             cudaGetErrorName(err_), cudaGetErrorString(err_), __FILE__,     \
                             __LINE__);                                                      \
     } while (0)
+
+/* Each copy and buffer entry point makes the session's device current for the calling thread:
+ * sessions on different GPUs may share a thread, and a session may move between threads (the
+ * launches of a run follow its upload in the same thread). */
+#define BIND_DEVICE(c) CUDA_TRY(cudaSetDevice((c)->device))
 
 #ifndef SQZ_CUDA_SIM
 #define CUBLAS_TRY(call)                                                                    \
@@ -172,7 +181,13 @@ struct variant_choice {
 
 struct cuda_ctx {
     int device;
-    cudaStream_t stream;
+    cudaStream_t stream;      /* uploads, launches, output formatting */
+    cudaStream_t copy_stream; /* downloads of finished runs */
+    cudaEvent_t ev_begin[SQZ_RUN_SLOTS]; /* compute stream: a run's input copy starts */
+    bool begun[SQZ_RUN_SLOTS];           /* ev_begin recorded for the slot's current run */
+    cudaEvent_t ev_ready[SQZ_RUN_SLOTS]; /* compute stream: a run's outputs are written */
+    cudaEvent_t ev_done[SQZ_RUN_SLOTS];  /* copy stream: they have landed on the host */
+    unsigned long graphs_captured, graphs_replayed;
 #ifndef SQZ_CUDA_SIM
     cublasHandle_t blas;
     cublasLtHandle_t lt;
@@ -284,7 +299,7 @@ void graph_drop(graph_entry *e)
 
 sqz_status cuda_buffer_alloc(void *ctx, size_t bytes, sqz_buffer **out)
 {
-    (void)ctx;
+    BIND_DEVICE((cuda_ctx *)ctx);
     sqz_buffer *b = (sqz_buffer *)calloc(1, sizeof *b);
     if (!b)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
@@ -304,6 +319,10 @@ void cuda_buffer_free(void *ctx, sqz_buffer *b)
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (!b)
         return;
+    cudaError_t err = c ? cudaSetDevice(c->device) : cudaSuccess;
+    if (err != cudaSuccess) /* nothing to return it to: said, and the memory freed anyway */
+        fprintf(stderr, "sqz %s: cudaSetDevice(%d) failed freeing a buffer: %s\n", SQZ_CUDA_NAME, c->device,
+                cudaGetErrorString(err));
     /* a graph that points into this buffer must never be replayed */
     for (int i = 0; c && i < GRAPH_CACHE; i++)
         if (c->graphs[i].arena == b || c->graphs[i].weights == b)
@@ -360,6 +379,7 @@ const region *find_region(const sqz_buffer *b, size_t offset, size_t bytes)
 sqz_status cuda_synchronize(void *ctx)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
+    BIND_DEVICE(c);
     CUDA_TRY(cudaStreamSynchronize(c->stream));
     c->pinned_used = 0;
     return SQZ_OK;
@@ -376,6 +396,7 @@ sqz_status cuda_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *sr
                         SQZ_CUDA_NAME, bytes, offset, dst->bytes);
     if (!bytes)
         return SQZ_OK;
+    BIND_DEVICE(c);
     regions_erase(dst, offset, bytes);
     dst->shadow_valid = false;
     if (bytes > STAGING_MAX) {
@@ -402,6 +423,102 @@ sqz_status cuda_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *sr
     c->pinned_used += need;
     CUDA_TRY(cudaMemcpyAsync((char *)dst->ptr + offset, stage, bytes, cudaMemcpyHostToDevice, c->stream));
     return SQZ_OK;
+}
+
+/* Pinned host memory for asynchronous copies, usable from every device's context. */
+sqz_status cuda_host_alloc(void *ctx, size_t bytes, void **out)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    BIND_DEVICE(c);
+    *out = NULL;
+    CUDA_TRY(cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocPortable));
+    return SQZ_OK;
+}
+
+void cuda_host_free(void *memory)
+{
+    cudaError_t err = cudaFreeHost(memory); /* may outlive the session: no context here */
+    if (err != cudaSuccess)
+        fprintf(stderr, "sqz %s: cudaFreeHost failed: %s (%s)\n", SQZ_CUDA_NAME, cudaGetErrorName(err),
+                cudaGetErrorString(err));
+}
+
+/* A run's input image: one copy from pinned memory the session keeps unchanged until the
+ * run is waited for, in stream order before the launches that read it. */
+sqz_status cuda_upload_async(void *ctx, int slot, sqz_buffer *dst, size_t offset, const void *src, size_t bytes)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (slot < 0 || slot >= SQZ_RUN_SLOTS || offset > dst->bytes || bytes > dst->bytes - offset)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: upload of %zu bytes at %zu into a %zu-byte buffer for slot %d",
+                        SQZ_CUDA_NAME, bytes, offset, dst->bytes, slot);
+    BIND_DEVICE(c);
+    CUDA_TRY(cudaEventRecord(c->ev_begin[slot], c->stream)); /* the run's device time starts */
+    c->begun[slot] = true;
+    regions_erase(dst, offset, bytes);
+    dst->shadow_valid = false;
+    if (bytes)
+        CUDA_TRY(cudaMemcpyAsync((char *)dst->ptr + offset, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    return SQZ_OK;
+}
+
+/* Ends run `slot`: the copy stream waits for what the compute stream has enqueued so far,
+ * then copies the run's outputs to pinned host memory; the compute stream goes on with the
+ * next run meanwhile. */
+sqz_status cuda_run_download(void *ctx, int slot, sqz_buffer *src, size_t offset, void *host, size_t bytes)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (slot < 0 || slot >= SQZ_RUN_SLOTS || offset > src->bytes || bytes > src->bytes - offset)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: download of %zu bytes at %zu from a %zu-byte buffer for slot %d",
+                        SQZ_CUDA_NAME, bytes, offset, src->bytes, slot);
+    BIND_DEVICE(c);
+    CUDA_TRY(cudaEventRecord(c->ev_ready[slot], c->stream));
+    CUDA_TRY(cudaStreamWaitEvent(c->copy_stream, c->ev_ready[slot], 0));
+    if (bytes)
+        CUDA_TRY(cudaMemcpyAsync(host, (const char *)src->ptr + offset, bytes, cudaMemcpyDeviceToHost,
+                                 c->copy_stream));
+    CUDA_TRY(cudaEventRecord(c->ev_done[slot], c->copy_stream));
+    return SQZ_OK;
+}
+
+/* The one wait of a run: its download has landed (so its launches are done); an error of any
+ * of its kernels surfaces here. */
+sqz_status cuda_run_wait(void *ctx, int slot)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (slot < 0 || slot >= SQZ_RUN_SLOTS)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: no run slot %d", SQZ_CUDA_NAME, slot);
+    BIND_DEVICE(c);
+    CUDA_TRY(cudaEventSynchronize(c->ev_done[slot]));
+    return SQZ_OK;
+}
+
+double cuda_run_device_seconds(void *ctx, int slot)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    float ms = 0;
+    if (slot < 0 || slot >= SQZ_RUN_SLOTS || !c->begun[slot])
+        return -1;
+    c->begun[slot] = false;
+    if (cudaEventElapsedTime(&ms, c->ev_begin[slot], c->ev_ready[slot]) != cudaSuccess) {
+        cudaGetLastError(); /* a statistic lost, not an answer: later launch checks must not see it */
+        return -1;
+    }
+    return ms * 1e-3;
+}
+
+void *cuda_device_address(void *ctx, sqz_buffer *b)
+{
+    (void)ctx;
+    return b->ptr;
+}
+
+bool cuda_records_runs(void *ctx) { return ((cuda_ctx *)ctx)->use_graphs; }
+
+void cuda_graph_counts(void *ctx, unsigned long *captured, unsigned long *replayed)
+{
+    const cuda_ctx *c = (const cuda_ctx *)ctx;
+    *captured = c->graphs_captured;
+    *replayed = c->graphs_replayed;
 }
 
 unsigned blocks(size_t n, unsigned per_block) { return (unsigned)((n + per_block - 1) / per_block); }
@@ -439,6 +556,7 @@ sqz_status cuda_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, s
                         SQZ_CUDA_NAME, bytes, offset, src->bytes);
     if (!bytes)
         return SQZ_OK;
+    BIND_DEVICE(c);
     const region *r = c->store == STORE_F32 ? NULL : find_region(src, offset, bytes);
     if (!r) {
         CUDA_TRY(cudaMemcpyAsync(dst, (const char *)src->ptr + offset, bytes, cudaMemcpyDeviceToHost, c->stream));
@@ -463,6 +581,56 @@ sqz_status cuda_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, s
     CUDA_TRY(cudaGetLastError());
     CUDA_TRY(cudaMemcpyAsync(dst, c->scratch[c->depth], bytes, cudaMemcpyDeviceToHost, c->stream));
     return cuda_synchronize(c);
+}
+
+template <typename TIn, typename TOut>
+void format_launch(cuda_ctx *c, const sqz_output_format *f, const void *src, int src_cols, const int *seq_offsets,
+                   const int *positions, const int *key_valid, void *dst)
+{
+    const unsigned grid = (unsigned)(f->rows < 8192 ? f->rows : 8192);
+    sqz_launch("format_rows", sqzk::format_rows<TIn, TOut>, grid, sqzk::FORMAT_THREADS, 0, c->stream,
+               (const TIn *)src, src_cols, (int)f->col_begin, (int)f->col_count, (long long)f->rows, (int)f->width,
+               seq_offsets, positions, key_valid, (TOut *)dst);
+}
+
+/* One output of a run in its final layout (fp32 or fp16, from a tensor in fp32 or the
+ * session's 16-bit type) into `dst`, behind the run's launches on the compute stream. */
+sqz_status cuda_format_output(void *ctx, const sqz_binding *b, const sqz_output_format *f, sqz_buffer *dst,
+                              size_t offset)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    const size_t bytes = (size_t)(f->rows * f->col_count) * (f->half ? 2 : 4);
+    if (offset > dst->bytes || bytes > dst->bytes - offset)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: output of %zu bytes at %zu overruns a %zu-byte buffer", SQZ_CUDA_NAME,
+                        bytes, offset, dst->bytes);
+    if (f->rows == 0 || f->col_count == 0)
+        return SQZ_OK;
+    BIND_DEVICE(c);
+    const sqz_graph *g = &b->plan->graph;
+    const size_t at = (size_t)b->plan->offsets[f->tensor];
+    const region *r = c->store == STORE_F32 ? NULL : find_region(b->arena, at, 4);
+    if (r && r->offset != at)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: output tensor '%s' starts inside a 16-bit tensor", SQZ_CUDA_NAME,
+                        g->tensors[f->tensor].name);
+    const storage from = r ? c->store : STORE_F32;
+    const char *arena = (const char *)b->arena->ptr;
+    const void *src = arena + at;
+    const int *seq_offsets = (const int *)(arena + b->plan->offsets[g->in.seq_offsets]);
+    const int *positions = (const int *)(arena + b->plan->offsets[g->in.positions]);
+    const int *key_valid = (const int *)(arena + b->plan->offsets[g->in.key_valid]);
+    void *out = (char *)dst->ptr + offset;
+    const int cols = (int)g->tensors[f->tensor].cols;
+    if (from == STORE_F32)
+        f->half ? format_launch<float, __half>(c, f, src, cols, seq_offsets, positions, key_valid, out)
+                : format_launch<float, float>(c, f, src, cols, seq_offsets, positions, key_valid, out);
+    else if (from == STORE_F16)
+        f->half ? format_launch<__half, __half>(c, f, src, cols, seq_offsets, positions, key_valid, out)
+                : format_launch<__half, float>(c, f, src, cols, seq_offsets, positions, key_valid, out);
+    else
+        f->half ? format_launch<__nv_bfloat16, __half>(c, f, src, cols, seq_offsets, positions, key_valid, out)
+                : format_launch<__nv_bfloat16, float>(c, f, src, cols, seq_offsets, positions, key_valid, out);
+    CUDA_TRY(cudaGetLastError());
+    return SQZ_OK;
 }
 
 /* The weights in the session's 16-bit type, converted once after they change. */
@@ -557,9 +725,10 @@ namespace {
 sqz_status select_device(cuda_ctx *c, const char *want)
 {
 #ifdef SQZ_CUDA_SIM
-    /* cuda-sim's one device; the text chooses the thread order */
+    /* cuda-sim's one device; the text chooses the thread order ("0", as `sqz devices` lists
+     * it, is the default one) */
     c->device = 0;
-    if (!sqzsim::set_schedule(c->stream, want))
+    if (!sqzsim::set_schedule(c->stream, want && strcmp(want, "0") == 0 ? NULL : want))
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda-sim: device '%s' is not a schedule (forward, reverse, "
                         "random or random:SEED)", want);
     return SQZ_OK;
@@ -613,6 +782,16 @@ void cuda_destroy(void *ctx)
         cudaFree(c->check);
     if (c->pinned)
         cudaFreeHost(c->pinned);
+    for (int k = 0; k < SQZ_RUN_SLOTS; k++) {
+        if (c->ev_begin[k])
+            cudaEventDestroy(c->ev_begin[k]);
+        if (c->ev_ready[k])
+            cudaEventDestroy(c->ev_ready[k]);
+        if (c->ev_done[k])
+            cudaEventDestroy(c->ev_done[k]);
+    }
+    if (c->copy_stream)
+        cudaStreamDestroy(c->copy_stream);
     if (c->ev_start)
         cudaEventDestroy(c->ev_start);
     if (c->ev_stop)
@@ -696,6 +875,13 @@ sqz_status create_checked(cuda_ctx *c, const char *device)
     c->report = env_flag("SQZ_CUDA_REPORT", false);
     if ((st = read_forced_variants(c)) != SQZ_OK)
         return st;
+    /* downloads run on their own stream, behind per-run events */
+    CUDA_TRY(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
+    for (int k = 0; k < SQZ_RUN_SLOTS; k++) {
+        CUDA_TRY(cudaEventCreate(&c->ev_begin[k])); /* timed: busy time (sqz_session_busy_seconds) */
+        CUDA_TRY(cudaEventCreate(&c->ev_ready[k]));
+        CUDA_TRY(cudaEventCreateWithFlags(&c->ev_done[k], cudaEventDisableTiming));
+    }
     CUDA_TRY(cudaEventCreate(&c->ev_start));
     CUDA_TRY(cudaEventCreate(&c->ev_stop));
     c->precision = SQZ_PRECISION_FP32;
@@ -706,7 +892,7 @@ sqz_status create_checked(cuda_ctx *c, const char *device)
     CUDA_TRY(cudaDriverGetVersion(&driver));
 #ifdef SQZ_CUDA_SIM
     snprintf(c->description, sizeof c->description, "%s (schedule %s)", prop.name,
-             device && *device ? device : "forward");
+             device && *device && strcmp(device, "0") != 0 ? device : "forward");
 #else
     snprintf(c->description, sizeof c->description, "%s (sm_%d%d, driver CUDA %d.%d), %.1f GiB", prop.name,
              prop.major, prop.minor, driver / 1000, driver % 1000 / 10, prop.totalGlobalMem / 1073741824.0);
@@ -1398,6 +1584,7 @@ sqz_status cuda_run_begin(void *ctx, const sqz_binding *b, const sqz_run_dims *d
     if (e->exec) {
         CUDA_TRY(cudaGraphLaunch(e->exec, c->stream));
         e->runs++;
+        c->graphs_replayed++;
         *replayed = true;
         /* the replayed launches wrote 16-bit tensors where the recorded ones did (the input
          * uploads of this run may have erased some of those marks) */
@@ -1449,6 +1636,7 @@ sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_dims *dim
                         cudaGetErrorName(err), cudaGetErrorString(err), __FILE__, __LINE__);
     }
     /* capturing recorded the launches without running them: run them now */
+    c->graphs_captured++;
     CUDA_TRY(cudaGraphLaunch(e->exec, c->stream));
     return SQZ_OK;
 }
@@ -1499,6 +1687,16 @@ sqz_backend_ops make_ops(void)
     ops.set_precision = cuda_set_precision;
     ops.run_begin = cuda_run_begin;
     ops.run_end = cuda_run_end;
+    ops.host_alloc = cuda_host_alloc;
+    ops.host_free = cuda_host_free;
+    ops.upload_async = cuda_upload_async;
+    ops.format_output = cuda_format_output;
+    ops.run_download = cuda_run_download;
+    ops.run_wait = cuda_run_wait;
+    ops.run_device_seconds = cuda_run_device_seconds;
+    ops.device_address = cuda_device_address;
+    ops.records_runs = cuda_records_runs;
+    ops.graph_counts = cuda_graph_counts;
     ops.kernel_report = cuda_kernel_report;
 #ifdef SQZ_CUDA_SIM
     ops.emulated = true;

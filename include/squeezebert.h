@@ -30,7 +30,12 @@
  *
  * Ownership: every object is created by a *_load/_create/_run/_write call and released
  * by the matching *_free. Strings returned by the library stay valid as long as the
- * object they came from. The library never exits or aborts on bad input.
+ * object they came from. A result stays valid after its session is freed (except outputs
+ * left on the device). The library never exits or aborts on bad input.
+ *
+ * Threads: models, tokenizers and embedders are immutable once loaded and may be shared. A
+ * session is used by one thread at a time; several sessions may run at once, on one device or
+ * several. A result may be read and freed in any thread. sqz_last_error() is per thread.
  */
 #ifndef SQUEEZEBERT_H
 #define SQUEEZEBERT_H
@@ -43,7 +48,7 @@
 extern "C" {
 #endif
 
-#define SQZ_API_VERSION 1
+#define SQZ_API_VERSION 2
 
 /* Status codes, grouped by who is at fault. */
 typedef enum sqz_status {
@@ -138,7 +143,7 @@ typedef struct sqz_session sqz_session;
 sqz_status sqz_devices_describe(char **out);
 
 /* A session binds a model to a backend: weights uploaded once, plans cached per bucket.
- * backend: "cpu_ref" (NULL means cpu_ref) or "opencl"; device: NULL for the backend's
+ * backend: "cpu_ref" (NULL means cpu_ref), "opencl", "cuda" or "cuda-sim"; device: NULL for the backend's
  * default, or a device index or name substring as `sqz devices` lists them. The model must
  * outlive the session. SQZ_DISABLE_FUSION=1 in the environment gives the unfused plan. */
 sqz_status sqz_session_create(const sqz_model *model, const char *backend,
@@ -184,7 +189,7 @@ const char *sqz_session_device(const sqz_session *session);
  * line. Released with sqz_free. SQZ_ERR_UNSUPPORTED for a backend without variants. */
 sqz_status sqz_session_kernel_report(const sqz_session *session, char **out);
 
-/* What the last successful sqz_session_run did. */
+/* What the last run waited for (sqz_session_run or sqz_session_wait) did. */
 typedef struct sqz_run_stats {
     int64_t tokens, sequences;   /* real (packed) tokens and sequences computed */
     int64_t padded_tokens;       /* batch x choices x seq_len of the input, padding included */
@@ -213,21 +218,109 @@ typedef struct sqz_input {
 
 #define SQZ_MAX_DIMS 4
 
+/* Element type of returned outputs (sqz_session_set_output_options). */
+typedef enum sqz_output_type {
+    SQZ_OUTPUT_FP32 = 0, /* float */
+    SQZ_OUTPUT_FP16,     /* IEEE binary16 bits in uint16_t, rounded to nearest even from the
+                            session's values (exact when the session computes in fp16) */
+} sqz_output_type;
+
+/* Where returned outputs are left. */
+typedef enum sqz_output_place {
+    SQZ_OUTPUT_ON_HOST = 0,  /* host memory (the default) */
+    SQZ_OUTPUT_ON_DEVICE,    /* device memory, for callers that chain their own GPU work:
+                                only the cuda, cuda-sim and cpu_ref backends */
+} sqz_output_place;
+
 typedef struct sqz_output {
     const char *name; /* as transformers names it: "logits", "last_hidden_state", ... */
     int ndim;
     int64_t shape[SQZ_MAX_DIMS];
-    const float *data; /* row-major, product(shape) floats */
+    const float *data; /* row-major, product(shape) floats; NULL for fp16 or device outputs */
+    /* since API version 2 */
+    sqz_output_type type;   /* of the elements below */
+    const void *values;     /* row-major host elements (== data for fp32); NULL on the device */
+    const void *device_data;/* SQZ_OUTPUT_ON_DEVICE: the first element in device memory (cuda:
+                               a device pointer of the session's device, complete when the run's
+                               sqz_session_wait returns; cuda-sim and cpu_ref: host memory);
+                               NULL otherwise */
+    size_t bytes;           /* product(shape) x element size */
 } sqz_output;
 
 typedef struct sqz_result sqz_result;
 
+/* Runs one batch and waits for it: sqz_session_submit followed by sqz_session_wait. */
 sqz_status sqz_session_run(sqz_session *session, const sqz_input *input, sqz_result **out);
 /* Which outputs later runs return (names as sqz_result_find takes them; count 0: all, the
- * default). The others are still computed but never copied to the host, which is most of a
- * run's time on a GPU when last_hidden_state is not needed. An unknown name is
+ * default). On a backend that formats outputs on the device (cuda, cuda-sim, cpu_ref) only
+ * these are copied into their final layout and cross to the host. An unknown name is
  * SQZ_ERR_INVALID_ARGUMENT naming the model's outputs. */
 sqz_status sqz_session_select_outputs(sqz_session *session, const char *const *names, size_t count);
+
+typedef struct sqz_output_options {
+    sqz_output_type type;   /* SQZ_OUTPUT_FP32 when zero-initialised */
+    sqz_output_place place; /* SQZ_OUTPUT_ON_HOST when zero-initialised */
+} sqz_output_options;
+/* The type and place of the outputs of later submits. A backend that cannot leave outputs on
+ * the device (opencl) is SQZ_ERR_UNSUPPORTED. Device outputs stay valid until sqz_result_free
+ * of their result or sqz_session_free of their session, whichever comes first; each holds its
+ * own device memory until then. */
+sqz_status sqz_session_set_output_options(sqz_session *session, const sqz_output_options *options);
+
+/* ---- runs in flight -----------------------------------------------------------------
+ *
+ * A session keeps up to SQZ_MAX_IN_FLIGHT runs in flight, so the host packs the next batch
+ * while the device computes one and copies the previous one's outputs back (on CUDA: a
+ * compute stream and a copy stream linked by events; other backends finish the run inside
+ * submit). Results are identical to sqz_session_run's.
+ *
+ *     sqz_ticket a, b;
+ *     sqz_session_submit(s, &batch0, &a);     (returns once the run is enqueued; the input
+ *     sqz_session_submit(s, &batch1, &b);      arrays may be reused at once)
+ *     sqz_session_wait(s, a, &r0);            (r0 complete; batch1 still computing)
+ *     sqz_session_submit(s, &batch2, &a); ...
+ *
+ * Threads: a session is used by one thread at a time (submit, wait, run, select, options);
+ * different sessions may run in different threads at once, on the same device or not. A
+ * result may be read and freed in any thread, before or after its session is freed, except
+ * that device outputs become invalid when their session is freed. Select and options apply to
+ * later submits; runs already in flight keep what they were submitted with.
+ *
+ * Memory: host outputs of a result live in one block. The session keeps the blocks that
+ * sqz_result_free gives back (pinned memory on CUDA, so the copy is asynchronous and nothing
+ * is mapped afresh per run) and reuses them; sqz_session_submit_into takes the caller's memory
+ * instead. A submit that fails has no ticket and leaves nothing in flight; a wait that fails
+ * ends its run. */
+#define SQZ_MAX_IN_FLIGHT 2
+typedef uint64_t sqz_ticket;
+
+/* Packs and enqueues `input`. With SQZ_MAX_IN_FLIGHT runs not yet waited for it is
+ * SQZ_ERR_INVALID_ARGUMENT. */
+sqz_status sqz_session_submit(sqz_session *session, const sqz_input *input, sqz_ticket *ticket);
+/* As sqz_session_submit, with the host outputs written into `memory` (`bytes` long, at least
+ * what sqz_session_output_bytes gives; the outputs lie back to back, each starting 256-byte
+ * aligned relative to `memory`). The memory must stay valid until the run's wait; the result's
+ * outputs point into it, and sqz_result_free leaves it alone. */
+sqz_status sqz_session_submit_into(sqz_session *session, const sqz_input *input, void *memory,
+                                   size_t bytes, sqz_ticket *ticket);
+/* Host bytes the outputs of `input` need under the current selection and options. */
+sqz_status sqz_session_output_bytes(const sqz_session *session, const sqz_input *input, size_t *bytes);
+/* Waits for the run of `ticket` and hands its result over (release it with sqz_result_free). */
+sqz_status sqz_session_wait(sqz_session *session, sqz_ticket ticket, sqz_result **out);
+/* Runs submitted and not yet waited for. */
+int sqz_session_in_flight(const sqz_session *session);
+/* Seconds the device has spent on this session's runs that were waited for. On CUDA, each
+ * run from its input copy starting to its outputs being written, timed by events on the
+ * compute stream (a pause inside a run while the device waits for the host counts as busy;
+ * time between runs does not); on backends that finish a run inside submit, the time submit
+ * took. Against wall time it says how busy the device was. */
+sqz_status sqz_session_busy_seconds(const sqz_session *session, double *seconds);
+
+/* IEEE binary16 (SQZ_OUTPUT_FP16 values) to fp32, exactly; and fp32 to binary16, rounded to
+ * nearest even (overflow to infinity, NaN stays NaN). */
+float sqz_half_to_float(uint16_t bits);
+uint16_t sqz_float_to_half(float value);
+
 size_t sqz_result_count(const sqz_result *result);
 const sqz_output *sqz_result_get(const sqz_result *result, size_t index);
 const sqz_output *sqz_result_find(const sqz_result *result, const char *name);

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "graph/plan.h"
 #include "squeezebert.h"
@@ -14,6 +15,8 @@
 
 typedef struct sqz_buffer sqz_buffer; /* defined by each backend */
 
+#define SQZ_RUN_SLOTS SQZ_MAX_IN_FLIGHT /* runs a session keeps in flight */
+
 /* Where a plan's tensors live for one launch. */
 typedef struct sqz_binding {
     const sqz_plan *plan;
@@ -21,6 +24,20 @@ typedef struct sqz_binding {
     const size_t *weight_offsets; /* byte offset of model weight i in `weights` */
     sqz_buffer *arena;            /* inputs and activations at plan->offsets */
 } sqz_binding;
+
+/* One output of a run in the layout the caller gets (sqz_output): rows of col_count values
+ * taken from columns [col_begin, col_begin + col_count) of a plan tensor, as fp32 or as
+ * IEEE fp16 (rounded to nearest even), whatever the tensor's storage type. */
+typedef struct sqz_output_format {
+    int tensor;       /* the source: a plan tensor in the arena */
+    int64_t col_begin, col_count;
+    int64_t rows;     /* rows written */
+    /* 0: row i is source row i. W > 0 (per-token outputs): row r * W + w is the packed token
+     * at position w of sequence r (found through the seq_offsets and positions inputs), or
+     * zeros when that position was dropped or its key_valid is 0 (padding). */
+    int64_t width;
+    bool half;        /* write fp16 instead of fp32 */
+} sqz_output_format;
 
 typedef struct sqz_backend_ops {
     int api_version;
@@ -56,11 +73,50 @@ typedef struct sqz_backend_ops {
     /* Runs device code on the host to check it (cuda-sim): never chosen by `auto` and left
      * out of `sqz bench` unless named. */
     bool emulated;
+
+    /* ---- runs in flight (all optional; docs/engineering.md "Runs in flight") ----
+     * A session keeps up to SQZ_RUN_SLOTS runs in flight. Without these slots it does every
+     * copy synchronously and formats outputs on the host, which is always correct. */
+    /* Host memory the device copies to and from asynchronously (pinned). host_free takes no
+     * context: a result may outlive its session. NULL: malloc/free. */
+    sqz_status (*host_alloc)(void *ctx, size_t bytes, void **out);
+    void (*host_free)(void *memory);
+    /* Starts run `slot` with a host-to-device copy behind everything enqueued and returns at
+     * once; `src` (from host_alloc) stays unchanged until run_wait(slot) returns. NULL: upload. */
+    sqz_status (*upload_async)(void *ctx, int slot, sqz_buffer *dst, size_t offset, const void *src, size_t bytes);
+    /* Enqueues the writing of one output in its final layout into `dst` at `offset` (see
+     * sqz_output_format). NULL: the session downloads the tensor and formats it on the host. */
+    sqz_status (*format_output)(void *ctx, const sqz_binding *binding, const sqz_output_format *format,
+                                sqz_buffer *dst, size_t offset);
+    /* Ends run `slot` (0 <= slot < SQZ_RUN_SLOTS): once everything enqueued so far is done,
+     * copies `bytes` (possibly 0) of `src` at `offset` into `host` (from host_alloc), without
+     * waiting. run_wait(slot) returns when that copy has landed, with the first error of the
+     * run's work. Both NULL: the session synchronizes and downloads. */
+    sqz_status (*run_download)(void *ctx, int slot, sqz_buffer *src, size_t offset, void *host, size_t bytes);
+    sqz_status (*run_wait)(void *ctx, int slot);
+    /* After run_wait: seconds the device spent on the run, from its upload_async starting to
+     * its outputs being written; < 0 when unknown. NULL: unknown. */
+    double (*run_device_seconds)(void *ctx, int slot);
+    /* The device address of a buffer's first byte, for outputs left on the device (CUDA: a
+     * device pointer; host-memory backends: the host pointer). NULL: not offered. */
+    void *(*device_address)(void *ctx, sqz_buffer *buffer);
+    /* Whether run_begin records runs for replay: the session then pads the packed batch to
+     * a few shapes per bucket so that runs of different lengths replay one graph. */
+    bool (*records_runs)(void *ctx);
+    /* Counters for tests and reports: graphs captured and runs replayed. */
+    void (*graph_counts)(void *ctx, unsigned long *captured, unsigned long *replayed);
     /* Optional: the kernel variants chosen so far, one tab-separated line per variant of each
      * op shape: family, shape, variant, seconds per run (-1: did not apply), max difference
      * from variant 0 relative to its largest value, FLOPs, bytes moved, 1 if chosen. */
     sqz_status (*kernel_report)(void *ctx, char **text);
 } sqz_backend_ops;
+
+
+/* The host implementation of sqz_output_format (cpu_ref's format_output, and the session's
+ * fallback after a download): `src` holds the tensor as fp32 rows of src_cols. */
+void sqz_format_output_host(const sqz_output_format *format, const float *src, int64_t src_cols,
+                            const int32_t *seq_offsets, const int32_t *positions, const int32_t *key_valid,
+                            void *dst);
 
 const sqz_backend_ops *sqz_backend_find(const char *name);
 
@@ -94,6 +150,9 @@ sqz_status sqz_cuda_sim_list_devices(char **text);
  * intermediate roundings such as P in attention or a GEMM result before its GELU, and fp32
  * accumulation): 4 x 2^-11 and 4 x 2^-8. docs/engineering.md, "Tolerances". */
 double sqz_precision_op_tolerance(sqz_precision precision);
+
+/* Graphs a session's backend captured and runs it replayed (tests and reports). */
+void sqz_session_graph_counts(const sqz_session *session, unsigned long *captured, unsigned long *replayed);
 
 /* Appends printf-formatted text to a malloc'd string (for device listings). */
 sqz_status sqz_text_append(char **text, const char *fmt, ...)

@@ -11,16 +11,58 @@
 #include "runtime/backend.h"
 #include "runtime/error.h"
 #include "runtime/model.h"
+#include "runtime/outputs.h"
 
 #define PLAN_CACHE_SIZE 8
 #define MAX_BATCH_TOKENS (1 << 24) /* padded tokens per run; beyond this split the batch */
 #define GUARD_BYTE 0xA5
 
+typedef struct packed_batch {
+    int64_t rows;   /* sequences: batch * max(choices, 1) */
+    int64_t width;  /* padded length W */
+    int64_t tokens; /* kept tokens T */
+    int64_t score_rows, max_len;
+    int32_t *token_ids, *token_types, *positions, *key_valid; /* [T] */
+    int32_t *seq_offsets, *score_offsets;                     /* [rows + 1] */
+    int32_t *first_tokens;                                    /* [rows] */
+    int32_t *packed_index; /* [rows * W]: packed token of (row, w), or -1 when dropped */
+} packed_batch;
+
 typedef struct cached_plan {
     sqz_bucket bucket;
     sqz_plan *plan;
     unsigned long last_used;
+    int in_flight; /* runs in flight that use it: never evicted meanwhile */
 } cached_plan;
+
+/* One output of a run: where it goes in the result block and how it is laid out. */
+typedef struct out_entry {
+    int output; /* index into the plan graph's outputs */
+    sqz_output_format format;
+    int ndim;
+    int64_t shape[SQZ_MAX_DIMS];
+    size_t offset, bytes; /* in the result block (or the device area) */
+} out_entry;
+
+/* A run between submit and wait. */
+typedef struct run_slot {
+    bool busy;
+    bool landed;           /* waited for by the session itself (before growing the arena) */
+    sqz_status landed_status;
+    char *landed_error;
+    sqz_ticket ticket;     /* 0 until the submit is complete */
+    int plan_index;
+    packed_batch p;        /* the real sequences first, then padding (pad_for_replay) */
+    sqz_run_dims dims;     /* what ran */
+    sqz_run_dims real;     /* the caller's sequences alone */
+    double compile_seconds;
+    double host_seconds;   /* spent in submit: the device time of backends that finish there */
+    sqz_result *result;
+    void *staging;         /* the input image, uploaded in one copy */
+    size_t staging_bytes;
+    sqz_buffer *device_out; /* outputs formatted on the device, before the download */
+    size_t device_out_bytes;
+} run_slot;
 
 struct sqz_session {
     const sqz_model *model;
@@ -40,11 +82,16 @@ struct sqz_session {
     sqz_run_dims last_dims;
     sqz_run_stats last_stats;
     size_t weight_bytes;
-    double compile_seconds; /* of the plan compiled by the current run, if any */
     float *host_out;        /* reused between runs for outputs that need rearranging */
     size_t host_out_bytes;
     char (*selected)[SQZ_NAME_LEN]; /* outputs to collect (sqz_session_select_outputs); NULL: all */
     size_t n_selected;
+    sqz_output_options out_options;
+    sqz_pool *pool;             /* result memory shared with the results */
+    run_slot slots[SQZ_RUN_SLOTS];
+    sqz_ticket last_ticket;
+    bool pad_runs;              /* pad batches to replayable shapes (pad_for_replay) */
+    double busy_seconds;        /* device time of the runs waited for (sqz_session_busy_seconds) */
     /* test hook (SQZ_FAULT_LAUNCH / SQZ_FAULT_ALLOC = N or N:P): the Nth launch or buffer
      * allocation of this session fails, then every Pth after it; 0 = off */
     unsigned long fault_launch_at, fault_launch_every, launches_done;
@@ -54,6 +101,11 @@ struct sqz_session {
 struct sqz_result {
     sqz_output *outputs;
     size_t count;
+    sqz_pool *pool;  /* NULL: holds nothing of a session */
+    void *block;     /* the host outputs; returned to the pool, unless the caller's */
+    size_t block_capacity;
+    bool block_owned;
+    int lease;       /* device outputs: the pool's lease, or -1 */
 };
 
 /* ---- graph for a model ------------------------------------------------------------------ */
@@ -125,21 +177,33 @@ sqz_status sqz_model_graph_dot(const sqz_model *model, int max_tokens, int max_s
 
 /* ---- sessions ------------------------------------------------------------------------- */
 
-/* Reads a fault-injection setting "N" or "N:P" (N >= 1, P >= 0); anything else is off. */
-static void read_fault_setting(const char *name, unsigned long *at, unsigned long *every)
+/* Sessions created by this process, counted from 1: SQZ_FAULT_*=...@K aims at the Kth. */
+static unsigned long sessions_created;
+
+/* Reads a fault-injection setting "N", "N:P", "N@K" or "N:P@K" (N >= 1, P >= 0, K >= 1: only
+ * the Kth session of the process); anything else is off. */
+static void read_fault_setting(const char *name, unsigned long session_number, unsigned long *at,
+                               unsigned long *every)
 {
     *at = *every = 0;
     const char *v = getenv(name);
     if (!v || !*v)
         return;
     char *end = NULL;
-    unsigned long n = strtoul(v, &end, 10), p = 0;
+    unsigned long n = strtoul(v, &end, 10), p = 0, only = 0;
     if (*end == ':')
         p = strtoul(end + 1, &end, 10);
+    if (*end == '@') {
+        only = strtoul(end + 1, &end, 10);
+        if (only == 0)
+            end = (char *)"@"; /* reported below */
+    }
     if (*end != '\0' || n == 0) {
-        fprintf(stderr, "squeezebert: ignoring %s='%s' (expected N or N:P)\n", name, v);
+        fprintf(stderr, "squeezebert: ignoring %s='%s' (expected N, N:P, N@K or N:P@K)\n", name, v);
         return;
     }
+    if (only && only != session_number)
+        return;
     *at = n;
     *every = p;
 }
@@ -272,8 +336,9 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
     const char *guard = getenv("SQZ_GUARD_BYTES");
     s->compile.guard_bytes = guard ? (size_t)strtoul(guard, NULL, 10) : 0;
     s->compile.keep_all = keep_all;
-    read_fault_setting("SQZ_FAULT_LAUNCH", &s->fault_launch_at, &s->fault_launch_every);
-    read_fault_setting("SQZ_FAULT_ALLOC", &s->fault_alloc_at, &s->fault_alloc_every);
+    const unsigned long number = __atomic_add_fetch(&sessions_created, 1, __ATOMIC_RELAXED);
+    read_fault_setting("SQZ_FAULT_LAUNCH", number, &s->fault_launch_at, &s->fault_launch_every);
+    read_fault_setting("SQZ_FAULT_ALLOC", number, &s->fault_alloc_at, &s->fault_alloc_every);
     sqz_graph_init(&s->graph);
     s->precision = precision;
     st = (unsigned)precision < SQZ_PRECISION_COUNT
@@ -296,6 +361,11 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
                               sqz_precision_name(precision));
     if (st == SQZ_OK)
         s->compile.fusable_ops = fusable_ops(s);
+    if (st == SQZ_OK)
+        st = sqz_pool_create(ops->host_alloc ? ops->host_free : NULL, &s->pool);
+    /* padding only helps runs that replay, and must not change what validation reads */
+    s->pad_runs = st == SQZ_OK && !keep_all && ops->records_runs && ops->records_runs(s->ctx) &&
+                  s->compile.guard_bytes == 0 && s->compile.debug < 3 && !s->fault_launch_at;
     if (st != SQZ_OK) {
         sqz_session_free(s);
         return st;
@@ -348,10 +418,29 @@ const char *sqz_session_device(const sqz_session *s)
     return s && s->ops->describe ? s->ops->describe(s->ctx) : "";
 }
 
+static void slot_release(sqz_session *s, run_slot *slot);
+
 void sqz_session_free(sqz_session *s)
 {
     if (!s)
         return;
+    for (int k = 0; k < SQZ_RUN_SLOTS; k++) {
+        run_slot *slot = &s->slots[k];
+        if (slot->busy && !slot->landed && s->ops->run_wait)
+            s->ops->run_wait(s->ctx, k); /* nothing may still write into what is freed below */
+        slot_release(s, slot);
+        if (slot->staging)
+            s->ops->host_free ? s->ops->host_free(slot->staging) : free(slot->staging);
+        if (slot->device_out)
+            s->ops->buffer_free(s->ctx, slot->device_out);
+    }
+    if (s->pool) {
+        /* device outputs die with their session (documented); host ones live on */
+        size_t index = 0;
+        for (sqz_buffer *b; (b = sqz_pool_orphan(s->pool, &index)) != NULL;)
+            s->ops->buffer_free(s->ctx, b);
+        sqz_pool_session_done(s->pool);
+    }
     for (int i = 0; i < PLAN_CACHE_SIZE; i++)
         sqz_plan_free(s->plans[i].plan);
     if (s->arena)
@@ -369,16 +458,6 @@ void sqz_session_free(sqz_session *s)
 
 /* ---- packing ---------------------------------------------------------------------------- */
 
-typedef struct packed_batch {
-    int64_t rows;   /* sequences: batch * max(choices, 1) */
-    int64_t width;  /* padded length W */
-    int64_t tokens; /* kept tokens T */
-    int64_t score_rows, max_len;
-    int32_t *token_ids, *token_types, *positions, *key_valid; /* [T] */
-    int32_t *seq_offsets, *score_offsets;                     /* [rows + 1] */
-    int32_t *first_tokens;                                    /* [rows] */
-    int32_t *packed_index; /* [rows * W]: packed token of (row, w), or -1 when dropped */
-} packed_batch;
 
 static void packed_release(packed_batch *p)
 {
@@ -524,23 +603,47 @@ static int64_t next_pow2(int64_t x)
     return p;
 }
 
-static sqz_status get_plan(sqz_session *s, const packed_batch *p, sqz_plan **out)
+/* Runs of at most this many tokens are padded to replayable shapes (pad_for_replay): above
+ * it a run's launches cost little next to its work, and padding would cost more. */
+#define REPLAY_PAD_MAX_TOKENS 4096
+/* Shapes per bucket and dimension: padding costs at most 1/16 of a bucket's tokens. */
+#define REPLAY_STEPS 16
+
+static bool pads_for_replay(const sqz_session *s, const packed_batch *p)
 {
-    sqz_bucket b = {next_pow2(p->tokens < 16 ? 16 : p->tokens), next_pow2(p->rows),
-                    next_pow2(p->max_len)};
+    return s->pad_runs && p->tokens + 1 <= REPLAY_PAD_MAX_TOKENS;
+}
+
+/* The plan's bucket. A batch padded for replay needs room for one sequence and one token
+ * more than it has. */
+static sqz_bucket bucket_for(const sqz_session *s, const packed_batch *p)
+{
+    const int64_t extra = pads_for_replay(s, p);
+    const int64_t tokens = p->tokens + extra < 16 ? 16 : p->tokens + extra;
+    sqz_bucket b = {next_pow2(tokens), next_pow2(p->rows + extra), next_pow2(p->max_len)};
     if (b.max_sequences > b.max_tokens)
         b.max_sequences = b.max_tokens;
-    int victim = 0;
+    return b;
+}
+
+/* Finds or compiles the plan of the batch's bucket; plans of runs in flight stay cached. */
+static sqz_status get_plan(sqz_session *s, const packed_batch *p, int *index, double *compile_seconds)
+{
+    const sqz_bucket b = bucket_for(s, p);
+    int victim = -1;
     for (int i = 0; i < PLAN_CACHE_SIZE; i++) {
         cached_plan *c = &s->plans[i];
         if (c->plan && memcmp(&c->bucket, &b, sizeof b) == 0) {
             c->last_used = ++s->clock;
-            *out = c->plan;
+            *index = i;
             return SQZ_OK;
         }
-        if (!c->plan || (s->plans[victim].plan && c->last_used < s->plans[victim].last_used))
+        if (c->in_flight)
+            continue;
+        if (victim < 0 || !c->plan || (s->plans[victim].plan && c->last_used < s->plans[victim].last_used))
             victim = i;
     }
+    SQZ_CHECK_INTERNAL(victim >= 0); /* at most SQZ_RUN_SLOTS of the cache are in flight */
     sqz_plan *plan = NULL;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -548,17 +651,94 @@ static sqz_status get_plan(sqz_session *s, const packed_batch *p, sqz_plan **out
     if (st != SQZ_OK)
         return st;
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    s->compile_seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    *compile_seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    if (s->last_plan == s->plans[victim].plan)
+        s->last_plan = NULL;
     sqz_plan_free(s->plans[victim].plan);
-    s->plans[victim] = (cached_plan){b, plan, ++s->clock};
-    *out = plan;
+    s->plans[victim] = (cached_plan){b, plan, ++s->clock, 0};
+    *index = victim;
     return SQZ_OK;
+}
+
+static int64_t round_up_to(int64_t x, int64_t step) { return (x + step - 1) / step * step; }
+
+/* Grows a packed batch with dummy sequences (ids 0, positions from 0, every key valid) so
+ * that its tokens and sequences are one of REPLAY_STEPS steps of the bucket's, its longest
+ * sequence the bucket's and its score rows their bound. A backend that records a run's
+ * launches (CUDA graphs) keys them by these dims, so batches of other lengths in the same
+ * steps replay the same graph; every kernel then reads what changes from run to run from the
+ * uploaded arrays. The dummies run after the real sequences and nothing reads their outputs;
+ * each token's arithmetic does not depend on the others', so the real outputs are those of
+ * the unpadded batch. Leaves the batch as it is when the steps do not fit. */
+static sqz_status pad_for_replay(packed_batch *p, const sqz_bucket *b, int64_t max_positions,
+                                 sqz_run_dims *dims)
+{
+    *dims = (sqz_run_dims){p->tokens, p->rows, p->score_rows, p->max_len};
+    const int64_t token_step = b->max_tokens / REPLAY_STEPS > 16 ? b->max_tokens / REPLAY_STEPS : 16;
+    const int64_t seq_step = b->max_sequences / REPLAY_STEPS > 1 ? b->max_sequences / REPLAY_STEPS : 1;
+    const int64_t longest = b->max_len < max_positions ? b->max_len : max_positions;
+    int64_t seqs = round_up_to(p->rows + 1, seq_step);
+    seqs = seqs < b->max_sequences ? seqs : b->max_sequences;
+    const int64_t extra_seqs = seqs - p->rows;
+    int64_t tokens = round_up_to(p->tokens + extra_seqs, token_step);
+    tokens = tokens < b->max_tokens ? tokens : b->max_tokens;
+    const int64_t extra_tokens = tokens - p->tokens;
+    if (extra_seqs < 1 || extra_tokens < extra_seqs || extra_tokens > extra_seqs * longest)
+        return SQZ_OK;
+    int32_t *arrays[7] = {p->token_ids, p->token_types, p->positions, p->key_valid, p->seq_offsets,
+                          p->score_offsets, p->first_tokens};
+    const int64_t sizes[7] = {tokens, tokens, tokens, tokens, seqs + 1, seqs + 1, seqs};
+    for (int i = 0; i < 7; i++) {
+        int32_t *bigger = realloc(arrays[i], (size_t)sizes[i] * sizeof *bigger);
+        if (!bigger)
+            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory padding the batch");
+        arrays[i] = bigger;
+    }
+    p->token_ids = arrays[0], p->token_types = arrays[1], p->positions = arrays[2];
+    p->key_valid = arrays[3], p->seq_offsets = arrays[4], p->score_offsets = arrays[5];
+    p->first_tokens = arrays[6];
+    int64_t t = p->tokens, score = p->score_offsets[p->rows];
+    for (int64_t r = p->rows; r < seqs; r++) {
+        const int64_t k = r - p->rows;
+        const int64_t len = extra_tokens / extra_seqs + (k < extra_tokens % extra_seqs);
+        p->seq_offsets[r] = (int32_t)t;
+        p->score_offsets[r] = (int32_t)score;
+        p->first_tokens[r] = (int32_t)t;
+        for (int64_t w = 0; w < len; w++, t++) {
+            p->token_ids[t] = 0;
+            p->token_types[t] = 0;
+            p->positions[t] = (int32_t)w;
+            p->key_valid[t] = 1;
+        }
+        score += len * len;
+    }
+    p->seq_offsets[seqs] = (int32_t)t;
+    p->score_offsets[seqs] = (int32_t)score;
+    /* score rows at their bound for these dims, so they do not change the key */
+    *dims = (sqz_run_dims){tokens, seqs, tokens * b->max_len, b->max_len};
+    return SQZ_OK;
+}
+
+/* Waits for the runs in flight (their results are kept for their own waits), so that device
+ * memory they use can be replaced. */
+static void land_all(sqz_session *s)
+{
+    for (int k = 0; k < SQZ_RUN_SLOTS; k++) {
+        run_slot *slot = &s->slots[k];
+        if (!slot->busy || !slot->ticket || slot->landed || !s->ops->run_wait)
+            continue; /* free, being submitted (the caller), or done */
+        slot->landed = true;
+        slot->landed_status = s->ops->run_wait(s->ctx, k);
+        if (slot->landed_status != SQZ_OK)
+            slot->landed_error = strdup(sqz_last_error());
+    }
 }
 
 static sqz_status ensure_arena(sqz_session *s, size_t bytes)
 {
     if (s->arena && s->arena_bytes >= bytes)
         return SQZ_OK;
+    land_all(s);
     if (s->arena)
         s->ops->buffer_free(s->ctx, s->arena);
     s->arena = NULL;
@@ -632,25 +812,69 @@ static sqz_status check_guards(sqz_session *s, const sqz_plan *plan, const sqz_r
     return SQZ_OK;
 }
 
-static sqz_status upload_inputs(sqz_session *s, const sqz_plan *plan, const packed_batch *p)
+static sqz_status host_alloc(sqz_session *s, size_t bytes, void **out)
 {
+    if (s->ops->host_alloc)
+        return s->ops->host_alloc(s->ctx, bytes ? bytes : 1, out);
+    *out = malloc(bytes ? bytes : 1);
+    return *out ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory (%zu host bytes)", bytes);
+}
+
+static void host_free(sqz_session *s, void *memory)
+{
+    if (s->ops->host_free)
+        s->ops->host_free(memory);
+    else
+        free(memory);
+}
+
+/* Every input of a run in one host image of the arena's input region (the plan places the
+ * inputs first, together), uploaded in one copy. In guarded runs the image carries the guard
+ * pattern after each input too. */
+static sqz_status upload_inputs(sqz_session *s, run_slot *slot, const sqz_plan *plan, const sqz_run_dims *dims)
+{
+    const packed_batch *p = &slot->p;
     const sqz_graph_inputs *in = &plan->graph.in;
     struct { int tensor; const int32_t *data; int64_t count; } items[] = {
-        {in->token_ids, p->token_ids, p->tokens},     {in->token_types, p->token_types, p->tokens},
-        {in->positions, p->positions, p->tokens},     {in->key_valid, p->key_valid, p->tokens},
-        {in->seq_offsets, p->seq_offsets, p->rows + 1},
-        {in->score_offsets, p->score_offsets, p->rows + 1},
-        {in->first_tokens, p->first_tokens, p->rows},
+        {in->token_ids, p->token_ids, dims->tokens},     {in->token_types, p->token_types, dims->tokens},
+        {in->positions, p->positions, dims->tokens},     {in->key_valid, p->key_valid, dims->tokens},
+        {in->seq_offsets, p->seq_offsets, dims->sequences + 1},
+        {in->score_offsets, p->score_offsets, dims->sequences + 1},
+        {in->first_tokens, p->first_tokens, dims->sequences},
     };
-    for (size_t i = 0; i < sizeof items / sizeof items[0]; i++) {
+    const size_t n_items = sizeof items / sizeof items[0];
+    const bool guarded = plan->guard_bytes > 0;
+    size_t lo = SIZE_MAX, hi = 0;
+    for (size_t i = 0; i < n_items; i++) {
         if (items[i].tensor < 0)
             continue;
-        sqz_status st = s->ops->upload(s->ctx, s->arena, (size_t)plan->offsets[items[i].tensor],
-                                       items[i].data, (size_t)items[i].count * sizeof(int32_t));
+        const size_t at = (size_t)plan->offsets[items[i].tensor];
+        const size_t end = at + (guarded ? plan->bytes[items[i].tensor] + plan->guard_bytes
+                                         : (size_t)items[i].count * sizeof(int32_t));
+        lo = at < lo ? at : lo;
+        hi = end > hi ? end : hi;
+    }
+    if (hi <= lo)
+        return SQZ_OK;
+    if (slot->staging_bytes < hi - lo) {
+        if (slot->staging)
+            host_free(s, slot->staging);
+        slot->staging = NULL;
+        slot->staging_bytes = 0;
+        sqz_status st = host_alloc(s, hi - lo, &slot->staging);
         if (st != SQZ_OK)
             return st;
+        slot->staging_bytes = hi - lo;
     }
-    return SQZ_OK;
+    unsigned char *image = slot->staging;
+    memset(image, guarded ? GUARD_BYTE : 0, hi - lo);
+    for (size_t i = 0; i < n_items; i++)
+        if (items[i].tensor >= 0)
+            memcpy(image + (size_t)plan->offsets[items[i].tensor] - lo, items[i].data,
+                   (size_t)items[i].count * sizeof(int32_t));
+    return s->ops->upload_async && !guarded
+               ? s->ops->upload_async(s->ctx, (int)(slot - s->slots), s->arena, lo, image, hi - lo)
+               : s->ops->upload(s->ctx, s->arena, lo, image, hi - lo);
 }
 
 static bool output_selected(const sqz_session *s, const char *name)
@@ -690,68 +914,100 @@ sqz_status sqz_session_select_outputs(sqz_session *s, const char *const *names, 
     return SQZ_OK;
 }
 
+sqz_status sqz_session_set_output_options(sqz_session *s, const sqz_output_options *options)
+{
+    if (!s || !options)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_set_output_options: session and options are required");
+    if ((unsigned)options->type > SQZ_OUTPUT_FP16 || (unsigned)options->place > SQZ_OUTPUT_ON_DEVICE)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_set_output_options: type %d or place %d is not "
+                        "one of sqz_output_type / sqz_output_place", (int)options->type, (int)options->place);
+    if (options->place == SQZ_OUTPUT_ON_DEVICE && (!s->ops->format_output || !s->ops->device_address))
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' cannot leave outputs on the device (cuda, cuda-sim and "
+                        "cpu_ref can)", s->ops->name);
+    s->out_options = *options;
+    return SQZ_OK;
+}
+
+/* The selected outputs of a run with the caller's shape (rows sequences of width W), in
+ * their final layout, back to back in one block; *total gets its size. */
+static sqz_status layout_outputs(const sqz_session *s, const sqz_graph *g, const sqz_input *in,
+                                 out_entry **out, size_t *count, size_t *total)
+{
+    out_entry *e = calloc(g->n_outputs ? g->n_outputs : 1, sizeof *e);
+    if (!e)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for outputs");
+    const int64_t rows = (int64_t)in->batch * (in->choices > 0 ? in->choices : 1), W = in->seq_len;
+    const size_t element = s->out_options.type == SQZ_OUTPUT_FP16 ? 2 : 4;
+    size_t n = 0, at = 0;
+    for (size_t o = 0; o < g->n_outputs; o++) {
+        const sqz_graph_output *go = &g->outputs[o];
+        if (!output_selected(s, go->name))
+            continue;
+        out_entry *x = &e[n++];
+        x->output = (int)o;
+        x->format = (sqz_output_format){go->tensor, go->col_begin, go->col_count, rows, 0,
+                                        s->out_options.type == SQZ_OUTPUT_FP16};
+        if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
+            x->ndim = go->squeeze ? 2 : 3;
+            x->shape[0] = in->batch, x->shape[1] = W, x->shape[2] = go->col_count;
+            x->format.rows = rows * W;
+            x->format.width = W;
+        } else if (go->layout == SQZ_LAYOUT_PER_SEQUENCE) {
+            x->ndim = 2;
+            x->shape[0] = in->batch, x->shape[1] = go->col_count;
+        } else {
+            x->ndim = 2;
+            x->shape[0] = in->batch, x->shape[1] = in->choices;
+        }
+        x->offset = at;
+        x->bytes = (size_t)(x->format.rows * x->format.col_count) * element;
+        at = align_up(at + x->bytes);
+    }
+    *out = e;
+    *count = n;
+    *total = at;
+    return SQZ_OK;
+}
+
+sqz_status sqz_session_output_bytes(const sqz_session *s, const sqz_input *input, size_t *bytes)
+{
+    if (!s || !input || !bytes)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_output_bytes: session, input and bytes are required");
+    if (input->batch < 1 || input->seq_len < 1 || input->choices < 0)
+        return sqz_fail(SQZ_ERR_INPUT, "input: batch (%d) and sequence length (%d) must be at least 1",
+                        input->batch, input->seq_len);
+    out_entry *e = NULL;
+    size_t n;
+    sqz_status st = layout_outputs(s, &s->graph, input, &e, &n, bytes);
+    free(e);
+    return st;
+}
+
 /* Whether packed token i is position i of the padded batch for every position (nothing was
  * dropped): then a per-token output already has the result's layout. */
-static bool packed_is_dense(const packed_batch *p)
+static bool packed_is_dense(const packed_batch *p, int64_t real_tokens)
 {
-    if (p->tokens != p->rows * p->width)
+    if (real_tokens != p->rows * p->width)
         return false;
-    for (int64_t i = 0; i < p->tokens; i++)
+    for (int64_t i = 0; i < real_tokens; i++)
         if (p->packed_index[i] != i || !p->key_valid[i])
             return false;
     return true;
 }
 
-/* Outputs already in the result's layout are downloaded straight into it; the others go
- * through the session's reusable host buffer and are scattered row by row. */
-static sqz_status collect_outputs(sqz_session *s, const sqz_plan *plan, const packed_batch *p,
-                                  const sqz_input *in, const sqz_run_dims *dims, sqz_result *res)
+/* Outputs in their layout without format_output: each tensor downloaded (straight into the
+ * block when it already has the layout) and rearranged on the host. */
+static sqz_status format_on_host(sqz_session *s, run_slot *slot, const sqz_plan *plan, const out_entry *e,
+                                 size_t n, unsigned char *block)
 {
-    const sqz_graph *g = &plan->graph;
-    res->outputs = calloc(g->n_outputs ? g->n_outputs : 1, sizeof *res->outputs);
-    if (!res->outputs)
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for outputs");
-    const bool dense = packed_is_dense(p);
-    for (size_t o = 0; o < g->n_outputs; o++) {
-        const sqz_graph_output *go = &g->outputs[o];
-        if (!output_selected(s, go->name))
-            continue;
-        const sqz_tensor_desc *d = &g->tensors[go->tensor];
-        const int64_t rows = sqz_tensor_rows(d, dims);
-        const size_t bytes = (size_t)(rows * d->cols) * sizeof(float);
-        sqz_output *out = &res->outputs[res->count];
-        int64_t count;
-        if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
-            out->ndim = go->squeeze ? 2 : 3;
-            out->shape[0] = in->batch;
-            out->shape[1] = p->width;
-            out->shape[2] = go->col_count;
-            count = p->rows * p->width * go->col_count;
-        } else if (go->layout == SQZ_LAYOUT_PER_SEQUENCE) {
-            out->ndim = 2;
-            out->shape[0] = in->batch;
-            out->shape[1] = go->col_count;
-            count = p->rows * go->col_count;
-        } else {
-            out->ndim = 2;
-            out->shape[0] = in->batch;
-            out->shape[1] = in->choices;
-            count = p->rows;
-        }
-        const bool direct = (go->layout != SQZ_LAYOUT_PER_TOKEN || dense) && go->col_begin == 0 &&
-                            go->col_count == d->cols && (size_t)count * sizeof(float) == bytes;
-        char *name = strdup(go->name);
-        float *data = direct ? malloc(bytes ? bytes : 1) : calloc((size_t)(count ? count : 1), sizeof *data);
-        if (!name || !data) {
-            free(name);
-            free(data);
-            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for output '%s'", go->name);
-        }
-        out->name = name;
-        out->data = data;
-        res->count++;
-        if (direct) {
-            sqz_status st = s->ops->download(s->ctx, s->arena, (size_t)plan->offsets[go->tensor], data, bytes);
+    const bool dense = packed_is_dense(&slot->p, slot->real.tokens);
+    for (size_t i = 0; i < n; i++) {
+        const sqz_output_format *f = &e[i].format;
+        const sqz_tensor_desc *d = &plan->graph.tensors[f->tensor];
+        const size_t bytes = (size_t)(sqz_tensor_rows(d, &slot->dims) * d->cols) * sizeof(float);
+        const size_t offset = (size_t)plan->offsets[f->tensor];
+        if (!f->half && f->col_begin == 0 && f->col_count == d->cols && (f->width == 0 || dense)) {
+            sqz_status st = s->ops->download(s->ctx, s->arena, offset, block + e[i].offset, e[i].bytes);
             if (st != SQZ_OK)
                 return st;
             continue;
@@ -763,67 +1019,181 @@ static sqz_status collect_outputs(sqz_session *s, const sqz_plan *plan, const pa
                 return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading outputs");
             s->host_out_bytes = bytes;
         }
-        const float *packed = s->host_out;
-        sqz_status st = s->ops->download(s->ctx, s->arena, (size_t)plan->offsets[go->tensor], s->host_out, bytes);
+        sqz_status st = s->ops->download(s->ctx, s->arena, offset, s->host_out, bytes);
         if (st != SQZ_OK)
             return st;
-        const size_t row_bytes = (size_t)go->col_count * sizeof(float);
-        if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
-            for (int64_t i = 0; i < p->rows * p->width; i++) {
-                int32_t t = p->packed_index[i];
-                if (t < 0 || !p->key_valid[t])
-                    continue; /* padded position: unspecified, written as 0 */
-                memcpy(data + i * go->col_count, packed + t * d->cols + go->col_begin, row_bytes);
-            }
+        sqz_format_output_host(f, s->host_out, d->cols, slot->p.seq_offsets, slot->p.positions, slot->p.key_valid,
+                               block + e[i].offset);
+    }
+    return SQZ_OK;
+}
+
+/* Host memory for a result's outputs: the caller's, or a block of the pool, or a new one. */
+static sqz_status result_memory(sqz_session *s, sqz_result *res, size_t total, void *memory, size_t memory_bytes)
+{
+    if (memory) {
+        if (memory_bytes < total)
+            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_submit_into: the outputs need %zu bytes, the "
+                            "memory given has %zu (sqz_session_output_bytes)", total, memory_bytes);
+        res->block = memory;
+        return SQZ_OK;
+    }
+    res->block = sqz_pool_take_block(s->pool, total ? total : 1, &res->block_capacity);
+    if (!res->block) {
+        sqz_status st = host_alloc(s, total, &res->block);
+        if (st != SQZ_OK) {
+            res->block = NULL;
+            return st;
+        }
+        res->block_capacity = total ? total : 1;
+    }
+    res->block_owned = true;
+    return SQZ_OK;
+}
+
+/* A device buffer of at least `bytes` for outputs left on the device: one a freed result gave
+ * back when it is big enough (the others are freed), else a new one. */
+static sqz_status device_outputs_buffer(sqz_session *s, size_t bytes, sqz_buffer **out, size_t *capacity)
+{
+    *out = NULL;
+    for (size_t have; ;) {
+        sqz_buffer *b = sqz_pool_collect_returned(s->pool, &have);
+        if (!b)
+            break;
+        if (!*out && have >= bytes) {
+            *out = b;
+            *capacity = have;
         } else {
-            for (int64_t r = 0; r < p->rows; r++)
-                memcpy(data + r * go->col_count, packed + r * d->cols + go->col_begin, row_bytes);
+            s->ops->buffer_free(s->ctx, b);
+        }
+    }
+    if (*out)
+        return SQZ_OK;
+    *capacity = bytes ? bytes : 1;
+    return session_alloc(s, *capacity, out);
+}
+
+/* Writes the outputs in their layout on the device and starts their copy to the host. */
+static sqz_status finish_on_device(sqz_session *s, int k, const sqz_binding *binding, const out_entry *e, size_t n,
+                                   size_t total, sqz_result *res)
+{
+    run_slot *slot = &s->slots[k];
+    const bool on_device = s->out_options.place == SQZ_OUTPUT_ON_DEVICE;
+    sqz_buffer *area = NULL;
+    sqz_status st = SQZ_OK;
+    if (on_device) {
+        size_t capacity = 0;
+        if ((st = device_outputs_buffer(s, total, &area, &capacity)) != SQZ_OK)
+            return st;
+        if ((st = sqz_pool_lend(s->pool, area, capacity, &res->lease)) != SQZ_OK) {
+            s->ops->buffer_free(s->ctx, area);
+            return st;
+        }
+    } else {
+        if (slot->device_out_bytes < total) {
+            if (slot->device_out)
+                s->ops->buffer_free(s->ctx, slot->device_out);
+            slot->device_out = NULL;
+            slot->device_out_bytes = 0;
+            if ((st = session_alloc(s, total ? total : 1, &slot->device_out)) != SQZ_OK)
+                return st;
+            slot->device_out_bytes = total ? total : 1;
+        }
+        area = slot->device_out;
+    }
+    for (size_t i = 0; i < n && st == SQZ_OK; i++)
+        st = s->ops->format_output(s->ctx, binding, &e[i].format, area, e[i].offset);
+    if (st != SQZ_OK)
+        return st;
+    if (on_device) {
+        unsigned char *base = s->ops->device_address(s->ctx, area);
+        for (size_t i = 0; i < n; i++)
+            res->outputs[i].device_data = base + e[i].offset;
+    }
+    return s->ops->run_download(s->ctx, k, area, 0, on_device ? NULL : res->block, on_device ? 0 : total);
+}
+
+/* Everything a result needs but its values: names, shapes, where the values will be. */
+static sqz_status result_skeleton(sqz_session *s, const sqz_plan *plan, const out_entry *e, size_t n,
+                                  sqz_result *res)
+{
+    res->outputs = calloc(n ? n : 1, sizeof *res->outputs);
+    if (!res->outputs)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for outputs");
+    const bool on_device = s->out_options.place == SQZ_OUTPUT_ON_DEVICE;
+    for (size_t i = 0; i < n; i++) {
+        sqz_output *o = &res->outputs[i];
+        if (!(o->name = strdup(plan->graph.outputs[e[i].output].name)))
+            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for outputs");
+        res->count++;
+        o->ndim = e[i].ndim;
+        memcpy(o->shape, e[i].shape, sizeof o->shape);
+        o->type = s->out_options.type;
+        o->bytes = e[i].bytes;
+        if (!on_device) {
+            o->values = (unsigned char *)res->block + e[i].offset;
+            o->data = o->type == SQZ_OUTPUT_FP32 ? o->values : NULL;
         }
     }
     return SQZ_OK;
 }
 
-sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **out)
+static void slot_release(sqz_session *s, run_slot *slot)
 {
-    if (!s || !out)
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_run: session and out are required");
-    *out = NULL;
-    packed_batch p;
-    sqz_status st = validate_and_pack(s->model, input, &p);
+    sqz_result_free(slot->result);
+    slot->result = NULL;
+    packed_release(&slot->p);
+    if (slot->busy && s->plans[slot->plan_index].in_flight > 0)
+        s->plans[slot->plan_index].in_flight--;
+    free(slot->landed_error);
+    slot->landed_error = NULL;
+    slot->busy = slot->landed = false;
+    slot->ticket = 0;
+}
+
+/* Packs, uploads and launches one run in slot k, and starts its outputs' way back. */
+static sqz_status submit_run(sqz_session *s, int k, const sqz_input *input, void *memory, size_t memory_bytes)
+{
+    run_slot *slot = &s->slots[k];
+    packed_batch *p = &slot->p;
+    sqz_status st = validate_and_pack(s->model, input, p);
     if (st != SQZ_OK)
         return st;
-    sqz_plan *plan = NULL;
-    s->compile_seconds = 0;
-    sqz_result *res = calloc(1, sizeof *res);
-    if (!res)
-        st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-    if (st == SQZ_OK)
-        st = get_plan(s, &p, &plan);
+    slot->real = (sqz_run_dims){p->tokens, p->rows, p->score_rows, p->max_len};
+    slot->dims = slot->real;
+    slot->compile_seconds = 0;
+    st = get_plan(s, p, &slot->plan_index, &slot->compile_seconds);
+    if (st != SQZ_OK)
+        return st;
+    s->plans[slot->plan_index].in_flight++;
+    slot->busy = true; /* from here slot_release gives the plan back */
+    sqz_plan *plan = s->plans[slot->plan_index].plan;
+    if (pads_for_replay(s, p))
+        st = pad_for_replay(p, &plan->bucket, s->model->config.max_position_embeddings, &slot->dims);
     if (st == SQZ_OK)
         st = ensure_arena(s, plan->arena_bytes);
-    sqz_run_dims dims = {p.tokens, p.rows, p.score_rows, p.max_len};
+    if (st != SQZ_OK)
+        return st;
+    const sqz_run_dims dims = slot->dims;
     sqz_binding binding = {plan, s->weights, s->weight_offsets, s->arena};
-    const bool guarded = plan && plan->guard_bytes > 0;
+    const bool guarded = plan->guard_bytes > 0;
     int *last_use = NULL;
-    if (st == SQZ_OK && guarded) {
-        /* test builds: canaries after every tensor, checked after every launch */
+    if (guarded) {
+        /* test builds: canaries after every tensor (the input image carries the inputs'),
+         * checked after every launch */
         last_use = malloc((plan->graph.n_tensors ? plan->graph.n_tensors : 1) * sizeof *last_use);
         if (!last_use)
-            st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-        for (size_t t = 0; st == SQZ_OK && t < plan->graph.n_tensors; t++) {
+            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+        for (size_t t = 0; t < plan->graph.n_tensors; t++)
             last_use[t] = -1;
-            if (plan->graph.tensors[t].kind == SQZ_TENSOR_INPUT)
-                st = fill_guard(s, plan, t, &dims);
-        }
-        for (size_t k = 0; st == SQZ_OK && k < plan->n_launches; k++) {
-            const sqz_node *node = &plan->graph.nodes[plan->launches[k]];
+        for (size_t k2 = 0; k2 < plan->n_launches; k2++) {
+            const sqz_node *node = &plan->graph.nodes[plan->launches[k2]];
             for (int i = 0; i < node->n_inputs; i++)
                 if (node->inputs[i] >= 0)
-                    last_use[node->inputs[i]] = (int)k;
+                    last_use[node->inputs[i]] = (int)k2;
         }
     }
-    if (st == SQZ_OK)
-        st = upload_inputs(s, plan, &p);
+    st = upload_inputs(s, slot, plan, &dims);
     /* SQZ_DEBUG=3: time every launch (synchronising after each) and print a profile by op */
     const bool profile = s->compile.debug >= 3;
     double op_seconds[SQZ_OP_COUNT] = {0}, op_flops[SQZ_OP_COUNT] = {0};
@@ -834,8 +1204,8 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
     bool replayed = false;
     if (hooks)
         st = s->ops->run_begin(s->ctx, &binding, &dims, &replayed);
-    for (size_t k = 0; st == SQZ_OK && !replayed && k < plan->n_launches; k++) {
-        const sqz_node *node = &plan->graph.nodes[plan->launches[k]];
+    for (size_t i = 0; st == SQZ_OK && !replayed && i < plan->n_launches; i++) {
+        const sqz_node *node = &plan->graph.nodes[plan->launches[i]];
         if (guarded)
             st = fill_guard(s, plan, (size_t)node->output, &dims);
         struct timespec t0, t1;
@@ -856,7 +1226,7 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
             if (s->ops->synchronize)
                 st = s->ops->synchronize(s->ctx);
             if (st == SQZ_OK)
-                st = check_guards(s, plan, &dims, last_use, (int)k);
+                st = check_guards(s, plan, &dims, last_use, (int)i);
         }
     }
     if (hooks && !replayed) {
@@ -874,32 +1244,157 @@ sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **
                         op_launches[op], op_seconds[op] * 1e3,
                         op_seconds[op] > 0 ? op_flops[op] / op_seconds[op] * 1e-9 : 0.0);
     }
-    if (st == SQZ_OK && s->ops->synchronize)
-        st = s->ops->synchronize(s->ctx);
+    /* the outputs: laid out, then formatted and copied back on the device's queues, or on the host */
+    out_entry *e = NULL;
+    size_t n = 0, total = 0;
     if (st == SQZ_OK)
-        st = collect_outputs(s, plan, &p, input, &dims, res);
-    s->last_plan = st == SQZ_OK ? plan : NULL;
-    s->last_dims = dims;
-    if (st == SQZ_OK) {
-        sqz_run_stats *rs = &s->last_stats;
-        memset(rs, 0, sizeof *rs);
-        rs->tokens = dims.tokens;
-        rs->sequences = dims.sequences;
-        rs->padded_tokens = p.rows * p.width;
-        for (size_t k = 0; k < plan->n_launches; k++)
-            rs->flops += sqz_node_flops(&plan->graph, &plan->graph.nodes[plan->launches[k]], &dims);
-        rs->launches = plan->n_launches;
-        rs->arena_bytes = s->arena_bytes;
-        rs->weight_bytes = s->weight_bytes;
-        rs->compile_seconds = s->compile_seconds;
+        st = layout_outputs(s, &plan->graph, input, &e, &n, &total);
+    sqz_result *res = NULL;
+    if (st == SQZ_OK && !(res = calloc(1, sizeof *res)))
+        st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    if (res) {
+        res->lease = -1;
+        sqz_pool_ref(s->pool);
+        res->pool = s->pool;
     }
-    packed_release(&p);
+    slot->result = res;
+    const bool on_device = s->out_options.place == SQZ_OUTPUT_ON_DEVICE;
+    if (st == SQZ_OK && !on_device)
+        st = result_memory(s, res, total, memory, memory_bytes);
+    if (st == SQZ_OK)
+        st = result_skeleton(s, plan, e, n, res);
+    const bool async = s->ops->format_output && s->ops->run_download && s->ops->run_wait;
+    if (st == SQZ_OK && async) {
+        st = finish_on_device(s, k, &binding, e, n, total, res);
+    } else if (st == SQZ_OK) {
+        if (s->ops->synchronize)
+            st = s->ops->synchronize(s->ctx);
+        if (st == SQZ_OK)
+            st = format_on_host(s, slot, plan, e, n, res->block);
+        slot->landed = true;
+        slot->landed_status = SQZ_OK;
+    }
+    free(e);
+    return st;
+}
+
+static sqz_status submit(sqz_session *s, const sqz_input *input, void *memory, size_t memory_bytes,
+                         sqz_ticket *ticket)
+{
+    if (!s || !ticket)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_submit: session and ticket are required");
+    *ticket = 0;
+    int k = 0;
+    while (k < SQZ_RUN_SLOTS && s->slots[k].busy)
+        k++;
+    if (k == SQZ_RUN_SLOTS)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_submit: %d runs are already in flight; wait for "
+                        "one first (SQZ_MAX_IN_FLIGHT)", SQZ_RUN_SLOTS);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    sqz_status st = submit_run(s, k, input, memory, memory_bytes);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    s->slots[k].host_seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     if (st != SQZ_OK) {
-        sqz_result_free(res);
+        /* what was enqueued may still read the slot's memory: let it finish first */
+        if (s->slots[k].busy && s->ops->synchronize) {
+            char message[1024];
+            snprintf(message, sizeof message, "%s", sqz_last_error());
+            s->ops->synchronize(s->ctx);
+            sqz_fail(st, "%s", message);
+        }
+        slot_release(s, &s->slots[k]);
         return st;
     }
-    *out = res;
+    s->slots[k].ticket = *ticket = ++s->last_ticket;
     return SQZ_OK;
+}
+
+sqz_status sqz_session_submit(sqz_session *s, const sqz_input *input, sqz_ticket *ticket)
+{
+    return submit(s, input, NULL, 0, ticket);
+}
+
+sqz_status sqz_session_submit_into(sqz_session *s, const sqz_input *input, void *memory, size_t bytes,
+                                   sqz_ticket *ticket)
+{
+    if (!memory)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_submit_into: memory is required");
+    return submit(s, input, memory, bytes, ticket);
+}
+
+sqz_status sqz_session_busy_seconds(const sqz_session *s, double *seconds)
+{
+    if (!s || !seconds)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_busy_seconds: session and seconds are required");
+    *seconds = s->busy_seconds;
+    return SQZ_OK;
+}
+
+void sqz_session_graph_counts(const sqz_session *s, unsigned long *captured, unsigned long *replayed)
+{
+    *captured = *replayed = 0;
+    if (s && s->ops->graph_counts)
+        s->ops->graph_counts(s->ctx, captured, replayed);
+}
+
+int sqz_session_in_flight(const sqz_session *s)
+{
+    int n = 0;
+    for (int k = 0; s && k < SQZ_RUN_SLOTS; k++)
+        n += s->slots[k].busy;
+    return n;
+}
+
+sqz_status sqz_session_wait(sqz_session *s, sqz_ticket ticket, sqz_result **out)
+{
+    if (!s || !out)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_wait: session and out are required");
+    *out = NULL;
+    int k = 0;
+    while (k < SQZ_RUN_SLOTS && !(s->slots[k].busy && s->slots[k].ticket == ticket))
+        k++;
+    if (k == SQZ_RUN_SLOTS)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_wait: ticket %llu is not a run in flight on this "
+                        "session", (unsigned long long)ticket);
+    run_slot *slot = &s->slots[k];
+    sqz_status st = slot->landed ? slot->landed_status : s->ops->run_wait(s->ctx, k);
+    if (slot->landed && st != SQZ_OK)
+        sqz_fail(st, "%s", slot->landed_error ? slot->landed_error : "a run in flight failed");
+    if (st == SQZ_OK) {
+        const cached_plan *c = &s->plans[slot->plan_index];
+        s->last_plan = c->plan;
+        s->last_dims = slot->dims;
+        sqz_run_stats *rs = &s->last_stats;
+        memset(rs, 0, sizeof *rs);
+        rs->tokens = slot->real.tokens;
+        rs->sequences = slot->real.sequences;
+        rs->padded_tokens = slot->p.rows * slot->p.width;
+        for (size_t i = 0; i < c->plan->n_launches; i++) /* useful work: the caller's sequences */
+            rs->flops += sqz_node_flops(&c->plan->graph, &c->plan->graph.nodes[c->plan->launches[i]], &slot->real);
+        rs->launches = c->plan->n_launches;
+        rs->arena_bytes = s->arena_bytes;
+        rs->weight_bytes = s->weight_bytes;
+        rs->compile_seconds = slot->compile_seconds;
+        const double device = s->ops->run_device_seconds ? s->ops->run_device_seconds(s->ctx, k) : -1;
+        s->busy_seconds += device >= 0 ? device : slot->host_seconds;
+        *out = slot->result;
+        slot->result = NULL;
+    } else {
+        s->last_plan = NULL;
+    }
+    slot_release(s, slot);
+    return st;
+}
+
+sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **out)
+{
+    if (!s || !out)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_run: session and out are required");
+    *out = NULL;
+    sqz_ticket ticket;
+    sqz_status st = sqz_session_submit(s, input, &ticket);
+    return st == SQZ_OK ? sqz_session_wait(s, ticket, out) : st;
 }
 
 /* ---- results -------------------------------------------------------------------------------- */
@@ -923,11 +1418,11 @@ void sqz_result_free(sqz_result *r)
 {
     if (!r)
         return;
-    for (size_t i = 0; i < r->count; i++) {
+    for (size_t i = 0; i < r->count; i++)
         free((void *)r->outputs[i].name);
-        free((void *)r->outputs[i].data);
-    }
     free(r->outputs);
+    if (r->pool)
+        sqz_pool_release_result(r->pool, r->block_owned ? r->block : NULL, r->block_capacity, r->lease);
     free(r);
 }
 

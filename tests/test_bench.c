@@ -296,6 +296,57 @@ static void test_from_with_peer_rows(void **unused)
     free(json_path), free(csv_path), free(svg_path), free(merged), free(svg2);
 }
 
+/* --timing both --together on two sessions of one device: a latency and a throughput row per
+ * device and cell, and one row for both devices at once; every output checked. */
+static void test_throughput_rows(void **unused)
+{
+    char *json_path = test_path(tmp, "t.json");
+    const char *argv[] = {"--random", "tiny", "--backends", "cpu_ref", "--devices", "cpu_ref,cpu_ref:0", "--batch", "2",
+                          "--length", "8", "--mixed-batch", "none", "--precisions", "fp32", "--budget", "0.05", "--min-repeats", "3",
+                          "--max-repeats", "6", "--peak-budget", "0", "--timing", "both", "--together",
+                          "--json", json_path, "--quiet"};
+    assert_int_equal(bench(sizeof argv / sizeof argv[0], argv), 0);
+    json_error_t err;
+    json_t *report = json_load_file(json_path, 0, &err);
+    assert_non_null(report);
+    json_t *rows = json_object_get(report, "rows"), *row;
+    size_t i;
+    int latency = 0, throughput = 0, together = 0;
+    json_array_foreach(rows, i, row) {
+        assert_string_equal(str(row, "status"), "ok");
+        const double reps = num(row, "repeats");
+        assert_int_equal(json_array_size(json_object_get(row, "samples_ms")), (size_t)reps);
+        assert_string_equal(str(json_object_get(row, "validation"), "status"), "pass");
+        assert_true(num(row, "seq_per_s") > 0);
+        if (strcmp(str(row, "timing"), "latency") == 0) {
+            latency++;
+            continue;
+        }
+        assert_string_equal(str(row, "timing"), "throughput");
+        if (num(row, "devices") == 2) { /* each device ran its share: at least 3 batches each */
+            together++;
+            assert_string_equal(str(row, "device"), "default+0");
+            assert_true(reps >= 6 && reps <= 12);
+        } else {
+            throughput++;
+            assert_true(reps >= 3 && reps <= 6);
+        }
+    }
+    assert_int_equal(latency, 2);
+    assert_int_equal(throughput, 2);
+    assert_int_equal(together, 1);
+    char *table = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&table, &size);
+    bench_print_table(f, report, NULL);
+    fclose(f);
+    assert_non_null(strstr(table, "fixed/T"));
+    assert_non_null(strstr(table, "sqz:cpu_ref:default+0"));
+    free(table);
+    json_decref(report);
+    free(json_path);
+}
+
 static void test_usage_errors(void **unused)
 {
     const char *both[] = {"--random", "tiny", "--model", "/nonexistent"};
@@ -317,6 +368,10 @@ static void test_usage_errors(void **unused)
                              "--length", "8", "--mixed-batch", "none", "--budget", "0.01", "--peak-budget", "0",
                              "--outputs", "pooler_output", "--quiet"};
     assert_int_equal(bench(19, no_such), 1);
+    const char *timing[] = {"--random", "tiny", "--timing", "sometimes"};
+    assert_int_equal(bench(4, timing), 2);
+    const char *devices[] = {"--random", "tiny", "--devices", "cpu_ref,,opencl"};
+    assert_int_equal(bench(4, devices), 2);
     const char *too_long[] = {"--random", "tiny", "--backends", "cpu_ref", "--length", "4096",
                               "--quiet"};
     assert_int_equal(bench(7, too_long), 2);
@@ -334,6 +389,7 @@ int main(void)
         cmocka_unit_test(test_inputs),
         cmocka_unit_test(test_report),
         cmocka_unit_test(test_from_with_peer_rows),
+        cmocka_unit_test(test_throughput_rows),
         cmocka_unit_test(test_usage_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -10,6 +10,10 @@
  *   order), and fills zeros past src_bytes;
  * - launch limits of sm_90 are enforced with messages that say what to do;
  * - graphs replay the arguments they captured;
+ * - a device-to-host copy into pinned memory lands only when the host waits for it (an event
+ *   recorded after it, its stream), reads as NaN until then, and copies the source as it was
+ *   in stream order; a copy into pageable memory lands at once; a stream's wait for an event
+ *   lands nothing on the host;
  * - CUDA's fp16/bf16 conversions, which cuda-sim uses, round exactly as the formats define;
  * - broken kernels (shuffle outside the mask, misaligned cp.async, ldmatrix outside shared
  *   memory, a lane that ends while its warp waits, divergent collectives, a block that
@@ -355,6 +359,55 @@ static void graphs_replay_what_they_captured(void **unused)
     cudaGraphDestroy(graph);
 }
 
+/* ---- copies and events ---------------------------------------------------------------- */
+
+static void pinned_copies_land_when_the_host_waits(void **unused)
+{
+    cudaStream_t compute, copy;
+    assert_int_equal(cudaStreamCreateWithFlags(&compute, cudaStreamNonBlocking), cudaSuccess);
+    assert_int_equal(cudaStreamCreateWithFlags(&copy, cudaStreamNonBlocking), cudaSuccess);
+    int *dev = nullptr, *pinned = nullptr, pageable[64];
+    assert_int_equal(cudaMalloc((void **)&dev, 64 * sizeof(int)), cudaSuccess);
+    assert_int_equal(cudaHostAlloc((void **)&pinned, 64 * sizeof(int), cudaHostAllocPortable), cudaSuccess);
+    cudaEvent_t before, ready, done;
+    assert_int_equal(cudaEventCreateWithFlags(&before, cudaEventDisableTiming), cudaSuccess);
+    assert_int_equal(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), cudaSuccess);
+    assert_int_equal(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), cudaSuccess);
+    sqz_launch("set_value", set_value, 2, 32, 0, compute, dev, 7);
+    assert_int_equal(cudaEventRecord(ready, compute), cudaSuccess);
+    assert_int_equal(cudaStreamWaitEvent(copy, ready, 0), cudaSuccess);
+    assert_int_equal(cudaEventRecord(before, copy), cudaSuccess);
+    assert_int_equal(cudaMemcpyAsync(pinned, dev, 64 * sizeof(int), cudaMemcpyDeviceToHost, copy), cudaSuccess);
+    assert_int_equal(cudaEventRecord(done, copy), cudaSuccess);
+    assert_int_equal(pinned[3], -1); /* in flight: 0xff bytes */
+    sqz_launch("set_value", set_value, 2, 32, 0, compute, dev, 9); /* later in stream order */
+    assert_int_equal(cudaStreamWaitEvent(compute, done, 0), cudaSuccess); /* the device waits, not the host */
+    assert_int_equal(cudaEventSynchronize(before), cudaSuccess);          /* recorded before the copy */
+    assert_int_equal(pinned[3], -1);
+    assert_int_equal(cudaEventSynchronize(done), cudaSuccess);
+    for (int i = 0; i < 64; i++)
+        assert_int_equal(pinned[i], 7); /* the source as it was when the copy's turn came */
+    assert_int_equal(cudaMemcpyAsync(pageable, dev, sizeof pageable, cudaMemcpyDeviceToHost, copy), cudaSuccess);
+    assert_int_equal(pageable[63], 9); /* pageable: synchronous, as in CUDA */
+    assert_int_equal(cudaMemcpyAsync(pinned, dev, 64 * sizeof(int), cudaMemcpyDeviceToHost, copy), cudaSuccess);
+    assert_int_equal(pinned[0], -1);
+    assert_int_equal(cudaStreamSynchronize(copy), cudaSuccess);
+    assert_int_equal(pinned[0], 9);
+    assert_int_equal(cudaMemcpyAsync(pinned, dev, 64 * sizeof(int), cudaMemcpyDeviceToHost, copy), cudaSuccess);
+    assert_int_equal(cudaEventRecord(done, copy), cudaSuccess);
+    assert_int_equal(cudaEventQuery(done), cudaSuccess); /* complete: landed */
+    assert_int_equal(pinned[1], 9);
+    assert_int_equal(cudaFreeHost(pageable), cudaErrorInvalidValue);
+    assert_int_equal(cudaGetLastError(), cudaErrorInvalidValue);
+    assert_int_equal(cudaMemcpyAsync(pinned, dev, 64 * sizeof(int), cudaMemcpyDeviceToHost, copy), cudaSuccess);
+    assert_int_equal(cudaFreeHost(pinned), cudaSuccess); /* lands first, then frees (ASan would see a late write) */
+    for (cudaEvent_t e : {before, ready, done})
+        cudaEventDestroy(e);
+    cudaFree(dev);
+    cudaStreamDestroy(compute);
+    cudaStreamDestroy(copy);
+}
+
 /* ---- conversions ---------------------------------------------------------------------- */
 
 static void conversions_round_to_nearest_even(void **unused)
@@ -519,6 +572,7 @@ int main(void)
         cmocka_unit_test(cp_async_lands_at_the_latest_or_earliest_moment),
         cmocka_unit_test(launch_limits_are_enforced),
         cmocka_unit_test(graphs_replay_what_they_captured),
+        cmocka_unit_test(pinned_copies_land_when_the_host_waits),
         cmocka_unit_test(conversions_round_to_nearest_even),
         cmocka_unit_test(broken_kernels_are_stopped),
     };

@@ -166,8 +166,33 @@ static void results_do_not_depend_on_batching(void **unused)
         unsigned char *da = read_whole(a, &na), *db = read_whole(b, &nb);
         assert_int_equal(na, nb);
         assert_memory_equal(da, db, na);
+        free(db);
+        /* and on two devices at once (two sessions on the host), small batches spread over both */
+        snprintf(args, sizeof args, "--model %s/%s --devices cpu_ref,cpu_ref:0 --batch-tokens 20 --input "
+                 "%s/%s/input.jsonl --output %s", INFER, tasks[t], INFER, tasks[t], b);
+        run(args, &status);
+        db = read_whole(b, &nb);
+        assert_int_equal(na, nb);
+        assert_memory_equal(da, db, na);
         free(da), free(db);
     }
+    /* the CUDA backend's path (runs in flight, outputs formatted on the device, graphs
+     * replayed across lengths), on cuda-sim: one device and big batches against two sessions
+     * and small batches, record for record */
+    if (sqz_backend_probe("cuda-sim") != SQZ_OK)
+        return;
+    int status;
+    snprintf(args, sizeof args, "--model %s/classify --backend cuda-sim --batch-tokens 100000 --input "
+             "%s/classify/input.jsonl --output %s", INFER, INFER, a);
+    run(args, &status);
+    snprintf(args, sizeof args, "--model %s/classify --devices cuda-sim,cuda-sim:reverse --batch-tokens 30 --input "
+             "%s/classify/input.jsonl --output %s", INFER, INFER, b);
+    run(args, &status);
+    size_t na, nb;
+    unsigned char *da = read_whole(a, &na), *db = read_whole(b, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(da, db, na);
+    free(da), free(db);
 }
 
 static void ten_thousand_lines_in_order_with_errors_in_place(void **unused)
@@ -242,6 +267,21 @@ static void usage_errors(void **unused)
     snprintf(args, sizeof args, "--model %s/classify --batch-tokens 0", INFER);
     run(args, &status);
     assert_int_equal(status, 2);
+    snprintf(args, sizeof args, "--model %s/classify --device 0 --devices cpu_ref,cpu_ref", INFER);
+    run(args, &status);
+    assert_int_equal(status, 2);
+    snprintf(args, sizeof args, "--model %s/classify --devices cpu_ref,,cpu_ref --input /dev/null", INFER);
+    run(args, &status);
+    assert_int_equal(status, 1);
+    snprintf(args, sizeof args, "--model %s/classify --devices cpu_ref,nosuch:1 --input /dev/null", INFER);
+    run(args, &status);
+    assert_int_equal(status, 1);
+    char log[512];
+    snprintf(log, sizeof log, "%s/stderr.log", tmp);
+    size_t n;
+    char *text = (char *)read_whole(log, &n);
+    assert_non_null(strstr(text, "nosuch:1: invalid argument: unknown backend 'nosuch'"));
+    free(text);
 }
 
 static int setup(void **unused)

@@ -1,8 +1,10 @@
-/* sqz infer under failure (issue 7): batches failing at random points through the
+/* sqz infer under failure (issues 7 and 12): batches failing at random points through the
  * fault-injection hook (SQZ_FAULT_LAUNCH / SQZ_FAULT_ALLOC) lose and duplicate no line over
- * 10,000-line runs; an interrupted run (SIGINT) resumed with --resume gives exactly the
- * output of an uninterrupted one. cpu_ref results do not depend on batching, so every line
- * that is not an error record must be byte-identical to the fault-free run. */
+ * 10,000-line runs, on one device or several (--devices, two sessions on the host: a device
+ * that is lost has its batches retried on the other); an interrupted run (SIGINT) resumed
+ * with --resume gives exactly the output of an uninterrupted one. cpu_ref results do not
+ * depend on batching, so every line that is not an error record must be byte-identical to
+ * the fault-free run. */
 #include "tests/test_util.h"
 
 #include <signal.h>
@@ -23,13 +25,14 @@ static unsigned pick(uint64_t *state, unsigned n)
     return (unsigned)((*state >> 33) % n);
 }
 
-/* Runs sqz infer with `env` (NAME=VALUE, or NULL) prepended; returns the exit status. */
+/* Runs sqz infer with `env` (NAME=VALUE, or NULL) prepended; returns the exit status. extra
+ * may name --devices instead of the default --backend cpu_ref. */
 static int run_infer(const char *env, const char *in, const char *out, const char *extra)
 {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s infer --model %s --backend cpu_ref --input '%s' --output '%s' %s "
-             "2> '%s/stderr.log'", env ? env : "", SQZ_SQZ_BINARY, MODEL, in, out,
-             extra ? extra : "", tmp);
+    snprintf(cmd, sizeof cmd, "%s %s infer --model %s %s --input '%s' --output '%s' %s "
+             "2> '%s/stderr.log'", env ? env : "", SQZ_SQZ_BINARY, MODEL,
+             extra && strstr(extra, "--devices") ? "" : "--backend cpu_ref", in, out, extra ? extra : "", tmp);
     int rc = system(cmd);
     return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
@@ -147,6 +150,47 @@ static void test_random_launch_faults(void **unused)
     free(out);
 }
 
+static bool log_mentions(const char *what)
+{
+    char *log = test_path(tmp, "stderr.log");
+    size_t n;
+    char *text = (char *)read_whole(log, &n);
+    const bool found = strstr(text, what) != NULL;
+    free(text);
+    free(log);
+    return found;
+}
+
+/* Two devices (two sessions on the host); the second is lost after its 40th launch: every
+ * launch from there fails. Its batches go to the first, the second is retired, and the
+ * output is exactly the fault-free one. */
+static void test_lost_device(void **unused)
+{
+    char *out = test_path(tmp, "lost.jsonl");
+    assert_true(run_infer("SQZ_FAULT_LAUNCH=40:1@2", input, out, "--devices cpu_ref,cpu_ref:0") <= 1);
+    assert_int_equal(compare_outputs(out, false), 0);
+    assert_true(log_mentions("retrying it on another device"));
+    assert_true(log_mentions("cpu_ref:0 failed 3 batches in a row; the other devices take its work"));
+    assert_true(log_mentions("on 2 devices"));
+    /* faults at random points on both: a line may fail alone everywhere (an error record),
+     * none is lost or written twice */
+    uint64_t state = (uint64_t)time(NULL) ^ 0x5eed;
+    char env[64];
+    snprintf(env, sizeof env, "SQZ_FAULT_LAUNCH=%u:%u", 1 + pick(&state, 300), 100 + pick(&state, 500));
+    print_message("%s on two devices\n", env);
+    const int rc = run_infer(env, input, out, "--devices cpu_ref,cpu_ref");
+    assert_true(rc == 0 || rc == 1);
+    print_message("  %zu lines failed alone\n", compare_outputs(out, true));
+    /* every device fails everything: every line gets its error record, in order */
+    assert_int_equal(run_infer("SQZ_FAULT_LAUNCH=1:1", input, out, "--devices cpu_ref,cpu_ref"), 1);
+    assert_true(compare_outputs(out, true) > LINES / 2);
+    size_t n;
+    char *text = (char *)read_whole(out, &n);
+    assert_null(strstr(text, "\"label\"")); /* no answer: nothing ran */
+    free(text);
+    free(out);
+}
+
 static void test_allocation_fault(void **unused)
 {
     char *out = test_path(tmp, "alloc.jsonl");
@@ -257,6 +301,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_launch_faults),
         cmocka_unit_test(test_allocation_fault),
+        cmocka_unit_test(test_lost_device),
         cmocka_unit_test(test_interrupt_and_resume),
         cmocka_unit_test(test_long_line_limit),
     };

@@ -130,3 +130,48 @@ int cli_device_for(const char *command, const char *backend, const char *device,
     *out = buf;
     return 0;
 }
+
+int cli_devices_of(const char *backend, cli_device *out, int max)
+{
+    char *text = NULL;
+    int n = 0;
+    if (sqz_devices_describe(&text) != SQZ_OK || !text)
+        return 0;
+    for (const char *line = text; *line && n < max;) {
+        char bk[64], idx[64];
+        if (sscanf(line, "%63s %63s", bk, idx) == 2 && strcmp(bk, backend) == 0 && strcmp(idx, "-") != 0) {
+            snprintf(out[n].backend, sizeof out[0].backend, "%s", bk);
+            snprintf(out[n++].device, sizeof out[0].device, "%s", idx);
+        }
+        const char *end = strchr(line, '\n');
+        line = end ? end + 1 : line + strlen(line);
+    }
+    free(text);
+    return n;
+}
+
+int cli_parse_devices(const char *command, const char *spec, cli_device *out, int max)
+{
+    int n = 0;
+    for (const char *p = spec;;) {
+        const char *comma = strchr(p, ',');
+        const size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        const char *colon = memchr(p, ':', len);
+        const size_t blen = colon ? (size_t)(colon - p) : len;
+        if (len == 0 || blen == 0 || blen >= sizeof out[0].backend || (colon && len - blen - 1 >= sizeof out[0].device)) {
+            fprintf(stderr, "sqz %s: --devices takes BACKEND[:DEVICE],... (e.g. cuda:0,cuda:1), got '%s'\n", command,
+                    spec);
+            return -1;
+        }
+        if (n == max) {
+            fprintf(stderr, "sqz %s: --devices names more than %d devices\n", command, max);
+            return -1;
+        }
+        snprintf(out[n].backend, sizeof out[n].backend, "%.*s", (int)blen, p);
+        snprintf(out[n++].device, sizeof out[0].device, "%.*s", colon ? (int)(len - blen - 1) : 0,
+                 colon ? colon + 1 : "");
+        if (!comma)
+            return n;
+        p = comma + 1;
+    }
+}

@@ -25,6 +25,18 @@ const char *cli_pick_backend(const char *wanted);
  * `device` as given when threads is NULL; non-zero (message printed) on misuse. */
 int cli_device_for(const char *command, const char *backend, const char *device, const char *threads,
                    char *buf, size_t size, const char **out);
+/* One device of a backend, as `sqz devices` names it ("" device: the backend's default). */
+typedef struct cli_device {
+    char backend[32];
+    char device[128];
+} cli_device;
+/* Every device `sqz devices` lists for `backend` (its lines "BACKEND INDEX ..."), at most
+ * `max`; the count. */
+int cli_devices_of(const char *backend, cli_device *out, int max);
+/* "BACKEND[:DEVICE],..." into at most `max` entries; -1 (message printed as "sqz COMMAND:
+ * ...") when an entry is empty, has an empty backend, or there are too many. */
+int cli_parse_devices(const char *command, const char *spec, cli_device *out, int max);
+
 /* True when --help or -h is among the arguments. */
 bool cli_wants_help(int argc, char **argv);
 

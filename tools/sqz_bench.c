@@ -6,6 +6,7 @@
 #include "tools/sqz_bench.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -45,7 +46,7 @@ static const char bench_help[] =
     "grid (LIST = comma-separated):\n"
     "  --backends LIST     default: every backend built in (one that cannot run here is listed\n"
     "                      as unavailable, with the reason)\n"
-    "  --devices SPEC      default (each backend's default device), all, or BACKEND:DEVICE,...\n"
+    "  --devices SPEC      default (each backend's default device), all, or BACKEND[:DEVICE],...\n"
     "                      with DEVICE an index or name substring as `sqz devices` lists them\n"
     "  --threads N         the cpu backend's compute threads (default: every core; the same\n"
     "                      as --devices cpu:threads=N)\n"
@@ -63,7 +64,16 @@ static const char bench_help[] =
     "  --outputs LIST      the outputs each run returns (e.g. pooler_output; default all):\n"
     "                      on a GPU, copying last_hidden_state to the host can cost more than\n"
     "                      the forward itself\n"
+    "  --output-type T     fp32 (default) or fp16 (half the bytes to copy; the check's bar grows\n"
+    "                      by fp16's rounding, 2^-11)\n"
+    "  --output-place P    host (default) or device (outputs stay in device memory: nothing is\n"
+    "                      copied back, and the cells are not checked)\n"
     "timing:\n"
+    "  --timing MODE       latency (default: one sqz_session_run at a time, its wall time),\n"
+    "                      throughput (two runs in flight per device with sqz_session_submit/\n"
+    "                      wait: batches completed over the timed span; rows marked /T), or both\n"
+    "  --together          with several devices: each cell also on all of them at once (one\n"
+    "                      session and thread each, two runs in flight on each), one /T row\n"
     "  --budget SEC        timed seconds per cell (default 2); at least --min-repeats runs\n"
     "  --min-repeats N     default 3; --max-repeats N default 200\n"
     "  --peak-budget SEC   seconds to measure each device's peak (default 1; 0: skip)\n"
@@ -171,6 +181,9 @@ static const char *jget_str(const json_t *obj, const char *key)
     const char *s = json_string_value(json_object_get(obj, key));
     return s ? s : "";
 }
+
+/* Throughput rows (two runs in flight; --timing throughput) are apart from latency rows. */
+static bool is_throughput(const json_t *row) { return strcmp(jget_str(row, "timing"), "throughput") == 0; }
 
 static void set_str(json_t *obj, const char *key, const char *value)
 {
@@ -298,6 +311,7 @@ typedef struct bench_ctx {
     bool failed;
     char *outputs[MAX_LIST]; /* --outputs: what each run returns; none: all */
     int n_outputs;
+    sqz_output_options output_options; /* --output-type, --output-place */
 } bench_ctx;
 
 /* detail: a step too frequent for a log file (shown only on a terminal). */
@@ -328,6 +342,21 @@ static void progress_end(bench_ctx *b)
 {
     if (b->progress && b->tty)
         fprintf(stderr, "\r\033[K");
+}
+
+static void make_input(const bench_ctx *b, const cell *c, int64_t *ids, int64_t *mask);
+
+/* A cell's input, allocated and filled; false without memory. */
+static bool cell_input(const bench_ctx *b, const cell *c, int64_t **ids, int64_t **mask, sqz_input *in)
+{
+    const size_t n = (size_t)c->batch * (size_t)c->width;
+    *ids = malloc(n * sizeof **ids);
+    *mask = malloc(n * sizeof **mask);
+    if (!*ids || !*mask)
+        return false;
+    make_input(b, c, *ids, *mask);
+    *in = (sqz_input){.batch = c->batch, .seq_len = c->width, .input_ids = *ids, .attention_mask = *mask};
+    return true;
 }
 
 static void make_input(const bench_ctx *b, const cell *c, int64_t *ids, int64_t *mask)
@@ -398,29 +427,28 @@ static double compare_row(const sqz_result *got, const sqz_result *ref, const ce
             snprintf(why, why_size, "output %s unknown to cpu_ref", g->name);
             return INFINITY;
         }
-        int64_t inner = 1, per_row;
-        const float *gp, *rp;
+        int64_t inner = 1, per_row, at; /* values per row; the row's first value in `got` */
         if (per_token(r)) {
             for (int d = 2; d < r->ndim; d++)
                 inner *= r->shape[d];
             per_row = len * inner;
-            gp = g->data + (int64_t)row * c->width * inner; /* positions 0..len-1 of the row */
-            rp = r->data;
+            at = (int64_t)row * c->width * inner; /* positions 0..len-1 of the row */
         } else {
             for (int d = 1; d < r->ndim; d++)
                 inner *= r->shape[d];
             per_row = inner;
-            gp = g->data + (int64_t)row * inner;
-            rp = r->data;
+            at = (int64_t)row * inner;
         }
         double max_abs = 0, max_ref = 0;
         for (int64_t i = 0; i < per_row; i++) {
-            if (!isfinite(gp[i])) {
+            const double v = g->type == SQZ_OUTPUT_FP16 ? sqz_half_to_float(((const uint16_t *)g->values)[at + i])
+                                                         : g->data[at + i];
+            if (!isfinite(v)) {
                 snprintf(why, why_size, "%s has a non-finite value", r->name);
                 return INFINITY;
             }
-            max_abs = fmax(max_abs, fabs((double)gp[i] - rp[i]));
-            max_ref = fmax(max_ref, fabs((double)rp[i]));
+            max_abs = fmax(max_abs, fabs(v - r->data[i]));
+            max_ref = fmax(max_ref, fabs((double)r->data[i]));
         }
         double rel = max_ref > 0 ? max_abs / max_ref : max_abs;
         if (rel > worst) {
@@ -462,83 +490,60 @@ static void row_cell_fields(json_t *row, const cell *c)
         json_decref(lens);
 }
 
-/* Runs one cell on a fresh session: create, first run (warm-up), timed runs, check. */
 static double cell_tolerance(const bench_ctx *b, const char *precision);
 
-static json_t *run_cell(bench_ctx *b, const char *backend, const char *device, const char *label,
-                        const char *precision, const cell *c, double peak_gflops)
+/* A fresh session for a cell on one device, warmed up by a first run (*first gets its
+ * result): the warm-up figures go into `row`. *where says what failed. */
+static sqz_status open_cell(bench_ctx *b, const char *backend, const char *device, const char *precision,
+                            const sqz_input *in, json_t *row, sqz_session **out, sqz_result **first,
+                            char *where, size_t where_size)
 {
-    char who[192];
-    snprintf(who, sizeof who, "%s%s%s", backend, device ? ":" : "", device ? device : "");
-    json_t *row = new_row(backend, label, precision);
-    row_cell_fields(row, c);
-    const size_t n = (size_t)c->batch * (size_t)c->width;
-    int64_t *ids = malloc(n * sizeof *ids), *mask = malloc(n * sizeof *mask);
-    double *samples = malloc((size_t)b->max_repeats * sizeof *samples);
-    sqz_session *s = NULL;
-    sqz_result *res = NULL;
-    sqz_status st = SQZ_OK;
-    char where[64] = "";
-    if (!ids || !mask || !samples) {
-        st = SQZ_ERR_OUT_OF_MEMORY;
-        snprintf(where, sizeof where, "allocating the input");
-        goto done;
-    }
-    make_input(b, c, ids, mask);
-    sqz_input in = {.batch = c->batch, .seq_len = c->width, .input_ids = ids, .attention_mask = mask};
-    progress(b, false, "%s %s %s %dx%d: session", who, precision, c->mixed ? "mixed" : "fixed",
-             c->batch, c->width);
+    *out = NULL;
+    *first = NULL;
     double t0 = now_seconds();
     sqz_session_options so = {backend, device, SQZ_PRECISION_FP32};
+    sqz_session *s = NULL;
+    sqz_status st;
     if ((st = sqz_precision_from_name(precision, &so.precision)) != SQZ_OK ||
         (st = sqz_session_create_with(b->model, &so, &s)) != SQZ_OK) {
-        snprintf(where, sizeof where, "creating the session");
-        goto done;
+        snprintf(where, where_size, "creating the session");
+        return st;
     }
-    if (b->n_outputs && (st = sqz_session_select_outputs(s, (const char *const *)b->outputs,
-                                                         (size_t)b->n_outputs)) != SQZ_OK) {
-        snprintf(where, sizeof where, "selecting the outputs");
-        goto done;
+    if ((b->n_outputs && (st = sqz_session_select_outputs(s, (const char *const *)b->outputs,
+                                                          (size_t)b->n_outputs)) != SQZ_OK) ||
+        (st = sqz_session_set_output_options(s, &b->output_options)) != SQZ_OK) {
+        snprintf(where, where_size, "selecting the outputs");
+        sqz_session_free(s);
+        return st;
     }
     double t1 = now_seconds();
-    progress(b, true, "%s %s %s %dx%d: warm-up", who, precision, c->mixed ? "mixed" : "fixed",
-             c->batch, c->width);
-    if ((st = sqz_session_run(s, &in, &res)) != SQZ_OK) {
-        snprintf(where, sizeof where, "the first run");
-        goto done;
+    if ((st = sqz_session_run(s, in, first)) != SQZ_OK) {
+        snprintf(where, where_size, "the first run");
+        sqz_session_free(s);
+        return st;
     }
     double t2 = now_seconds();
-    sqz_run_stats first;
-    sqz_session_last_stats(s, &first);
+    sqz_run_stats stats;
+    sqz_session_last_stats(s, &stats);
     json_t *warm = json_object();
     set_num(warm, "session_create_s", t1 - t0);
     set_num(warm, "first_run_s", t2 - t1);
-    set_num(warm, "plan_compile_s", first.compile_seconds);
+    set_num(warm, "plan_compile_s", stats.compile_seconds);
     json_object_set_new(row, "warmup", warm);
-    /* timed runs: medians over at least min_repeats, until the cell's budget is spent */
-    size_t count = 0;
-    double spent = 0;
-    while ((long)count < b->min_repeats || (spent < b->budget && (long)count < b->max_repeats)) {
-        sqz_result_free(res);
-        res = NULL;
-        double a = now_seconds();
-        st = sqz_session_run(s, &in, &res);
-        double z = now_seconds();
-        if (st != SQZ_OK) {
-            snprintf(where, sizeof where, "timed run %zu", count + 1);
-            goto done;
-        }
-        samples[count++] = z - a;
-        spent += z - a;
-        progress(b, true, "%s %s %s %dx%d: run %zu, %.3f s", who, precision,
-                 c->mixed ? "mixed" : "fixed", c->batch, c->width, count, z - a);
-    }
-    sqz_run_stats stats;
-    sqz_session_last_stats(s, &stats);
+    *out = s;
+    return SQZ_OK;
+}
+
+/* The figures of a cell's timed runs: samples are seconds per batch (latency, or the time
+ * between completions in throughput mode); the rates come from `batches` batches in
+ * `seconds` of wall time. */
+static void timing_fields(json_t *row, const cell *c, const double *samples, size_t count, size_t batches,
+                          double seconds, const sqz_run_stats *stats, double peak_gflops, size_t memory)
+{
     bench_stats bs;
     bench_stats_compute(samples, count, &bs);
     set_str(row, "status", "ok");
-    set_int(row, "repeats", (int64_t)count);
+    set_int(row, "repeats", (int64_t)(batches ? batches : count));
     json_t *lat = json_object();
     set_num(lat, "p50", bs.p50 * 1e3);
     set_num(lat, "p90", bs.p90 * 1e3);
@@ -551,20 +556,29 @@ static json_t *run_cell(bench_ctx *b, const char *backend, const char *device, c
     for (size_t i = 0; i < count; i++)
         json_array_append_new(arr, json_real(samples[i] * 1e3));
     json_object_set_new(row, "samples_ms", arr);
-    set_num(row, "seq_per_s", c->batch / bs.p50);
-    set_num(row, "tokens_per_s", (double)stats.tokens / bs.p50);
-    set_num(row, "flops_per_batch", stats.flops);
-    set_num(row, "gflops", stats.flops / bs.p50 * 1e-9);
+    /* latency mode: per batch at the median; throughput mode: what the whole span did */
+    const double per_batch = batches && seconds > 0 ? seconds / (double)batches : bs.p50;
+    set_num(row, "seq_per_s", c->batch / per_batch);
+    set_num(row, "tokens_per_s", (double)stats->tokens / per_batch);
+    set_num(row, "flops_per_batch", stats->flops);
+    set_num(row, "gflops", stats->flops / per_batch * 1e-9);
     set_num(row, "peak_gflops", peak_gflops > 0 ? peak_gflops : NAN);
-    set_num(row, "peak_fraction", peak_gflops > 0 ? stats.flops / bs.p50 * 1e-9 / peak_gflops : NAN);
-    set_int(row, "launches", (int64_t)stats.launches);
-    set_int(row, "arena_bytes", (int64_t)stats.arena_bytes);
-    set_int(row, "weight_bytes", (int64_t)stats.weight_bytes);
-    set_int(row, "memory_bytes", (int64_t)(stats.arena_bytes + stats.weight_bytes));
-    /* the check: the timed output itself, one sequence, against cpu_ref on it alone */
+    set_num(row, "peak_fraction", peak_gflops > 0 ? stats->flops / per_batch * 1e-9 / peak_gflops : NAN);
+    set_int(row, "launches", (int64_t)stats->launches);
+    set_int(row, "arena_bytes", (int64_t)stats->arena_bytes);
+    set_int(row, "weight_bytes", (int64_t)stats->weight_bytes);
+    set_int(row, "memory_bytes", (int64_t)memory);
+}
+
+/* The check: a timed output itself, one sequence, against cpu_ref on it alone. */
+static void validate_cell(bench_ctx *b, json_t *row, const cell *c, const char *precision, const sqz_result *res,
+                          const char *who)
+{
     json_t *val = json_object();
-    if (!b->validate) {
+    if (!b->validate || b->output_options.place == SQZ_OUTPUT_ON_DEVICE) {
         set_str(val, "status", "off");
+        if (b->validate) /* the tool reads host memory only; the same cells on the host check them */
+            set_str(val, "detail", "outputs left on the device");
     } else {
         const int r = c->check_row;
         progress(b, true, "%s %s %s %dx%d: cpu_ref check of row %d (%d tokens)", who, precision,
@@ -591,14 +605,72 @@ static json_t *run_cell(bench_ctx *b, const char *backend, const char *device, c
         set_num(val, "tolerance", cell_tolerance(b, precision));
     }
     json_object_set_new(row, "validation", val);
-done:
-    if (st != SQZ_OK) {
-        char msg[600];
-        snprintf(msg, sizeof msg, "%s: %s: %s", where, sqz_status_str(st), sqz_last_error());
-        set_str(row, "status", "error");
-        set_str(row, "reason", msg);
-        b->failed = true;
+}
+
+static void row_error(bench_ctx *b, json_t *row, const char *where, sqz_status st)
+{
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s: %s: %s", where, sqz_status_str(st), sqz_last_error());
+    set_str(row, "status", "error");
+    set_str(row, "reason", msg);
+    b->failed = true;
+}
+
+/* Runs one cell on a fresh session: create, first run (warm-up), timed runs one at a time
+ * (latency: each sqz_session_run's wall time), check. */
+static json_t *run_cell(bench_ctx *b, const char *backend, const char *device, const char *label,
+                        const char *precision, const cell *c, double peak_gflops)
+{
+    char who[192];
+    snprintf(who, sizeof who, "%s%s%s", backend, device ? ":" : "", device ? device : "");
+    json_t *row = new_row(backend, label, precision);
+    row_cell_fields(row, c);
+    set_str(row, "timing", "latency");
+    int64_t *ids = NULL, *mask = NULL;
+    sqz_input in;
+    const bool have_input = cell_input(b, c, &ids, &mask, &in);
+    double *samples = malloc((size_t)b->max_repeats * sizeof *samples);
+    sqz_session *s = NULL;
+    sqz_result *res = NULL;
+    sqz_status st = SQZ_OK;
+    char where[64] = "";
+    if (!have_input || !samples) {
+        st = SQZ_ERR_OUT_OF_MEMORY;
+        snprintf(where, sizeof where, "allocating the input");
+        goto done;
     }
+    progress(b, false, "%s %s %s %dx%d: session", who, precision, c->mixed ? "mixed" : "fixed",
+             c->batch, c->width);
+    if ((st = open_cell(b, backend, device, precision, &in, row, &s, &res, where, sizeof where)) != SQZ_OK)
+        goto done;
+    /* timed runs: medians over at least min_repeats, until the cell's budget is spent */
+    size_t count = 0;
+    double spent = 0, busy0 = 0, busy1 = 0;
+    sqz_session_busy_seconds(s, &busy0);
+    while ((long)count < b->min_repeats || (spent < b->budget && (long)count < b->max_repeats)) {
+        sqz_result_free(res);
+        res = NULL;
+        double a = now_seconds();
+        st = sqz_session_run(s, &in, &res);
+        double z = now_seconds();
+        if (st != SQZ_OK) {
+            snprintf(where, sizeof where, "timed run %zu", count + 1);
+            goto done;
+        }
+        samples[count++] = z - a;
+        spent += z - a;
+        progress(b, true, "%s %s %s %dx%d: run %zu, %.3f s", who, precision,
+                 c->mixed ? "mixed" : "fixed", c->batch, c->width, count, z - a);
+    }
+    sqz_run_stats stats;
+    sqz_session_last_stats(s, &stats);
+    timing_fields(row, c, samples, count, 0, 0, &stats, peak_gflops, stats.arena_bytes + stats.weight_bytes);
+    sqz_session_busy_seconds(s, &busy1);
+    set_num(row, "device_ms", (busy1 - busy0) / (double)count * 1e3);
+    validate_cell(b, row, c, precision, res, who);
+done:
+    if (st != SQZ_OK)
+        row_error(b, row, where, st);
     sqz_result_free(res);
     sqz_session_free(s);
     free(ids);
@@ -608,12 +680,228 @@ done:
     return row;
 }
 
+/* ---- throughput: runs in flight, one device or several at once ---------------------------- */
+
+/* Starts every device's thread at once (or none, when one could not be started). */
+typedef struct start_gate {
+    pthread_mutex_t lock;
+    pthread_cond_t open;
+    bool go, abandon;
+} start_gate;
+
+typedef struct stream_dev {
+    bench_ctx *b;
+    const sqz_input *in;
+    sqz_session *session;
+    sqz_result *last;       /* the last timed result (validated for the first device) */
+    start_gate *gate;
+    double deadline;        /* keep starting runs until then */
+    long min_batches, max_batches;
+    size_t batches;
+    double *gaps;           /* seconds between successive completions */
+    size_t n_gaps;
+    double began, ended;
+    double busy_before;     /* the session's busy seconds before the timed runs */
+    sqz_status st;
+    char error[600];
+} stream_dev;
+
+/* One device's share of a throughput cell: keeps two runs in flight until the deadline (and at
+ * least min_batches), counting completed batches. */
+static void *stream_main(void *arg)
+{
+    stream_dev *d = arg;
+    sqz_ticket tickets[SQZ_MAX_IN_FLIGHT];
+    int n = 0;
+    pthread_mutex_lock(&d->gate->lock);
+    while (!d->gate->go)
+        pthread_cond_wait(&d->gate->open, &d->gate->lock);
+    const bool abandon = d->gate->abandon;
+    pthread_mutex_unlock(&d->gate->lock);
+    if (abandon)
+        return NULL;
+    sqz_session_busy_seconds(d->session, &d->busy_before);
+    d->began = now_seconds();
+    double last = d->began;
+    long submitted = 0;
+    while (d->st == SQZ_OK) {
+        const bool more = submitted < d->max_batches &&
+                          (submitted < d->min_batches || now_seconds() < d->deadline);
+        if (more && n < SQZ_MAX_IN_FLIGHT) {
+            if ((d->st = sqz_session_submit(d->session, d->in, &tickets[n])) == SQZ_OK) {
+                n++;
+                submitted++;
+            }
+            continue;
+        }
+        if (n == 0)
+            break;
+        sqz_result *res = NULL;
+        if ((d->st = sqz_session_wait(d->session, tickets[0], &res)) != SQZ_OK)
+            break;
+        for (int i = 1; i < n; i++)
+            tickets[i - 1] = tickets[i];
+        n--;
+        const double t = now_seconds();
+        d->gaps[d->n_gaps++] = t - last;
+        last = t;
+        d->batches++;
+        sqz_result_free(d->last);
+        d->last = res;
+    }
+    if (d->st != SQZ_OK)
+        snprintf(d->error, sizeof d->error, "%s: %s", sqz_status_str(d->st), sqz_last_error());
+    for (int i = 0; i < n; i++) { /* after a failure: the runs still in flight end here */
+        sqz_result *res = NULL;
+        if (sqz_session_wait(d->session, tickets[i], &res) == SQZ_OK)
+            sqz_result_free(res);
+    }
+    d->ended = last;
+    return NULL;
+}
+
+/* A throughput cell: on each of `n` devices at once, a fresh session keeping two runs in
+ * flight (sqz_session_submit/wait) for the budget; seq/s over the whole span, from the first
+ * submit to the last completion of any device; samples are the times between completions. */
+static json_t *run_stream_cell(bench_ctx *b, const cli_device *devs, int n, const char *precision, const cell *c,
+                               double peak_gflops)
+{
+    /* one backend: "cuda" and devices "0+1"; several: "several" and "cpu_ref+opencl:0" */
+    bool one_backend = true;
+    for (int i = 1; i < n; i++)
+        one_backend &= strcmp(devs[i].backend, devs[0].backend) == 0;
+    char label[512] = "";
+    for (int i = 0; i < n; i++)
+        snprintf(label + strlen(label), sizeof label - strlen(label), "%s%s%s%s", i ? "+" : "",
+                 one_backend ? "" : devs[i].backend, !one_backend && devs[i].device[0] ? ":" : "",
+                 devs[i].device[0] ? devs[i].device : one_backend ? "default" : "");
+    const char *backend = one_backend ? devs[0].backend : "several";
+    json_t *row = new_row(backend, label, precision);
+    row_cell_fields(row, c);
+    set_str(row, "timing", "throughput");
+    set_int(row, "devices", n);
+    int64_t *ids = NULL, *mask = NULL;
+    sqz_input in;
+    const bool have_input = cell_input(b, c, &ids, &mask, &in);
+    stream_dev *d = calloc((size_t)n, sizeof *d);
+    pthread_t *threads = calloc((size_t)n, sizeof *threads);
+    start_gate gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false};
+    sqz_status st = SQZ_OK;
+    char where[64] = "";
+    int opened = 0, started = 0;
+    if (!have_input || !d || !threads) {
+        st = SQZ_ERR_OUT_OF_MEMORY;
+        snprintf(where, sizeof where, "allocating the input");
+        goto done;
+    }
+    progress(b, false, "%s %s %s %dx%d: throughput on %d device(s)", label, precision, c->mixed ? "mixed" : "fixed",
+             c->batch, c->width, n);
+    for (; opened < n; opened++) {
+        stream_dev *x = &d[opened];
+        x->b = b;
+        x->in = &in;
+        x->gate = &gate;
+        x->min_batches = b->min_repeats;
+        x->max_batches = b->max_repeats;
+        if (!(x->gaps = malloc((size_t)b->max_repeats * sizeof *x->gaps))) {
+            st = SQZ_ERR_OUT_OF_MEMORY;
+            snprintf(where, sizeof where, "allocating samples");
+            goto done;
+        }
+        if ((st = open_cell(b, devs[opened].backend, devs[opened].device[0] ? devs[opened].device : NULL, precision,
+                            &in, row, &x->session, &x->last, where, sizeof where)) != SQZ_OK)
+            goto done;
+    }
+    const double deadline = now_seconds() + b->budget;
+    for (; started < n; started++) {
+        d[started].deadline = deadline;
+        if (pthread_create(&threads[started], NULL, stream_main, &d[started]) != 0) {
+            st = SQZ_ERR_OUT_OF_MEMORY;
+            snprintf(where, sizeof where, "starting a thread");
+            break;
+        }
+    }
+    pthread_mutex_lock(&gate.lock);
+    gate.go = true;
+    gate.abandon = started < n;
+    pthread_cond_broadcast(&gate.open);
+    pthread_mutex_unlock(&gate.lock);
+    size_t batches = 0, gaps = 0, memory = 0;
+    double began = INFINITY, ended = 0, busy = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(threads[i], NULL);
+        if (d[i].st != SQZ_OK && st == SQZ_OK) {
+            st = d[i].st;
+            snprintf(where, sizeof where, "a timed run on %s", devs[i].device[0] ? devs[i].device : devs[i].backend);
+        }
+        batches += d[i].batches;
+        gaps += d[i].n_gaps;
+        began = fmin(began, d[i].began);
+        ended = fmax(ended, d[i].ended);
+    }
+    if (st != SQZ_OK)
+        goto done;
+    double *all = malloc((gaps ? gaps : 1) * sizeof *all);
+    if (!all) {
+        st = SQZ_ERR_OUT_OF_MEMORY;
+        snprintf(where, sizeof where, "collecting samples");
+        goto done;
+    }
+    gaps = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(all + gaps, d[i].gaps, d[i].n_gaps * sizeof *all);
+        gaps += d[i].n_gaps;
+        sqz_run_stats one;
+        sqz_session_last_stats(d[i].session, &one);
+        memory += one.arena_bytes + one.weight_bytes;
+        double seconds = 0;
+        sqz_session_busy_seconds(d[i].session, &seconds);
+        busy += seconds - d[i].busy_before;
+    }
+    sqz_run_stats stats;
+    sqz_session_last_stats(d[0].session, &stats);
+    timing_fields(row, c, all, gaps, batches, ended - began, &stats, n == 1 ? peak_gflops : 0, memory);
+    set_num(row, "device_ms", batches ? busy / (double)batches * 1e3 : NAN);
+    free(all);
+    validate_cell(b, row, c, precision, d[0].last, label);
+done:
+    if (st != SQZ_OK) {
+        const char *thread_error = NULL; /* a thread's message is its own: sqz_last_error is per thread */
+        for (int i = 0; i < started && !thread_error; i++)
+            if (d[i].st != SQZ_OK)
+                thread_error = d[i].error;
+        if (thread_error) {
+            char msg[700];
+            snprintf(msg, sizeof msg, "%s: %s", where, thread_error);
+            set_str(row, "status", "error");
+            set_str(row, "reason", msg);
+            b->failed = true;
+        } else {
+            row_error(b, row, where, st);
+        }
+    }
+    for (int i = 0; d && i < n; i++) {
+        sqz_result_free(d[i].last);
+        sqz_session_free(d[i].session);
+        free(d[i].gaps);
+    }
+    free(d);
+    free(threads);
+    free(ids);
+    free(mask);
+    b->cells_done++;
+    return row;
+}
+
 /* The pass bar of a cell: --tolerance, or the precision's documented one. */
 static double cell_tolerance(const bench_ctx *b, const char *precision)
 {
     sqz_precision p = SQZ_PRECISION_FP32;
     sqz_precision_from_name(precision, &p);
-    return b->tolerance > 0 ? b->tolerance : sqz_precision_tolerance(p);
+    if (b->tolerance > 0)
+        return b->tolerance;
+    /* fp16 outputs add their own rounding: at most 2^-11 of a value, so of the largest */
+    return sqz_precision_tolerance(p) + (b->output_options.type == SQZ_OUTPUT_FP16 ? 1.0 / 2048 : 0);
 }
 
 /* Whether a backend runs a precision: the library answers (a session on the device); *why
@@ -804,7 +1092,7 @@ int bench_write_csv(FILE *f, json_t *report)
     fputs("engine,backend,device,precision,mode,batch,seq_len,status,real_tokens,padded_tokens,"
           "repeats,seq_per_s,tokens_per_s,p50_ms,p90_ms,p99_ms,mean_ms,flops_per_batch,gflops,"
           "peak_gflops,peak_fraction,arena_bytes,weight_bytes,memory_bytes,session_create_s,"
-          "first_run_s,plan_compile_s,validation,max_rel,threads,reason\n", f);
+          "first_run_s,plan_compile_s,validation,max_rel,threads,reason,timing,devices,device_ms\n", f);
     json_t *rows = json_object_get(report, "rows");
     size_t i;
     json_t *row;
@@ -848,6 +1136,10 @@ int bench_write_csv(FILE *f, json_t *report)
         csv_str(f, jget_str(row, "threads"));
         fputc(',', f);
         csv_str(f, jget_str(row, "reason"));
+        fputc(',', f);
+        csv_str(f, is_throughput(row) ? "throughput" : "latency");
+        csv_num(f, jget_num(row, "devices"));
+        csv_num(f, jget_num(row, "device_ms"));
         fputc('\n', f);
     }
     return ferror(f) != 0;
@@ -871,6 +1163,7 @@ static const json_t *same_cell(json_t *rows, const json_t *row, const char *engi
         if (strcmp(jget_str(other, "engine"), engine) == 0 &&
             strcmp(jget_str(other, "status"), "ok") == 0 &&
             strcmp(jget_str(other, "mode"), jget_str(row, "mode")) == 0 &&
+            is_throughput(other) == is_throughput(row) &&
             strcmp(jget_str(other, "precision"), jget_str(row, "precision")) == 0 &&
             jget_num(other, "batch") == jget_num(row, "batch") &&
             jget_num(other, "seq_len") == jget_num(row, "seq_len"))
@@ -941,13 +1234,13 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
                         jget_str(p, "reason"));
         }
     }
-    fprintf(f, "\n%-18s %-5s %-5s %5s %5s %6s %8s %8s %8s %8s %8s %8s %6s %8s %4s %-11s",
+    fprintf(f, "\n%-18s %-5s %-7s %5s %5s %6s %8s %8s %8s %8s %8s %8s %8s %6s %8s %4s %-11s",
             "engine", "prec", "mode", "batch", "len", "tokens", "seq/s", "tok/s", "p50 ms",
-            "p90 ms", "p99 ms", "GFLOP/s", "%peak", "mem MiB", "runs", "valid");
+            "p90 ms", "p99 ms", "dev ms", "GFLOP/s", "%peak", "mem MiB", "runs", "valid");
     if (baseline)
         fprintf(f, " x %s", baseline);
     fputc('\n', f);
-    int skipped = 0, errors = 0;
+    int skipped = 0, errors = 0, throughput_rows = 0;
     json_array_foreach(rows, i, row) {
         const char *status = jget_str(row, "status");
         char name[96];
@@ -958,12 +1251,12 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
         }
         if (strcmp(status, "ok") != 0 && strcmp(status, "error") != 0)
             continue; /* n/a rows are listed after the table */
-        char n1[32], n2[32], n3[32], n4[32], n5[32], n6[32], n7[32], n8[32];
+        char n1[32], n2[32], n3[32], n4[32], n5[32], n6[32], n7[32], n8[32], n9[32];
         if (strcmp(status, "error") == 0) {
             errors++;
-            fprintf(f, "%-18s %-5s %-5s %5d %5d  ERROR: %s\n", name, jget_str(row, "precision"),
-                    jget_str(row, "mode"), (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"),
-                    jget_str(row, "reason"));
+            fprintf(f, "%-18s %-5s %-5s%-2s %5d %5d  ERROR: %s\n", name, jget_str(row, "precision"),
+                    jget_str(row, "mode"), is_throughput(row) ? "/T" : "", (int)jget_num(row, "batch"),
+                    (int)jget_num(row, "seq_len"), jget_str(row, "reason"));
             continue;
         }
         json_t *lat = json_object_get(row, "latency_ms"), *val = json_object_get(row, "validation");
@@ -973,6 +1266,7 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
         fmt_num(n4, sizeof n4, jget_num(lat, "p90"), 8);
         fmt_num(n5, sizeof n5, jget_num(lat, "p99"), 8);
         fmt_num(n6, sizeof n6, jget_num(row, "gflops"), 8);
+        fmt_num(n9, sizeof n9, jget_num(row, "device_ms"), 8);
         double frac = jget_num(row, "peak_fraction");
         if (isfinite(frac))
             snprintf(n7, sizeof n7, "%5.0f%%", frac * 100);
@@ -986,10 +1280,12 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
             snprintf(valid, sizeof valid, "%s %.0e", vs, jget_num(val, "max_rel"));
         else
             snprintf(valid, sizeof valid, "%s", *vs ? vs : "-");
-        fprintf(f, "%-18s %-5s %-5s %5d %5d %6lld %s %s %s %s %s %s %s %s %4d %-11s", name,
-                jget_str(row, "precision"), jget_str(row, "mode"), (int)jget_num(row, "batch"),
-                (int)jget_num(row, "seq_len"), (long long)jget_num(row, "real_tokens"), n1, n2, n3,
-                n4, n5, n6, n7, n8, (int)jget_num(row, "repeats"), valid);
+        if (is_throughput(row))
+            throughput_rows++;
+        fprintf(f, "%-18s %-5s %-5s%-2s %5d %5d %6lld %s %s %s %s %s %s %s %s %s %4d %-11s", name,
+                jget_str(row, "precision"), jget_str(row, "mode"), is_throughput(row) ? "/T" : "",
+                (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"), (long long)jget_num(row, "real_tokens"),
+                n1, n2, n3, n4, n5, n9, n6, n7, n8, (int)jget_num(row, "repeats"), valid);
         if (baseline) {
             const json_t *base = same_cell(rows, row, baseline);
             if (base)
@@ -999,6 +1295,9 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
         }
         fputc('\n', f);
     }
+    if (throughput_rows)
+        fprintf(f, "/T: throughput, two runs in flight per device (and every listed device at once where the "
+                "device is a+b): seq/s over the whole timed span; p50/p90/p99 are times between completions\n");
     json_array_foreach(rows, i, row) {
         if (strcmp(jget_str(row, "status"), "n/a") == 0) {
             char name[96];
@@ -1131,7 +1430,7 @@ static void series_key(const json_t *row, char *out, size_t size)
 {
     char name[96];
     row_name(row, name, sizeof name);
-    snprintf(out, size, "%s %s", name, jget_str(row, "precision"));
+    snprintf(out, size, "%s %s%s", name, jget_str(row, "precision"), is_throughput(row) ? " throughput" : "");
 }
 
 static bool row_ok(const json_t *row)
@@ -1460,11 +1759,6 @@ static void machine_info(json_t *run)
                 "running and will show in the figures\n", one_minute, n_cores);
 }
 
-typedef struct device_req {
-    char backend[32];
-    char device[128]; /* "" = default */
-} device_req;
-
 int sqz_cli_bench(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -1481,6 +1775,8 @@ int sqz_cli_bench(int argc, char **argv)
         {"no-validate", false, NULL}, {"json", true, NULL},        {"csv", true, NULL},
         {"plot", true, NULL},        {"baseline", true, NULL},     {"from", true, NULL},
         {"quiet", false, NULL},      {"outputs", true, NULL},      {"threads", true, NULL},
+        {"timing", true, NULL},      {"together", false, NULL},    {"output-type", true, NULL},
+        {"output-place", true, NULL},
     };
     const size_t n_opts = sizeof opts / sizeof opts[0];
     if (cli_parse("bench", argc, argv, opts, n_opts))
@@ -1550,6 +1846,15 @@ int sqz_cli_bench(int argc, char **argv)
             free_words(precisions, n_prec);
             return EXIT_USAGE;
         }
+    const char *otype = cli_get(opts, n_opts, "output-type"), *oplace = cli_get(opts, n_opts, "output-place");
+    if ((otype && strcmp(otype, "fp32") != 0 && strcmp(otype, "fp16") != 0) ||
+        (oplace && strcmp(oplace, "host") != 0 && strcmp(oplace, "device") != 0)) {
+        fprintf(stderr, "sqz bench: --output-type takes fp32 or fp16, --output-place host or device\n");
+        free_words(precisions, n_prec);
+        return EXIT_USAGE;
+    }
+    b.output_options.type = otype && strcmp(otype, "fp16") == 0 ? SQZ_OUTPUT_FP16 : SQZ_OUTPUT_FP32;
+    b.output_options.place = oplace && strcmp(oplace, "device") == 0 ? SQZ_OUTPUT_ON_DEVICE : SQZ_OUTPUT_ON_HOST;
     if ((v = cli_get(opts, n_opts, "outputs")) && (b.n_outputs = parse_word_list("outputs", v, b.outputs)) < 0) {
         free_words(precisions, n_prec);
         return EXIT_USAGE;
@@ -1577,45 +1882,21 @@ int sqz_cli_bench(int argc, char **argv)
     }
     /* devices: per backend, the default, every listed one, or those named */
     const char *dev_spec = cli_get(opts, n_opts, "devices") ? cli_get(opts, n_opts, "devices") : "default";
-    device_req reqs[MAX_LIST * 2];
-    int n_reqs = 0;
+    cli_device reqs[MAX_LIST * 2], named[MAX_LIST * 2];
+    int n_reqs = 0, n_named = 0;
     char *devtext = NULL;
     sqz_devices_describe(&devtext);
     int rc = 0;
+    if (strcmp(dev_spec, "default") != 0 && strcmp(dev_spec, "all") != 0 &&
+        (n_named = cli_parse_devices("bench", dev_spec, named, MAX_LIST * 2)) < 0)
+        rc = EXIT_USAGE;
     for (int i = 0; i < n_backends && rc == 0; i++) {
         int before = n_reqs;
-        if (strcmp(dev_spec, "all") == 0 && devtext) {
-            for (const char *line = devtext; *line && n_reqs < MAX_LIST * 2;) {
-                char bk[64], idx[64];
-                if (sscanf(line, "%63s %63s", bk, idx) == 2 && strcmp(bk, backends[i]) == 0 &&
-                    strcmp(idx, "-") != 0) {
-                    snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", bk);
-                    snprintf(reqs[n_reqs++].device, sizeof reqs[0].device, "%s", idx);
-                }
-                const char *end = strchr(line, '\n');
-                line = end ? end + 1 : line + strlen(line);
-            }
-        } else if (strcmp(dev_spec, "default") != 0 && strcmp(dev_spec, "all") != 0) {
-            char *specs[MAX_LIST];
-            int ns = parse_word_list("devices", dev_spec, specs);
-            if (ns < 0) {
-                rc = EXIT_USAGE;
-                break;
-            }
-            for (int k = 0; k < ns; k++) {
-                char *colon = strchr(specs[k], ':');
-                if (!colon) {
-                    fprintf(stderr, "sqz bench: --devices takes default, all or BACKEND:DEVICE,..., got '%s'\n",
-                            specs[k]);
-                    rc = EXIT_USAGE;
-                } else if ((size_t)(colon - specs[k]) == strlen(backends[i]) &&
-                           strncmp(specs[k], backends[i], strlen(backends[i])) == 0 && n_reqs < MAX_LIST * 2) {
-                    snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", backends[i]);
-                    snprintf(reqs[n_reqs++].device, sizeof reqs[0].device, "%s", colon + 1);
-                }
-            }
-            free_words(specs, ns);
-        }
+        if (strcmp(dev_spec, "all") == 0)
+            n_reqs += cli_devices_of(backends[i], reqs + n_reqs, MAX_LIST * 2 - n_reqs);
+        for (int k = 0; k < n_named && n_reqs < MAX_LIST * 2; k++)
+            if (strcmp(named[k].backend, backends[i]) == 0)
+                reqs[n_reqs++] = named[k];
         if (n_reqs == before && n_reqs < MAX_LIST * 2) { /* the backend's default device */
             snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", backends[i]);
             reqs[n_reqs].device[0] = '\0';
@@ -1629,6 +1910,14 @@ int sqz_cli_bench(int argc, char **argv)
             }
             n_reqs++;
         }
+    }
+    const char *timing = cli_get(opts, n_opts, "timing") ? cli_get(opts, n_opts, "timing") : "latency";
+    const bool latency = strcmp(timing, "latency") == 0 || strcmp(timing, "both") == 0;
+    const bool throughput = strcmp(timing, "throughput") == 0 || strcmp(timing, "both") == 0;
+    const bool together = cli_get(opts, n_opts, "together") != NULL;
+    if (rc == 0 && !latency && !throughput) {
+        fprintf(stderr, "sqz bench: --timing takes latency, throughput or both, got '%s'\n", timing);
+        rc = EXIT_USAGE;
     }
     free_words(backends, n_backends);
     if (rc) {
@@ -1728,8 +2017,12 @@ int sqz_cli_bench(int argc, char **argv)
     set_str(report, "schema", SCHEMA);
     json_t *run = json_object();
     machine_info(run);
-    set_str(run, "timing", "wall time of one sqz_session_run (pack, upload ids, every launch, "
-            "synchronise, download outputs); medians over repeats; warm-up apart");
+    set_str(run, "timing", throughput && !latency
+                               ? "throughput: two runs in flight per device (sqz_session_submit/wait), batches "
+                                 "completed over the timed span; warm-up apart"
+                               : "wall time of one sqz_session_run (pack, upload ids, every launch, synchronise, "
+                                 "download outputs); medians over repeats; warm-up apart; /T rows: throughput with "
+                                 "two runs in flight per device");
     char cmdline[2048] = "sqz bench";
     for (int i = 0; i < argc; i++) {
         size_t len = strlen(cmdline);
@@ -1782,14 +2075,15 @@ int sqz_cli_bench(int argc, char **argv)
     for (int i = 0; i < b.n_outputs; i++)
         snprintf(outs + strlen(outs), sizeof outs - strlen(outs), "%s%s", i ? "," : "", b.outputs[i]);
     set_str(settings, "outputs", b.n_outputs > 0 ? outs : "all");
+    set_str(settings, "output_type", b.output_options.type == SQZ_OUTPUT_FP16 ? "fp16" : "fp32");
+    set_str(settings, "output_place", b.output_options.place == SQZ_OUTPUT_ON_DEVICE ? "device" : "host");
     json_object_set_new(report, "settings", settings);
     json_t *devices = json_array(), *rows = json_array();
     json_object_set_new(report, "devices", devices);
     json_object_set_new(report, "rows", rows);
 
-    for (int d = 0; d < n_reqs; d++)
-        for (int p = 0; p < n_prec; p++)
-            b.cells_total += n_cells;
+    const int per_cell = latency + throughput; /* rows per cell and device */
+    b.cells_total = n_reqs * n_prec * n_cells * per_cell + (together && n_reqs > 1 ? n_prec * n_cells : 0);
     for (int d = 0; d < n_reqs; d++) {
         const char *backend = reqs[d].backend, *device = reqs[d].device[0] ? reqs[d].device : NULL;
         const char *label = device ? device : "default";
@@ -1807,7 +2101,7 @@ int sqz_cli_bench(int argc, char **argv)
         if (st != SQZ_OK) {
             set_str(dev, "status", "unavailable");
             set_str(dev, "reason", sqz_last_error());
-            b.cells_done += n_cells * n_prec;
+            b.cells_done += n_cells * n_prec * per_cell;
             continue;
         }
         set_str(dev, "status", "ok");
@@ -1831,7 +2125,7 @@ int sqz_cli_bench(int argc, char **argv)
                 set_str(row, "status", "n/a");
                 set_str(row, "reason", why);
                 json_array_append_new(rows, row);
-                b.cells_done += n_cells;
+                b.cells_done += n_cells * per_cell;
                 continue;
             }
             double peak = measure_peak(&b, backend, device, prec, dev);
@@ -1847,13 +2141,42 @@ int sqz_cli_bench(int argc, char **argv)
                     snprintf(skip, sizeof skip, "over %ld padded tokens per batch (--ref-max-tokens); "
                              "the scalar reference is for correctness, not speed", b.ref_max_tokens);
                     set_str(row, "reason", skip);
-                    b.cells_done++;
-                } else {
-                    row = run_cell(&b, backend, device, label, prec, ce, peak);
+                    b.cells_done += per_cell;
+                    set_str(row, "threads", threads);
+                    json_array_append_new(rows, row);
+                    continue;
                 }
-                set_str(row, "threads", threads);
-                json_array_append_new(rows, row);
+                if (latency) {
+                    row = run_cell(&b, backend, device, label, prec, ce, peak);
+                    set_str(row, "threads", threads);
+                    json_array_append_new(rows, row);
+                }
+                if (throughput) {
+                    row = run_stream_cell(&b, &reqs[d], 1, prec, ce, peak);
+                    set_str(row, "threads", threads);
+                    json_array_append_new(rows, row);
+                }
             }
+        }
+    }
+    /* --together: every cell on all the devices at once, two runs in flight on each */
+    for (int p = 0; together && n_reqs > 1 && p < n_prec; p++) {
+        char why[512] = "";
+        bool all = true;
+        for (int d = 0; d < n_reqs && all; d++)
+            all = precision_supported(&b, reqs[d].backend, reqs[d].device[0] ? reqs[d].device : NULL, precisions[p],
+                                      why, sizeof why);
+        for (int c = 0; c < n_cells; c++) {
+            if (all) {
+                json_array_append_new(rows, run_stream_cell(&b, reqs, n_reqs, precisions[p], &cells[c], 0));
+                continue;
+            }
+            json_t *row = new_row("several", "together", precisions[p]);
+            set_str(row, "status", "n/a");
+            set_str(row, "reason", why);
+            json_array_append_new(rows, row);
+            b.cells_done++;
+            break; /* one line per precision says it */
         }
     }
     progress_end(&b);

@@ -1,16 +1,22 @@
 /* sqz infer: JSON Lines of text in, one JSON line of answers out per input line, in input
  * order (the contract is docs/infer.md).
  *
- * Three threads form a pipeline so the device never waits on text work:
+ * Threads form a pipeline so the devices never wait on text work:
  *   reader   reads and parses lines, tokenizes, sorts a window of lines by length and cuts
  *            it into batches under a token budget;
- *   compute  (the calling thread) runs each batch on the session; the engine packs the
+ *   workers  one per device (--devices; one by default), each with its own session, each
+ *            packing batch i+1 and submitting it while batch i computes and batch i-1's
+ *            outputs come back (two runs in flight per session); the engine packs the
  *            sequences, so padding costs no compute;
- *   writer   turns outputs into records and writes them back in input order.
+ *   format   turns outputs into JSON records (a few threads: an embedding is hundreds of
+ *            numbers to print, more work per line than a GPU's);
+ *   writer   writes the records back in input order.
  * Every line yields exactly one record: an answer or {"line": n, "error": ...}. A batch that
- * fails is retried in halves down to single lines, so a device error costs at most the
- * lines that fail alone. SIGINT/SIGTERM stop the reading; the complete prefix of records is
- * written and --resume continues after it. */
+ * fails on one device goes to another that has not failed it; one that every device has
+ * failed is retried in halves down to single lines, so a device error costs at most the lines
+ * that fail alone. A device that fails RETIRE_AFTER batches in a row while others work is
+ * retired. SIGINT/SIGTERM stop the reading; the complete prefix of records is written and
+ * --resume continues after it. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -34,6 +40,8 @@
 #define EXIT_USAGE 2
 #define WINDOW_LINES 4096    /* lines sorted together: bigger sorts better, holds more */
 #define QUEUE_DEPTH 4        /* batches in flight between two threads */
+#define MAX_DEVICES 32       /* --devices: one bit of a batch's failed_on each */
+#define RETIRE_AFTER 3       /* batches failed in a row that retire a device while others work */
 #define MAX_LINE_BYTES_DEFAULT (64u << 20) /* SQZ_MAX_LINE_BYTES overrides */
 #define READ_CHUNK 65536
 
@@ -45,7 +53,7 @@ static void on_stop_signal(int sig) { stop_signal = sig; }
 typedef enum task { TASK_AUTO, TASK_CLASSIFY, TASK_EMBED, TASK_TOKENS, TASK_QA, TASK_FILL_MASK } task;
 
 typedef struct options {
-    const char *model, *backend, *device, *input, *output, *threads;
+    const char *model, *backend, *device, *devices, *input, *output, *threads;
     sqz_precision precision;
     task task;
     sqz_pool_mode pooling[SQZ_MAX_POOL_MODES];
@@ -64,6 +72,7 @@ typedef struct batch {
     sqz_result *result;   /* filled by compute */
     char *error;          /* the whole batch failed (every item gets it) */
     bool skipped;         /* not run: the run was interrupted (its lines are not written) */
+    unsigned failed_on;   /* devices (bits by worker index) this batch failed on */
 } batch;
 
 /* A bounded blocking queue of batches; NULL marks the end. */
@@ -112,6 +121,119 @@ static batch *queue_pop(queue *q)
     return b;
 }
 
+/* Batches on their way from the reader to the workers: a bounded queue from the reader (so a
+ * fast reader waits for the devices) and an unbounded list of batches that workers hand back
+ * (a failed batch for another device, or its halves). A worker takes a batch that has not
+ * failed on it, unless every device still working has failed it. The run is over when the
+ * reader is done, both are empty and no worker holds a batch. */
+typedef struct work {
+    pthread_mutex_t lock;
+    pthread_cond_t changed; /* a batch came, a place freed, a batch finished, a device retired */
+    batch *slots[QUEUE_DEPTH];
+    size_t head, count;
+    batch **retry;
+    size_t n_retry, cap_retry;
+    bool closed;            /* the reader is done */
+    size_t held;            /* batches taken by workers and not yet finished or handed back */
+    unsigned live;          /* devices still working (bits by worker index) */
+} work;
+
+static void work_init(work *w, int devices)
+{
+    memset(w, 0, sizeof *w);
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->changed, NULL);
+    w->live = devices >= 32 ? ~0u : (1u << devices) - 1;
+}
+
+static void work_destroy(work *w)
+{
+    free(w->retry);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->changed);
+}
+
+static void work_push(work *w, batch *b)
+{
+    pthread_mutex_lock(&w->lock);
+    while (w->count == QUEUE_DEPTH)
+        pthread_cond_wait(&w->changed, &w->lock);
+    w->slots[(w->head + w->count++) % QUEUE_DEPTH] = b;
+    pthread_cond_broadcast(&w->changed);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void work_close(work *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->closed = true;
+    pthread_cond_broadcast(&w->changed);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Adds a batch to the retry list (the lock held); out of memory ends the process loudly, as
+ * losing the batch would lose lines. */
+static void retry_push_locked(work *w, batch *b)
+{
+    if (w->n_retry == w->cap_retry) {
+        size_t cap = w->cap_retry ? 2 * w->cap_retry : 16;
+        batch **bigger = realloc(w->retry, cap * sizeof *bigger);
+        if (!bigger) {
+            fprintf(stderr, "sqz infer: out of memory keeping a batch to retry\n");
+            exit(1);
+        }
+        w->retry = bigger;
+        w->cap_retry = cap;
+    }
+    w->retry[w->n_retry++] = b;
+}
+
+typedef enum { TAKE_BATCH, TAKE_NOTHING_NOW, TAKE_END } take_result;
+
+/* A batch for worker `me`: handed-back ones first. blocking: wait for one (or the end);
+ * otherwise TAKE_NOTHING_NOW when there is none at this moment. */
+static take_result work_take(work *w, int me, bool blocking, batch **out)
+{
+    const unsigned bit = 1u << me;
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        for (size_t i = 0; i < w->n_retry; i++) {
+            batch *b = w->retry[i];
+            if (!(b->failed_on & bit) || (b->failed_on & w->live) == w->live) {
+                w->retry[i] = w->retry[--w->n_retry];
+                w->held++;
+                pthread_mutex_unlock(&w->lock);
+                *out = b;
+                return TAKE_BATCH;
+            }
+        }
+        if (w->count > 0) {
+            *out = w->slots[w->head];
+            w->head = (w->head + 1) % QUEUE_DEPTH;
+            w->count--;
+            w->held++;
+            pthread_cond_broadcast(&w->changed); /* a place for the reader */
+            pthread_mutex_unlock(&w->lock);
+            return TAKE_BATCH;
+        }
+        const bool over = w->closed && w->n_retry == 0 && w->held == 0;
+        if (over || !blocking) {
+            pthread_mutex_unlock(&w->lock);
+            return over ? TAKE_END : TAKE_NOTHING_NOW;
+        }
+        pthread_cond_wait(&w->changed, &w->lock);
+    }
+}
+
+/* A taken batch is finished (sent to the writer, or replaced by what was handed back). */
+static void work_done(work *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->held--;
+    pthread_cond_broadcast(&w->changed);
+    pthread_mutex_unlock(&w->lock);
+}
+
 typedef struct pipeline {
     options opt;
     task task;
@@ -122,15 +244,20 @@ typedef struct pipeline {
     sqz_embedder *embedder;
     sqz_embedder_info emb_info;
     infer_line_setup setup;
-    sqz_session *session;
+    struct worker *workers;
+    int n_workers;
     FILE *in, *out;
     int in_fd;
     size_t skip_lines;    /* --resume: input lines whose records the output already has */
     size_t max_line_bytes;
-    queue to_compute, to_write;
-    /* statistics; each counter is written by one thread only */
-    size_t lines, failed, tokens, padded_tokens, retries, lines_read;
-    double tokenize_s, compute_s, write_s;
+    struct work *work;    /* reader -> workers */
+    queue to_format;      /* workers -> formatters */
+    queue to_write;       /* formatters -> writer */
+    int n_formatters;
+    double *format_s;     /* busy time of each formatter */
+    /* statistics; each counter is written by one thread only (workers keep their own) */
+    size_t lines, failed, tokens, lines_read;
+    double tokenize_s, write_s;
     long input_bytes, bytes_read;
     bool progress, read_error;
     double started;
@@ -188,7 +315,7 @@ static void flush_window(pipeline *p, item **window, size_t n)
             window[ok++] = window[i];
     }
     if (n_failed)
-        queue_push(&p->to_compute, new_batch(failed, n_failed, 0));
+        work_push(p->work, new_batch(failed, n_failed, 0));
     free(failed);
     qsort(window, ok, sizeof *window, by_length);
     const size_t multiple = p->task == TASK_FILL_MASK ? (size_t)p->info.vocab_size : 1;
@@ -201,7 +328,7 @@ static void flush_window(pipeline *p, item **window, size_t n)
                                (size_t)p->opt.batch_tokens * (multiple > 1 ? 64 : 1))
             end++;
         const size_t width = window[end - 1]->n_use;
-        queue_push(&p->to_compute, new_batch(window + start, end - start, (int)width));
+        work_push(p->work, new_batch(window + start, end - start, (int)width));
         start = end;
     }
 }
@@ -330,39 +457,48 @@ static void *reader_main(void *arg)
     free(window);
     free(r);
     free(line);
-    queue_push(&p->to_compute, NULL);
+    work_close(p->work);
     return NULL;
 }
 
-/* ---- compute --------------------------------------------------------------------------- */
+/* ---- workers: one per device --------------------------------------------------------- */
 
-static void compute_batch(pipeline *p, batch *b)
+typedef struct worker {
+    pipeline *p;
+    int index;
+    char name[192];          /* BACKEND[:DEVICE], as given */
+    sqz_session *session;
+    pthread_t thread;
+    unsigned streak;         /* batches failed in a row */
+    /* statistics, this worker's own */
+    size_t tokens, padded_tokens, split, moved, batches;
+    double compute_s;
+} worker;
+
+/* Packs a batch into padded arrays and submits it; *why gets the reason it failed. */
+static sqz_status submit_batch(worker *w, batch *b, sqz_ticket *ticket, const char **why)
 {
-    if (b->width == 0)
-        return; /* lines that failed earlier */
     const size_t N = b->count, W = (size_t)b->width;
     int64_t *ids = calloc(N * W, sizeof *ids), *mask = calloc(N * W, sizeof *mask);
     int64_t *types = calloc(N * W, sizeof *types);
-    if (!ids || !mask || !types) {
-        b->error = infer_message("out of memory for a batch", NULL);
-    } else {
+    sqz_status st = SQZ_ERR_OUT_OF_MEMORY;
+    *why = "out of memory for a batch";
+    if (ids && mask && types) {
         for (size_t r = 0; r < N; r++) {
             const item *it = b->items[r];
-            for (size_t w = 0; w < it->n_use; w++) {
-                ids[r * W + w] = it->enc->input_ids[it->use[w]];
-                types[r * W + w] = it->enc->token_type_ids[it->use[w]];
-                mask[r * W + w] = 1;
+            for (size_t k = 0; k < it->n_use; k++) {
+                ids[r * W + k] = it->enc->input_ids[it->use[k]];
+                types[r * W + k] = it->enc->token_type_ids[it->use[k]];
+                mask[r * W + k] = 1;
             }
-            p->tokens += it->n_use;
         }
-        p->padded_tokens += N * W;
         sqz_input in = {.batch = (int)N, .seq_len = (int)W, .input_ids = ids,
                         .attention_mask = mask, .token_type_ids = types};
-        sqz_status st = sqz_session_run(p->session, &in, &b->result);
-        if (st != SQZ_OK)
-            b->error = infer_message(sqz_last_error(), NULL);
+        st = sqz_session_submit(w->session, &in, ticket);
+        *why = sqz_last_error();
     }
     free(ids), free(mask), free(types);
+    return st;
 }
 
 /* Padded width of items (the longest). */
@@ -374,35 +510,178 @@ static int width_of(item **items, size_t n)
     return (int)w;
 }
 
-/* Runs a batch and hands it to the writer. A failed batch (device error, out of memory,
- * a kernel failure) is split in halves and each half retried, down to single lines: the
- * lines that still fail get the error, every other line its answer, none twice. */
-static void compute_and_send(pipeline *p, batch *b)
+/* A batch leaves the workers: to the formatters, then the writer. */
+static void send_to_writer(worker *w, batch *b)
 {
-    if (stop_signal && b->width > 0) {
-        b->skipped = true;
-    } else {
-        double t0 = now_seconds();
-        compute_batch(p, b);
-        p->compute_s += now_seconds() - t0;
-    }
-    if (b->error && b->count > 1) {
+    queue_push(&w->p->to_format, b);
+    work_done(w->p->work);
+}
+
+/* A batch failed on this worker's device with `message`. It goes to a device that has not
+ * failed it; when every device still working has, it is split in halves (a line alone gets
+ * the error record); nothing is dropped and nothing is done twice. */
+static void batch_failed(worker *w, batch *b, const char *message)
+{
+    pipeline *p = w->p;
+    work *wk = p->work;
+    w->streak++;
+    pthread_mutex_lock(&wk->lock);
+    b->failed_on |= 1u << w->index;
+    const bool elsewhere = (b->failed_on & wk->live) != wk->live;
+    const bool retire = w->streak >= RETIRE_AFTER && (wk->live & ~(1u << w->index)) != 0;
+    if (retire)
+        wk->live &= ~(1u << w->index);
+    batch *x = NULL, *y = NULL;
+    if (elsewhere) {
+        retry_push_locked(wk, b);
+    } else if (b->count > 1) {
         const size_t half = b->count / 2;
-        batch *x = new_batch(b->items, half, width_of(b->items, half));
-        batch *y = new_batch(b->items + half, b->count - half, width_of(b->items + half, b->count - half));
-        p->retries++;
-        if (p->retries <= 3 || p->opt.verbose)
-            fprintf(stderr, "sqz infer: a batch of %zu lines failed (%s); retrying it in halves\n",
-                    b->count, b->error);
-        sqz_result_free(b->result);
-        free(b->error);
+        x = new_batch(b->items, half, width_of(b->items, half));
+        y = new_batch(b->items + half, b->count - half, width_of(b->items + half, b->count - half));
+        retry_push_locked(wk, x);
+        retry_push_locked(wk, y);
+    }
+    if (elsewhere || x) {
+        wk->held--;
+        pthread_cond_broadcast(&wk->changed);
+    }
+    pthread_mutex_unlock(&wk->lock);
+    if (elsewhere) {
+        if (++w->moved <= 3 || p->opt.verbose)
+            fprintf(stderr, "sqz infer: a batch of %zu lines failed on %s (%s); retrying it on another device\n",
+                    b->count, w->name, message);
+    } else if (x) {
+        if (++w->split <= 3 || p->opt.verbose)
+            fprintf(stderr, "sqz infer: a batch of %zu lines failed (%s); retrying it in halves\n", b->count, message);
         free(b->items);
         free(b);
-        compute_and_send(p, x);
-        compute_and_send(p, y);
+    } else {
+        b->error = infer_message(message, NULL);
+        send_to_writer(w, b); /* a line that fails alone on every device: its error record */
+    }
+    if (retire)
+        fprintf(stderr, "sqz infer: %s failed %u batches in a row; the other devices take its work\n", w->name,
+                w->streak);
+}
+
+/* Waits for the oldest of the worker's runs in flight and passes it on. */
+static void finish_oldest(worker *w, batch **flight, sqz_ticket *tickets, int *n)
+{
+    batch *b = flight[0];
+    const sqz_ticket ticket = tickets[0];
+    for (int i = 1; i < *n; i++)
+        flight[i - 1] = flight[i], tickets[i - 1] = tickets[i];
+    (*n)--;
+    const double t0 = now_seconds();
+    sqz_status st = sqz_session_wait(w->session, ticket, &b->result);
+    w->compute_s += now_seconds() - t0;
+    if (st != SQZ_OK) {
+        batch_failed(w, b, sqz_last_error());
         return;
     }
-    queue_push(&p->to_write, b);
+    w->streak = 0;
+    w->batches++;
+    send_to_writer(w, b);
+}
+
+static bool retired(worker *w)
+{
+    pthread_mutex_lock(&w->p->work->lock);
+    const bool gone = !(w->p->work->live & (1u << w->index));
+    pthread_mutex_unlock(&w->p->work->lock);
+    return gone;
+}
+
+/* Takes batches, keeps up to SQZ_MAX_IN_FLIGHT of them on the device, and passes results on
+ * in the order they were submitted (the writer restores input order). */
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    pipeline *p = w->p;
+    batch *flight[SQZ_MAX_IN_FLIGHT];
+    sqz_ticket tickets[SQZ_MAX_IN_FLIGHT];
+    int n = 0;
+    while (!retired(w) || n > 0) {
+        batch *b = NULL;
+        const take_result got = retired(w) ? TAKE_NOTHING_NOW : work_take(p->work, w->index, n == 0, &b);
+        if (got == TAKE_END)
+            break;
+        if (got == TAKE_NOTHING_NOW) { /* nothing to start: land what is in flight */
+            if (n > 0)
+                finish_oldest(w, flight, tickets, &n);
+            continue;
+        }
+        if (b->width == 0 || stop_signal) {
+            b->skipped = b->width > 0; /* interrupted before compute: not written */
+            send_to_writer(w, b);
+            continue;
+        }
+        const double t0 = now_seconds();
+        const char *why = NULL;
+        sqz_status st = submit_batch(w, b, &tickets[n], &why);
+        w->compute_s += now_seconds() - t0;
+        if (st != SQZ_OK) {
+            batch_failed(w, b, why);
+            continue;
+        }
+        for (size_t r = 0; r < b->count; r++)
+            w->tokens += b->items[r]->n_use;
+        w->padded_tokens += b->count * (size_t)b->width;
+        flight[n++] = b;
+        if (n == SQZ_MAX_IN_FLIGHT)
+            finish_oldest(w, flight, tickets, &n);
+    }
+    return NULL;
+}
+
+/* Opens one session per device: --devices LIST or all (every device of --backend), else
+ * --backend/--device. Returns the count, 0 on error (message printed). */
+static int open_devices(pipeline *p, const char *backend)
+{
+    cli_device devs[MAX_DEVICES];
+    int n;
+    if (!p->opt.devices) {
+        snprintf(devs[0].backend, sizeof devs[0].backend, "%s", backend);
+        snprintf(devs[0].device, sizeof devs[0].device, "%s", p->opt.device ? p->opt.device : "");
+        n = 1;
+    } else if (strcmp(p->opt.devices, "all") == 0) {
+        if ((n = cli_devices_of(backend, devs, MAX_DEVICES)) == 0) {
+            fprintf(stderr, "sqz infer: --devices all: backend %s lists no device (sqz devices)\n", backend);
+            return 0;
+        }
+    } else if ((n = cli_parse_devices("infer", p->opt.devices, devs, MAX_DEVICES)) < 0) {
+        return 0;
+    }
+    p->workers = calloc((size_t)n, sizeof *p->workers);
+    if (!p->workers) {
+        fprintf(stderr, "sqz infer: out of memory\n");
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        worker *w = &p->workers[i];
+        w->p = p;
+        w->index = i;
+        snprintf(w->name, sizeof w->name, "%s%s%s", devs[i].backend, devs[i].device[0] ? ":" : "", devs[i].device);
+        sqz_session_options so = {devs[i].backend, devs[i].device[0] ? devs[i].device : NULL, p->opt.precision};
+        sqz_status st = sqz_session_create_with(p->model, &so, &w->session);
+        if (st == SQZ_OK && p->task == TASK_EMBED) {
+            /* only what the pooling reads crosses to the host (the full hidden state is most of
+             * a GPU run's time) */
+            const char *names[2];
+            size_t count = 0;
+            if (p->emb_info.needs_pooler)
+                names[count++] = "pooler_output";
+            if (p->emb_info.needs_hidden)
+                names[count++] = "last_hidden_state";
+            st = sqz_session_select_outputs(w->session, names, count);
+        }
+        p->n_workers = i + 1;
+        if (st != SQZ_OK) {
+            fprintf(stderr, "sqz infer: %s: %s: %s\n", w->name, sqz_status_str(st), sqz_last_error());
+            return 0;
+        }
+    }
+    return n;
 }
 
 /* ---- writer: records in input order -------------------------------------------------- */
@@ -645,6 +924,30 @@ static void show_progress(pipeline *p, bool final)
             t > 0 ? (double)p->tokens / t : 0.0, eta, final ? "\n" : "");
 }
 
+typedef struct formatter {
+    pipeline *p;
+    int index;
+    pthread_t thread;
+} formatter;
+
+/* Makes the records of whole batches (any order: the writer restores input order). */
+static void *formatter_main(void *arg)
+{
+    formatter *f = arg;
+    pipeline *p = f->p;
+    batch *b;
+    while ((b = queue_pop(&p->to_format)) != NULL) {
+        const double t0 = now_seconds();
+        for (size_t r = 0; r < b->count && !b->skipped; r++)
+            make_record(p, b, r);
+        sqz_result_free(b->result); /* the records hold everything now */
+        b->result = NULL;
+        p->format_s[f->index] += now_seconds() - t0;
+        queue_push(&p->to_write, b);
+    }
+    return NULL;
+}
+
 static void *writer_main(void *arg)
 {
     pipeline *p = arg;
@@ -659,7 +962,6 @@ static void *writer_main(void *arg)
                 infer_item_free(it);
                 continue;
             }
-            make_record(p, b, r);
             size_t slot = it->line - ro.base;
             if (slot >= ro.cap) {
                 size_t cap = ro.cap ? ro.cap : 1024;
@@ -688,6 +990,7 @@ static void *writer_main(void *arg)
             fputc('\n', p->out);
             p->lines++;
             p->failed += it->error != NULL;
+            p->tokens += it->n_use;
             infer_item_free(it);
             done++;
         }
@@ -711,10 +1014,51 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+/* The summary on stderr: lines, tokens, rate, what packing saved, where the time went; per
+ * device when there are several. Device busy time is sqz_session_busy_seconds (on CUDA, event
+ * timed on the compute stream) over the wall time of the whole run. */
+static void report_summary(const pipeline *p, const char *backend, double wall)
+{
+    size_t computed = 0, padded = 0, split = 0, moved = 0;
+    double compute_s = 0, busy = 0, format_s = 0;
+    for (int i = 0; i < p->n_formatters; i++)
+        format_s += p->format_s[i];
+    for (int i = 0; i < p->n_workers; i++) {
+        const worker *w = &p->workers[i];
+        double seconds = 0;
+        sqz_session_busy_seconds(w->session, &seconds);
+        computed += w->tokens, padded += w->padded_tokens, split += w->split, moved += w->moved;
+        compute_s += w->compute_s, busy += seconds;
+    }
+    char where[512];
+    if (p->n_workers == 1)
+        snprintf(where, sizeof where, "%s (%s)", backend, sqz_session_device(p->workers[0].session));
+    else
+        snprintf(where, sizeof where, "%d devices", p->n_workers);
+    fprintf(stderr, "sqz infer: %zu lines (%zu failed), %zu tokens on %s in %.2f s: %.1f lines/s; "
+            "packing skipped %zu padded tokens (%.0f%%); busy time: tokenize %.2f s, compute %.2f s, "
+            "format %.2f s (%d threads), write %.2f s; device busy %.2f s (%.0f%% of the wall time)\n", p->lines,
+            p->failed, p->tokens, where, wall, wall > 0 ? p->lines / wall : 0.0, padded - computed,
+            padded ? 100.0 * (double)(padded - computed) / (double)padded : 0.0, p->tokenize_s, compute_s, format_s,
+            p->n_formatters, p->write_s, busy, wall > 0 ? 100.0 * busy / (wall * p->n_workers) : 0.0);
+    for (int i = 0; p->n_workers > 1 && i < p->n_workers; i++) {
+        const worker *w = &p->workers[i];
+        double seconds = 0;
+        sqz_session_busy_seconds(w->session, &seconds);
+        fprintf(stderr, "sqz infer:   %s (%s): %zu batches, %zu tokens, device busy %.2f s (%.0f%%)\n", w->name,
+                sqz_session_device(w->session), w->batches, w->tokens, seconds, wall > 0 ? 100.0 * seconds / wall : 0.0);
+    }
+    if (split)
+        fprintf(stderr, "sqz infer: %zu failed batches were retried in smaller parts\n", split);
+    if (moved)
+        fprintf(stderr, "sqz infer: %zu failed batches were retried on another device\n", moved);
+}
+
 /* ---- command line --------------------------------------------------------------------- */
 
 static const char infer_help[] =
-    "usage: sqz infer --model DIR [--backend auto|cpu|cpu_ref|opencl|cuda] [--device D] [--threads N]\n"
+    "usage: sqz infer --model DIR [--backend auto|cpu|cpu_ref|opencl|cuda] [--device D | --devices LIST|all]\n"
+    "                 [--threads N]\n"
     "                 [--precision P]\n"
     "                 [--task auto|classify|embed|tokens|qa|fill-mask] [--batch-tokens N]\n"
     "                 [--max-length N] [--input FILE|-] [--output FILE|-]\n"
@@ -730,6 +1074,9 @@ static const char infer_help[] =
     "\n"
     "  --backend auto      cuda if a device is there, else opencl on an OpenCL GPU, else cpu\n"
     "                      (oneDNN; else opencl, else cpu_ref)\n"
+    "  --devices LIST      several devices at once, one session each: BACKEND[:DEVICE],... (e.g.\n"
+    "                      cuda:0,cuda:1; a device may repeat) or all (every device of --backend\n"
+    "                      that `sqz devices` lists); a batch that fails on one goes to another\n"
     "  --threads N         cpu backend: compute threads (default: every core)\n"
     "  --precision P       fp32 (default), tf32, fp16 or bf16; cuda runs all four, cpu fp32 and\n"
     "                      bf16 (where the CPU has it), the others fp32\n"
@@ -747,9 +1094,11 @@ static const char infer_help[] =
     "  --resume            append to --output FILE, skipping the input lines it already has a\n"
     "                      record for (after an interrupted run)\n"
     "  --verbose           report every batch retry\n"
-    "A failed batch is retried in halves down to single lines; a line that still fails gets an\n"
-    "error record. SIGINT/SIGTERM stop reading, write the records complete in input order,\n"
-    "report the count and exit 130/143; --resume continues from there.\n"
+    "A batch that fails goes to another device that has not failed it; one that every device\n"
+    "failed is retried in halves down to single lines; a line that still fails gets an error\n"
+    "record. A device that fails 3 batches in a row while others work is retired.\n"
+    "SIGINT/SIGTERM stop reading, write the records complete in input order, report the count\n"
+    "and exit 130/143; --resume continues from there.\n"
     "Exit status: 0 every line answered, 1 some line got an error record (or a fatal error),\n"
     "2 usage. A progress line goes to stderr when it is a terminal, and a summary at the end.\n";
 
@@ -761,7 +1110,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"input", true, NULL},      {"output", true, NULL},       {"pooling", true, NULL},
         {"normalize", false, NULL}, {"top-k", true, NULL},        {"max-answer-length", true, NULL},
         {"resume", false, NULL},    {"verbose", false, NULL},     {"precision", true, NULL},
-        {"no-normalize", false, NULL}, {"threads", true, NULL},
+        {"no-normalize", false, NULL}, {"threads", true, NULL}, {"devices", true, NULL},
     };
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("infer", argc, argv, opts, n))
@@ -771,6 +1120,15 @@ static int parse_options(int argc, char **argv, options *o)
     o->backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "auto";
     o->device = cli_get(opts, n, "device");
     o->threads = cli_get(opts, n, "threads");
+    o->devices = cli_get(opts, n, "devices");
+    if (o->device && o->devices) {
+        fprintf(stderr, "sqz infer: --device and --devices contradict each other (--devices takes BACKEND:DEVICE,...)\n");
+        return EXIT_USAGE;
+    }
+    if (o->threads && o->devices) {
+        fprintf(stderr, "sqz infer: with --devices, give the cpu backend's threads as cpu:threads=N\n");
+        return EXIT_USAGE;
+    }
     if (sqz_precision_from_name(cli_get(opts, n, "precision"), &o->precision) != SQZ_OK) {
         fprintf(stderr, "sqz infer: %s\n", sqz_last_error());
         return EXIT_USAGE;
@@ -920,25 +1278,9 @@ int sqz_cli_infer(int argc, char **argv)
         rc = EXIT_USAGE;
         goto done;
     }
-    sqz_session_options so = {backend, device, p.opt.precision};
-    if ((st = sqz_session_create_with(p.model, &so, &p.session)) != SQZ_OK) {
-        fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
+    p.opt.device = device; /* --threads N as the cpu backend's device string */
+    if (open_devices(&p, backend) == 0)
         goto done;
-    }
-    if (p.task == TASK_EMBED) {
-        /* only what the pooling reads crosses to the host (the full hidden state is most of a
-         * GPU run's time) */
-        const char *names[2];
-        size_t count = 0;
-        if (p.emb_info.needs_pooler)
-            names[count++] = "pooler_output";
-        if (p.emb_info.needs_hidden)
-            names[count++] = "last_hidden_state";
-        if ((st = sqz_session_select_outputs(p.session, names, count)) != SQZ_OK) {
-            fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
-            goto done;
-        }
-    }
     if (p.opt.resume && !resume_prepare(p.opt.output, &p.skip_lines)) {
         fprintf(stderr, "sqz infer: cannot read %s to resume: %s\n", p.opt.output, strerror(errno));
         goto done;
@@ -960,8 +1302,17 @@ int sqz_cli_infer(int argc, char **argv)
         p.input_bytes = (long)in_stat.st_size;
     p.progress = isatty(STDERR_FILENO);
     p.started = now_seconds();
-    queue_init(&p.to_compute);
+    work wk;
+    work_init(&wk, p.n_workers);
+    p.work = &wk;
+    queue_init(&p.to_format);
     queue_init(&p.to_write);
+    /* formatters: half the cores, 1 to 8 (printing an embedding's numbers is the slow part) */
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    p.n_formatters = cores / 2 < 1 ? 1 : cores / 2 > 8 ? 8 : (int)(cores / 2);
+    formatter formatters[8];
+    double format_s[8] = {0};
+    p.format_s = format_s;
     /* SIGINT/SIGTERM: only the reader thread takes them (see reader_main); no SA_RESTART,
      * so its blocked read() returns; a second signal kills as usual (SA_RESETHAND) */
     stop_signal = 0;
@@ -981,9 +1332,18 @@ int sqz_cli_infer(int argc, char **argv)
     pthread_t reader, writer;
     pthread_create(&reader, NULL, reader_main, &p);
     pthread_create(&writer, NULL, writer_main, &p);
-    batch *b;
-    while ((b = queue_pop(&p.to_compute)) != NULL)
-        compute_and_send(&p, b);
+    for (int i = 0; i < p.n_formatters; i++) {
+        formatters[i] = (formatter){&p, i, 0};
+        pthread_create(&formatters[i].thread, NULL, formatter_main, &formatters[i]);
+    }
+    for (int i = 0; i < p.n_workers; i++)
+        pthread_create(&p.workers[i].thread, NULL, worker_main, &p.workers[i]);
+    for (int i = 0; i < p.n_workers; i++)
+        pthread_join(p.workers[i].thread, NULL);
+    for (int i = 0; i < p.n_formatters; i++)
+        queue_push(&p.to_format, NULL);
+    for (int i = 0; i < p.n_formatters; i++)
+        pthread_join(formatters[i].thread, NULL);
     queue_push(&p.to_write, NULL);
     pthread_join(reader, NULL);
     pthread_join(writer, NULL);
@@ -991,19 +1351,13 @@ int sqz_cli_infer(int argc, char **argv)
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
-    queue_destroy(&p.to_compute);
+    work_destroy(&wk);
+    queue_destroy(&p.to_format);
     queue_destroy(&p.to_write);
     if (p.progress)
         show_progress(&p, true);
     double wall = now_seconds() - p.started;
-    fprintf(stderr, "sqz infer: %zu lines (%zu failed), %zu tokens on %s (%s) in %.2f s: %.1f lines/s; "
-            "packing skipped %zu padded tokens (%.0f%%); busy time: tokenize %.2f s, compute %.2f s, "
-            "write %.2f s\n", p.lines, p.failed, p.tokens, backend, sqz_session_device(p.session), wall,
-            wall > 0 ? p.lines / wall : 0.0, p.padded_tokens - p.tokens,
-            p.padded_tokens ? 100.0 * (double)(p.padded_tokens - p.tokens) / (double)p.padded_tokens : 0.0,
-            p.tokenize_s, p.compute_s, p.write_s);
-    if (p.retries)
-        fprintf(stderr, "sqz infer: %zu failed batches were retried in smaller parts\n", p.retries);
+    report_summary(&p, backend, wall);
     rc = p.failed || p.read_error ? 1 : 0;
     if (stopped_by) {
         fprintf(stderr, "sqz infer: interrupted by %s: %zu records written, input lines 1..%zu are "
@@ -1020,7 +1374,9 @@ done:
         fclose(p.in);
     if (p.out && p.out != stdout)
         fclose(p.out);
-    sqz_session_free(p.session);
+    for (int i = 0; i < p.n_workers; i++)
+        sqz_session_free(p.workers[i].session);
+    free(p.workers);
     sqz_embedder_free(p.embedder);
     sqz_tokenizer_free(p.tok);
     sqz_model_free(p.model);

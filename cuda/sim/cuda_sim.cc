@@ -17,6 +17,8 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <deque>
+#include <set>
 #include <vector>
 
 /* Switching fibers: on x86-64 a few instructions that swap the callee-saved registers and
@@ -62,7 +64,15 @@ __asm__(".text\n"
 #endif
 
 /* the runtime's opaque handles, defined here for the simulation */
+/* a device-to-host copy into pinned memory, not yet landed (see cudaMemcpyAsync below) */
+struct PendingCopy {
+    void *dst;
+    std::vector<unsigned char> bytes; /* the source as it was in stream order */
+    uint64_t number;                  /* its place in the stream's order of copies */
+};
 struct CUstream_st {
+    std::deque<PendingCopy> pending;
+    uint64_t copies = 0; /* device-to-host copies into pinned memory enqueued so far */
     bool capturing = false;
     std::vector<struct SimLaunch> captured;
     int mode = 0; /* 0 forward, 1 reverse, 2 random */
@@ -85,6 +95,8 @@ struct CUgraphExec_st {
 struct CUevent_st {
     std::chrono::steady_clock::time_point at;
     bool recorded = false;
+    CUstream_st *stream = nullptr; /* where it was last recorded */
+    uint64_t copies = 0;           /* the stream's copies before it */
 };
 
 namespace sqzsim {
@@ -157,6 +169,12 @@ thread_local Fiber *cur_fiber;
 thread_local cudaError_t last_error = cudaSuccess;
 thread_local char last_detail[640];
 thread_local cudaError_t last_detail_code = cudaSuccess;
+
+/* Pinned host allocations (cudaMallocHost, cudaHostAlloc) and the streams that exist, for the
+ * copies that land late; shared by every thread. */
+std::mutex memory_lock;
+std::map<uintptr_t, size_t> pinned; /* start -> bytes */
+std::set<CUstream_st *> streams;
 
 std::mutex attr_lock;
 std::map<const void *, int> shared_limits; /* cudaFuncAttributeMaxDynamicSharedMemorySize */
@@ -570,6 +588,34 @@ CUstream_st default_stream;
 
 CUstream_st *stream_of(cudaStream_t s) { return s ? s : &default_stream; }
 
+bool is_pinned(const void *p, size_t bytes)
+{
+    const uintptr_t a = (uintptr_t)p;
+    auto it = pinned.upper_bound(a);
+    if (it == pinned.begin())
+        return false;
+    --it;
+    return a >= it->first && a + bytes <= it->first + it->second;
+}
+
+/* Lands the stream's pending copies up to number `upto`, in order (memory_lock held). */
+void land_copies(CUstream_st *s, uint64_t upto)
+{
+    while (!s->pending.empty() && s->pending.front().number <= upto) {
+        PendingCopy &c = s->pending.front();
+        memcpy(c.dst, c.bytes.data(), c.bytes.size());
+        s->pending.pop_front();
+    }
+}
+
+/* What a device-wide synchronisation lands: every stream's copies (memory_lock held). */
+void land_everything()
+{
+    land_copies(&default_stream, UINT64_MAX);
+    for (CUstream_st *s : streams)
+        land_copies(s, UINT64_MAX);
+}
+
 } // namespace
 
 /* ---- device side --------------------------------------------------------------------- */
@@ -782,19 +828,43 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags)
 {
     (void)flags;
     *stream = new CUstream_st;
+    std::lock_guard<std::mutex> hold(memory_lock);
+    streams.insert(*stream);
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream)
 {
+    if (!stream)
+        return last_error = fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy of the null stream");
+    {
+        /* CUDA finishes a destroyed stream's work: its copies land */
+        std::lock_guard<std::mutex> hold(memory_lock);
+        land_copies(stream, UINT64_MAX);
+        streams.erase(stream);
+    }
     delete stream;
     return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream)
 {
-    if (stream_of(stream)->capturing)
+    CUstream_st *s = stream_of(stream);
+    if (s->capturing)
         return last_error = fail(cudaErrorStreamCaptureUnsupported, "cudaStreamSynchronize during stream capture");
+    std::lock_guard<std::mutex> hold(memory_lock);
+    land_copies(s, UINT64_MAX);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags)
+{
+    (void)flags;
+    if (!event)
+        return last_error = fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent on a null event");
+    /* streams run their work at once, so what the event marks is done: nothing to wait for. The
+     * host has not synchronised, so copies to pinned memory do not land here. */
+    (void)stream_of(stream);
     return cudaSuccess;
 }
 
@@ -866,21 +936,50 @@ cudaError_t cudaFree(void *ptr)
 cudaError_t cudaMallocHost(void **ptr, size_t bytes)
 {
     *ptr = malloc(bytes ? bytes : 1);
-    return *ptr ? cudaSuccess
-                : (last_error = fail(cudaErrorMemoryAllocation, "cudaMallocHost of %zu bytes: out of memory", bytes));
+    if (!*ptr)
+        return last_error = fail(cudaErrorMemoryAllocation, "cudaMallocHost of %zu bytes: out of memory", bytes);
+    std::lock_guard<std::mutex> hold(memory_lock);
+    pinned[(uintptr_t)*ptr] = bytes ? bytes : 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned flags)
+{
+    (void)flags; /* one device: portable, mapped or not, the memory is the same here */
+    return api::cudaMallocHost(ptr, bytes);
 }
 
 cudaError_t cudaFreeHost(void *ptr)
 {
+    if (!ptr)
+        return cudaSuccess;
+    std::lock_guard<std::mutex> hold(memory_lock);
+    if (!pinned.erase((uintptr_t)ptr))
+        return last_error = fail(cudaErrorInvalidValue, "cudaFreeHost of memory that cudaMallocHost did not give");
+    land_everything(); /* cudaFreeHost synchronises the device first */
     free(ptr);
     return cudaSuccess;
 }
 
+/* Copies run in stream order, at once, except one kind: a device-to-host copy into pinned
+ * memory lands only when the host synchronises with it (cudaStreamSynchronize, or
+ * cudaEventSynchronize / a successful cudaEventQuery of an event recorded after it), the
+ * latest moment CUDA allows; until then its destination holds 0xff bytes (NaN), so host code
+ * that reads it without waiting sees garbage, as it could on a GPU. The source is taken as it
+ * is in stream order. A copy into pageable memory is synchronous, as in CUDA. */
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream)
 {
-    (void)kind;
-    if (stream_of(stream)->capturing)
+    CUstream_st *s = stream_of(stream);
+    if (s->capturing)
         return last_error = fail(cudaErrorStreamCaptureUnsupported, "cuda-sim does not capture copies");
+    std::lock_guard<std::mutex> hold(memory_lock);
+    if (kind == cudaMemcpyDeviceToHost && bytes && is_pinned(dst, bytes)) {
+        PendingCopy c{dst, std::vector<unsigned char>((const unsigned char *)src, (const unsigned char *)src + bytes),
+                      ++s->copies};
+        memset(dst, 0xff, bytes);
+        s->pending.push_back(std::move(c));
+        return cudaSuccess;
+    }
     memmove(dst, src, bytes);
     return cudaSuccess;
 }
@@ -899,6 +998,12 @@ cudaError_t cudaEventCreate(cudaEvent_t *event)
     return cudaSuccess;
 }
 
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags)
+{
+    (void)flags; /* timing or not, blocking sync or not: the same here */
+    return api::cudaEventCreate(event);
+}
+
 cudaError_t cudaEventDestroy(cudaEvent_t event)
 {
     delete event;
@@ -907,17 +1012,27 @@ cudaError_t cudaEventDestroy(cudaEvent_t event)
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream)
 {
-    (void)stream;
+    CUstream_st *s = stream_of(stream);
+    if (s->capturing)
+        return last_error = fail(cudaErrorStreamCaptureUnsupported, "cuda-sim does not capture events");
     event->at = std::chrono::steady_clock::now();
     event->recorded = true;
+    std::lock_guard<std::mutex> hold(memory_lock);
+    event->stream = s;
+    event->copies = s->copies;
     return cudaSuccess;
 }
 
+/* Waiting for an event lands the copies its stream had enqueued before it was recorded. */
 cudaError_t cudaEventSynchronize(cudaEvent_t event)
 {
-    (void)event;
+    std::lock_guard<std::mutex> hold(memory_lock);
+    if (event->stream && (event->stream == &default_stream || streams.count(event->stream)))
+        land_copies(event->stream, event->copies);
     return cudaSuccess;
 }
+
+cudaError_t cudaEventQuery(cudaEvent_t event) { return api::cudaEventSynchronize(event); }
 
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t stop)
 {

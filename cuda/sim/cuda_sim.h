@@ -22,8 +22,11 @@
  * - launch limits of an sm_90 device (grid, block, dynamic shared memory with and without
  *   cudaFuncSetAttribute) and the alignment that cp.async and ldmatrix need are checked;
  * - device memory is host memory (AddressSanitizer sees every access), filled with 0xff
- *   bytes when allocated; streams are synchronous; graphs record launches and replay them
- *   with the arguments they were captured with, as CUDA graphs do.
+ *   bytes when allocated; streams are synchronous (an event is complete when recorded, a
+ *   stream's wait for one has nothing to wait for), except that a device-to-host copy into
+ *   pinned memory lands only when the host synchronises with it, its destination 0xff bytes
+ *   until then; graphs record launches and replay them with the arguments they were captured
+ *   with, as CUDA graphs do.
  * A fault (a broken rule above) prints where it happened and aborts: it is a bug in a kernel.
  * What it cannot show (accumulation order inside the tensor cores, timing, bank conflicts,
  * register spills) is listed in docs/engineering.md. */
@@ -102,6 +105,7 @@ cudaError_t cudaDriverGetVersion(int *version);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags);
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode);
 cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph);
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags);
@@ -111,10 +115,13 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
 cudaError_t cudaMalloc(void **ptr, size_t bytes);
 cudaError_t cudaFree(void *ptr);
 cudaError_t cudaMallocHost(void **ptr, size_t bytes);
+cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned flags);
 cudaError_t cudaFreeHost(void *ptr);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream);
 cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream);
 cudaError_t cudaEventCreate(cudaEvent_t *event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags);
+cudaError_t cudaEventQuery(cudaEvent_t event);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
@@ -140,6 +147,7 @@ template <typename F> cudaError_t cudaFuncSetAttribute(F *func, cudaFuncAttribut
 #define cudaStreamCreateWithFlags sqzsim::api::cudaStreamCreateWithFlags
 #define cudaStreamDestroy sqzsim::api::cudaStreamDestroy
 #define cudaStreamSynchronize sqzsim::api::cudaStreamSynchronize
+#define cudaStreamWaitEvent sqzsim::api::cudaStreamWaitEvent
 #define cudaStreamBeginCapture sqzsim::api::cudaStreamBeginCapture
 #define cudaStreamEndCapture sqzsim::api::cudaStreamEndCapture
 #define cudaGraphInstantiate sqzsim::api::cudaGraphInstantiate
@@ -149,10 +157,13 @@ template <typename F> cudaError_t cudaFuncSetAttribute(F *func, cudaFuncAttribut
 #define cudaMalloc sqzsim::api::cudaMalloc
 #define cudaFree sqzsim::api::cudaFree
 #define cudaMallocHost sqzsim::api::cudaMallocHost
+#define cudaHostAlloc sqzsim::api::cudaHostAlloc
 #define cudaFreeHost sqzsim::api::cudaFreeHost
 #define cudaMemcpyAsync sqzsim::api::cudaMemcpyAsync
 #define cudaMemsetAsync sqzsim::api::cudaMemsetAsync
 #define cudaEventCreate sqzsim::api::cudaEventCreate
+#define cudaEventCreateWithFlags sqzsim::api::cudaEventCreateWithFlags
+#define cudaEventQuery sqzsim::api::cudaEventQuery
 #define cudaEventDestroy sqzsim::api::cudaEventDestroy
 #define cudaEventRecord sqzsim::api::cudaEventRecord
 #define cudaEventSynchronize sqzsim::api::cudaEventSynchronize
