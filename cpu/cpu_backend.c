@@ -156,7 +156,7 @@ static void describe_into(char *out, size_t size, int threads, bool bf16, const 
              threads, threads == 1 ? "" : "s");
 }
 
-sqz_status sqz_cpu_list_devices(char **text)
+static sqz_status cpu_list_devices(char **text)
 {
     char line[320];
     describe_into(line, sizeof line, omp_get_num_procs(), false, best_kernels());
@@ -194,8 +194,12 @@ static sqz_status cpu_create_checked(cpu_ctx *c, const char *device)
     return SQZ_OK;
 }
 
-static sqz_status cpu_create(void **ctx, const char *device)
+static sqz_status cpu_create(void **ctx, const char *device, const char *settings)
 {
+    static const char *const none[] = {NULL}; /* its one knob, threads=N, is the device text */
+    sqz_status checked = sqz_settings_check(settings, "cpu", none);
+    if (checked != SQZ_OK)
+        return checked;
     cpu_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
@@ -921,6 +925,7 @@ const sqz_backend_ops sqz_cpu_backend = {
     .api_version = SQZ_BACKEND_API_VERSION,
     .name = "cpu",
     .probe = NULL,
+    .list_devices = cpu_list_devices,
     .create = cpu_create,
     .destroy = cpu_destroy,
     .describe = cpu_describe,

@@ -12,8 +12,17 @@ struct sqz_buffer {
     unsigned char *data;
 };
 
-static sqz_status ref_create(void **ctx, const char *device)
+static sqz_status ref_list_devices(char **text)
 {
+    return sqz_text_append(text, "cpu_ref  0  host CPU, scalar reference (always available)\n");
+}
+
+static sqz_status ref_create(void **ctx, const char *device, const char *settings)
+{
+    static const char *const none[] = {NULL};
+    sqz_status st = sqz_settings_check(settings, "cpu_ref", none);
+    if (st != SQZ_OK)
+        return st;
     if (device && *device && strcmp(device, "0") != 0 && strcmp(device, "cpu") != 0)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cpu_ref has one device (the host); got '%s'",
                         device);
@@ -179,6 +188,7 @@ const sqz_backend_ops sqz_cpu_ref_backend = {
     .api_version = SQZ_BACKEND_API_VERSION,
     .name = "cpu_ref",
     .probe = NULL,
+    .list_devices = ref_list_devices,
     .create = ref_create,
     .destroy = ref_destroy,
     .describe = ref_describe,

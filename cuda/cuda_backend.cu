@@ -55,13 +55,9 @@ extern "C" {
 #ifdef SQZ_CUDA_SIM
 #define SQZ_CUDA_NAME "cuda-sim"
 #define SQZ_CUDA_TABLE sqz_cuda_sim_backend
-#define SQZ_CUDA_PROBE sqz_cuda_sim_probe
-#define SQZ_CUDA_LIST_DEVICES sqz_cuda_sim_list_devices
 #else
 #define SQZ_CUDA_NAME "cuda"
 #define SQZ_CUDA_TABLE sqz_cuda_backend
-#define SQZ_CUDA_PROBE sqz_cuda_probe
-#define SQZ_CUDA_LIST_DEVICES sqz_cuda_list_devices
 #endif
 
 #define CUDA_TRY(call)                                                                      \
@@ -96,7 +92,7 @@ extern "C" {
 #endif
 
 /* After a kernel launch: configuration errors now, execution errors at the next sync
- * (or at once with SQZ_CUDA_SYNC=1, for debugging). */
+ * (or at once with the setting cuda.sync=1, for debugging). */
 #define LAUNCH_CHECK(kernel_name, node)                                                     \
     do {                                                                                    \
         cudaError_t err_ = cudaGetLastError();                                              \
@@ -152,9 +148,9 @@ struct graph_entry {
  * means nothing, keeps the highest-numbered one, so that the newest kernels are the ones the
  * tests see). A variant outside the bar is reported on stderr and not used for the shape; in
  * cuda-sim that is a fault, since there it can only be a kernel bug.
- * SQZ_CUDA_VARIANTS="linear=NAME,attention=NAME,ffn=NAME" fixes the variants instead (names
- * or numbers), SQZ_CUDA_MEASURE=0 takes the highest-numbered variant that applies without
- * running the others, SQZ_CUDA_REPORT=1 prints every choice. */
+ * The setting cuda.variants="linear=NAME,attention=NAME,ffn=NAME" fixes the variants instead
+ * (names or numbers), cuda.measure=0 takes the highest-numbered variant that applies without
+ * running the others, cuda.report=1 prints every choice (sqz fills them from SQZ_CUDA_*). */
 enum family { FAMILY_LINEAR, FAMILY_ATTENTION, FAMILY_FFN, FAMILIES };
 static const char *const family_names[FAMILIES] = {"linear", "attention", "ffn"};
 enum attention_variant { ATTENTION_SIMT, ATTENTION_FLASH, ATTENTION_VARIANTS };
@@ -195,7 +191,7 @@ struct cuda_ctx {
     size_t lt_workspace_bytes;
 #endif
     bool sync_each, use_graphs, measure, report;
-    int forced[FAMILIES]; /* SQZ_CUDA_VARIANTS, or -1 */
+    int forced[FAMILIES]; /* cuda.variants, or -1 */
     sqz_precision precision;
     storage store;
     char description[512];
@@ -232,11 +228,7 @@ sqz_status probe_impl(void)
     return SQZ_OK;
 }
 
-} // namespace
-
-extern "C" sqz_status SQZ_CUDA_PROBE(void) { return probe_impl(); }
-
-extern "C" sqz_status SQZ_CUDA_LIST_DEVICES(char **text)
+sqz_status list_devices(char **text)
 {
     if (probe_impl() != SQZ_OK)
         return sqz_text_append(text, "%-8s -  %s\n", SQZ_CUDA_NAME, sqz_last_error());
@@ -260,8 +252,6 @@ extern "C" sqz_status SQZ_CUDA_LIST_DEVICES(char **text)
     return SQZ_OK;
 #endif
 }
-
-namespace {
 
 sqz_status cuda_set_precision(void *ctx, sqz_precision precision)
 {
@@ -801,16 +791,17 @@ void cuda_destroy(void *ctx)
     free(c);
 }
 
-bool env_flag(const char *name, bool fallback)
+/* a 0/1 backend setting (cuda.KEY), or fallback when absent */
+bool setting_flag(const char *settings, const char *key, bool fallback)
 {
-    const char *v = getenv(name);
-    if (!v || !*v)
+    char v[16];
+    if (!sqz_settings_get(settings, "cuda", key, v, sizeof v) || !v[0])
         return fallback;
     return strcmp(v, "0") != 0;
 }
 
-/* SQZ_CUDA_VARIANTS="linear=cublaslt,attention=1,ffn=fused": names or numbers per family */
-sqz_status read_forced_variants(cuda_ctx *c)
+/* cuda.variants=linear=cublaslt,attention=1,ffn=fused: names or numbers per family */
+sqz_status read_forced_variants(cuda_ctx *c, const char *settings)
 {
     static const char *const *const families = family_names;
     static const char *const *const names[FAMILIES] = {linear_variant_names, attention_variant_names,
@@ -818,11 +809,9 @@ sqz_status read_forced_variants(cuda_ctx *c)
     static const int counts[FAMILIES] = {LINEAR_VARIANTS, ATTENTION_VARIANTS, FFN_VARIANTS};
     for (int f = 0; f < FAMILIES; f++)
         c->forced[f] = -1;
-    const char *text = getenv("SQZ_CUDA_VARIANTS");
-    if (!text || !*text)
-        return SQZ_OK;
     char buffer[256];
-    snprintf(buffer, sizeof buffer, "%s", text);
+    if (!sqz_settings_get(settings, "cuda", "variants", buffer, sizeof buffer) || !buffer[0])
+        return SQZ_OK;
     for (char *save = NULL, *item = strtok_r(buffer, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(item, '=');
         int f = 0;
@@ -830,20 +819,20 @@ sqz_status read_forced_variants(cuda_ctx *c)
                                 strlen(families[f]) != (size_t)(eq - item)))
             f++;
         if (f == FAMILIES)
-            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "SQZ_CUDA_VARIANTS: '%s' is not FAMILY=VARIANT with FAMILY "
-                            "linear, attention or ffn", item);
+            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda.variants (SQZ_CUDA_VARIANTS): '%s' is not "
+                            "FAMILY=VARIANT with FAMILY linear, attention or ffn", item);
         int v = 0;
         while (v < counts[f] && strcmp(eq + 1, names[f][v]) != 0 && !(eq[1] == '0' + v && eq[2] == '\0'))
             v++;
         if (v == counts[f])
-            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "SQZ_CUDA_VARIANTS: %s has no variant '%s'", families[f],
-                            eq + 1);
+            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda.variants (SQZ_CUDA_VARIANTS): %s has no variant '%s'",
+                            families[f], eq + 1);
         c->forced[f] = v;
     }
     return SQZ_OK;
 }
 
-sqz_status create_checked(cuda_ctx *c, const char *device)
+sqz_status create_checked(cuda_ctx *c, const char *device, const char *settings)
 {
     c->capturing = -1;
     sqz_status st = probe_impl();
@@ -869,11 +858,11 @@ sqz_status create_checked(cuda_ctx *c, const char *device)
     CUBLAS_TRY(cublasSetWorkspace(c->blas, c->lt_workspace, c->lt_workspace_bytes));
 #endif
     CUDA_TRY(cudaMalloc((void **)&c->check, 4 * sizeof(unsigned)));
-    c->sync_each = env_flag("SQZ_CUDA_SYNC", false);
-    c->use_graphs = env_flag("SQZ_CUDA_GRAPHS", true) && !c->sync_each;
-    c->measure = env_flag("SQZ_CUDA_MEASURE", true);
-    c->report = env_flag("SQZ_CUDA_REPORT", false);
-    if ((st = read_forced_variants(c)) != SQZ_OK)
+    c->sync_each = setting_flag(settings, "sync", false);
+    c->use_graphs = setting_flag(settings, "graphs", true) && !c->sync_each;
+    c->measure = setting_flag(settings, "measure", true);
+    c->report = setting_flag(settings, "report", false);
+    if ((st = read_forced_variants(c, settings)) != SQZ_OK)
         return st;
     /* downloads run on their own stream, behind per-run events */
     CUDA_TRY(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
@@ -900,12 +889,18 @@ sqz_status create_checked(cuda_ctx *c, const char *device)
     return SQZ_OK;
 }
 
-sqz_status cuda_create(void **ctx, const char *device)
+/* cuda.KEY settings (cuda-sim reads the same ones): the command line fills them from the
+ * SQZ_CUDA_* environment variables (docs/engineering.md, "CUDA backend") */
+sqz_status cuda_create(void **ctx, const char *device, const char *settings)
 {
+    static const char *const known[] = {"sync", "graphs", "measure", "report", "variants", NULL};
+    sqz_status st = sqz_settings_check(settings, "cuda", known);
+    if (st != SQZ_OK)
+        return st;
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     if (!c)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-    sqz_status st = create_checked(c, device);
+    st = create_checked(c, device, settings);
     if (st != SQZ_OK) {
         cuda_destroy(c);
         return st;
@@ -1641,6 +1636,40 @@ sqz_status cuda_run_end(void *ctx, const sqz_binding *b, const sqz_run_dims *dim
     return SQZ_OK;
 }
 
+/* Per plan, once per binding: the weights' 16-bit copy, and the FFN variants' hidden buffer at
+ * the bucket's size, so that neither grows (and drops captured graphs) during a run. */
+sqz_status cuda_prepare(void *ctx, const sqz_binding *b)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    BIND_DEVICE(c);
+    sqz_status st = ensure_shadow(c, b->weights);
+    const sqz_graph *g = &b->plan->graph;
+    size_t hidden_bytes = 0;
+    for (size_t k = 0; k < b->plan->n_launches && st == SQZ_OK; k++) {
+        const sqz_node *node = &g->nodes[b->plan->launches[k]];
+        if (node->op == SQZ_OP_FFN) {
+            const size_t bytes = (size_t)b->plan->bucket.max_tokens * (size_t)g->tensors[node->inputs[1]].fixed_rows *
+                                 element_size(c->store);
+            hidden_bytes = bytes > hidden_bytes ? bytes : hidden_bytes;
+        }
+    }
+    if (st == SQZ_OK && hidden_bytes > c->hidden_bytes) {
+        for (int i = 0; i < GRAPH_CACHE; i++) /* they may hold the old buffer */
+            graph_drop(&c->graphs[i]);
+        st = ensure_device(c, &c->hidden, &c->hidden_bytes, hidden_bytes);
+    }
+    return st;
+}
+
+/* graphs recorded for the plan's bucket go with it */
+void cuda_release(void *ctx, const sqz_plan *plan)
+{
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    for (int i = 0; i < GRAPH_CACHE; i++)
+        if (c->graphs[i].runs && memcmp(&c->graphs[i].bucket, &plan->bucket, sizeof plan->bucket) == 0)
+            graph_drop(&c->graphs[i]);
+}
+
 sqz_status cuda_kernel_report(void *ctx, char **text)
 {
     const cuda_ctx *c = (const cuda_ctx *)ctx;
@@ -1674,6 +1703,7 @@ sqz_backend_ops make_ops(void)
     ops.api_version = SQZ_BACKEND_API_VERSION;
     ops.name = SQZ_CUDA_NAME;
     ops.probe = probe_impl;
+    ops.list_devices = list_devices;
     ops.create = cuda_create;
     ops.destroy = cuda_destroy;
     ops.describe = cuda_describe;
@@ -1698,6 +1728,8 @@ sqz_backend_ops make_ops(void)
     ops.records_runs = cuda_records_runs;
     ops.graph_counts = cuda_graph_counts;
     ops.kernel_report = cuda_kernel_report;
+    ops.prepare = cuda_prepare;
+    ops.release = cuda_release;
 #ifdef SQZ_CUDA_SIM
     ops.emulated = true;
 #endif

@@ -174,6 +174,10 @@ typedef struct sqz_session_options {
     const char *backend;     /* NULL: cpu_ref */
     const char *device;      /* NULL: the backend's default */
     sqz_precision precision; /* SQZ_PRECISION_FP32 when zero-initialised */
+    /* NULL, or backend settings "BACKEND.KEY=VALUE;...", e.g. "cuda.graphs=0;cuda.report=1"
+     * or "opencl.cache_dir=/tmp/c". Each backend reads its own keys and refuses unknown ones
+     * of its own by name; docs/engineering.md lists them. */
+    const char *settings;
 } sqz_session_options;
 /* sqz_session_create_on with a precision; a backend that lacks it is SQZ_ERR_UNSUPPORTED. */
 sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_options *options,

@@ -90,6 +90,7 @@ typedef struct cl_backend {
     cl_kernel kernels[K_COUNT];
     cl_ulong max_alloc;
     char description[512];
+    char cache_dir[1024]; /* the setting opencl.cache_dir, or "" */
 } cl_backend;
 
 /* ---- device discovery ------------------------------------------------------------------- */
@@ -168,7 +169,7 @@ static sqz_status probe(void)
     return st;
 }
 
-sqz_status sqz_opencl_list_devices(char **text)
+static sqz_status cl_list_devices(char **text)
 {
     device_entry *list;
     cl_uint n;
@@ -208,13 +209,15 @@ static uint64_t fnv1a(uint64_t h, const char *data, size_t n)
 
 static const char build_options[] = "-cl-std=CL1.2";
 
-/* $SQZ_CACHE_DIR, else $XDG_CACHE_HOME/squeezebert, else ~/.cache/squeezebert; "" if none. */
+/* The setting opencl.cache_dir (the command line fills it from $SQZ_CACHE_DIR), else
+ * $XDG_CACHE_HOME/squeezebert, else ~/.cache/squeezebert, as any program finds its cache;
+ * "" if none. */
 static void cache_path(const cl_backend *b, char *out, size_t size)
 {
     char dir[1024];
-    const char *env = getenv("SQZ_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
-    if (env && *env)
-        snprintf(dir, sizeof dir, "%s", env);
+    const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (b->cache_dir[0])
+        snprintf(dir, sizeof dir, "%s", b->cache_dir);
     else if (xdg && *xdg)
         snprintf(dir, sizeof dir, "%s/squeezebert", xdg);
     else if (home && *home)
@@ -410,12 +413,17 @@ static sqz_status cl_create_checked(cl_backend *b, const char *device)
     return SQZ_OK;
 }
 
-static sqz_status cl_create(void **ctx, const char *device)
+static sqz_status cl_create(void **ctx, const char *device, const char *settings)
 {
+    static const char *const known[] = {"cache_dir", NULL};
+    sqz_status st = sqz_settings_check(settings, "opencl", known);
+    if (st != SQZ_OK)
+        return st;
     cl_backend *b = calloc(1, sizeof *b);
     if (!b)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-    sqz_status st = cl_create_checked(b, device);
+    sqz_settings_get(settings, "opencl", "cache_dir", b->cache_dir, sizeof b->cache_dir);
+    st = cl_create_checked(b, device);
     if (st != SQZ_OK) {
         cl_destroy(b);
         return st;
@@ -671,6 +679,7 @@ const sqz_backend_ops sqz_opencl_backend = {
     .api_version = SQZ_BACKEND_API_VERSION,
     .name = "opencl",
     .probe = probe,
+    .list_devices = cl_list_devices,
     .create = cl_create,
     .destroy = cl_destroy,
     .describe = cl_describe,

@@ -1,4 +1,5 @@
-/* The registry of backends compiled into this library. */
+/* The registry of backends compiled into this library (the table CMake generates), device
+ * listings, and backend settings. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,33 +8,25 @@
 #include "runtime/backend.h"
 #include "runtime/error.h"
 
-static const sqz_backend_ops *const runnable[] = {
-    &sqz_cpu_ref_backend,
-#ifdef SQZ_HAVE_CPU
-    &sqz_cpu_backend,
-#endif
-#ifdef SQZ_HAVE_OPENCL
-    &sqz_opencl_backend,
-#endif
-#ifdef SQZ_HAVE_CUDA
-    &sqz_cuda_backend,
-#endif
-#ifdef SQZ_HAVE_CUDA_SIM
-    &sqz_cuda_sim_backend,
-#endif
-};
+static size_t backend_count(void)
+{
+    size_t n = 0;
+    while (sqz_backend_table[n])
+        n++;
+    return n;
+}
 
 const sqz_backend_ops *sqz_backend_find(const char *name)
 {
-    for (size_t i = 0; i < sizeof runnable / sizeof runnable[0]; i++)
-        if (strcmp(runnable[i]->name, name) == 0)
-            return runnable[i];
+    for (size_t i = 0; sqz_backend_table[i]; i++)
+        if (strcmp(sqz_backend_table[i]->name, name) == 0)
+            return sqz_backend_table[i];
     return NULL;
 }
 
 const char *sqz_backend_name(size_t index)
 {
-    return index < sizeof runnable / sizeof runnable[0] ? runnable[index]->name : NULL;
+    return index < backend_count() ? sqz_backend_table[index]->name : NULL;
 }
 
 bool sqz_backend_is_emulated(const char *name)
@@ -50,8 +43,9 @@ sqz_status sqz_backend_probe(const char *name)
     if (ops)
         return ops->probe ? ops->probe() : SQZ_OK;
     char known[128] = "";
-    for (size_t i = 0; i < sizeof runnable / sizeof runnable[0]; i++)
-        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", runnable[i]->name);
+    for (size_t i = 0; sqz_backend_table[i]; i++)
+        snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "",
+                 sqz_backend_table[i]->name);
     return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "unknown backend '%s' (this build has: %s)", name, known);
 }
 
@@ -83,35 +77,69 @@ sqz_status sqz_devices_describe(char **out)
     if (!out)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_devices_describe: out is required");
     *out = NULL;
-    sqz_status st = sqz_text_append(out, "cpu_ref  0  host CPU, scalar reference (always available)\n");
-#ifdef SQZ_HAVE_CPU
-    if (st == SQZ_OK)
-        st = sqz_cpu_list_devices(out);
-#else
-    if (st == SQZ_OK)
-        st = sqz_text_append(out, "cpu      -  not built in (install libdnnl-dev; -DSQZ_WITH_CPU=ON)\n");
-#endif
-#ifdef SQZ_HAVE_OPENCL
-    if (st == SQZ_OK)
-        st = sqz_opencl_list_devices(out);
-#else
-    if (st == SQZ_OK)
-        st = sqz_text_append(out, "opencl   -  not built in (configure with -DSQZ_WITH_OPENCL=ON)\n");
-#endif
-#ifdef SQZ_HAVE_CUDA
-    if (st == SQZ_OK)
-        st = sqz_cuda_list_devices(out);
-#else
-    if (st == SQZ_OK)
-        st = sqz_text_append(out, "cuda     -  not built in (configure with -DSQZ_WITH_CUDA=ON)\n");
-#endif
-#ifdef SQZ_HAVE_CUDA_SIM
-    if (st == SQZ_OK)
-        st = sqz_cuda_sim_list_devices(out);
-#endif
+    sqz_status st = SQZ_OK;
+    for (size_t i = 0; sqz_backend_table[i] && st == SQZ_OK; i++) {
+        const sqz_backend_ops *ops = sqz_backend_table[i];
+        st = ops->list_devices ? ops->list_devices(out) : sqz_text_append(out, "%-8s 0  (no listing)\n", ops->name);
+    }
+    for (size_t i = 0; sqz_backends_not_built[i] && st == SQZ_OK; i += 2)
+        st = sqz_text_append(out, "%-8s -  not built in (%s)\n", sqz_backends_not_built[i], sqz_backends_not_built[i + 1]);
     if (st != SQZ_OK) {
         free(*out);
         *out = NULL;
     }
     return st;
+}
+
+/* the value of PREFIX.KEY in a settings text, or NULL; *len its length */
+static const char *settings_find(const char *settings, const char *prefix, const char *key, size_t *len)
+{
+    const size_t np = strlen(prefix), nk = strlen(key);
+    for (const char *item = settings; item && *item;) {
+        const char *end = strchr(item, ';');
+        const size_t n = end ? (size_t)(end - item) : strlen(item);
+        if (n > np + nk + 1 && strncmp(item, prefix, np) == 0 && item[np] == '.' &&
+            strncmp(item + np + 1, key, nk) == 0 && item[np + 1 + nk] == '=') {
+            *len = n - (np + nk + 2);
+            return item + np + nk + 2;
+        }
+        item = end ? end + 1 : NULL;
+    }
+    return NULL;
+}
+
+bool sqz_settings_get(const char *settings, const char *prefix, const char *key, char *out, size_t size)
+{
+    size_t len = 0;
+    const char *v = settings_find(settings, prefix, key, &len);
+    if (!v)
+        return false;
+    snprintf(out, size, "%.*s", (int)len, v);
+    return true;
+}
+
+sqz_status sqz_settings_check(const char *settings, const char *prefix, const char *const *known)
+{
+    const size_t np = strlen(prefix);
+    for (const char *item = settings; item && *item;) {
+        const char *end = strchr(item, ';');
+        const size_t n = end ? (size_t)(end - item) : strlen(item);
+        if (n > np && strncmp(item, prefix, np) == 0 && item[np] == '.') {
+            const char *key = item + np + 1, *eq = memchr(key, '=', n - np - 1);
+            const size_t nk = eq ? (size_t)(eq - key) : n - np - 1;
+            bool found = false;
+            for (size_t i = 0; eq && known[i] && !found; i++)
+                found = strlen(known[i]) == nk && strncmp(key, known[i], nk) == 0;
+            if (!found) {
+                char list[256] = "";
+                for (size_t i = 0; known[i]; i++)
+                    snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s.%s", i ? ", " : "", prefix,
+                             known[i]);
+                return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "backend setting '%.*s' is not one %s takes (%s)", (int)n,
+                                item, prefix, known[0] ? list : "it takes none");
+            }
+        }
+        item = end ? end + 1 : NULL;
+    }
+    return SQZ_OK;
 }

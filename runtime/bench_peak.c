@@ -133,7 +133,7 @@ sqz_status sqz_measure_peak(const char *backend, const char *device, const char 
     if (!r.ops)
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "sqz_measure_peak: backend '%s' cannot run plans",
                         backend);
-    if ((st = r.ops->create(&r.ctx, device)) != SQZ_OK)
+    if ((st = r.ops->create(&r.ctx, device, NULL)) != SQZ_OK)
         return st;
     if (prec != SQZ_PRECISION_FP32) {
         st = r.ops->set_precision ? r.ops->set_precision(r.ctx, prec)

@@ -33,6 +33,7 @@ typedef struct cached_plan {
     sqz_plan *plan;
     unsigned long last_used;
     int in_flight; /* runs in flight that use it: never evicted meanwhile */
+    const sqz_buffer *prepared_arena; /* the binding the backend's prepare() last saw */
 } cached_plan;
 
 /* One output of a run: where it goes in the result block and how it is laid out. */
@@ -313,7 +314,7 @@ double sqz_precision_tolerance(sqz_precision p)
 
 sqz_precision sqz_session_precision(const sqz_session *s) { return s ? s->precision : SQZ_PRECISION_FP32; }
 
-static sqz_status session_create(const sqz_model *model, const char *backend, const char *device,
+static sqz_status session_create(const sqz_model *model, const char *backend, const char *device, const char *settings,
                                  sqz_precision precision, bool keep_all, sqz_session **out)
 {
     if (!model || !out)
@@ -342,7 +343,7 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
     sqz_graph_init(&s->graph);
     s->precision = precision;
     st = (unsigned)precision < SQZ_PRECISION_COUNT
-             ? ops->create(&s->ctx, device)
+             ? ops->create(&s->ctx, device, settings)
              : sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: precision %d is not one of "
                         "sqz_precision", (int)precision);
     if (st == SQZ_OK && precision != SQZ_PRECISION_FP32)
@@ -377,12 +378,12 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
 sqz_status sqz_session_create_on(const sqz_model *model, const char *backend, const char *device,
                                  sqz_session **out)
 {
-    return session_create(model, backend, device, SQZ_PRECISION_FP32, false, out);
+    return session_create(model, backend, device, NULL, SQZ_PRECISION_FP32, false, out);
 }
 
 sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_session **out)
 {
-    return session_create(model, backend, NULL, SQZ_PRECISION_FP32, false, out);
+    return session_create(model, backend, NULL, NULL, SQZ_PRECISION_FP32, false, out);
 }
 
 sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_options *options,
@@ -390,7 +391,7 @@ sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_opt
 {
     if (!options)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create_with: options are required");
-    return session_create(model, options->backend, options->device, options->precision, false, out);
+    return session_create(model, options->backend, options->device, options->settings, options->precision, false, out);
 }
 
 sqz_status sqz_session_last_stats(const sqz_session *s, sqz_run_stats *out)
@@ -441,8 +442,11 @@ void sqz_session_free(sqz_session *s)
             s->ops->buffer_free(s->ctx, b);
         sqz_pool_session_done(s->pool);
     }
-    for (int i = 0; i < PLAN_CACHE_SIZE; i++)
+    for (int i = 0; i < PLAN_CACHE_SIZE; i++) {
+        if (s->plans[i].plan && s->ops && s->ops->release && s->ctx)
+            s->ops->release(s->ctx, s->plans[i].plan);
         sqz_plan_free(s->plans[i].plan);
+    }
     if (s->arena)
         s->ops->buffer_free(s->ctx, s->arena);
     if (s->weights)
@@ -654,8 +658,10 @@ static sqz_status get_plan(sqz_session *s, const packed_batch *p, int *index, do
     *compile_seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     if (s->last_plan == s->plans[victim].plan)
         s->last_plan = NULL;
+    if (s->plans[victim].plan && s->ops->release)
+        s->ops->release(s->ctx, s->plans[victim].plan);
     sqz_plan_free(s->plans[victim].plan);
-    s->plans[victim] = (cached_plan){b, plan, ++s->clock, 0};
+    s->plans[victim] = (cached_plan){b, plan, ++s->clock, 0, NULL};
     *index = victim;
     return SQZ_OK;
 }
@@ -1176,6 +1182,12 @@ static sqz_status submit_run(sqz_session *s, int k, const sqz_input *input, void
         return st;
     const sqz_run_dims dims = slot->dims;
     sqz_binding binding = {plan, s->weights, s->weight_offsets, s->arena};
+    cached_plan *cp = &s->plans[slot->plan_index];
+    if (s->ops->prepare && cp->prepared_arena != s->arena) {
+        if ((st = s->ops->prepare(s->ctx, &binding)) != SQZ_OK)
+            return st;
+        cp->prepared_arena = s->arena;
+    }
     const bool guarded = plan->guard_bytes > 0;
     int *last_use = NULL;
     if (guarded) {
@@ -1514,7 +1526,7 @@ static void compare_argmax(const sqz_result *got, const sqz_result *want, const 
 sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
                         const sqz_input *input, double tolerance, sqz_validation **out)
 {
-    sqz_session_options options = {backend, device, SQZ_PRECISION_FP32};
+    sqz_session_options options = {backend, device, SQZ_PRECISION_FP32, NULL};
     return sqz_validate_with(model, &options, input, tolerance, out);
 }
 
@@ -1532,9 +1544,9 @@ sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *
     float *got = NULL, *want = NULL;
     sqz_status st = v ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     if (st == SQZ_OK)
-        st = session_create(model, backend, device, options->precision, true, &test);
+        st = session_create(model, backend, device, options->settings, options->precision, true, &test);
     if (st == SQZ_OK)
-        st = session_create(model, "cpu_ref", NULL, SQZ_PRECISION_FP32, true, &ref);
+        st = session_create(model, "cpu_ref", NULL, NULL, SQZ_PRECISION_FP32, true, &ref);
     if (st == SQZ_OK)
         st = sqz_session_run(test, input, &r1);
     if (st == SQZ_OK)

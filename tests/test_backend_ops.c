@@ -112,7 +112,7 @@ static float *run_on(const sqz_backend_ops *ops, const config *cfg, const op_cas
     sqz_graph_release(&g);
 
     void *ctx = NULL;
-    sqz_status st = ops->create(&ctx, cfg->device);
+    sqz_status st = ops->create(&ctx, cfg->device, NULL);
     if (st == SQZ_OK && cfg->precision != SQZ_PRECISION_FP32)
         st = ops->set_precision(ctx, cfg->precision);
     if (st != SQZ_OK) {

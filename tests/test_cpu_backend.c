@@ -52,18 +52,26 @@ static void every_task_once(void **unused)
 
 static void device_strings(void **unused)
 {
+    const sqz_backend_ops *cpu = sqz_backend_find("cpu");
+    assert_non_null(cpu);
     void *ctx = NULL;
     const char *good[] = {NULL, "", "0", "default", "threads=1", "threads=3"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
-        assert_sqz_ok(sqz_cpu_backend.create(&ctx, good[i]));
-        sqz_cpu_backend.destroy(ctx);
+        assert_sqz_ok(cpu->create(&ctx, good[i], NULL));
+        cpu->destroy(ctx);
     }
     const char *bad[] = {"threads=0", "threads=", "threads=2x", "threads=100000", "gpu", "1"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         const char *fragments[] = {"cpu: device", bad[i], "threads=N"};
-        assert_failure_mentions(sqz_cpu_backend.create(&ctx, bad[i]), SQZ_ERR_INVALID_ARGUMENT, bad[i],
+        assert_failure_mentions(cpu->create(&ctx, bad[i], NULL), SQZ_ERR_INVALID_ARGUMENT, bad[i],
                                 fragments, 3);
     }
+    /* settings: none of its own; other backends' are not its business */
+    assert_sqz_ok(cpu->create(&ctx, NULL, "cuda.graphs=0;opencl.cache_dir=/tmp"));
+    cpu->destroy(ctx);
+    const char *fragments[] = {"cpu.threads=2", "not one cpu takes"};
+    assert_failure_mentions(cpu->create(&ctx, NULL, "cpu.threads=2"), SQZ_ERR_INVALID_ARGUMENT, "setting",
+                            fragments, 2);
 }
 
 int main(void)

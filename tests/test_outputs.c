@@ -25,6 +25,16 @@
 
 #define ODD SQZ_FIXTURES_DIR "/models/sqb-odd"
 
+/* CUDA takes the highest-numbered kernel variant that applies, without measuring: on a GPU,
+ * sessions compared bit for bit must not pick different variants by their timings */
+#define NO_MEASURING "cuda.measure=0"
+
+static sqz_status open_session(const sqz_model *m, const char *backend, sqz_session **out)
+{
+    const sqz_session_options so = {backend, NULL, SQZ_PRECISION_FP32, NO_MEASURING};
+    return sqz_session_create_with(m, &so, out);
+}
+
 static const char *const heads[] = {"base-safetensors", "seqcls-safetensors", "tokcls-safetensors",
                                     "qa-safetensors", "mc-safetensors", "mlm-safetensors"};
 
@@ -223,7 +233,7 @@ static void layouts_match_sequences_alone(void **unused)
         const sqz_input in = input_of(&b);
         for (size_t k = 0; k < nb; k++) {
             sqz_session *s = NULL;
-            assert_sqz_ok(sqz_session_create(m, backends[k], &s));
+            assert_sqz_ok(open_session(m, backends[k], &s));
             sqz_result *got = NULL;
             assert_sqz_ok(sqz_session_run(s, &in, &got));
             char what[256];
@@ -266,7 +276,7 @@ static void dropped_positions_are_zero(void **unused)
     const sqz_input in = input_of(&b);
     for (size_t k = 0; k < nb; k++) {
         sqz_session *s = NULL;
-        assert_sqz_ok(sqz_session_create(m, backends[k], &s));
+        assert_sqz_ok(open_session(m, backends[k], &s));
         sqz_result *res = NULL;
         assert_sqz_ok(sqz_session_run(s, &in, &res));
         const sqz_output *h = sqz_result_find(res, "last_hidden_state");
@@ -302,7 +312,7 @@ static void types_and_places(void **unused)
         const sqz_input in = input_of(&b);
         for (size_t k = 0; k < nb; k++) {
             sqz_session *s = NULL;
-            assert_sqz_ok(sqz_session_create(m, backends[k], &s));
+            assert_sqz_ok(open_session(m, backends[k], &s));
             sqz_result *f32 = NULL, *f16 = NULL, *dev = NULL, *mine = NULL;
             assert_sqz_ok(sqz_session_run(s, &in, &f32));
             sqz_output_options half = {SQZ_OUTPUT_FP16, SQZ_OUTPUT_ON_HOST};
@@ -372,14 +382,14 @@ static void runs_in_flight_match_synchronous_runs(void **unused)
         b[i] = make_batch(&info, 1 + 3 * (i % 3), 0, 6 + 3 * i, 500 + i);
     for (size_t k = 0; k < nb; k++) {
         sqz_session *s = NULL;
-        assert_sqz_ok(sqz_session_create(m, backends[k], &s));
+        assert_sqz_ok(open_session(m, backends[k], &s));
         sqz_result *sync[RUNS];
         for (int i = 0; i < RUNS; i++) {
             const sqz_input in = input_of(&b[i]);
             assert_sqz_ok(sqz_session_run(s, &in, &sync[i]));
         }
         sqz_session_free(s);
-        assert_sqz_ok(sqz_session_create(m, backends[k], &s)); /* a fresh one: new arenas mid-flight */
+        assert_sqz_ok(open_session(m, backends[k], &s)); /* a fresh one: new arenas mid-flight */
         sqz_ticket t[RUNS];
         sqz_result *async[RUNS];
         for (int i = 0; i < RUNS; i++) {
@@ -468,13 +478,11 @@ static void replay_across_lengths(const char *backend)
         { /* the tiny model at fp16 (tensor-core attention), the odd fixture at fp32 */
             const int p = mi == 0;
             sqz_session_options so = {backend, strcmp(backend, "cuda-sim") == 0 ? "random:3" : NULL,
-                                      p ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32};
+                                      p ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32, NO_MEASURING};
             sqz_session *graphs = NULL, *plain = NULL;
             assert_sqz_ok(sqz_session_create_with(m, &so, &graphs));
-            setenv("SQZ_CUDA_GRAPHS", "0", 1);
-            sqz_status st = sqz_session_create_with(m, &so, &plain);
-            unsetenv("SQZ_CUDA_GRAPHS");
-            assert_sqz_ok(st);
+            so.settings = NO_MEASURING ";cuda.graphs=0";
+            assert_sqz_ok(sqz_session_create_with(m, &so, &plain));
             /* one and two sequences of 17..23 tokens: one step of the 32-token bucket each */
             enum { N = 4 };
             const int lengths[N] = {20, 17, 23, 18};
@@ -533,7 +541,7 @@ static void replay_across_lengths(const char *backend)
 
 /* cuda-sim (and cuda on a GPU): runs of other lengths in the same replay step replay one
  * graph, and their answers are those of a session that launches every kernel
- * (SQZ_CUDA_GRAPHS=0), bit for bit. */
+ * (the setting cuda.graphs=0), bit for bit. */
 static void graphs_replay_across_lengths(void **unused)
 {
     for (int gpu = 0; gpu < 2; gpu++) {
@@ -572,9 +580,6 @@ static void half_conversion_rounds_to_nearest_even(void **unused)
 
 int main(void)
 {
-    /* the highest-numbered kernel variant that applies, without measuring: on a GPU, sessions
-     * compared bit for bit must not pick different variants by their timings */
-    setenv("SQZ_CUDA_MEASURE", "0", 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(half_conversion_rounds_to_nearest_even),
         cmocka_unit_test(layouts_match_sequences_alone),

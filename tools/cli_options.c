@@ -93,6 +93,24 @@ static bool opencl_has_gpu(void)
     return gpu;
 }
 
+const char *cli_backend_settings(void)
+{
+    static const struct { const char *env, *setting; } map[] = {
+        {"SQZ_CUDA_SYNC", "cuda.sync"},       {"SQZ_CUDA_GRAPHS", "cuda.graphs"},
+        {"SQZ_CUDA_MEASURE", "cuda.measure"}, {"SQZ_CUDA_REPORT", "cuda.report"},
+        {"SQZ_CUDA_VARIANTS", "cuda.variants"}, {"SQZ_CACHE_DIR", "opencl.cache_dir"},
+    };
+    static char settings[2048];
+    settings[0] = '\0';
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
+        const char *v = getenv(map[i].env);
+        if (v && *v && !strchr(v, ';'))
+            snprintf(settings + strlen(settings), sizeof settings - strlen(settings), "%s%s=%s",
+                     settings[0] ? ";" : "", map[i].setting, v);
+    }
+    return settings[0] ? settings : NULL;
+}
+
 const char *cli_pick_backend(const char *wanted)
 {
     if (strcmp(wanted, "auto") != 0)

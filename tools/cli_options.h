@@ -21,6 +21,10 @@ int cli_int(const char *command, const char *name, const char *text, long min, l
 /* The backend "auto" stands for: cuda if a device is there, else opencl on an OpenCL GPU, else
  * cpu (oneDNN) when built in, else opencl, else cpu_ref; any other name is returned as it is. */
 const char *cli_pick_backend(const char *wanted);
+/* Backend settings (sqz_session_options.settings) from the environment, for every session a
+ * command opens: SQZ_CUDA_SYNC, _GRAPHS, _MEASURE, _REPORT and _VARIANTS as cuda.sync, ...,
+ * and SQZ_CACHE_DIR as opencl.cache_dir; NULL when none is set. */
+const char *cli_backend_settings(void);
 /* The device string for --threads N (the cpu backend's "threads=N", written into buf) or
  * `device` as given when threads is NULL; non-zero (message printed) on misuse. */
 int cli_device_for(const char *command, const char *backend, const char *device, const char *threads,
