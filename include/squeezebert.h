@@ -9,12 +9,13 @@
  * Usage:
  *
  *     sqz_model *model = NULL;
- *     if (sqz_model_load("squeezebert-mnli/", &model) != SQZ_OK) {
+ *     if (sqz_model_load("squeezebert-mnli/", NULL, &model) != SQZ_OK) {
  *         fprintf(stderr, "%s\n", sqz_last_error());
  *         return 1;
  *     }
  *     sqz_session *session = NULL;
- *     sqz_session_create(model, "cpu_ref", &session);
+ *     sqz_session_options options = {.backend = "cpu_ref"};
+ *     sqz_session_create(model, &options, &session);
  *     int64_t ids[2][5] = {{101, 7592, 2088, 102, 0}, {101, 2748, 102, 0, 0}};
  *     int64_t mask[2][5] = {{1, 1, 1, 1, 0}, {1, 1, 1, 0, 0}};
  *     sqz_input in = {.batch = 2, .seq_len = 5, .input_ids = &ids[0][0],
@@ -103,11 +104,20 @@ typedef struct sqz_model_info {
     int64_t num_parameters;               /* floats held (tied weights counted once) */
 } sqz_model_info;
 
+/* Limits that keep a hostile weight file from costing unbounded time or memory; raise them
+ * for an unusual but trusted checkpoint. A zero field takes the default. */
+typedef struct sqz_model_load_options {
+    size_t max_header_bytes; /* the JSON header of a safetensors file; 0: 100 MiB */
+    size_t max_pickle_bytes; /* the pickle of a pytorch_model.bin (zip or legacy); 0: 256 MiB */
+} sqz_model_load_options;
+
 /* Loads config.json plus the weights from `dir`: model.safetensors, or a sharded
  * model.safetensors.index.json with its shards, or pytorch_model.bin, or
  * pytorch_model.bin.index.json with its shards (transformers' order of preference). A shard
- * that is missing, or that holds other tensors than the index gives it, is an error naming it. */
-sqz_status sqz_model_load(const char *dir, sqz_model **out);
+ * that is missing, or that holds other tensors than the index gives it, is an error naming it.
+ * options: NULL for the defaults; the model keeps them for the files read later
+ * (sqz_embedder_load's Dense modules). */
+sqz_status sqz_model_load(const char *dir, const sqz_model_load_options *options, sqz_model **out);
 void sqz_model_free(sqz_model *model);
 sqz_status sqz_model_get_info(const sqz_model *model, sqz_model_info *out);
 /* Label name for class `index` (id2label, or "LABEL_<i>"); NULL when out of range. */
@@ -142,15 +152,6 @@ typedef struct sqz_session sqz_session;
  * and capabilities, or the reason a backend has none. *out is released with sqz_free. */
 sqz_status sqz_devices_describe(char **out);
 
-/* A session binds a model to a backend: weights uploaded once, plans cached per bucket.
- * backend: "cpu_ref" (NULL means cpu_ref), "opencl", "cuda" or "cuda-sim"; device: NULL for the backend's
- * default, or a device index or name substring as `sqz devices` lists them. The model must
- * outlive the session. SQZ_DISABLE_FUSION=1 in the environment gives the unfused plan. */
-sqz_status sqz_session_create(const sqz_model *model, const char *backend,
-                              sqz_session **out);
-sqz_status sqz_session_create_on(const sqz_model *model, const char *backend,
-                                 const char *device, sqz_session **out);
-
 /* Arithmetic and storage of a session. fp32: fp32 everywhere (no TF32). tf32: fp32 storage,
  * matrix products on tensor cores with TF32 inputs. fp16 / bf16: activations and matrix
  * weights stored in 16 bits, matrix products on tensor cores, fp32 accumulation, and fp32
@@ -171,17 +172,21 @@ const char *sqz_precision_name(sqz_precision precision);
 double sqz_precision_tolerance(sqz_precision precision);
 
 typedef struct sqz_session_options {
-    const char *backend;     /* NULL: cpu_ref */
-    const char *device;      /* NULL: the backend's default */
+    const char *backend;     /* NULL: cpu_ref; else "cpu_ref", "cpu", "opencl", "cuda", "cuda-sim" */
+    const char *device;      /* NULL: the backend's default; else a device index or a name
+                                substring as sqz_devices_describe lists them */
     sqz_precision precision; /* SQZ_PRECISION_FP32 when zero-initialised */
     /* NULL, or backend settings "BACKEND.KEY=VALUE;...", e.g. "cuda.graphs=0;cuda.report=1"
      * or "opencl.cache_dir=/tmp/c". Each backend reads its own keys and refuses unknown ones
      * of its own by name; docs/engineering.md lists them. */
     const char *settings;
 } sqz_session_options;
-/* sqz_session_create_on with a precision; a backend that lacks it is SQZ_ERR_UNSUPPORTED. */
-sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_options *options,
-                                   sqz_session **out);
+/* A session binds a model to a backend: weights uploaded once, plans cached per bucket.
+ * options: NULL for the defaults (cpu_ref, its default device, fp32); a zero-initialised
+ * struct means the same. The model must outlive the session. SQZ_DISABLE_FUSION=1 in the
+ * environment gives the unfused plan. */
+sqz_status sqz_session_create(const sqz_model *model, const sqz_session_options *options,
+                              sqz_session **out);
 sqz_precision sqz_session_precision(const sqz_session *session);
 void sqz_session_free(sqz_session *session);
 /* The device the session runs on, in words. */
@@ -345,15 +350,13 @@ typedef struct sqz_node_check {
 
 typedef struct sqz_validation sqz_validation;
 
-/* Runs `input` on `backend` (its fused plan, or the unfused one with SQZ_DISABLE_FUSION=1)
- * and on cpu_ref, keeping every intermediate tensor, and compares every node the backend
- * ran with the cpu_ref tensor of the same name, in launch order. Returns SQZ_OK when both
- * runs completed; whether the nodes passed is in the report. */
-sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
+/* Runs `input` on the session `options` describe (NULL: cpu_ref, fp32; its fused plan, or the
+ * unfused one with SQZ_DISABLE_FUSION=1) and on cpu_ref (fp32, double accumulation), keeping
+ * every intermediate tensor, and compares every node the backend ran with the cpu_ref tensor
+ * of the same name, in launch order. Returns SQZ_OK when both runs completed; whether the
+ * nodes passed is in the report. */
+sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *options,
                         const sqz_input *input, double tolerance, sqz_validation **out);
-/* sqz_validate at a precision (cpu_ref stays fp32, double accumulation). */
-sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *options,
-                             const sqz_input *input, double tolerance, sqz_validation **out);
 size_t sqz_validation_count(const sqz_validation *validation);
 const sqz_node_check *sqz_validation_get(const sqz_validation *validation, size_t index);
 /* Index of the first node that left tolerance, or -1 when all passed. */

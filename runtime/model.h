@@ -46,6 +46,7 @@ struct sqz_model {
     bool has_pooler;
     char **ignored_keys;
     size_t n_ignored_keys;
+    sqz_model_load_options load_options; /* kept for the files read later (sentence Dense modules) */
 };
 
 /* Canonical weight names used by the graph builder. */

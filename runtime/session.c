@@ -375,22 +375,11 @@ static sqz_status session_create(const sqz_model *model, const char *backend, co
     return SQZ_OK;
 }
 
-sqz_status sqz_session_create_on(const sqz_model *model, const char *backend, const char *device,
-                                 sqz_session **out)
+sqz_status sqz_session_create(const sqz_model *model, const sqz_session_options *options, sqz_session **out)
 {
-    return session_create(model, backend, device, NULL, SQZ_PRECISION_FP32, false, out);
-}
-
-sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_session **out)
-{
-    return session_create(model, backend, NULL, NULL, SQZ_PRECISION_FP32, false, out);
-}
-
-sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_options *options,
-                                   sqz_session **out)
-{
+    static const sqz_session_options defaults; /* cpu_ref, its default device, fp32 */
     if (!options)
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create_with: options are required");
+        options = &defaults;
     return session_create(model, options->backend, options->device, options->settings, options->precision, false, out);
 }
 
@@ -1523,20 +1512,15 @@ static void compare_argmax(const sqz_result *got, const sqz_result *want, const 
     }
 }
 
-sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
-                        const sqz_input *input, double tolerance, sqz_validation **out)
+sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *options, const sqz_input *input,
+                        double tolerance, sqz_validation **out)
 {
-    sqz_session_options options = {backend, device, SQZ_PRECISION_FP32, NULL};
-    return sqz_validate_with(model, &options, input, tolerance, out);
-}
-
-sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *options,
-                             const sqz_input *input, double tolerance, sqz_validation **out)
-{
-    const char *backend = options ? options->backend : NULL, *device = options ? options->device : NULL;
-    if (!model || !backend || !out || !(tolerance > 0))
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_validate: model, backend, out and a positive "
-                        "tolerance are required");
+    static const sqz_session_options defaults; /* cpu_ref against itself */
+    if (!options)
+        options = &defaults;
+    if (!model || !out || !(tolerance > 0))
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_validate: model, out and a positive tolerance are "
+                        "required");
     *out = NULL;
     sqz_session *test = NULL, *ref = NULL;
     sqz_result *r1 = NULL, *r2 = NULL;
@@ -1544,7 +1528,8 @@ sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *
     float *got = NULL, *want = NULL;
     sqz_status st = v ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     if (st == SQZ_OK)
-        st = session_create(model, backend, device, options->settings, options->precision, true, &test);
+        st = session_create(model, options->backend, options->device, options->settings, options->precision, true,
+                            &test);
     if (st == SQZ_OK)
         st = session_create(model, "cpu_ref", NULL, NULL, SQZ_PRECISION_FP32, true, &ref);
     if (st == SQZ_OK)
@@ -1576,7 +1561,7 @@ sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *
             st = read_tensor(ref, match, &want, &n_want);
         if (st == SQZ_OK && n_got != n_want)
             st = sqz_fail(SQZ_ERR_INTERNAL, "validate: '%s' has %lld values on %s, %lld on cpu_ref",
-                          name, (long long)n_got, backend, (long long)n_want);
+                          name, (long long)n_got, test->ops->name, (long long)n_want);
         if (st == SQZ_OK) {
             sqz_node_check *c = &v->checks[v->count];
             snprintf(v->names[v->count], SQZ_NAME_LEN, "%s", node->name);

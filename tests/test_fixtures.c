@@ -58,12 +58,13 @@ static void run_case(void **state)
     sqz_model *model = NULL;
     sqz_session *session = NULL;
     sqz_result *result = NULL;
-    assert_sqz_ok(sqz_model_load(fc->dir, &model));
+    assert_sqz_ok(sqz_model_load(fc->dir, NULL, &model));
     if (fc->unfused)
         setenv("SQZ_DISABLE_FUSION", "1", 1);
     else
         unsetenv("SQZ_DISABLE_FUSION");
-    assert_sqz_ok(sqz_session_create(model, fc->backend, &session));
+    const sqz_session_options options = {.backend = fc->backend};
+    assert_sqz_ok(sqz_session_create(model, &options, &session));
     unsetenv("SQZ_DISABLE_FUSION");
     assert_sqz_ok(sqz_session_run(session, &input, &result));
 

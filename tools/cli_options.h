@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "squeezebert.h"
+
 typedef struct cli_option {
     const char *name;  /* without the leading "--" */
     bool takes_value;
@@ -25,6 +27,9 @@ const char *cli_pick_backend(const char *wanted);
  * command opens: SQZ_CUDA_SYNC, _GRAPHS, _MEASURE, _REPORT and _VARIANTS as cuda.sync, ...,
  * and SQZ_CACHE_DIR as opencl.cache_dir; NULL when none is set. */
 const char *cli_backend_settings(void);
+/* sqz_model_load with the limits a user set in the environment: SQZ_MAX_HEADER_BYTES and
+ * SQZ_MAX_PICKLE_BYTES (positive byte counts; anything else keeps the default). */
+sqz_status cli_load_model(const char *dir, sqz_model **out);
 /* The device string for --threads N (the cpu backend's "threads=N", written into buf) or
  * `device` as given when threads is NULL; non-zero (message printed) on misuse. */
 int cli_device_for(const char *command, const char *backend, const char *device, const char *threads,

@@ -84,7 +84,7 @@ static int cmd_forward(int argc, char **argv)
     sqz_session *session = NULL;
     sqz_result *result = NULL;
     int rc = 1;
-    sqz_status st = sqz_model_load(model_dir, &model);
+    sqz_status st = cli_load_model(model_dir, &model);
     if (st != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
@@ -105,7 +105,7 @@ static int cmd_forward(int argc, char **argv)
     }
     sqz_session_options so = {backend, device, SQZ_PRECISION_FP32, cli_backend_settings()};
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
-        (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK) {
+        (st = sqz_session_create(model, &so, &session)) != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
     }
@@ -181,7 +181,7 @@ static int cmd_graph(int argc, char **argv)
     }
     sqz_model *model = NULL;
     char *dot = NULL;
-    sqz_status st = sqz_model_load(cli_get(opts, n, "model"), &model);
+    sqz_status st = cli_load_model(cli_get(opts, n, "model"), &model);
     if (st == SQZ_OK)
         st = sqz_model_graph_dot(model, (int)tokens, (int)sequences, &dot);
     sqz_model_free(model);
@@ -267,7 +267,7 @@ static int cmd_info(int argc, char **argv)
         return EXIT_USAGE;
     }
     sqz_model *model = NULL;
-    sqz_status st = sqz_model_load(cli_get(opts, n, "model"), &model);
+    sqz_status st = cli_load_model(cli_get(opts, n, "model"), &model);
     if (st != SQZ_OK)
         return fail("info", st);
     sqz_model_info i;
@@ -434,7 +434,7 @@ static int cmd_demo(int argc, char **argv)
     sqz_result *result = NULL;
     int64_t *ids = NULL, *mask = NULL;
     double t1 = now_seconds();
-    sqz_status st = sqz_model_load(dir, &model);
+    sqz_status st = cli_load_model(dir, &model);
     if (st != SQZ_OK) {
         rc = fail("demo", st);
         goto done;
@@ -472,7 +472,7 @@ static int cmd_demo(int argc, char **argv)
     double t_session = now_seconds();
     sqz_session_options so = {backend, device, SQZ_PRECISION_FP32, cli_backend_settings()};
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
-        (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK) {
+        (st = sqz_session_create(model, &so, &session)) != SQZ_OK) {
         rc = fail("demo", st);
         goto done;
     }
@@ -664,7 +664,7 @@ static int cmd_validate(int argc, char **argv)
     sqz_model *model = NULL;
     sqz_validation *v = NULL;
     int64_t *ids = NULL, *mask = NULL, *types = NULL;
-    sqz_status st = sqz_model_load(model_dir, &model);
+    sqz_status st = cli_load_model(model_dir, &model);
     if (st != SQZ_OK) {
         rc = fail("validate", st);
         goto done;
@@ -678,7 +678,7 @@ static int cmd_validate(int argc, char **argv)
     if (random_batch(&info, batch, seq, seed, &input, &ids, &mask, &types) != 0)
         goto done;
     sqz_session_options so = {backend, cli_get(opts, n, "device"), precision, cli_backend_settings()};
-    if ((st = sqz_validate_with(model, &so, &input, tolerance, &v)) != SQZ_OK) {
+    if ((st = sqz_validate(model, &so, &input, tolerance, &v)) != SQZ_OK) {
         rc = fail("validate", st);
         if (st == SQZ_ERR_NO_DEVICE)
             rc = EXIT_NO_DEVICE; /* a test harness reports this as skipped */
@@ -813,14 +813,14 @@ static int cmd_kernels(int argc, char **argv)
     sqz_model_info info;
     sqz_input input;
     sqz_session_options so = {backend, cli_get(opts, n, "device"), precision, cli_backend_settings()};
-    sqz_status st = sqz_model_load(model_dir, &model);
+    sqz_status st = cli_load_model(model_dir, &model);
     if (st == SQZ_OK) {
         sqz_model_get_info(model, &info);
         if (seq > info.max_position_embeddings)
             seq = info.max_position_embeddings;
         if (random_batch(&info, batch, seq, seed, &input, &ids, &mask, &types) != 0)
             goto done;
-        st = sqz_session_create_with(model, &so, &session);
+        st = sqz_session_create(model, &so, &session);
     }
     if (st == SQZ_OK && (st = sqz_session_kernel_report(session, &report)) == SQZ_OK) { /* before a long run */
         sqz_free(report);

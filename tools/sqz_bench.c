@@ -385,7 +385,7 @@ static sqz_status reference_for(bench_ctx *b, int row, int len, const sqz_result
             return SQZ_OK;
         }
     sqz_status st = SQZ_OK;
-    if (!b->ref_session && (st = sqz_session_create(b->model, "cpu_ref", &b->ref_session)) != SQZ_OK)
+    if (!b->ref_session && (st = sqz_session_create(b->model, NULL, &b->ref_session)) != SQZ_OK)
         return st;
     reference *bigger = realloc(b->refs, (b->n_refs + 1) * sizeof *bigger);
     int64_t *ids = malloc((size_t)len * sizeof *ids);
@@ -505,7 +505,7 @@ static sqz_status open_cell(bench_ctx *b, const char *backend, const char *devic
     sqz_session *s = NULL;
     sqz_status st;
     if ((st = sqz_precision_from_name(precision, &so.precision)) != SQZ_OK ||
-        (st = sqz_session_create_with(b->model, &so, &s)) != SQZ_OK) {
+        (st = sqz_session_create(b->model, &so, &s)) != SQZ_OK) {
         snprintf(where, where_size, "creating the session");
         return st;
     }
@@ -913,7 +913,7 @@ static bool precision_supported(const bench_ctx *b, const char *backend, const c
     sqz_session *s = NULL;
     sqz_status st = sqz_precision_from_name(precision, &so.precision);
     if (st == SQZ_OK)
-        st = sqz_session_create_with(b->model, &so, &s);
+        st = sqz_session_create(b->model, &so, &s);
     sqz_session_free(s);
     if (st != SQZ_OK)
         snprintf(why, why_size, "%s", sqz_last_error());
@@ -1959,7 +1959,7 @@ int sqz_cli_bench(int argc, char **argv)
             goto done;
         }
     }
-    sqz_status st = sqz_model_load(model_dir, &b.model);
+    sqz_status st = cli_load_model(model_dir, &b.model);
     if (st != SQZ_OK) {
         fprintf(stderr, "sqz bench: %s: %s\n", sqz_status_str(st), sqz_last_error());
         goto done;
@@ -2097,7 +2097,8 @@ int sqz_cli_bench(int argc, char **argv)
         sqz_session *probe = NULL;
         st = sqz_backend_probe(backend);
         if (st == SQZ_OK)
-            st = sqz_session_create_on(b.model, backend, device, &probe);
+            st = sqz_session_create(b.model, &(sqz_session_options){.backend = backend, .device = device},
+                                    &probe);
         if (st != SQZ_OK) {
             set_str(dev, "status", "unavailable");
             set_str(dev, "reason", sqz_last_error());

@@ -663,7 +663,7 @@ static int open_devices(pipeline *p, const char *backend)
         w->index = i;
         snprintf(w->name, sizeof w->name, "%s%s%s", devs[i].backend, devs[i].device[0] ? ":" : "", devs[i].device);
         sqz_session_options so = {devs[i].backend, devs[i].device[0] ? devs[i].device : NULL, p->opt.precision, cli_backend_settings()};
-        sqz_status st = sqz_session_create_with(p->model, &so, &w->session);
+        sqz_status st = sqz_session_create(p->model, &so, &w->session);
         if (st == SQZ_OK && p->task == TASK_EMBED) {
             /* only what the pooling reads crosses to the host (the full hidden state is most of
              * a GPU run's time) */
@@ -1234,7 +1234,7 @@ int sqz_cli_infer(int argc, char **argv)
     if (rc)
         return rc;
     rc = 1;
-    sqz_status st = sqz_model_load(p.opt.model, &p.model);
+    sqz_status st = cli_load_model(p.opt.model, &p.model);
     if (st == SQZ_OK)
         st = sqz_tokenizer_load(p.opt.model, &p.tok);
     if (st != SQZ_OK) {
