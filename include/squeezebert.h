@@ -49,7 +49,20 @@
 extern "C" {
 #endif
 
-#define SQZ_API_VERSION 2
+/* 3: one sqz_session_create and one sqz_validate, each taking sqz_session_options (the
+ *    _on/_with variants are gone); sqz_model_load takes sqz_model_load_options (the checkpoint
+ *    limits the library used to read from the environment); only SQZ_API functions are
+ *    exported from the shared library.
+ * 2: outputs in fp16 or left on the device, runs in flight (sqz_session_submit/wait). */
+#define SQZ_API_VERSION 3
+
+/* Marks the functions of the API: the only symbols the shared library exports (everything
+ * else is built with hidden visibility). */
+#if defined(__GNUC__) || defined(__clang__)
+#define SQZ_API __attribute__((visibility("default")))
+#else
+#define SQZ_API
+#endif
 
 /* Status codes, grouped by who is at fault. */
 typedef enum sqz_status {
@@ -68,10 +81,10 @@ typedef enum sqz_status {
 } sqz_status;
 
 /* Short fixed name of a status ("format error"). Never NULL. */
-const char *sqz_status_str(sqz_status status);
+SQZ_API const char *sqz_status_str(sqz_status status);
 
 /* The detailed message of the most recent failure on this thread ("" if none). */
-const char *sqz_last_error(void);
+SQZ_API const char *sqz_last_error(void);
 
 /* ---- models ------------------------------------------------------------------- */
 
@@ -88,7 +101,7 @@ typedef enum sqz_head {
     SQZ_HEAD_COUNT
 } sqz_head;
 
-const char *sqz_head_name(sqz_head head);
+SQZ_API const char *sqz_head_name(sqz_head head);
 
 typedef struct sqz_model_info {
     const char *model_type;    /* "squeezebert" or "bert" */
@@ -117,40 +130,40 @@ typedef struct sqz_model_load_options {
  * that is missing, or that holds other tensors than the index gives it, is an error naming it.
  * options: NULL for the defaults; the model keeps them for the files read later
  * (sqz_embedder_load's Dense modules). */
-sqz_status sqz_model_load(const char *dir, const sqz_model_load_options *options, sqz_model **out);
-void sqz_model_free(sqz_model *model);
-sqz_status sqz_model_get_info(const sqz_model *model, sqz_model_info *out);
+SQZ_API sqz_status sqz_model_load(const char *dir, const sqz_model_load_options *options, sqz_model **out);
+SQZ_API void sqz_model_free(sqz_model *model);
+SQZ_API sqz_status sqz_model_get_info(const sqz_model *model, sqz_model_info *out);
 /* Label name for class `index` (id2label, or "LABEL_<i>"); NULL when out of range. */
-const char *sqz_model_label(const sqz_model *model, int index);
+SQZ_API const char *sqz_model_label(const sqz_model *model, int index);
 /* Keys present in the weight file that the model does not use (listed by --verbose). */
-size_t sqz_model_ignored_key_count(const sqz_model *model);
-const char *sqz_model_ignored_key(const sqz_model *model, size_t index);
+SQZ_API size_t sqz_model_ignored_key_count(const sqz_model *model);
+SQZ_API const char *sqz_model_ignored_key(const sqz_model *model, size_t index);
 
 /* Writes a deterministic random-weight checkpoint (config.json + model.safetensors) in
  * the Hugging Face layout. preset: "squeezebert-uncased", "squeezebert-mnli" or "tiny". */
-sqz_status sqz_random_model_write(const char *preset, uint64_t seed, const char *out_dir);
+SQZ_API sqz_status sqz_random_model_write(const char *preset, uint64_t seed, const char *out_dir);
 
 /* The compiled graph in Graphviz DOT form, for a bucket of `max_tokens` packed tokens in
  * `max_sequences` sequences. *out is released with sqz_free. */
-sqz_status sqz_model_graph_dot(const sqz_model *model, int max_tokens, int max_sequences,
-                               char **out);
-void sqz_free(void *memory);
+SQZ_API sqz_status sqz_model_graph_dot(const sqz_model *model, int max_tokens, int max_sequences,
+                                       char **out);
+SQZ_API void sqz_free(void *memory);
 
 /* ---- backends and sessions ------------------------------------------------------ */
 
 /* Backends compiled into this library, by index; NULL past the end. */
-const char *sqz_backend_name(size_t index);
+SQZ_API const char *sqz_backend_name(size_t index);
 /* SQZ_OK when `name` can run here; otherwise the reason is in sqz_last_error(). */
-sqz_status sqz_backend_probe(const char *name);
+SQZ_API sqz_status sqz_backend_probe(const char *name);
 /* True for a backend that emulates device code on the host to check it (cuda-sim): slow,
  * so never the one to measure or to serve with unless asked for by name. */
-bool sqz_backend_is_emulated(const char *name);
+SQZ_API bool sqz_backend_is_emulated(const char *name);
 
 typedef struct sqz_session sqz_session;
 
 /* One line per device of every backend built in (CUDA, OpenCL, the host), with memory
  * and capabilities, or the reason a backend has none. *out is released with sqz_free. */
-sqz_status sqz_devices_describe(char **out);
+SQZ_API sqz_status sqz_devices_describe(char **out);
 
 /* Arithmetic and storage of a session. fp32: fp32 everywhere (no TF32). tf32: fp32 storage,
  * matrix products on tensor cores with TF32 inputs. fp16 / bf16: activations and matrix
@@ -165,11 +178,11 @@ typedef enum sqz_precision {
     SQZ_PRECISION_COUNT
 } sqz_precision;
 /* "fp32", "tf32", "fp16", "bf16" (NULL or "" is fp32); anything else is an error naming them. */
-sqz_status sqz_precision_from_name(const char *name, sqz_precision *out);
-const char *sqz_precision_name(sqz_precision precision);
+SQZ_API sqz_status sqz_precision_from_name(const char *name, sqz_precision *out);
+SQZ_API const char *sqz_precision_name(sqz_precision precision);
 /* The documented bar against cpu_ref at a precision: max |backend - cpu_ref| / max |cpu_ref|
  * per node (1e-4 for fp32; docs/engineering.md derives the others). */
-double sqz_precision_tolerance(sqz_precision precision);
+SQZ_API double sqz_precision_tolerance(sqz_precision precision);
 
 typedef struct sqz_session_options {
     const char *backend;     /* NULL: cpu_ref; else "cpu_ref", "cpu", "opencl", "cuda", "cuda-sim" */
@@ -185,18 +198,18 @@ typedef struct sqz_session_options {
  * options: NULL for the defaults (cpu_ref, its default device, fp32); a zero-initialised
  * struct means the same. The model must outlive the session. SQZ_DISABLE_FUSION=1 in the
  * environment gives the unfused plan. */
-sqz_status sqz_session_create(const sqz_model *model, const sqz_session_options *options,
-                              sqz_session **out);
-sqz_precision sqz_session_precision(const sqz_session *session);
-void sqz_session_free(sqz_session *session);
+SQZ_API sqz_status sqz_session_create(const sqz_model *model, const sqz_session_options *options,
+                                      sqz_session **out);
+SQZ_API sqz_precision sqz_session_precision(const sqz_session *session);
+SQZ_API void sqz_session_free(sqz_session *session);
 /* The device the session runs on, in words. */
-const char *sqz_session_device(const sqz_session *session);
+SQZ_API const char *sqz_session_device(const sqz_session *session);
 /* The kernel variants the session's backend has chosen so far (after a run), as text: one
  * tab-separated line per variant of each op shape it met: op family, shape, variant name,
  * seconds per run (-1 where the variant does not apply), max |difference| from variant 0
  * relative to variant 0's largest value, FLOPs, bytes moved, and 1 on the chosen variant's
  * line. Released with sqz_free. SQZ_ERR_UNSUPPORTED for a backend without variants. */
-sqz_status sqz_session_kernel_report(const sqz_session *session, char **out);
+SQZ_API sqz_status sqz_session_kernel_report(const sqz_session *session, char **out);
 
 /* What the last run waited for (sqz_session_run or sqz_session_wait) did. */
 typedef struct sqz_run_stats {
@@ -209,7 +222,7 @@ typedef struct sqz_run_stats {
     double compile_seconds;      /* time spent compiling a plan in that run; 0 if cached */
 } sqz_run_stats;
 
-sqz_status sqz_session_last_stats(const sqz_session *session, sqz_run_stats *out);
+SQZ_API sqz_status sqz_session_last_stats(const sqz_session *session, sqz_run_stats *out);
 
 /* One padded batch, row-major. For multiple choice the arrays are [batch][choices][seq_len],
  * otherwise [batch][seq_len]. attention_mask (1 = token, 0 = padding) and token_type_ids
@@ -259,12 +272,12 @@ typedef struct sqz_output {
 typedef struct sqz_result sqz_result;
 
 /* Runs one batch and waits for it: sqz_session_submit followed by sqz_session_wait. */
-sqz_status sqz_session_run(sqz_session *session, const sqz_input *input, sqz_result **out);
+SQZ_API sqz_status sqz_session_run(sqz_session *session, const sqz_input *input, sqz_result **out);
 /* Which outputs later runs return (names as sqz_result_find takes them; count 0: all, the
  * default). On a backend that formats outputs on the device (cuda, cuda-sim, cpu_ref) only
  * these are copied into their final layout and cross to the host. An unknown name is
  * SQZ_ERR_INVALID_ARGUMENT naming the model's outputs. */
-sqz_status sqz_session_select_outputs(sqz_session *session, const char *const *names, size_t count);
+SQZ_API sqz_status sqz_session_select_outputs(sqz_session *session, const char *const *names, size_t count);
 
 typedef struct sqz_output_options {
     sqz_output_type type;   /* SQZ_OUTPUT_FP32 when zero-initialised */
@@ -274,7 +287,7 @@ typedef struct sqz_output_options {
  * the device (opencl) is SQZ_ERR_UNSUPPORTED. Device outputs stay valid until sqz_result_free
  * of their result or sqz_session_free of their session, whichever comes first; each holds its
  * own device memory until then. */
-sqz_status sqz_session_set_output_options(sqz_session *session, const sqz_output_options *options);
+SQZ_API sqz_status sqz_session_set_output_options(sqz_session *session, const sqz_output_options *options);
 
 /* ---- runs in flight -----------------------------------------------------------------
  *
@@ -305,35 +318,35 @@ typedef uint64_t sqz_ticket;
 
 /* Packs and enqueues `input`. With SQZ_MAX_IN_FLIGHT runs not yet waited for it is
  * SQZ_ERR_INVALID_ARGUMENT. */
-sqz_status sqz_session_submit(sqz_session *session, const sqz_input *input, sqz_ticket *ticket);
+SQZ_API sqz_status sqz_session_submit(sqz_session *session, const sqz_input *input, sqz_ticket *ticket);
 /* As sqz_session_submit, with the host outputs written into `memory` (`bytes` long, at least
  * what sqz_session_output_bytes gives; the outputs lie back to back, each starting 256-byte
  * aligned relative to `memory`). The memory must stay valid until the run's wait; the result's
  * outputs point into it, and sqz_result_free leaves it alone. */
-sqz_status sqz_session_submit_into(sqz_session *session, const sqz_input *input, void *memory,
-                                   size_t bytes, sqz_ticket *ticket);
+SQZ_API sqz_status sqz_session_submit_into(sqz_session *session, const sqz_input *input, void *memory,
+                                           size_t bytes, sqz_ticket *ticket);
 /* Host bytes the outputs of `input` need under the current selection and options. */
-sqz_status sqz_session_output_bytes(const sqz_session *session, const sqz_input *input, size_t *bytes);
+SQZ_API sqz_status sqz_session_output_bytes(const sqz_session *session, const sqz_input *input, size_t *bytes);
 /* Waits for the run of `ticket` and hands its result over (release it with sqz_result_free). */
-sqz_status sqz_session_wait(sqz_session *session, sqz_ticket ticket, sqz_result **out);
+SQZ_API sqz_status sqz_session_wait(sqz_session *session, sqz_ticket ticket, sqz_result **out);
 /* Runs submitted and not yet waited for. */
-int sqz_session_in_flight(const sqz_session *session);
+SQZ_API int sqz_session_in_flight(const sqz_session *session);
 /* Seconds the device has spent on this session's runs that were waited for. On CUDA, each
  * run from its input copy starting to its outputs being written, timed by events on the
  * compute stream (a pause inside a run while the device waits for the host counts as busy;
  * time between runs does not); on backends that finish a run inside submit, the time submit
  * took. Against wall time it says how busy the device was. */
-sqz_status sqz_session_busy_seconds(const sqz_session *session, double *seconds);
+SQZ_API sqz_status sqz_session_busy_seconds(const sqz_session *session, double *seconds);
 
 /* IEEE binary16 (SQZ_OUTPUT_FP16 values) to fp32, exactly; and fp32 to binary16, rounded to
  * nearest even (overflow to infinity, NaN stays NaN). */
-float sqz_half_to_float(uint16_t bits);
-uint16_t sqz_float_to_half(float value);
+SQZ_API float sqz_half_to_float(uint16_t bits);
+SQZ_API uint16_t sqz_float_to_half(float value);
 
-size_t sqz_result_count(const sqz_result *result);
-const sqz_output *sqz_result_get(const sqz_result *result, size_t index);
-const sqz_output *sqz_result_find(const sqz_result *result, const char *name);
-void sqz_result_free(sqz_result *result);
+SQZ_API size_t sqz_result_count(const sqz_result *result);
+SQZ_API const sqz_output *sqz_result_get(const sqz_result *result, size_t index);
+SQZ_API const sqz_output *sqz_result_find(const sqz_result *result, const char *name);
+SQZ_API void sqz_result_free(sqz_result *result);
 
 /* ---- validation against the reference ------------------------------------------------- */
 
@@ -355,18 +368,18 @@ typedef struct sqz_validation sqz_validation;
  * every intermediate tensor, and compares every node the backend ran with the cpu_ref tensor
  * of the same name, in launch order. Returns SQZ_OK when both runs completed; whether the
  * nodes passed is in the report. */
-sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *options,
-                        const sqz_input *input, double tolerance, sqz_validation **out);
-size_t sqz_validation_count(const sqz_validation *validation);
-const sqz_node_check *sqz_validation_get(const sqz_validation *validation, size_t index);
+SQZ_API sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *options,
+                                const sqz_input *input, double tolerance, sqz_validation **out);
+SQZ_API size_t sqz_validation_count(const sqz_validation *validation);
+SQZ_API const sqz_node_check *sqz_validation_get(const sqz_validation *validation, size_t index);
 /* Index of the first node that left tolerance, or -1 when all passed. */
-long sqz_validation_first_failure(const sqz_validation *validation);
-const char *sqz_validation_device(const sqz_validation *validation);
+SQZ_API long sqz_validation_first_failure(const sqz_validation *validation);
+SQZ_API const char *sqz_validation_device(const sqz_validation *validation);
 /* Rows of the classification-style outputs ("logits", "start_logits", "end_logits") whose
  * argmax was compared with cpu_ref (per sequence, per choice set, per real token, or over a
  * sequence's real positions); *mismatches gets how many differ. 0 for a model without them. */
-int64_t sqz_validation_argmax(const sqz_validation *validation, int64_t *mismatches);
-void sqz_validation_free(sqz_validation *validation);
+SQZ_API int64_t sqz_validation_argmax(const sqz_validation *validation, int64_t *mismatches);
+SQZ_API void sqz_validation_free(sqz_validation *validation);
 
 /* ---- tokenizer ---------------------------------------------------------------------
  *
@@ -419,15 +432,15 @@ typedef struct sqz_tokenizer_info {
  * vocabulary from tokenizer.json and rebuilds the rest from tokenizer_config.json and these
  * defaults; the two agree on every tokenizer.json it writes, and where a hand-made file departs
  * from the defaults this follows the file, as the tokenizers library does. */
-sqz_status sqz_tokenizer_load(const char *model_dir, sqz_tokenizer **out);
-void sqz_tokenizer_free(sqz_tokenizer *tokenizer);
-sqz_status sqz_tokenizer_get_info(const sqz_tokenizer *tokenizer, sqz_tokenizer_info *out);
+SQZ_API sqz_status sqz_tokenizer_load(const char *model_dir, sqz_tokenizer **out);
+SQZ_API void sqz_tokenizer_free(sqz_tokenizer *tokenizer);
+SQZ_API sqz_status sqz_tokenizer_get_info(const sqz_tokenizer *tokenizer, sqz_tokenizer_info *out);
 /* Which files the tokenizer came from, in words (for sqz info); never NULL. */
-const char *sqz_tokenizer_source(const sqz_tokenizer *tokenizer);
+SQZ_API const char *sqz_tokenizer_source(const sqz_tokenizer *tokenizer);
 /* The vocabulary entry of `id`; NULL when out of range. */
-const char *sqz_tokenizer_id_to_token(const sqz_tokenizer *tokenizer, int32_t id);
+SQZ_API const char *sqz_tokenizer_id_to_token(const sqz_tokenizer *tokenizer, int32_t id);
 /* The id of a vocabulary entry (exact bytes); -1 when absent. */
-int32_t sqz_tokenizer_token_to_id(const sqz_tokenizer *tokenizer, const char *token, size_t len);
+SQZ_API int32_t sqz_tokenizer_token_to_id(const sqz_tokenizer *tokenizer, const char *token, size_t len);
 
 /* [start, end) byte offsets into the text a token came from. */
 typedef struct sqz_span {
@@ -455,10 +468,10 @@ typedef struct sqz_encoding {
  * *out must be NULL (a new encoding is allocated) or an encoding from an earlier call,
  * which is overwritten in place, reusing its memory. On failure *out stays valid (or NULL),
  * with length 0 if it was reused. */
-sqz_status sqz_tokenizer_encode(const sqz_tokenizer *tokenizer, const char *text, size_t text_len,
-                                const char *pair, size_t pair_len, int max_length,
-                                sqz_encoding **out);
-void sqz_encoding_free(sqz_encoding *encoding);
+SQZ_API sqz_status sqz_tokenizer_encode(const sqz_tokenizer *tokenizer, const char *text, size_t text_len,
+                                        const char *pair, size_t pair_len, int max_length,
+                                        sqz_encoding **out);
+SQZ_API void sqz_encoding_free(sqz_encoding *encoding);
 
 /* ---- end of tokenizer --------------------------------------------------------------- */
 
@@ -491,8 +504,8 @@ typedef enum sqz_pool_mode {
 
 #define SQZ_MAX_POOL_MODES 8
 
-const char *sqz_pool_mode_name(sqz_pool_mode mode);
-sqz_status sqz_pool_mode_from_name(const char *name, sqz_pool_mode *out);
+SQZ_API const char *sqz_pool_mode_name(sqz_pool_mode mode);
+SQZ_API sqz_status sqz_pool_mode_from_name(const char *name, sqz_pool_mode *out);
 
 typedef struct sqz_embedder sqz_embedder;
 
@@ -514,21 +527,21 @@ typedef struct sqz_embedder_info {
 } sqz_embedder_info;
 
 /* Reads the modules of the folder `model` was loaded from. */
-sqz_status sqz_embedder_load(const sqz_model *model, sqz_embedder **out);
-void sqz_embedder_free(sqz_embedder *embedder);
-sqz_status sqz_embedder_get_info(const sqz_embedder *embedder, sqz_embedder_info *out);
+SQZ_API sqz_status sqz_embedder_load(const sqz_model *model, sqz_embedder **out);
+SQZ_API void sqz_embedder_free(sqz_embedder *embedder);
+SQZ_API sqz_status sqz_embedder_get_info(const sqz_embedder *embedder, sqz_embedder_info *out);
 /* Settles what depends on the tokenizer: truncate_at, and refuses do_lower_case with a
  * tokenizer that does not lower-case (sentence-transformers would lower-case the text first). */
-sqz_status sqz_embedder_use_tokenizer(sqz_embedder *embedder, const sqz_tokenizer *tokenizer);
+SQZ_API sqz_status sqz_embedder_use_tokenizer(sqz_embedder *embedder, const sqz_tokenizer *tokenizer);
 /* Replaces the pooling modes (count 0 keeps them) and the normalisation (-1 keeps it, 0 off,
  * 1 on); Dense modules stay. For a command line's --pooling and --normalize. */
-sqz_status sqz_embedder_override(sqz_embedder *embedder, const sqz_pool_mode *modes, int count,
-                                 int normalize);
+SQZ_API sqz_status sqz_embedder_override(sqz_embedder *embedder, const sqz_pool_mode *modes, int count,
+                                         int normalize);
 /* One sequence's embedding: `hidden` holds its `len` real tokens' last_hidden_state rows
  * ([CLS] first, no padding), `pooled` its pooler_output row (NULL when not needed). Pooling
  * and Dense run in double over the fp32 inputs; `out` gets info.dimension floats. */
-sqz_status sqz_embedder_embed(const sqz_embedder *embedder, const float *hidden, size_t len,
-                              const float *pooled, float *out);
+SQZ_API sqz_status sqz_embedder_embed(const sqz_embedder *embedder, const float *hidden, size_t len,
+                                      const float *pooled, float *out);
 
 /* ---- end of sentence embeddings ------------------------------------------------------- */
 
@@ -553,8 +566,8 @@ typedef struct sqz_peak {
  * (NULL: the backend's default), growing rows from 64 until one launch takes 50 ms, then
  * launching it repeatedly for about `budget_seconds` and keeping the best rate. precision:
  * NULL (fp32) or a name sqz_precision_from_name takes, if the backend runs it. */
-sqz_status sqz_measure_peak(const char *backend, const char *device, const char *precision,
-                            double budget_seconds, sqz_peak *out);
+SQZ_API sqz_status sqz_measure_peak(const char *backend, const char *device, const char *precision,
+                                    double budget_seconds, sqz_peak *out);
 
 /* ---- end of benchmark --------------------------------------------------------------- */
 
