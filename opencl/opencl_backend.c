@@ -284,6 +284,9 @@ static bool load_cached(cl_backend *b, const char *path)
     return ok; /* a stale or foreign binary just means building from source */
 }
 
+/* with the pid, a temporary name no other writer of the cache (thread or process) uses */
+static unsigned long cache_writes;
+
 static void store_cached(cl_backend *b, const char *path)
 {
     size_t size = 0;
@@ -295,7 +298,8 @@ static void store_cached(cl_backend *b, const char *path)
         return;
     if (clGetProgramInfo(b->program, CL_PROGRAM_BINARIES, sizeof data, &data, NULL) == CL_SUCCESS) {
         char tmp[1200];
-        snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+        snprintf(tmp, sizeof tmp, "%s.%ld.%lu.tmp", path, (long)getpid(),
+                 __atomic_add_fetch(&cache_writes, 1, __ATOMIC_RELAXED));
         FILE *f = fopen(tmp, "wb");
         if (f) {
             bool ok = fwrite(data, 1, size, f) == size;
