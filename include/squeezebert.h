@@ -178,6 +178,17 @@ typedef struct sqz_session_options {
      * or "opencl.cache_dir=/tmp/c". Each backend reads its own keys and refuses unknown ones
      * of its own by name; docs/engineering.md lists them. */
     const char *settings;
+    /* Checking and debugging (sqz fills these from SQZ_DEBUG, SQZ_GUARD_BYTES,
+     * SQZ_DISABLE_FUSION, SQZ_FAULT_LAUNCH and SQZ_FAULT_ALLOC; zero: off). */
+    int debug;          /* 1: print the graph passes, 2: and the graph after each, 3: also time
+                         * every launch (synchronising) and print a profile by op after each run */
+    size_t guard_bytes; /* N > 0: N canary bytes after every planned tensor, checked after every
+                         * launch; an overwrite fails the run naming the node (slow: tests) */
+    bool unfused;       /* plan without the fused ops (to validate the unfused kernels) */
+    /* Test hook: "N", "N:P", "N@K" or "N:P@K": the Nth launch (buffer allocation) of the
+     * session fails, then every Pth after it; @K: only in the Kth session this process
+     * creates. Anything else makes sqz_session_create fail. */
+    const char *fault_launch, *fault_alloc;
 } sqz_session_options;
 /* sqz_session_create_on with a precision; a backend that lacks it is SQZ_ERR_UNSUPPORTED. */
 sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_options *options,

@@ -5,6 +5,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "squeezebert.h"
+
 typedef struct cli_option {
     const char *name;  /* without the leading "--" */
     bool takes_value;
@@ -25,6 +27,11 @@ const char *cli_pick_backend(const char *wanted);
  * command opens: SQZ_CUDA_SYNC, _GRAPHS, _MEASURE, _REPORT and _VARIANTS as cuda.sync, ...,
  * and SQZ_CACHE_DIR as opencl.cache_dir; NULL when none is set. */
 const char *cli_backend_settings(void);
+/* Session options for a command: the backend, device and precision given, the settings above
+ * and the checking switches from the environment (SQZ_DEBUG, SQZ_GUARD_BYTES,
+ * SQZ_DISABLE_FUSION, SQZ_FAULT_LAUNCH, SQZ_FAULT_ALLOC). The strings stay valid until the
+ * next call. */
+sqz_session_options cli_session_options(const char *backend, const char *device, sqz_precision precision);
 /* The device string for --threads N (the cpu backend's "threads=N", written into buf) or
  * `device` as given when threads is NULL; non-zero (message printed) on misuse. */
 int cli_device_for(const char *command, const char *backend, const char *device, const char *threads,
