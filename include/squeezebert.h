@@ -224,13 +224,23 @@ typedef struct sqz_session_options {
      * or "opencl.cache_dir=/tmp/c". Each backend reads its own keys and refuses unknown ones
      * of its own by name; docs/engineering.md lists them. */
     const char *settings;
+    /* Checking and debugging (sqz fills these from SQZ_DEBUG, SQZ_GUARD_BYTES,
+     * SQZ_DISABLE_FUSION, SQZ_FAULT_LAUNCH and SQZ_FAULT_ALLOC; zero: off). */
+    int debug;          /* 1: print the graph passes, 2: and the graph after each, 3: also time
+                         * every launch (synchronising) and print a profile by op after each run */
+    size_t guard_bytes; /* N > 0: N canary bytes after every planned tensor, checked after every
+                         * launch; an overwrite fails the run naming the node (slow: tests) */
+    bool unfused;       /* plan without the fused ops (to validate the unfused kernels) */
+    /* Test hook: "N", "N:P", "N@K" or "N:P@K": the Nth launch (buffer allocation) of the
+     * session fails, then every Pth after it; @K: only in the Kth session this process
+     * creates. Anything else makes sqz_session_create fail. */
+    const char *fault_launch, *fault_alloc;
 } sqz_session_options;
 /* A session binds a model to a backend: weights uploaded once, plans cached per bucket.
  * options: NULL for the defaults (cpu_ref, its default device, fp32); a zero-initialised
- * struct means the same. The model must outlive the session. SQZ_DISABLE_FUSION=1 in the
- * environment gives the unfused plan.
- * Status: INVALID_ARGUMENT: an unknown backend, device, setting or precision; UNSUPPORTED: a
- * precision or op the backend lacks; NO_DEVICE: the backend is built in but has no usable
+ * struct means the same. The model must outlive the session.
+ * Status: INVALID_ARGUMENT: an unknown backend, device, setting or precision, or a malformed
+ * fault hook; UNSUPPORTED: a precision or op the backend lacks; NO_DEVICE: the backend is built in but has no usable
  * device; BACKEND: the driver failed (uploading the weights, building kernels). */
 SQZ_API sqz_status sqz_session_create(const sqz_model *model, const sqz_session_options *options,
                                       sqz_session **out);
@@ -407,11 +417,11 @@ typedef struct sqz_node_check {
 
 typedef struct sqz_validation sqz_validation;
 
-/* Runs `input` on the session `options` describe (NULL: cpu_ref, fp32; its fused plan, or the
- * unfused one with SQZ_DISABLE_FUSION=1) and on cpu_ref (fp32, double accumulation), keeping
- * every intermediate tensor, and compares every node the backend ran with the cpu_ref tensor
- * of the same name, in launch order. Returns SQZ_OK when both runs completed; whether the
- * nodes passed is in the report.
+/* Runs `input` on the session `options` describe (NULL: cpu_ref, fp32; the fused plan unless
+ * options->unfused) and on cpu_ref (fp32, double accumulation, the same fusion and guard
+ * bytes), keeping every intermediate tensor, and compares every node the backend ran with
+ * the cpu_ref tensor of the same name, in launch order. Returns SQZ_OK when both runs
+ * completed; whether the nodes passed is in the report.
  * Status: as sqz_session_create and sqz_session_run (for either session); INVALID_ARGUMENT
  * also for a tolerance that is not positive. */
 SQZ_API sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *options,

@@ -11,6 +11,7 @@
 #include "graph/plan.h"
 #include "runtime/backend.h"
 #include "runtime/error.h"
+#include "runtime/executor.h"
 
 #define PEAK_FEATURES 1024     /* in = out features: square, large enough to be compute bound */
 #define PEAK_MIN_ROWS 64
@@ -60,8 +61,7 @@ static void fill(float *x, size_t n, unsigned seed)
 }
 
 typedef struct peak_run {
-    const sqz_backend_ops *ops;
-    void *ctx;
+    sqz_executor x;
     sqz_buffer *weights, *arena;
     sqz_plan *plan;
     float *host;
@@ -70,8 +70,10 @@ typedef struct peak_run {
 static void peak_release(peak_run *r)
 {
     if (r->arena)
-        r->ops->buffer_free(r->ctx, r->arena);
+        r->x.ops->buffer_free(r->x.ctx, r->arena);
     r->arena = NULL;
+    if (r->plan && r->x.ops->release)
+        r->x.ops->release(r->x.ctx, r->plan);
     sqz_plan_free(r->plan);
     r->plan = NULL;
 }
@@ -82,7 +84,12 @@ static sqz_status peak_prepare(peak_run *r, int64_t rows)
     peak_release(r);
     sqz_status st = compile_linear(rows, &r->plan);
     if (st == SQZ_OK)
-        st = r->ops->buffer_alloc(r->ctx, r->plan->arena_bytes, &r->arena);
+        st = sqz_executor_alloc(&r->x, r->plan->arena_bytes, &r->arena);
+    if (st == SQZ_OK) {
+        const size_t offsets[1] = {0};
+        sqz_binding binding = {r->plan, r->weights, offsets, r->arena};
+        st = sqz_executor_prepare(&r->x, &binding);
+    }
     if (st != SQZ_OK)
         return st;
     size_t n = (size_t)rows * PEAK_FEATURES;
@@ -92,25 +99,25 @@ static sqz_status peak_prepare(peak_run *r, int64_t rows)
     fill(x, n, 7);
     const sqz_graph *g = &r->plan->graph;
     int input = g->nodes[r->plan->launches[0]].inputs[0];
-    st = r->ops->upload(r->ctx, r->arena, (size_t)r->plan->offsets[input], x, n * sizeof *x);
+    st = r->x.ops->upload(r->x.ctx, r->arena, (size_t)r->plan->offsets[input], x, n * sizeof *x);
     free(x);
     return st;
 }
 
-/* Enqueues `count` launches and waits for all of them; the wall time of the group. */
+/* Enqueues `count` runs of the one-launch plan (never replayed: the kernel is what is timed)
+ * and waits for all of them; the wall time of the group. */
 static sqz_status peak_time(peak_run *r, int count, double *seconds)
 {
     const sqz_plan *p = r->plan;
-    const sqz_node *node = &p->graph.nodes[p->launches[0]];
     const size_t offsets[1] = {0};
     sqz_binding binding = {p, r->weights, offsets, r->arena};
     sqz_run_dims dims = {p->bucket.max_tokens, 1, p->bucket.max_tokens, p->bucket.max_tokens};
     double t0 = seconds_now();
     sqz_status st = SQZ_OK;
     for (int i = 0; i < count && st == SQZ_OK; i++)
-        st = r->ops->launch(r->ctx, &binding, node, &dims);
-    if (st == SQZ_OK && r->ops->synchronize)
-        st = r->ops->synchronize(r->ctx);
+        st = sqz_executor_run(&r->x, &binding, &dims, false);
+    if (st == SQZ_OK && r->x.ops->synchronize)
+        st = r->x.ops->synchronize(r->x.ctx);
     *seconds = seconds_now() - t0;
     return st;
 }
@@ -126,34 +133,19 @@ sqz_status sqz_measure_peak(const char *backend, const char *device, const char 
     sqz_status st = sqz_precision_from_name(precision, &prec);
     if (st != SQZ_OK)
         return st;
-    st = sqz_backend_probe(backend);
-    if (st != SQZ_OK)
+    peak_run r = {0};
+    if ((st = sqz_executor_open(&r.x, backend, device, NULL, prec)) != SQZ_OK)
         return st;
-    peak_run r = {.ops = sqz_backend_find(backend)};
-    if (!r.ops)
-        return sqz_fail(SQZ_ERR_UNSUPPORTED, "sqz_measure_peak: backend '%s' cannot run plans",
-                        backend);
-    if ((st = r.ops->create(&r.ctx, device, NULL)) != SQZ_OK)
-        return st;
-    if (prec != SQZ_PRECISION_FP32) {
-        st = r.ops->set_precision ? r.ops->set_precision(r.ctx, prec)
-                                  : sqz_fail(SQZ_ERR_UNSUPPORTED, "sqz_measure_peak: backend '%s' runs fp32 "
-                                             "only, not %s", backend, precision);
-        if (st != SQZ_OK) {
-            r.ops->destroy(r.ctx);
-            return st;
-        }
-    }
     const size_t wn = (size_t)PEAK_FEATURES * PEAK_FEATURES;
     r.host = malloc(wn * sizeof *r.host);
     if (!r.host)
         st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     if (st == SQZ_OK) {
         fill(r.host, wn, 3);
-        st = r.ops->buffer_alloc(r.ctx, wn * sizeof *r.host, &r.weights);
+        st = sqz_executor_alloc(&r.x, wn * sizeof *r.host, &r.weights);
     }
     if (st == SQZ_OK)
-        st = r.ops->upload(r.ctx, r.weights, 0, r.host, wn * sizeof *r.host);
+        st = r.x.ops->upload(r.x.ctx, r.weights, 0, r.host, wn * sizeof *r.host);
     const double start = seconds_now();
     /* Grow the product until one launch is long enough to time (a GPU needs thousands of
      * rows, the scalar reference a few dozen); the first launch of each size is a warm-up
@@ -196,13 +188,13 @@ sqz_status sqz_measure_peak(const char *backend, const char *device, const char 
         out->launches = launches;
         out->flops_per_launch = flops;
         out->seconds = seconds_now() - start;
-        const char *d = r.ops->describe ? r.ops->describe(r.ctx) : backend;
+        const char *d = r.x.ops->describe ? r.x.ops->describe(r.x.ctx) : backend;
         snprintf(out->device, sizeof out->device, "%s", d ? d : backend);
     }
     peak_release(&r);
     if (r.weights)
-        r.ops->buffer_free(r.ctx, r.weights);
-    r.ops->destroy(r.ctx);
+        r.x.ops->buffer_free(r.x.ctx, r.weights);
+    sqz_executor_close(&r.x);
     free(r.host);
     return st;
 }

@@ -1,5 +1,6 @@
-/* Sessions: a model bound to a backend, and the executor that packs a padded batch into
- * real tokens, runs the plan for its bucket and scatters the outputs back. */
+/* Sessions: a model bound to a backend through the executor (runtime/executor.c); a run packs
+ * a padded batch into real tokens, picks or compiles the plan for its bucket, has the executor
+ * run it and lays the outputs out for the caller. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,12 +11,12 @@
 #include "graph/plan.h"
 #include "runtime/backend.h"
 #include "runtime/error.h"
+#include "runtime/executor.h"
 #include "runtime/model.h"
 #include "runtime/outputs.h"
 
 #define PLAN_CACHE_SIZE 8
 #define MAX_BATCH_TOKENS (1 << 24) /* padded tokens per run; beyond this split the batch */
-#define GUARD_BYTE 0xA5
 
 typedef struct packed_batch {
     int64_t rows;   /* sequences: batch * max(choices, 1) */
@@ -67,8 +68,7 @@ typedef struct run_slot {
 
 struct sqz_session {
     const sqz_model *model;
-    const sqz_backend_ops *ops;
-    void *ctx;
+    sqz_executor x;            /* the backend instance and its launch loop */
     sqz_graph graph;
     sqz_buffer *weights;
     size_t *weight_offsets;
@@ -93,10 +93,10 @@ struct sqz_session {
     sqz_ticket last_ticket;
     bool pad_runs;              /* pad batches to replayable shapes (pad_for_replay) */
     double busy_seconds;        /* device time of the runs waited for (sqz_session_busy_seconds) */
-    /* test hook (SQZ_FAULT_LAUNCH / SQZ_FAULT_ALLOC = N or N:P): the Nth launch or buffer
-     * allocation of this session fails, then every Pth after it; 0 = off */
-    unsigned long fault_launch_at, fault_launch_every, launches_done;
-    unsigned long fault_alloc_at, fault_alloc_every, allocs_done;
+    /* the executor's observers that this session attached */
+    sqz_guard_observer guard;
+    sqz_profile_observer profile;
+    sqz_fault_observer faults; /* test hook (SQZ_FAULT_LAUNCH / SQZ_FAULT_ALLOC) */
 };
 
 struct sqz_result {
@@ -181,59 +181,10 @@ sqz_status sqz_model_graph_dot(const sqz_model *model, int max_tokens, int max_s
 /* Sessions created by this process, counted from 1: SQZ_FAULT_*=...@K aims at the Kth. */
 static unsigned long sessions_created;
 
-/* Reads a fault-injection setting "N", "N:P", "N@K" or "N:P@K" (N >= 1, P >= 0, K >= 1: only
- * the Kth session of the process); anything else is off. */
-static void read_fault_setting(const char *name, unsigned long session_number, unsigned long *at,
-                               unsigned long *every)
-{
-    *at = *every = 0;
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return;
-    char *end = NULL;
-    unsigned long n = strtoul(v, &end, 10), p = 0, only = 0;
-    if (*end == ':')
-        p = strtoul(end + 1, &end, 10);
-    if (*end == '@') {
-        only = strtoul(end + 1, &end, 10);
-        if (only == 0)
-            end = (char *)"@"; /* reported below */
-    }
-    if (*end != '\0' || n == 0) {
-        fprintf(stderr, "squeezebert: ignoring %s='%s' (expected N, N:P, N@K or N:P@K)\n", name, v);
-        return;
-    }
-    if (only && only != session_number)
-        return;
-    *at = n;
-    *every = p;
-}
-
-/* Whether the count-th event (1-based) is one the fault setting makes fail. */
-static bool fault_hits(unsigned long count, unsigned long at, unsigned long every)
-{
-    if (at == 0 || count < at)
-        return false;
-    return count == at || (every > 0 && (count - at) % every == 0);
-}
-
-/* Every buffer allocation and launch of a session goes through these two, so the test
- * hook can fail them; unset, it costs one comparison. */
+/* Every buffer of a session is allocated through the executor, so the fault hook sees it. */
 static sqz_status session_alloc(sqz_session *s, size_t bytes, sqz_buffer **out)
 {
-    if (s->fault_alloc_at && fault_hits(++s->allocs_done, s->fault_alloc_at, s->fault_alloc_every))
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "injected fault: buffer allocation %lu of %zu bytes "
-                        "failed (SQZ_FAULT_ALLOC)", s->allocs_done, bytes);
-    return s->ops->buffer_alloc(s->ctx, bytes, out);
-}
-
-static sqz_status session_launch(sqz_session *s, const sqz_binding *binding, const sqz_node *node,
-                                 const sqz_run_dims *dims)
-{
-    if (s->fault_launch_at && fault_hits(++s->launches_done, s->fault_launch_at, s->fault_launch_every))
-        return sqz_fail(SQZ_ERR_BACKEND, "injected fault: launch %lu (node '%s') failed "
-                        "(SQZ_FAULT_LAUNCH)", s->launches_done, node->name);
-    return s->ops->launch(s->ctx, binding, node, dims);
+    return sqz_executor_alloc(&s->x, bytes, out);
 }
 
 static size_t align_up(size_t x) { return (x + SQZ_ARENA_ALIGN - 1) / SQZ_ARENA_ALIGN * SQZ_ARENA_ALIGN; }
@@ -258,7 +209,7 @@ static sqz_status upload_weights(sqz_session *s)
     sqz_status st = session_alloc(s, total, &s->weights);
     for (size_t i = 0; i < m->n_weights && st == SQZ_OK; i++)
         if (m->weights[i].alias_of < 0)
-            st = s->ops->upload(s->ctx, s->weights, s->weight_offsets[i], m->weights[i].data,
+            st = s->x.ops->upload(s->x.ctx, s->weights, s->weight_offsets[i], m->weights[i].data,
                                 (size_t)(m->weights[i].rows * m->weights[i].cols) * sizeof(float));
     return st;
 }
@@ -266,8 +217,7 @@ static sqz_status upload_weights(sqz_session *s)
 /* Which fused ops the backend implements, asked with nodes shaped like this model's. */
 static uint64_t fusable_ops(const sqz_session *s)
 {
-    const char *disable = getenv("SQZ_DISABLE_FUSION");
-    if ((disable && strcmp(disable, "0") != 0 && *disable) || !s->ops->supports)
+    if (!s->x.ops->supports)
         return 0;
     sqz_node probe = {0};
     for (size_t n = 0; n < s->graph.n_nodes; n++)
@@ -278,7 +228,7 @@ static uint64_t fusable_ops(const sqz_session *s)
         if (!sqz_op_is_fused((sqz_op)op))
             continue;
         probe.op = (sqz_op)op;
-        if (s->ops->supports(s->ctx, &probe))
+        if (s->x.ops->supports(s->x.ctx, &probe))
             mask |= 1ull << op;
     }
     return mask;
@@ -314,59 +264,64 @@ double sqz_precision_tolerance(sqz_precision p)
 
 sqz_precision sqz_session_precision(const sqz_session *s) { return s ? s->precision : SQZ_PRECISION_FP32; }
 
-static sqz_status session_create(const sqz_model *model, const char *backend, const char *device, const char *settings,
-                                 sqz_precision precision, bool keep_all, sqz_session **out)
+static sqz_status session_create(const sqz_model *model, const sqz_session_options *o, bool keep_all,
+                                 sqz_session **out)
 {
     if (!model || !out)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: model and out are required");
     *out = NULL;
-    const char *name = backend ? backend : "cpu_ref";
-    sqz_status st = sqz_backend_probe(name);
+    const char *name = o->backend ? o->backend : "cpu_ref";
+    const unsigned long number = __atomic_add_fetch(&sessions_created, 1, __ATOMIC_RELAXED);
+    sqz_fault_observer faults = {0};
+    sqz_status st = sqz_fault_setting_parse("fault_launch (SQZ_FAULT_LAUNCH)", o->fault_launch, number,
+                                            &faults.launch_at, &faults.launch_every);
+    if (st == SQZ_OK)
+        st = sqz_fault_setting_parse("fault_alloc (SQZ_FAULT_ALLOC)", o->fault_alloc, number, &faults.alloc_at,
+                                     &faults.alloc_every);
     if (st != SQZ_OK)
         return st;
-    const sqz_backend_ops *ops = sqz_backend_find(name);
-    if (!ops || ops->api_version != SQZ_BACKEND_API_VERSION)
-        return sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' cannot run plans", name);
     sqz_session *s = calloc(1, sizeof *s);
     if (!s)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     s->model = model;
-    s->ops = ops;
-    const char *debug = getenv("SQZ_DEBUG");
-    s->compile.debug = debug ? atoi(debug) : 0;
-    const char *guard = getenv("SQZ_GUARD_BYTES");
-    s->compile.guard_bytes = guard ? (size_t)strtoul(guard, NULL, 10) : 0;
+    s->compile.debug = o->debug;
+    s->compile.guard_bytes = o->guard_bytes;
     s->compile.keep_all = keep_all;
-    const unsigned long number = __atomic_add_fetch(&sessions_created, 1, __ATOMIC_RELAXED);
-    read_fault_setting("SQZ_FAULT_LAUNCH", number, &s->fault_launch_at, &s->fault_launch_every);
-    read_fault_setting("SQZ_FAULT_ALLOC", number, &s->fault_alloc_at, &s->fault_alloc_every);
+    s->faults = faults;
     sqz_graph_init(&s->graph);
-    s->precision = precision;
-    st = (unsigned)precision < SQZ_PRECISION_COUNT
-             ? ops->create(&s->ctx, device, settings)
-             : sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create: precision %d is not one of "
-                        "sqz_precision", (int)precision);
-    if (st == SQZ_OK && precision != SQZ_PRECISION_FP32)
-        st = ops->set_precision ? ops->set_precision(s->ctx, precision)
-                                : sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' runs fp32 only, not %s", name,
-                                           sqz_precision_name(precision));
+    s->precision = o->precision;
+    st = sqz_executor_open(&s->x, name, o->device, o->settings, o->precision);
+    /* observers: the fault hook first, so an injected failure precedes any other check */
+    if (st == SQZ_OK && (faults.launch_at || faults.alloc_at)) {
+        sqz_observer f = sqz_fault_observer_table(&s->faults);
+        st = sqz_executor_observe(&s->x, &f);
+    }
+    if (st == SQZ_OK && o->guard_bytes > 0) {
+        sqz_observer g = sqz_guard_observer_table(&s->guard);
+        st = sqz_executor_observe(&s->x, &g);
+    }
+    if (st == SQZ_OK && o->debug >= 3) {
+        sqz_observer p = sqz_profile_observer_table(&s->profile);
+        st = sqz_executor_observe(&s->x, &p);
+    }
+    const sqz_backend_ops *ops = s->x.ops;
     if (st == SQZ_OK)
         st = build_model_graph(model, &s->graph);
     if (st == SQZ_OK)
         st = upload_weights(s);
     if (st == SQZ_OK && ops->supports)
         for (size_t n = 0; n < s->graph.n_nodes && st == SQZ_OK; n++)
-            if (!ops->supports(s->ctx, &s->graph.nodes[n]))
+            if (!ops->supports(s->x.ctx, &s->graph.nodes[n]))
                 st = sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' does not implement op %s (node '%s') "
                               "at %s", name, sqz_op_name(s->graph.nodes[n].op), s->graph.nodes[n].name,
-                              sqz_precision_name(precision));
+                              sqz_precision_name(o->precision));
     if (st == SQZ_OK)
-        s->compile.fusable_ops = fusable_ops(s);
+        s->compile.fusable_ops = o->unfused ? 0 : fusable_ops(s);
     if (st == SQZ_OK)
         st = sqz_pool_create(ops->host_alloc ? ops->host_free : NULL, &s->pool);
     /* padding only helps runs that replay, and must not change what validation reads */
-    s->pad_runs = st == SQZ_OK && !keep_all && ops->records_runs && ops->records_runs(s->ctx) &&
-                  s->compile.guard_bytes == 0 && s->compile.debug < 3 && !s->fault_launch_at;
+    s->pad_runs = st == SQZ_OK && !keep_all && ops->records_runs && ops->records_runs(s->x.ctx) &&
+                  o->guard_bytes == 0 && o->debug < 3 && !faults.launch_at;
     if (st != SQZ_OK) {
         sqz_session_free(s);
         return st;
@@ -380,7 +335,7 @@ sqz_status sqz_session_create(const sqz_model *model, const sqz_session_options 
     static const sqz_session_options defaults; /* cpu_ref, its default device, fp32 */
     if (!options)
         options = &defaults;
-    return session_create(model, options->backend, options->device, options->settings, options->precision, false, out);
+    return session_create(model, options, false, out);
 }
 
 sqz_status sqz_session_last_stats(const sqz_session *s, sqz_run_stats *out)
@@ -398,14 +353,14 @@ sqz_status sqz_session_kernel_report(const sqz_session *s, char **out)
     if (!s || !out)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_kernel_report: session and out are required");
     *out = NULL;
-    if (!s->ops->kernel_report)
-        return sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' has no kernel variants to report", s->ops->name);
-    return s->ops->kernel_report(s->ctx, out);
+    if (!s->x.ops->kernel_report)
+        return sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' has no kernel variants to report", s->x.ops->name);
+    return s->x.ops->kernel_report(s->x.ctx, out);
 }
 
 const char *sqz_session_device(const sqz_session *s)
 {
-    return s && s->ops->describe ? s->ops->describe(s->ctx) : "";
+    return s && s->x.ops->describe ? s->x.ops->describe(s->x.ctx) : "";
 }
 
 static void slot_release(sqz_session *s, run_slot *slot);
@@ -416,32 +371,32 @@ void sqz_session_free(sqz_session *s)
         return;
     for (int k = 0; k < SQZ_RUN_SLOTS; k++) {
         run_slot *slot = &s->slots[k];
-        if (slot->busy && !slot->landed && s->ops->run_wait)
-            s->ops->run_wait(s->ctx, k); /* nothing may still write into what is freed below */
+        if (slot->busy && !slot->landed && s->x.ops->run_wait)
+            s->x.ops->run_wait(s->x.ctx, k); /* nothing may still write into what is freed below */
         slot_release(s, slot);
         if (slot->staging)
-            s->ops->host_free ? s->ops->host_free(slot->staging) : free(slot->staging);
+            s->x.ops->host_free ? s->x.ops->host_free(slot->staging) : free(slot->staging);
         if (slot->device_out)
-            s->ops->buffer_free(s->ctx, slot->device_out);
+            s->x.ops->buffer_free(s->x.ctx, slot->device_out);
     }
     if (s->pool) {
         /* device outputs die with their session (documented); host ones live on */
         size_t index = 0;
         for (sqz_buffer *b; (b = sqz_pool_orphan(s->pool, &index)) != NULL;)
-            s->ops->buffer_free(s->ctx, b);
+            s->x.ops->buffer_free(s->x.ctx, b);
         sqz_pool_session_done(s->pool);
     }
     for (int i = 0; i < PLAN_CACHE_SIZE; i++) {
-        if (s->plans[i].plan && s->ops && s->ops->release && s->ctx)
-            s->ops->release(s->ctx, s->plans[i].plan);
+        if (s->plans[i].plan && s->x.ops && s->x.ops->release && s->x.ctx)
+            s->x.ops->release(s->x.ctx, s->plans[i].plan);
         sqz_plan_free(s->plans[i].plan);
     }
     if (s->arena)
-        s->ops->buffer_free(s->ctx, s->arena);
+        s->x.ops->buffer_free(s->x.ctx, s->arena);
     if (s->weights)
-        s->ops->buffer_free(s->ctx, s->weights);
-    if (s->ops && s->ops->destroy && s->ctx)
-        s->ops->destroy(s->ctx);
+        s->x.ops->buffer_free(s->x.ctx, s->weights);
+    sqz_executor_close(&s->x);
+    sqz_guard_observer_release(&s->guard);
     free(s->weight_offsets);
     free(s->host_out);
     free(s->selected);
@@ -647,8 +602,8 @@ static sqz_status get_plan(sqz_session *s, const packed_batch *p, int *index, do
     *compile_seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     if (s->last_plan == s->plans[victim].plan)
         s->last_plan = NULL;
-    if (s->plans[victim].plan && s->ops->release)
-        s->ops->release(s->ctx, s->plans[victim].plan);
+    if (s->plans[victim].plan && s->x.ops->release)
+        s->x.ops->release(s->x.ctx, s->plans[victim].plan);
     sqz_plan_free(s->plans[victim].plan);
     s->plans[victim] = (cached_plan){b, plan, ++s->clock, 0, NULL};
     *index = victim;
@@ -720,10 +675,10 @@ static void land_all(sqz_session *s)
 {
     for (int k = 0; k < SQZ_RUN_SLOTS; k++) {
         run_slot *slot = &s->slots[k];
-        if (!slot->busy || !slot->ticket || slot->landed || !s->ops->run_wait)
+        if (!slot->busy || !slot->ticket || slot->landed || !s->x.ops->run_wait)
             continue; /* free, being submitted (the caller), or done */
         slot->landed = true;
-        slot->landed_status = s->ops->run_wait(s->ctx, k);
+        slot->landed_status = s->x.ops->run_wait(s->x.ctx, k);
         if (slot->landed_status != SQZ_OK)
             slot->landed_error = strdup(sqz_last_error());
     }
@@ -735,7 +690,7 @@ static sqz_status ensure_arena(sqz_session *s, size_t bytes)
         return SQZ_OK;
     land_all(s);
     if (s->arena)
-        s->ops->buffer_free(s->ctx, s->arena);
+        s->x.ops->buffer_free(s->x.ctx, s->arena);
     s->arena = NULL;
     s->arena_bytes = 0;
     sqz_status st = session_alloc(s, bytes, &s->arena);
@@ -744,88 +699,25 @@ static sqz_status ensure_arena(sqz_session *s, size_t bytes)
     return st;
 }
 
-/* Guard region of tensor t for this run: from its actual end to the end of its slot. */
-static void guard_region(const sqz_plan *plan, size_t t, const sqz_run_dims *dims, size_t *begin,
-                         size_t *size)
-{
-    const sqz_tensor_desc *d = &plan->graph.tensors[t];
-    size_t used = (size_t)sqz_tensor_rows(d, dims) * (size_t)d->cols * sqz_dtype_size(d->dtype);
-    *begin = (size_t)plan->offsets[t] + used;
-    *size = plan->bytes[t] + plan->guard_bytes - used;
-}
-
-static sqz_status fill_guard(sqz_session *s, const sqz_plan *plan, size_t t, const sqz_run_dims *dims)
-{
-    unsigned char pattern[4096];
-    memset(pattern, GUARD_BYTE, sizeof pattern);
-    size_t begin, size;
-    guard_region(plan, t, dims, &begin, &size);
-    for (size_t done = 0; done < size;) {
-        size_t n = size - done < sizeof pattern ? size - done : sizeof pattern;
-        sqz_status st = s->ops->upload(s->ctx, s->arena, begin + done, pattern, n);
-        if (st != SQZ_OK)
-            return st;
-        done += n;
-    }
-    return SQZ_OK;
-}
-
-/* Memory is reused, so only tensors alive at launch `step` own their guard bytes. */
-static bool live_at(const sqz_plan *plan, const int *last_use, size_t t, int step)
-{
-    const sqz_tensor_desc *d = &plan->graph.tensors[t];
-    if (d->kind == SQZ_TENSOR_INPUT)
-        return true;
-    return d->kind == SQZ_TENSOR_ACTIVATION && d->producer <= step &&
-           (d->is_output || last_use[t] >= step);
-}
-
-static sqz_status check_guards(sqz_session *s, const sqz_plan *plan, const sqz_run_dims *dims,
-                               const int *last_use, int step)
-{
-    const sqz_node *after = &plan->graph.nodes[plan->launches[step]];
-    unsigned char chunk[4096];
-    for (size_t t = 0; t < plan->graph.n_tensors; t++) {
-        if (plan->offsets[t] < 0 || !live_at(plan, last_use, t, step))
-            continue;
-        size_t begin, size;
-        guard_region(plan, t, dims, &begin, &size);
-        for (size_t done = 0; done < size;) {
-            size_t n = size - done < sizeof chunk ? size - done : sizeof chunk;
-            sqz_status st = s->ops->download(s->ctx, s->arena, begin + done, chunk, n);
-            if (st != SQZ_OK)
-                return st;
-            for (size_t i = 0; i < n; i++)
-                if (chunk[i] != GUARD_BYTE)
-                    return sqz_fail(SQZ_ERR_INTERNAL,
-                                    "guard bytes after tensor '%s' were overwritten (byte %zu past "
-                                    "its end) by node '%s' (%s)", plan->graph.tensors[t].name,
-                                    done + i, after->name, sqz_op_name(after->op));
-            done += n;
-        }
-    }
-    return SQZ_OK;
-}
-
 static sqz_status host_alloc(sqz_session *s, size_t bytes, void **out)
 {
-    if (s->ops->host_alloc)
-        return s->ops->host_alloc(s->ctx, bytes ? bytes : 1, out);
+    if (s->x.ops->host_alloc)
+        return s->x.ops->host_alloc(s->x.ctx, bytes ? bytes : 1, out);
     *out = malloc(bytes ? bytes : 1);
     return *out ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory (%zu host bytes)", bytes);
 }
 
 static void host_free(sqz_session *s, void *memory)
 {
-    if (s->ops->host_free)
-        s->ops->host_free(memory);
+    if (s->x.ops->host_free)
+        s->x.ops->host_free(memory);
     else
         free(memory);
 }
 
 /* Every input of a run in one host image of the arena's input region (the plan places the
- * inputs first, together), uploaded in one copy. In guarded runs the image carries the guard
- * pattern after each input too. */
+ * inputs first, together), uploaded in one copy (the guard observer, when attached, then
+ * writes the canaries after each input). */
 static sqz_status upload_inputs(sqz_session *s, run_slot *slot, const sqz_plan *plan, const sqz_run_dims *dims)
 {
     const packed_batch *p = &slot->p;
@@ -838,14 +730,12 @@ static sqz_status upload_inputs(sqz_session *s, run_slot *slot, const sqz_plan *
         {in->first_tokens, p->first_tokens, dims->sequences},
     };
     const size_t n_items = sizeof items / sizeof items[0];
-    const bool guarded = plan->guard_bytes > 0;
     size_t lo = SIZE_MAX, hi = 0;
     for (size_t i = 0; i < n_items; i++) {
         if (items[i].tensor < 0)
             continue;
         const size_t at = (size_t)plan->offsets[items[i].tensor];
-        const size_t end = at + (guarded ? plan->bytes[items[i].tensor] + plan->guard_bytes
-                                         : (size_t)items[i].count * sizeof(int32_t));
+        const size_t end = at + (size_t)items[i].count * sizeof(int32_t);
         lo = at < lo ? at : lo;
         hi = end > hi ? end : hi;
     }
@@ -862,14 +752,15 @@ static sqz_status upload_inputs(sqz_session *s, run_slot *slot, const sqz_plan *
         slot->staging_bytes = hi - lo;
     }
     unsigned char *image = slot->staging;
-    memset(image, guarded ? GUARD_BYTE : 0, hi - lo);
+    memset(image, 0, hi - lo);
     for (size_t i = 0; i < n_items; i++)
         if (items[i].tensor >= 0)
             memcpy(image + (size_t)plan->offsets[items[i].tensor] - lo, items[i].data,
                    (size_t)items[i].count * sizeof(int32_t));
-    return s->ops->upload_async && !guarded
-               ? s->ops->upload_async(s->ctx, (int)(slot - s->slots), s->arena, lo, image, hi - lo)
-               : s->ops->upload(s->ctx, s->arena, lo, image, hi - lo);
+    /* a guarded run writes more into the arena right after: keep the copies in order */
+    return s->x.ops->upload_async && plan->guard_bytes == 0
+               ? s->x.ops->upload_async(s->x.ctx, (int)(slot - s->slots), s->arena, lo, image, hi - lo)
+               : s->x.ops->upload(s->x.ctx, s->arena, lo, image, hi - lo);
 }
 
 static bool output_selected(const sqz_session *s, const char *name)
@@ -916,9 +807,9 @@ sqz_status sqz_session_set_output_options(sqz_session *s, const sqz_output_optio
     if ((unsigned)options->type > SQZ_OUTPUT_FP16 || (unsigned)options->place > SQZ_OUTPUT_ON_DEVICE)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_set_output_options: type %d or place %d is not "
                         "one of sqz_output_type / sqz_output_place", (int)options->type, (int)options->place);
-    if (options->place == SQZ_OUTPUT_ON_DEVICE && (!s->ops->format_output || !s->ops->device_address))
+    if (options->place == SQZ_OUTPUT_ON_DEVICE && (!s->x.ops->format_output || !s->x.ops->device_address))
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "backend '%s' cannot leave outputs on the device (cuda, cuda-sim and "
-                        "cpu_ref can)", s->ops->name);
+                        "cpu_ref can)", s->x.ops->name);
     s->out_options = *options;
     return SQZ_OK;
 }
@@ -1002,7 +893,7 @@ static sqz_status format_on_host(sqz_session *s, run_slot *slot, const sqz_plan 
         const size_t bytes = (size_t)(sqz_tensor_rows(d, &slot->dims) * d->cols) * sizeof(float);
         const size_t offset = (size_t)plan->offsets[f->tensor];
         if (!f->half && f->col_begin == 0 && f->col_count == d->cols && (f->width == 0 || dense)) {
-            sqz_status st = s->ops->download(s->ctx, s->arena, offset, block + e[i].offset, e[i].bytes);
+            sqz_status st = s->x.ops->download(s->x.ctx, s->arena, offset, block + e[i].offset, e[i].bytes);
             if (st != SQZ_OK)
                 return st;
             continue;
@@ -1014,7 +905,7 @@ static sqz_status format_on_host(sqz_session *s, run_slot *slot, const sqz_plan 
                 return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading outputs");
             s->host_out_bytes = bytes;
         }
-        sqz_status st = s->ops->download(s->ctx, s->arena, offset, s->host_out, bytes);
+        sqz_status st = s->x.ops->download(s->x.ctx, s->arena, offset, s->host_out, bytes);
         if (st != SQZ_OK)
             return st;
         sqz_format_output_host(f, s->host_out, d->cols, slot->p.seq_offsets, slot->p.positions, slot->p.key_valid,
@@ -1059,7 +950,7 @@ static sqz_status device_outputs_buffer(sqz_session *s, size_t bytes, sqz_buffer
             *out = b;
             *capacity = have;
         } else {
-            s->ops->buffer_free(s->ctx, b);
+            s->x.ops->buffer_free(s->x.ctx, b);
         }
     }
     if (*out)
@@ -1081,13 +972,13 @@ static sqz_status finish_on_device(sqz_session *s, int k, const sqz_binding *bin
         if ((st = device_outputs_buffer(s, total, &area, &capacity)) != SQZ_OK)
             return st;
         if ((st = sqz_pool_lend(s->pool, area, capacity, &res->lease)) != SQZ_OK) {
-            s->ops->buffer_free(s->ctx, area);
+            s->x.ops->buffer_free(s->x.ctx, area);
             return st;
         }
     } else {
         if (slot->device_out_bytes < total) {
             if (slot->device_out)
-                s->ops->buffer_free(s->ctx, slot->device_out);
+                s->x.ops->buffer_free(s->x.ctx, slot->device_out);
             slot->device_out = NULL;
             slot->device_out_bytes = 0;
             if ((st = session_alloc(s, total ? total : 1, &slot->device_out)) != SQZ_OK)
@@ -1097,15 +988,15 @@ static sqz_status finish_on_device(sqz_session *s, int k, const sqz_binding *bin
         area = slot->device_out;
     }
     for (size_t i = 0; i < n && st == SQZ_OK; i++)
-        st = s->ops->format_output(s->ctx, binding, &e[i].format, area, e[i].offset);
+        st = s->x.ops->format_output(s->x.ctx, binding, &e[i].format, area, e[i].offset);
     if (st != SQZ_OK)
         return st;
     if (on_device) {
-        unsigned char *base = s->ops->device_address(s->ctx, area);
+        unsigned char *base = s->x.ops->device_address(s->x.ctx, area);
         for (size_t i = 0; i < n; i++)
             res->outputs[i].device_data = base + e[i].offset;
     }
-    return s->ops->run_download(s->ctx, k, area, 0, on_device ? NULL : res->block, on_device ? 0 : total);
+    return s->x.ops->run_download(s->x.ctx, k, area, 0, on_device ? NULL : res->block, on_device ? 0 : total);
 }
 
 /* Everything a result needs but its values: names, shapes, where the values will be. */
@@ -1172,79 +1063,14 @@ static sqz_status submit_run(sqz_session *s, int k, const sqz_input *input, void
     const sqz_run_dims dims = slot->dims;
     sqz_binding binding = {plan, s->weights, s->weight_offsets, s->arena};
     cached_plan *cp = &s->plans[slot->plan_index];
-    if (s->ops->prepare && cp->prepared_arena != s->arena) {
-        if ((st = s->ops->prepare(s->ctx, &binding)) != SQZ_OK)
+    if (cp->prepared_arena != s->arena) {
+        if ((st = sqz_executor_prepare(&s->x, &binding)) != SQZ_OK)
             return st;
         cp->prepared_arena = s->arena;
     }
-    const bool guarded = plan->guard_bytes > 0;
-    int *last_use = NULL;
-    if (guarded) {
-        /* test builds: canaries after every tensor (the input image carries the inputs'),
-         * checked after every launch */
-        last_use = malloc((plan->graph.n_tensors ? plan->graph.n_tensors : 1) * sizeof *last_use);
-        if (!last_use)
-            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-        for (size_t t = 0; t < plan->graph.n_tensors; t++)
-            last_use[t] = -1;
-        for (size_t k2 = 0; k2 < plan->n_launches; k2++) {
-            const sqz_node *node = &plan->graph.nodes[plan->launches[k2]];
-            for (int i = 0; i < node->n_inputs; i++)
-                if (node->inputs[i] >= 0)
-                    last_use[node->inputs[i]] = (int)k2;
-        }
-    }
     st = upload_inputs(s, slot, plan, &dims);
-    /* SQZ_DEBUG=3: time every launch (synchronising after each) and print a profile by op */
-    const bool profile = s->compile.debug >= 3;
-    double op_seconds[SQZ_OP_COUNT] = {0}, op_flops[SQZ_OP_COUNT] = {0};
-    int op_launches[SQZ_OP_COUNT] = {0};
-    /* a backend may record the run's launches once and replay them (CUDA graphs) */
-    const bool hooks = st == SQZ_OK && s->ops->run_begin && s->ops->run_end && !guarded && !profile &&
-                       !s->fault_launch_at;
-    bool replayed = false;
-    if (hooks)
-        st = s->ops->run_begin(s->ctx, &binding, &dims, &replayed);
-    for (size_t i = 0; st == SQZ_OK && !replayed && i < plan->n_launches; i++) {
-        const sqz_node *node = &plan->graph.nodes[plan->launches[i]];
-        if (guarded)
-            st = fill_guard(s, plan, (size_t)node->output, &dims);
-        struct timespec t0, t1;
-        if (profile && s->ops->synchronize)
-            s->ops->synchronize(s->ctx);
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        if (st == SQZ_OK)
-            st = session_launch(s, &binding, node, &dims);
-        if (profile && st == SQZ_OK) {
-            if (s->ops->synchronize)
-                st = s->ops->synchronize(s->ctx);
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            op_seconds[node->op] += (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-            op_flops[node->op] += sqz_node_flops(&plan->graph, node, &dims);
-            op_launches[node->op]++;
-        }
-        if (st == SQZ_OK && guarded) {
-            if (s->ops->synchronize)
-                st = s->ops->synchronize(s->ctx);
-            if (st == SQZ_OK)
-                st = check_guards(s, plan, &dims, last_use, (int)i);
-        }
-    }
-    if (hooks && !replayed) {
-        sqz_status end = s->ops->run_end(s->ctx, &binding, &dims, st == SQZ_OK);
-        if (st == SQZ_OK)
-            st = end;
-    }
-    free(last_use);
-    if (profile && st == SQZ_OK) {
-        fprintf(stderr, "sqz profile (%lld tokens, %lld sequences):\n", (long long)dims.tokens,
-                (long long)dims.sequences);
-        for (int op = 0; op < SQZ_OP_COUNT; op++)
-            if (op_launches[op])
-                fprintf(stderr, "  %-16s %4d launches %9.3f ms %8.1f GFLOP/s\n", sqz_op_name((sqz_op)op),
-                        op_launches[op], op_seconds[op] * 1e3,
-                        op_seconds[op] > 0 ? op_flops[op] / op_seconds[op] * 1e-9 : 0.0);
-    }
+    if (st == SQZ_OK)
+        st = sqz_executor_run(&s->x, &binding, &dims, true);
     /* the outputs: laid out, then formatted and copied back on the device's queues, or on the host */
     out_entry *e = NULL;
     size_t n = 0, total = 0;
@@ -1264,12 +1090,12 @@ static sqz_status submit_run(sqz_session *s, int k, const sqz_input *input, void
         st = result_memory(s, res, total, memory, memory_bytes);
     if (st == SQZ_OK)
         st = result_skeleton(s, plan, e, n, res);
-    const bool async = s->ops->format_output && s->ops->run_download && s->ops->run_wait;
+    const bool async = s->x.ops->format_output && s->x.ops->run_download && s->x.ops->run_wait;
     if (st == SQZ_OK && async) {
         st = finish_on_device(s, k, &binding, e, n, total, res);
     } else if (st == SQZ_OK) {
-        if (s->ops->synchronize)
-            st = s->ops->synchronize(s->ctx);
+        if (s->x.ops->synchronize)
+            st = s->x.ops->synchronize(s->x.ctx);
         if (st == SQZ_OK)
             st = format_on_host(s, slot, plan, e, n, res->block);
         slot->landed = true;
@@ -1298,10 +1124,10 @@ static sqz_status submit(sqz_session *s, const sqz_input *input, void *memory, s
     s->slots[k].host_seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     if (st != SQZ_OK) {
         /* what was enqueued may still read the slot's memory: let it finish first */
-        if (s->slots[k].busy && s->ops->synchronize) {
+        if (s->slots[k].busy && s->x.ops->synchronize) {
             char message[1024];
             snprintf(message, sizeof message, "%s", sqz_last_error());
-            s->ops->synchronize(s->ctx);
+            s->x.ops->synchronize(s->x.ctx);
             sqz_fail(st, "%s", message);
         }
         slot_release(s, &s->slots[k]);
@@ -1335,8 +1161,8 @@ sqz_status sqz_session_busy_seconds(const sqz_session *s, double *seconds)
 void sqz_session_graph_counts(const sqz_session *s, unsigned long *captured, unsigned long *replayed)
 {
     *captured = *replayed = 0;
-    if (s && s->ops->graph_counts)
-        s->ops->graph_counts(s->ctx, captured, replayed);
+    if (s && s->x.ops->graph_counts)
+        s->x.ops->graph_counts(s->x.ctx, captured, replayed);
 }
 
 int sqz_session_in_flight(const sqz_session *s)
@@ -1359,7 +1185,7 @@ sqz_status sqz_session_wait(sqz_session *s, sqz_ticket ticket, sqz_result **out)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_wait: ticket %llu is not a run in flight on this "
                         "session", (unsigned long long)ticket);
     run_slot *slot = &s->slots[k];
-    sqz_status st = slot->landed ? slot->landed_status : s->ops->run_wait(s->ctx, k);
+    sqz_status st = slot->landed ? slot->landed_status : s->x.ops->run_wait(s->x.ctx, k);
     if (slot->landed && st != SQZ_OK)
         sqz_fail(st, "%s", slot->landed_error ? slot->landed_error : "a run in flight failed");
     if (st == SQZ_OK) {
@@ -1377,7 +1203,7 @@ sqz_status sqz_session_wait(sqz_session *s, sqz_ticket ticket, sqz_result **out)
         rs->arena_bytes = s->arena_bytes;
         rs->weight_bytes = s->weight_bytes;
         rs->compile_seconds = slot->compile_seconds;
-        const double device = s->ops->run_device_seconds ? s->ops->run_device_seconds(s->ctx, k) : -1;
+        const double device = s->x.ops->run_device_seconds ? s->x.ops->run_device_seconds(s->x.ctx, k) : -1;
         s->busy_seconds += device >= 0 ? device : slot->host_seconds;
         *out = slot->result;
         slot->result = NULL;
@@ -1446,7 +1272,7 @@ static sqz_status read_tensor(sqz_session *s, size_t t, float **out, int64_t *co
     *out = malloc((size_t)(*count ? *count : 1) * sizeof **out);
     if (!*out)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", d->name);
-    return s->ops->download(s->ctx, s->arena, (size_t)plan->offsets[t], *out,
+    return s->x.ops->download(s->x.ctx, s->arena, (size_t)plan->offsets[t], *out,
                             (size_t)*count * sizeof **out);
 }
 
@@ -1528,10 +1354,12 @@ sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *optio
     float *got = NULL, *want = NULL;
     sqz_status st = v ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     if (st == SQZ_OK)
-        st = session_create(model, options->backend, options->device, options->settings, options->precision, true,
-                            &test);
+        st = session_create(model, options, true, &test);
+    /* the reference is checked as closely as the session under test */
+    const sqz_session_options ref_options = {.backend = "cpu_ref", .guard_bytes = options->guard_bytes,
+                                             .unfused = options->unfused};
     if (st == SQZ_OK)
-        st = session_create(model, "cpu_ref", NULL, NULL, SQZ_PRECISION_FP32, true, &ref);
+        st = session_create(model, &ref_options, true, &ref);
     if (st == SQZ_OK)
         st = sqz_session_run(test, input, &r1);
     if (st == SQZ_OK)
@@ -1561,7 +1389,7 @@ sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *optio
             st = read_tensor(ref, match, &want, &n_want);
         if (st == SQZ_OK && n_got != n_want)
             st = sqz_fail(SQZ_ERR_INTERNAL, "validate: '%s' has %lld values on %s, %lld on cpu_ref",
-                          name, (long long)n_got, test->ops->name, (long long)n_want);
+                          name, (long long)n_got, test->x.ops->name, (long long)n_want);
         if (st == SQZ_OK) {
             sqz_node_check *c = &v->checks[v->count];
             snprintf(v->names[v->count], SQZ_NAME_LEN, "%s", node->name);

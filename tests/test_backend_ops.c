@@ -18,6 +18,7 @@
 #include "cpu_ref/cpu_ref_ops.h"
 #include "graph/plan.h"
 #include "runtime/backend.h"
+#include "runtime/executor.h"
 #include "tests/test_float16.h"
 
 #define GUARD 64
@@ -111,68 +112,64 @@ static float *run_on(const sqz_backend_ops *ops, const config *cfg, const op_cas
     assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
     sqz_graph_release(&g);
 
-    void *ctx = NULL;
-    sqz_status st = ops->create(&ctx, cfg->device, NULL);
-    if (st == SQZ_OK && cfg->precision != SQZ_PRECISION_FP32)
-        st = ops->set_precision(ctx, cfg->precision);
+    /* the executor the session uses, with its guard-bytes observer: canaries after every
+     * tensor, checked after the launch */
+    sqz_executor x;
+    sqz_status st = sqz_executor_open(&x, ops->name, cfg->device, NULL, cfg->precision);
     if (st != SQZ_OK) {
         snprintf(why, why_size, "%s", sqz_last_error());
-        if (ctx)
-            ops->destroy(ctx);
         sqz_plan_free(plan);
         return NULL;
     }
-    if (ops->supports && !ops->supports(ctx, &plan->graph.nodes[0])) {
+    if (ops->supports && !ops->supports(x.ctx, &plan->graph.nodes[0])) {
         snprintf(why, why_size, "%s does not implement %s", ops->name, sqz_op_name(c->op));
-        ops->destroy(ctx);
+        sqz_executor_close(&x);
         sqz_plan_free(plan);
         return NULL;
     }
+    sqz_guard_observer guard = {0};
+    const sqz_observer watch = sqz_guard_observer_table(&guard);
+    assert_sqz_ok(sqz_executor_observe(&x, &watch));
     sqz_buffer *weights = NULL, *arena = NULL;
-    assert_sqz_ok(ops->buffer_alloc(ctx, weight_bytes ? weight_bytes : 4, &weights));
-    assert_sqz_ok(ops->buffer_alloc(ctx, plan->arena_bytes, &arena));
+    assert_sqz_ok(sqz_executor_alloc(&x, weight_bytes ? weight_bytes : 4, &weights));
+    assert_sqz_ok(sqz_executor_alloc(&x, plan->arena_bytes, &arena));
     for (int i = 0; i < c->n_inputs; i++) {
         const operand *o = &c->in[i];
         const int64_t n = operand_rows(o, &c->dims) * o->cols;
         if (o->extent == SQZ_EXTENT_FIXED) {
-            assert_sqz_ok(ops->upload(ctx, weights, weight_offsets[i], o->data, (size_t)n * 4));
+            assert_sqz_ok(ops->upload(x.ctx, weights, weight_offsets[i], o->data, (size_t)n * 4));
         } else if (o->dtype == SQZ_DTYPE_F32 && is_16bit(cfg->precision)) {
             uint16_t *bits = malloc((size_t)(n ? n : 1) * 2);
             for (int64_t k = 0; k < n; k++)
                 bits[k] = to_bits(((const float *)o->data)[k], cfg->precision);
-            assert_sqz_ok(ops->upload(ctx, arena, (size_t)plan->offsets[i], bits, (size_t)n * 2));
+            assert_sqz_ok(ops->upload(x.ctx, arena, (size_t)plan->offsets[i], bits, (size_t)n * 2));
             free(bits);
         } else {
-            assert_sqz_ok(ops->upload(ctx, arena, (size_t)plan->offsets[i], o->data, (size_t)n * 4));
+            assert_sqz_ok(ops->upload(x.ctx, arena, (size_t)plan->offsets[i], o->data, (size_t)n * 4));
         }
     }
-    /* guard bytes from the output's real end to the end of its slot */
+    sqz_binding bind = {plan, weights, weight_offsets, arena};
+    assert_sqz_ok(sqz_executor_prepare(&x, &bind));
     const sqz_tensor_desc *od = &plan->graph.tensors[plan->graph.nodes[0].output];
     const size_t used = (size_t)(sqz_tensor_rows(od, &c->dims) * od->cols) * 4;
-    const size_t guard_at = (size_t)plan->offsets[plan->graph.nodes[0].output] + used;
-    const size_t guard_len = plan->bytes[plan->graph.nodes[0].output] + GUARD - used;
-    unsigned char *pattern = malloc(guard_len), *after = malloc(guard_len);
-    memset(pattern, 0x5A, guard_len);
-    assert_sqz_ok(ops->upload(ctx, arena, guard_at, pattern, guard_len));
-    sqz_binding bind = {plan, weights, weight_offsets, arena};
     float *result = NULL;
-    st = ops->launch(ctx, &bind, &plan->graph.nodes[0], &c->dims);
+    st = sqz_executor_run(&x, &bind, &c->dims, false);
     if (st == SQZ_ERR_UNSUPPORTED) { /* e.g. the unfused attention parts at 16 bits */
         snprintf(why, why_size, "%s", sqz_last_error());
     } else {
-        assert_sqz_ok(st);
+        if (st != SQZ_OK)
+            fail_msg("%s on %s: %s", c->name, ops->name, sqz_last_error()); /* a guard names the node */
         if (ops->synchronize)
-            assert_sqz_ok(ops->synchronize(ctx));
+            assert_sqz_ok(ops->synchronize(x.ctx));
         result = malloc(used ? used : 4);
-        assert_sqz_ok(ops->download(ctx, arena, (size_t)plan->offsets[plan->graph.nodes[0].output], result, used));
-        assert_sqz_ok(ops->download(ctx, arena, guard_at, after, guard_len));
-        if (memcmp(pattern, after, guard_len) != 0)
-            fail_msg("%s on %s wrote past the end of its output", c->name, ops->name);
+        assert_sqz_ok(ops->download(x.ctx, arena, (size_t)plan->offsets[plan->graph.nodes[0].output], result, used));
     }
-    free(pattern), free(after);
-    ops->buffer_free(ctx, weights);
-    ops->buffer_free(ctx, arena);
-    ops->destroy(ctx);
+    ops->buffer_free(x.ctx, weights);
+    ops->buffer_free(x.ctx, arena);
+    if (ops->release)
+        ops->release(x.ctx, plan);
+    sqz_executor_close(&x);
+    sqz_guard_observer_release(&guard);
     sqz_plan_free(plan);
     return result;
 }

@@ -223,7 +223,7 @@ static void precisions(void **unused)
     sqz_model *m = NULL;
     sqz_session *s = NULL;
     assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", NULL, &m));
-    sqz_session_options o = {"cpu_ref", NULL, SQZ_PRECISION_FP16, NULL};
+    sqz_session_options o = {.backend = "cpu_ref", .precision = SQZ_PRECISION_FP16};
     assert_fails_with(sqz_session_create(m, &o, &s), SQZ_ERR_UNSUPPORTED, "cpu_ref", "fp32 only", "fp16");
     assert_null(s);
     o.precision = (sqz_precision)99;

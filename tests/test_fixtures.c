@@ -14,7 +14,7 @@ typedef struct fixture_case {
     char dir[512];
     char label[200];
     const char *backend;
-    bool unfused; /* run with SQZ_DISABLE_FUSION=1 */
+    bool unfused; /* plan without fused ops */
 } fixture_case;
 
 static int64_t *read_ints(json_t *field, int64_t *dims, int *ndim)
@@ -59,13 +59,9 @@ static void run_case(void **state)
     sqz_session *session = NULL;
     sqz_result *result = NULL;
     assert_sqz_ok(sqz_model_load(fc->dir, NULL, &model));
-    if (fc->unfused)
-        setenv("SQZ_DISABLE_FUSION", "1", 1);
-    else
-        unsetenv("SQZ_DISABLE_FUSION");
-    const sqz_session_options options = {.backend = fc->backend};
+    /* guard bytes after every tensor, checked after every launch */
+    const sqz_session_options options = {.backend = fc->backend, .guard_bytes = 64, .unfused = fc->unfused};
     assert_sqz_ok(sqz_session_create(model, &options, &session));
-    unsetenv("SQZ_DISABLE_FUSION");
     assert_sqz_ok(sqz_session_run(session, &input, &result));
 
     json_t *outputs = json_object_get(expected, "outputs");

@@ -51,7 +51,8 @@ static void full_size_random_model_has_the_published_shape(void **unused)
     assert_int_equal(info.head, SQZ_HEAD_BASE);
     /* one short sequence through all 12 layers */
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_session_create(m, NULL, &s));
+    const sqz_session_options guarded = {.guard_bytes = 64}; /* canaries checked after every launch */
+    assert_sqz_ok(sqz_session_create(m, &guarded, &s));
     const int64_t ids[6] = {101, 7592, 2088, 2003, 1037, 102};
     sqz_result *r = run(s, 1, 6, ids, NULL, NULL);
     const sqz_output *h = sqz_result_find(r, "last_hidden_state");
@@ -74,7 +75,8 @@ static void outputs_do_not_depend_on_batch_padding_or_masked_ids(void **unused)
     sqz_model *m = NULL;
     sqz_session *s = NULL;
     assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-odd/tokcls-safetensors", NULL, &m));
-    assert_sqz_ok(sqz_session_create(m, NULL, &s));
+    const sqz_session_options guarded = {.backend = "cpu_ref", .guard_bytes = 64};
+    assert_sqz_ok(sqz_session_create(m, &guarded, &s));
     sqz_model_info info;
     sqz_model_get_info(m, &info);
     const int L = 4; /* labels */

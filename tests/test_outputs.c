@@ -31,7 +31,7 @@
 
 static sqz_status open_session(const sqz_model *m, const char *backend, sqz_session **out)
 {
-    const sqz_session_options so = {backend, NULL, SQZ_PRECISION_FP32, NO_MEASURING};
+    const sqz_session_options so = {.backend = backend, .settings = NO_MEASURING};
     return sqz_session_create(m, &so, out);
 }
 
@@ -477,8 +477,10 @@ static void replay_across_lengths(const char *backend)
         sqz_model *m = load_model(dir, &info);
         { /* the tiny model at fp16 (tensor-core attention), the odd fixture at fp32 */
             const int p = mi == 0;
-            sqz_session_options so = {backend, strcmp(backend, "cuda-sim") == 0 ? "random:3" : NULL,
-                                      p ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32, NO_MEASURING};
+            sqz_session_options so = {.backend = backend,
+                                      .device = strcmp(backend, "cuda-sim") == 0 ? "random:3" : NULL,
+                                      .precision = p ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32,
+                                      .settings = NO_MEASURING};
             sqz_session *graphs = NULL, *plain = NULL;
             assert_sqz_ok(sqz_session_create(m, &so, &graphs));
             so.settings = NO_MEASURING ";cuda.graphs=0";

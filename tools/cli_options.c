@@ -132,6 +132,24 @@ sqz_status cli_load_model(const char *dir, sqz_model **out)
     return sqz_model_load(dir, &limits, out);
 }
 
+sqz_session_options cli_session_options(const char *backend, const char *device, sqz_precision precision)
+{
+    const char *debug = getenv("SQZ_DEBUG"), *guard = getenv("SQZ_GUARD_BYTES");
+    const char *unfused = getenv("SQZ_DISABLE_FUSION");
+    sqz_session_options o = {
+        .backend = backend,
+        .device = device,
+        .precision = precision,
+        .settings = cli_backend_settings(),
+        .debug = debug ? atoi(debug) : 0,
+        .guard_bytes = guard ? (size_t)strtoul(guard, NULL, 10) : 0,
+        .unfused = unfused && *unfused && strcmp(unfused, "0") != 0,
+        .fault_launch = getenv("SQZ_FAULT_LAUNCH"),
+        .fault_alloc = getenv("SQZ_FAULT_ALLOC"),
+    };
+    return o;
+}
+
 const char *cli_pick_backend(const char *wanted)
 {
     if (strcmp(wanted, "auto") != 0)

@@ -30,6 +30,11 @@ const char *cli_backend_settings(void);
 /* sqz_model_load with the limits a user set in the environment: SQZ_MAX_HEADER_BYTES and
  * SQZ_MAX_PICKLE_BYTES (positive byte counts; anything else keeps the default). */
 sqz_status cli_load_model(const char *dir, sqz_model **out);
+/* Session options for a command: the backend, device and precision given, the settings above
+ * and the checking switches from the environment (SQZ_DEBUG, SQZ_GUARD_BYTES,
+ * SQZ_DISABLE_FUSION, SQZ_FAULT_LAUNCH, SQZ_FAULT_ALLOC). The strings stay valid until the
+ * next call. */
+sqz_session_options cli_session_options(const char *backend, const char *device, sqz_precision precision);
 /* The device string for --threads N (the cpu backend's "threads=N", written into buf) or
  * `device` as given when threads is NULL; non-zero (message printed) on misuse. */
 int cli_device_for(const char *command, const char *backend, const char *device, const char *threads,

@@ -103,7 +103,7 @@ static int cmd_forward(int argc, char **argv)
         for (size_t i = 0; i < ignored; i++)
             fprintf(stderr, "  %s\n", sqz_model_ignored_key(model, i));
     }
-    sqz_session_options so = {backend, device, SQZ_PRECISION_FP32, cli_backend_settings()};
+    sqz_session_options so = cli_session_options(backend, device, SQZ_PRECISION_FP32);
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
         (st = sqz_session_create(model, &so, &session)) != SQZ_OK) {
         rc = fail("forward", st);
@@ -470,7 +470,7 @@ static int cmd_demo(int argc, char **argv)
         }
     }
     double t_session = now_seconds();
-    sqz_session_options so = {backend, device, SQZ_PRECISION_FP32, cli_backend_settings()};
+    sqz_session_options so = cli_session_options(backend, device, SQZ_PRECISION_FP32);
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
         (st = sqz_session_create(model, &so, &session)) != SQZ_OK) {
         rc = fail("demo", st);
@@ -677,7 +677,7 @@ static int cmd_validate(int argc, char **argv)
     sqz_input input;
     if (random_batch(&info, batch, seq, seed, &input, &ids, &mask, &types) != 0)
         goto done;
-    sqz_session_options so = {backend, cli_get(opts, n, "device"), precision, cli_backend_settings()};
+    sqz_session_options so = cli_session_options(backend, cli_get(opts, n, "device"), precision);
     if ((st = sqz_validate(model, &so, &input, tolerance, &v)) != SQZ_OK) {
         rc = fail("validate", st);
         if (st == SQZ_ERR_NO_DEVICE)
@@ -812,7 +812,7 @@ static int cmd_kernels(int argc, char **argv)
     int64_t *ids = NULL, *mask = NULL, *types = NULL;
     sqz_model_info info;
     sqz_input input;
-    sqz_session_options so = {backend, cli_get(opts, n, "device"), precision, cli_backend_settings()};
+    sqz_session_options so = cli_session_options(backend, cli_get(opts, n, "device"), precision);
     sqz_status st = cli_load_model(model_dir, &model);
     if (st == SQZ_OK) {
         sqz_model_get_info(model, &info);

@@ -501,7 +501,7 @@ static sqz_status open_cell(bench_ctx *b, const char *backend, const char *devic
     *out = NULL;
     *first = NULL;
     double t0 = now_seconds();
-    sqz_session_options so = {backend, device, SQZ_PRECISION_FP32, cli_backend_settings()};
+    sqz_session_options so = cli_session_options(backend, device, SQZ_PRECISION_FP32);
     sqz_session *s = NULL;
     sqz_status st;
     if ((st = sqz_precision_from_name(precision, &so.precision)) != SQZ_OK ||
@@ -909,7 +909,7 @@ static double cell_tolerance(const bench_ctx *b, const char *precision)
 static bool precision_supported(const bench_ctx *b, const char *backend, const char *device,
                                 const char *precision, char *why, size_t why_size)
 {
-    sqz_session_options so = {backend, device, SQZ_PRECISION_FP32, cli_backend_settings()};
+    sqz_session_options so = cli_session_options(backend, device, SQZ_PRECISION_FP32);
     sqz_session *s = NULL;
     sqz_status st = sqz_precision_from_name(precision, &so.precision);
     if (st == SQZ_OK)

@@ -662,7 +662,7 @@ static int open_devices(pipeline *p, const char *backend)
         w->p = p;
         w->index = i;
         snprintf(w->name, sizeof w->name, "%s%s%s", devs[i].backend, devs[i].device[0] ? ":" : "", devs[i].device);
-        sqz_session_options so = {devs[i].backend, devs[i].device[0] ? devs[i].device : NULL, p->opt.precision, cli_backend_settings()};
+        sqz_session_options so = cli_session_options(devs[i].backend, devs[i].device[0] ? devs[i].device : NULL, p->opt.precision);
         sqz_status st = sqz_session_create(p->model, &so, &w->session);
         if (st == SQZ_OK && p->task == TASK_EMBED) {
             /* only what the pooling reads crosses to the host (the full hidden state is most of

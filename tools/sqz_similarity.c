@@ -130,7 +130,7 @@ int sqz_cli_similarity(int argc, char **argv)
     sqz_model_info info;
     sqz_embedder_info e;
     const char *backend = cli_pick_backend(cli_get(opts, n_opts, "backend") ? cli_get(opts, n_opts, "backend") : "auto");
-    sqz_session_options so = {backend, cli_get(opts, n_opts, "device"), SQZ_PRECISION_FP32, cli_backend_settings()};
+    sqz_session_options so = cli_session_options(backend, cli_get(opts, n_opts, "device"), SQZ_PRECISION_FP32);
     sqz_status st;
     if ((st = cli_load_model(dir, &model)) != SQZ_OK || (st = sqz_tokenizer_load(dir, &tok)) != SQZ_OK ||
         (st = sqz_embedder_load(model, &emb)) != SQZ_OK || (st = sqz_embedder_use_tokenizer(emb, tok)) != SQZ_OK ||
