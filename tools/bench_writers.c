@@ -180,19 +180,13 @@ static void fmt_fixed(char *out, size_t size, double x, int width, int decimals)
         snprintf(out, size, "%*s", width, "-");
 }
 
-void bench_print_table(FILE *f, json_t *report, const char *baseline)
+/* The model, the machine, how it was timed, and every device with its peaks. */
+static void print_run(FILE *f, json_t *report)
 {
-    json_t *rows = json_object_get(report, "rows");
     json_t *meta = json_object_get(report, "run");
     json_t *model = json_object_get(report, "model");
     size_t i;
-    json_t *row, *dev;
-    /* the ratio column: against torch when the report has torch rows, unless told otherwise */
-    if (!baseline) {
-        json_array_foreach(rows, i, row)
-            if (strcmp(jget_str(row, "engine"), "torch") == 0)
-                baseline = "torch";
-    }
+    json_t *dev;
     fprintf(f, "sqz bench: %s (%s), %.1f M parameters\n", jget_str(model, "architecture"),
             jget_str(model, "source"), jget_num(model, "parameters") / 1e6);
     fprintf(f, "run: %s on %s (%s cores), load average at start %s\n", jget_str(meta, "date"),
@@ -220,70 +214,62 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
                         jget_str(p, "reason"));
         }
     }
-    fprintf(f, "\n%-18s %-5s %-7s %5s %5s %6s %8s %8s %8s %8s %8s %8s %8s %6s %8s %4s %-11s",
-            "engine", "prec", "mode", "batch", "len", "tokens", "seq/s", "tok/s", "p50 ms",
-            "p90 ms", "p99 ms", "dev ms", "GFLOP/s", "%peak", "mem MiB", "runs", "valid");
-    if (baseline)
-        fprintf(f, " x %s", baseline);
-    fputc('\n', f);
-    int skipped = 0, errors = 0, throughput_rows = 0;
-    json_array_foreach(rows, i, row) {
-        const char *status = jget_str(row, "status");
-        char name[96];
-        row_name(row, name, sizeof name);
-        if (strcmp(status, "skipped") == 0) {
-            skipped++;
-            continue;
-        }
-        if (strcmp(status, "ok") != 0 && strcmp(status, "error") != 0)
-            continue; /* n/a rows are listed after the table */
-        char n1[32], n2[32], n3[32], n4[32], n5[32], n6[32], n7[32], n8[32], n9[32];
-        if (strcmp(status, "error") == 0) {
-            errors++;
-            fprintf(f, "%-18s %-5s %-5s%-2s %5d %5d  ERROR: %s\n", name, jget_str(row, "precision"),
-                    jget_str(row, "mode"), is_throughput(row) ? "/T" : "", (int)jget_num(row, "batch"),
-                    (int)jget_num(row, "seq_len"), jget_str(row, "reason"));
-            continue;
-        }
-        json_t *lat = json_object_get(row, "latency_ms"), *val = json_object_get(row, "validation");
-        fmt_num(n1, sizeof n1, jget_num(row, "seq_per_s"), 8);
-        fmt_num(n2, sizeof n2, jget_num(row, "tokens_per_s"), 8);
-        fmt_num(n3, sizeof n3, jget_num(lat, "p50"), 8);
-        fmt_num(n4, sizeof n4, jget_num(lat, "p90"), 8);
-        fmt_num(n5, sizeof n5, jget_num(lat, "p99"), 8);
-        fmt_num(n6, sizeof n6, jget_num(row, "gflops"), 8);
-        fmt_num(n9, sizeof n9, jget_num(row, "device_ms"), 8);
-        double frac = jget_num(row, "peak_fraction");
-        if (isfinite(frac))
-            snprintf(n7, sizeof n7, "%5.0f%%", frac * 100);
-        else
-            snprintf(n7, sizeof n7, "%6s", "-");
-        double mem = jget_num(row, "memory_bytes");
-        fmt_num(n8, sizeof n8, mem / 1048576.0, 8);
-        char valid[48];
-        const char *vs = jget_str(val, "status");
-        if (isfinite(jget_num(val, "max_rel")))
-            snprintf(valid, sizeof valid, "%s %.0e", vs, jget_num(val, "max_rel"));
-        else
-            snprintf(valid, sizeof valid, "%s", *vs ? vs : "-");
-        if (is_throughput(row))
-            throughput_rows++;
-        fprintf(f, "%-18s %-5s %-5s%-2s %5d %5d %6lld %s %s %s %s %s %s %s %s %s %4d %-11s", name,
-                jget_str(row, "precision"), jget_str(row, "mode"), is_throughput(row) ? "/T" : "",
-                (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"), (long long)jget_num(row, "real_tokens"),
-                n1, n2, n3, n4, n5, n9, n6, n7, n8, (int)jget_num(row, "repeats"), valid);
-        if (baseline) {
-            const json_t *base = same_cell(rows, row, baseline);
-            if (base)
-                fprintf(f, " %6.2f", jget_num(row, "seq_per_s") / jget_num(base, "seq_per_s"));
-            else
-                fprintf(f, " %6s", "-");
-        }
-        fputc('\n', f);
+}
+
+/* One line of the main table: a timed cell, or its error. */
+static void print_row(FILE *f, json_t *rows, json_t *row, const char *baseline)
+{
+    const char *status = jget_str(row, "status");
+    char name[96];
+    row_name(row, name, sizeof name);
+    char n1[32], n2[32], n3[32], n4[32], n5[32], n6[32], n7[32], n8[32], n9[32];
+    if (strcmp(status, "error") == 0) {
+        fprintf(f, "%-18s %-5s %-5s%-2s %5d %5d  ERROR: %s\n", name, jget_str(row, "precision"),
+                jget_str(row, "mode"), is_throughput(row) ? "/T" : "", (int)jget_num(row, "batch"),
+                (int)jget_num(row, "seq_len"), jget_str(row, "reason"));
+        return;
     }
-    if (throughput_rows)
-        fprintf(f, "/T: throughput, two runs in flight per device (and every listed device at once where the "
-                "device is a+b): seq/s over the whole timed span; p50/p90/p99 are times between completions\n");
+    json_t *lat = json_object_get(row, "latency_ms"), *val = json_object_get(row, "validation");
+    fmt_num(n1, sizeof n1, jget_num(row, "seq_per_s"), 8);
+    fmt_num(n2, sizeof n2, jget_num(row, "tokens_per_s"), 8);
+    fmt_num(n3, sizeof n3, jget_num(lat, "p50"), 8);
+    fmt_num(n4, sizeof n4, jget_num(lat, "p90"), 8);
+    fmt_num(n5, sizeof n5, jget_num(lat, "p99"), 8);
+    fmt_num(n6, sizeof n6, jget_num(row, "gflops"), 8);
+    fmt_num(n9, sizeof n9, jget_num(row, "device_ms"), 8);
+    double frac = jget_num(row, "peak_fraction");
+    if (isfinite(frac))
+        snprintf(n7, sizeof n7, "%5.0f%%", frac * 100);
+    else
+        snprintf(n7, sizeof n7, "%6s", "-");
+    double mem = jget_num(row, "memory_bytes");
+    fmt_num(n8, sizeof n8, mem / 1048576.0, 8);
+    char valid[48];
+    const char *vs = jget_str(val, "status");
+    if (isfinite(jget_num(val, "max_rel")))
+        snprintf(valid, sizeof valid, "%s %.0e", vs, jget_num(val, "max_rel"));
+    else
+        snprintf(valid, sizeof valid, "%s", *vs ? vs : "-");
+    fprintf(f, "%-18s %-5s %-5s%-2s %5d %5d %6lld %s %s %s %s %s %s %s %s %s %4d %-11s", name,
+            jget_str(row, "precision"), jget_str(row, "mode"), is_throughput(row) ? "/T" : "",
+            (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"), (long long)jget_num(row, "real_tokens"),
+            n1, n2, n3, n4, n5, n9, n6, n7, n8, (int)jget_num(row, "repeats"), valid);
+    if (baseline) {
+        const json_t *base = same_cell(rows, row, baseline);
+        if (base)
+            fprintf(f, " %6.2f", jget_num(row, "seq_per_s") / jget_num(base, "seq_per_s"));
+        else
+            fprintf(f, " %6s", "-");
+    }
+    fputc('\n', f);
+}
+
+/* The rows without figures: n/a ones each, skipped ones one line per reason (the cells are
+ * listed in the JSON and CSV). */
+static void print_not_run(FILE *f, json_t *rows, int skipped)
+{
+    size_t i;
+    json_t *row;
     json_array_foreach(rows, i, row) {
         if (strcmp(jget_str(row, "status"), "n/a") == 0) {
             char name[96];
@@ -292,7 +278,6 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
         }
     }
     if (skipped) {
-        /* one line per reason: the cells are listed in the JSON and CSV */
         json_t *seen = json_object();
         json_array_foreach(rows, i, row) {
             if (strcmp(jget_str(row, "status"), "skipped") != 0)
@@ -309,7 +294,13 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
             fprintf(f, "skipped: %lld cells of %s\n", (long long)json_integer_value(c), key);
         json_decref(seen);
     }
-    /* warm-up, excluded from every figure above */
+}
+
+/* Warm-up, excluded from every figure of the table. */
+static void print_warmup(FILE *f, json_t *rows)
+{
+    size_t i;
+    json_t *row;
     bool any_warm = false;
     json_array_foreach(rows, i, row) {
         json_t *warm = json_object_get(row, "warmup");
@@ -337,7 +328,13 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
     if (any_warm)
         fprintf(f, "  session: create (weights upload, kernel build); first: the first run (plan "
                 "compile,\n  first launches); over p50: what the first run cost beyond a timed one\n");
-    /* what packing saved: each mixed cell against the same engine's padded (fixed) cell */
+}
+
+/* What packing saved: each mixed cell against the same engine's padded (fixed) cell. */
+static void print_mixed(FILE *f, json_t *report, json_t *rows)
+{
+    size_t i;
+    json_t *row;
     bool any_mixed = false;
     json_array_foreach(rows, i, row) {
         if (strcmp(jget_str(row, "mode"), "mixed") != 0 || strcmp(jget_str(row, "status"), "ok") != 0)
@@ -379,6 +376,47 @@ void bench_print_table(FILE *f, json_t *report, const char *baseline)
         }
         fputc('\n', f);
     }
+}
+
+void bench_print_table(FILE *f, json_t *report, const char *baseline)
+{
+    json_t *rows = json_object_get(report, "rows");
+    size_t i;
+    json_t *row;
+    /* the ratio column: against torch when the report has torch rows, unless told otherwise */
+    if (!baseline) {
+        json_array_foreach(rows, i, row)
+            if (strcmp(jget_str(row, "engine"), "torch") == 0)
+                baseline = "torch";
+    }
+    print_run(f, report);
+    fprintf(f, "\n%-18s %-5s %-7s %5s %5s %6s %8s %8s %8s %8s %8s %8s %8s %6s %8s %4s %-11s",
+            "engine", "prec", "mode", "batch", "len", "tokens", "seq/s", "tok/s", "p50 ms",
+            "p90 ms", "p99 ms", "dev ms", "GFLOP/s", "%peak", "mem MiB", "runs", "valid");
+    if (baseline)
+        fprintf(f, " x %s", baseline);
+    fputc('\n', f);
+    int skipped = 0, errors = 0, throughput_rows = 0;
+    json_array_foreach(rows, i, row) {
+        const char *status = jget_str(row, "status");
+        if (strcmp(status, "skipped") == 0) {
+            skipped++;
+            continue;
+        }
+        if (strcmp(status, "ok") != 0 && strcmp(status, "error") != 0)
+            continue; /* n/a rows are listed after the table */
+        if (strcmp(status, "error") == 0)
+            errors++;
+        else if (is_throughput(row))
+            throughput_rows++;
+        print_row(f, rows, row, baseline);
+    }
+    if (throughput_rows)
+        fprintf(f, "/T: throughput, two runs in flight per device (and every listed device at once where the "
+                "device is a+b): seq/s over the whole timed span; p50/p90/p99 are times between completions\n");
+    print_not_run(f, rows, skipped);
+    print_warmup(f, rows);
+    print_mixed(f, report, rows);
     const char *vnote = jget_str(json_object_get(report, "settings"), "validation");
     if (*vnote)
         fprintf(f, "\nvalid: %s\n", vnote);
