@@ -474,171 +474,185 @@ static void tick_label(double v, char *out, size_t size)
         snprintf(out, size, "%g", v);
 }
 
-int bench_write_svg(FILE *f, json_t *report)
+/* The page: panels of throughput against batch size, the legend under them, then the
+ * latency of every cell. */
+static const double svg_w = 1100, svg_top = 70, svg_ph = 260, svg_pad_l = 70, svg_gap = 40,
+                    svg_row_h = 16;
+
+/* What the rows hold: one panel per (mode, length), one series per engine, backend, device
+ * and precision (same colour in every panel), and the ranges of the axes. */
+typedef struct svg_panel {
+    bool mixed;
+    int len;
+} svg_panel;
+
+typedef struct svg_plot {
+    svg_panel panels[8];
+    int n_panels;
+    char series[16][128];
+    int n_series;
+    double ymin, ymax, bmin, bmax, lmin, lmax; /* seq/s, batch, ms */
+    int n_lat;                                 /* rows with figures: one latency line each */
+} svg_plot;
+
+static void svg_collect(json_t *rows, svg_plot *pl)
 {
-    json_t *rows = json_object_get(report, "rows");
     size_t i;
     json_t *row;
-    /* the panels: one per (mode, length), fixed lengths first */
-    typedef struct panel { bool mixed; int len; } panel;
-    panel panels[8];
-    int n_panels = 0;
-    char series[16][128];
-    int n_series = 0;
-    double ymin = INFINITY, ymax = 0, bmin = INFINITY, bmax = 0, lmin = INFINITY, lmax = 0;
-    int n_lat = 0;
+    pl->n_panels = pl->n_series = pl->n_lat = 0;
+    pl->ymin = pl->bmin = pl->lmin = INFINITY;
+    pl->ymax = pl->bmax = pl->lmax = 0;
     json_array_foreach(rows, i, row) {
         if (!row_ok(row))
             continue;
         bool mixed = strcmp(jget_str(row, "mode"), "mixed") == 0;
         int len = (int)jget_num(row, "seq_len");
         int k = 0;
-        while (k < n_panels && !(panels[k].mixed == mixed && panels[k].len == len))
+        while (k < pl->n_panels && !(pl->panels[k].mixed == mixed && pl->panels[k].len == len))
             k++;
-        if (k == n_panels && n_panels < 8)
-            panels[n_panels++] = (panel){mixed, len};
+        if (k == pl->n_panels && pl->n_panels < 8)
+            pl->panels[pl->n_panels++] = (svg_panel){mixed, len};
         char key[128];
         series_key(row, key, sizeof key);
         int s = 0;
-        while (s < n_series && strcmp(series[s], key) != 0)
+        while (s < pl->n_series && strcmp(pl->series[s], key) != 0)
             s++;
-        if (s == n_series && n_series < 16)
-            snprintf(series[n_series++], sizeof series[0], "%s", key);
-        ymin = fmin(ymin, jget_num(row, "seq_per_s"));
-        ymax = fmax(ymax, jget_num(row, "seq_per_s"));
-        bmin = fmin(bmin, jget_num(row, "batch"));
-        bmax = fmax(bmax, jget_num(row, "batch"));
+        if (s == pl->n_series && pl->n_series < 16)
+            snprintf(pl->series[pl->n_series++], sizeof pl->series[0], "%s", key);
+        pl->ymin = fmin(pl->ymin, jget_num(row, "seq_per_s"));
+        pl->ymax = fmax(pl->ymax, jget_num(row, "seq_per_s"));
+        pl->bmin = fmin(pl->bmin, jget_num(row, "batch"));
+        pl->bmax = fmax(pl->bmax, jget_num(row, "batch"));
         size_t k2;
         json_t *v;
         json_array_foreach(json_object_get(row, "samples_ms"), k2, v) {
-            lmin = fmin(lmin, json_number_value(v));
-            lmax = fmax(lmax, json_number_value(v));
+            pl->lmin = fmin(pl->lmin, json_number_value(v));
+            pl->lmax = fmax(pl->lmax, json_number_value(v));
         }
-        n_lat++;
+        pl->n_lat++;
     }
-    for (int a = 1; a < n_panels; a++) /* fixed before mixed, then by length */
-        for (int b = a; b > 0 && (panels[b].mixed < panels[b - 1].mixed ||
-                                  (panels[b].mixed == panels[b - 1].mixed && panels[b].len < panels[b - 1].len)); b--) {
-            panel t = panels[b];
-            panels[b] = panels[b - 1];
-            panels[b - 1] = t;
+    for (int a = 1; a < pl->n_panels; a++) /* fixed before mixed, then by length */
+        for (int b = a; b > 0 && (pl->panels[b].mixed < pl->panels[b - 1].mixed ||
+                                  (pl->panels[b].mixed == pl->panels[b - 1].mixed &&
+                                   pl->panels[b].len < pl->panels[b - 1].len));
+             b--) {
+            svg_panel t = pl->panels[b];
+            pl->panels[b] = pl->panels[b - 1];
+            pl->panels[b - 1] = t;
         }
-    const double W = 1100, top = 70, ph = 260, pad_l = 70, gap = 40;
-    const double legend_h = 22.0 * ((n_series + 2) / 3) + 30;
-    const double lat_top = top + ph + 60 + legend_h, row_h = 16;
-    const double H = lat_top + 50 + row_h * (n_lat ? n_lat : 1) + 40;
-    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-            "viewBox=\"0 0 %.0f %.0f\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
-            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, H, W, H);
-    json_t *model = json_object_get(report, "model"), *meta = json_object_get(report, "run");
-    char title[512];
-    snprintf(title, sizeof title, "sqz bench: %s (%s), %s, %s", jget_str(model, "architecture"),
-             jget_str(model, "source"), jget_str(meta, "machine"), jget_str(meta, "date"));
-    svg_text(f, W / 2, 24, "middle", 15, "font-weight=\"bold\"", title);
-    svg_text(f, W / 2, 44, "middle", 12, "fill=\"#444\"",
-             "throughput (sequences/s, log scale) against batch size, per backend and precision");
-    if (n_panels == 0) {
-        svg_text(f, W / 2, top + 40, "middle", 13, "", "no cell ran");
-        fputs("</svg>\n", f);
-        return ferror(f) != 0;
+}
+
+/* Panel p: its frame and axes, then every series' points by batch. The y axis runs over
+ * whole decades [ymin, ymax]; the x axis over log2 batch [lb0, lb1]. */
+static void svg_throughput_panel(FILE *f, json_t *rows, const svg_plot *pl, int p, double pw,
+                                 double lb0, double lb1, bool label_minor)
+{
+    const double top = svg_top, ph = svg_ph;
+    const double ymin = pl->ymin, ymax = pl->ymax;
+    const svg_panel *panels = pl->panels;
+    const int n_series = pl->n_series;
+    size_t i;
+    json_t *row;
+    const double x0 = svg_pad_l + p * (pw + svg_gap), y0 = top, x1 = x0 + pw, y1 = top + ph;
+    char heading[96];
+    if (panels[p].mixed)
+        snprintf(heading, sizeof heading, "mixed lengths up to %d tokens", panels[p].len);
+    else
+        snprintf(heading, sizeof heading, "every row %d tokens", panels[p].len);
+    svg_text(f, (x0 + x1) / 2, y0 - 8, "middle", 12, "font-weight=\"bold\"", heading);
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
+            "stroke=\"#888\"/>\n", x0, y0, pw, ph);
+    /* decades on y, with 2 and 5 as faint lines */
+    for (double d = ymin; d <= ymax * 1.0001; d *= 10) {
+        for (int m = 1; m <= 5; m += (m == 1 ? 1 : 3)) {
+            double v = d * m;
+            if (v > ymax * 1.0001)
+                break;
+            double y = y1 - (log10(v) - log10(ymin)) / (log10(ymax) - log10(ymin)) * ph;
+            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n",
+                    x0, y, x1, y, m == 1 ? "#ccc" : "#eee");
+            if ((m == 1 || label_minor) && p == 0) {
+                char t[32];
+                tick_label(v, t, sizeof t);
+                svg_text(f, x0 - 6, y + 4, "end", 11, "", t);
+            }
+        }
     }
-    ymin = log_floor(ymin);
-    ymax = log_ceil(ymax);
-    if (ymax <= ymin)
-        ymax = ymin * 10;
-    /* a quarter of a doubling of margin on each side, so end points are not cut in half */
-    const double lb0 = log2(bmin) - 0.25,
-                 lb1 = (log2(bmax) > log2(bmin) ? log2(bmax) : log2(bmin) + 1) + 0.25;
-    const bool label_minor = log10(ymax) - log10(ymin) <= 2.01; /* few decades: label 2 and 5 */
-    const double pw = (W - pad_l - 20 - gap * (n_panels - 1)) / n_panels;
-    for (int p = 0; p < n_panels; p++) {
-        const double x0 = pad_l + p * (pw + gap), y0 = top, x1 = x0 + pw, y1 = top + ph;
-        char heading[96];
-        if (panels[p].mixed)
-            snprintf(heading, sizeof heading, "mixed lengths up to %d tokens", panels[p].len);
-        else
-            snprintf(heading, sizeof heading, "every row %d tokens", panels[p].len);
-        svg_text(f, (x0 + x1) / 2, y0 - 8, "middle", 12, "font-weight=\"bold\"", heading);
-        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
-                "stroke=\"#888\"/>\n", x0, y0, pw, ph);
-        /* decades on y, with 2 and 5 as faint lines */
-        for (double d = ymin; d <= ymax * 1.0001; d *= 10) {
-            for (int m = 1; m <= 5; m += (m == 1 ? 1 : 3)) {
-                double v = d * m;
-                if (v > ymax * 1.0001)
-                    break;
-                double y = y1 - (log10(v) - log10(ymin)) / (log10(ymax) - log10(ymin)) * ph;
-                fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n",
-                        x0, y, x1, y, m == 1 ? "#ccc" : "#eee");
-                if ((m == 1 || label_minor) && p == 0) {
-                    char t[32];
-                    tick_label(v, t, sizeof t);
-                    svg_text(f, x0 - 6, y + 4, "end", 11, "", t);
-                }
+    for (double lb = ceil(lb0); lb <= lb1 + 1e-9; lb += 1) {
+        double x = x0 + (lb - lb0) / (lb1 - lb0) * pw;
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n",
+                x, y0, x, y1);
+        char t[32];
+        snprintf(t, sizeof t, "%.0f", pow(2, lb));
+        svg_text(f, x, y1 + 16, "middle", 11, "", t);
+    }
+    svg_text(f, (x0 + x1) / 2, y1 + 34, "middle", 11, "", "batch size");
+    if (p == 0) {
+        char rot[96];
+        snprintf(rot, sizeof rot, "transform=\"rotate(-90 %.1f %.1f)\"", x0 - 48, (y0 + y1) / 2);
+        svg_text(f, x0 - 48, (y0 + y1) / 2, "middle", 11, rot, "sequences / s");
+    }
+    for (int s = 0; s < n_series; s++) {
+        /* this series' points in this panel, by batch */
+        double px[64], py[64];
+        int np = 0;
+        json_array_foreach(rows, i, row) {
+            char key[128];
+            series_key(row, key, sizeof key);
+            if (!row_ok(row) || strcmp(key, pl->series[s]) != 0 ||
+                (strcmp(jget_str(row, "mode"), "mixed") == 0) != panels[p].mixed ||
+                (int)jget_num(row, "seq_len") != panels[p].len || np == 64)
+                continue;
+            double bx = x0 + (log2(jget_num(row, "batch")) - lb0) / (lb1 - lb0) * pw;
+            double by = y1 - (log10(jget_num(row, "seq_per_s")) - log10(ymin)) /
+                                 (log10(ymax) - log10(ymin)) * ph;
+            int k = np++;
+            while (k > 0 && px[k - 1] > bx) {
+                px[k] = px[k - 1];
+                py[k] = py[k - 1];
+                k--;
             }
+            px[k] = bx;
+            py[k] = by;
         }
-        for (double lb = ceil(lb0); lb <= lb1 + 1e-9; lb += 1) {
-            double x = x0 + (lb - lb0) / (lb1 - lb0) * pw;
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n",
-                    x, y0, x, y1);
-            char t[32];
-            snprintf(t, sizeof t, "%.0f", pow(2, lb));
-            svg_text(f, x, y1 + 16, "middle", 11, "", t);
-        }
-        svg_text(f, (x0 + x1) / 2, y1 + 34, "middle", 11, "", "batch size");
-        if (p == 0) {
-            char rot[96];
-            snprintf(rot, sizeof rot, "transform=\"rotate(-90 %.1f %.1f)\"", x0 - 48, (y0 + y1) / 2);
-            svg_text(f, x0 - 48, (y0 + y1) / 2, "middle", 11, rot, "sequences / s");
-        }
-        for (int s = 0; s < n_series; s++) {
-            /* this series' points in this panel, by batch */
-            double px[64], py[64];
-            int np = 0;
-            json_array_foreach(rows, i, row) {
-                char key[128];
-                series_key(row, key, sizeof key);
-                if (!row_ok(row) || strcmp(key, series[s]) != 0 ||
-                    (strcmp(jget_str(row, "mode"), "mixed") == 0) != panels[p].mixed ||
-                    (int)jget_num(row, "seq_len") != panels[p].len || np == 64)
-                    continue;
-                double bx = x0 + (log2(jget_num(row, "batch")) - lb0) / (lb1 - lb0) * pw;
-                double by = y1 - (log10(jget_num(row, "seq_per_s")) - log10(ymin)) /
-                                     (log10(ymax) - log10(ymin)) * ph;
-                int k = np++;
-                while (k > 0 && px[k - 1] > bx) {
-                    px[k] = px[k - 1];
-                    py[k] = py[k - 1];
-                    k--;
-                }
-                px[k] = bx;
-                py[k] = by;
-            }
-            const char *color = palette[s % 10];
-            const char *dash = strncmp(series[s], "sqz:", 4) == 0 ? "" : " stroke-dasharray=\"6 3\"";
-            if (np > 1) {
-                fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", color, dash);
-                for (int k = 0; k < np; k++)
-                    fprintf(f, "%s%.1f,%.1f", k ? " " : "", px[k], py[k]);
-                fputs("\"/>\n", f);
-            }
+        const char *color = palette[s % 10];
+        const char *dash = strncmp(pl->series[s], "sqz:", 4) == 0 ? "" : " stroke-dasharray=\"6 3\"";
+        if (np > 1) {
+            fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", color, dash);
             for (int k = 0; k < np; k++)
-                fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", px[k], py[k], color);
+                fprintf(f, "%s%.1f,%.1f", k ? " " : "", px[k], py[k]);
+            fputs("\"/>\n", f);
         }
+        for (int k = 0; k < np; k++)
+            fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", px[k], py[k], color);
     }
-    /* legend: solid lines are this engine, dashed ones the peers */
+}
+
+/* Solid lines are this engine, dashed ones the peers. */
+static void svg_legend(FILE *f, const svg_plot *pl)
+{
+    const double W = svg_w, top = svg_top, ph = svg_ph, pad_l = svg_pad_l;
+    const int n_series = pl->n_series;
     for (int s = 0; s < n_series; s++) {
         double lx = pad_l + (s % 3) * 330, ly = top + ph + 56 + 22.0 * (s / 3);
-        const char *dash = strncmp(series[s], "sqz:", 4) == 0 ? "" : " stroke-dasharray=\"6 3\"";
+        const char *dash = strncmp(pl->series[s], "sqz:", 4) == 0 ? "" : " stroke-dasharray=\"6 3\"";
         fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
                 "stroke-width=\"3\"%s/>\n", lx, ly - 4, lx + 28, ly - 4, palette[s % 10], dash);
-        svg_text(f, lx + 34, ly, "start", 12, "", series[s]);
+        svg_text(f, lx + 34, ly, "start", 12, "", pl->series[s]);
     }
     svg_text(f, W - 20, top + ph + 56 + 22.0 * ((n_series - 1) / 3) + 22, "end", 11, "fill=\"#444\"",
              "solid: sqz backends; dashed: peers. Mixed batches: sqz packs the real tokens, "
              "peers pad to the longest row");
-    /* latency distribution: every timed run as a dot, p50 as a bar, p90 and p99 as ticks */
+}
+
+/* Every timed run as a dot, p50 as a bar, p90 and p99 as ticks; one line per row. */
+static void svg_latency(FILE *f, json_t *rows, const svg_plot *pl, double lat_top)
+{
+    const double W = svg_w, row_h = svg_row_h;
+    double lmin = pl->lmin, lmax = pl->lmax;
+    const int n_lat = pl->n_lat, n_series = pl->n_series;
+    size_t i;
+    json_t *row;
     svg_text(f, W / 2, lat_top, "middle", 12, "font-weight=\"bold\"",
              "latency per batch (ms, log scale): dots = every timed run, bar = p50, ticks = p90 and p99");
     lmin = log_floor(lmin);
@@ -663,7 +677,7 @@ int bench_write_svg(FILE *f, json_t *report)
         char key[128], label[200];
         series_key(row, key, sizeof key);
         int s = 0;
-        while (s < n_series && strcmp(series[s], key) != 0)
+        while (s < n_series && strcmp(pl->series[s], key) != 0)
             s++;
         snprintf(label, sizeof label, "%s %s %dx%d", key, jget_str(row, "mode"),
                  (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"));
@@ -692,6 +706,48 @@ int bench_write_svg(FILE *f, json_t *report)
         r++;
     }
     svg_text(f, (lx0 + lx1) / 2, ly1 + 32, "middle", 11, "", "milliseconds per batch");
+}
+
+int bench_write_svg(FILE *f, json_t *report)
+{
+    json_t *rows = json_object_get(report, "rows");
+    svg_plot plot, *pl = &plot;
+    svg_collect(rows, pl);
+    const int n_panels = pl->n_panels, n_series = pl->n_series, n_lat = pl->n_lat;
+    const double W = svg_w, top = svg_top, ph = svg_ph, pad_l = svg_pad_l, gap = svg_gap;
+    const double legend_h = 22.0 * ((n_series + 2) / 3) + 30;
+    const double lat_top = top + ph + 60 + legend_h;
+    const double H = lat_top + 50 + svg_row_h * (n_lat ? n_lat : 1) + 40;
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+            "viewBox=\"0 0 %.0f %.0f\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
+            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, H, W, H);
+    json_t *model = json_object_get(report, "model"), *meta = json_object_get(report, "run");
+    char title[512];
+    snprintf(title, sizeof title, "sqz bench: %s (%s), %s, %s", jget_str(model, "architecture"),
+             jget_str(model, "source"), jget_str(meta, "machine"), jget_str(meta, "date"));
+    svg_text(f, W / 2, 24, "middle", 15, "font-weight=\"bold\"", title);
+    svg_text(f, W / 2, 44, "middle", 12, "fill=\"#444\"",
+             "throughput (sequences/s, log scale) against batch size, per backend and precision");
+    if (n_panels == 0) {
+        svg_text(f, W / 2, top + 40, "middle", 13, "", "no cell ran");
+        fputs("</svg>\n", f);
+        return ferror(f) != 0;
+    }
+    pl->ymin = log_floor(pl->ymin);
+    pl->ymax = log_ceil(pl->ymax);
+    if (pl->ymax <= pl->ymin)
+        pl->ymax = pl->ymin * 10;
+    const double bmin = pl->bmin, bmax = pl->bmax;
+    /* a quarter of a doubling of margin on each side, so end points are not cut in half */
+    const double lb0 = log2(bmin) - 0.25,
+                 lb1 = (log2(bmax) > log2(bmin) ? log2(bmax) : log2(bmin) + 1) + 0.25;
+    const bool label_minor = log10(pl->ymax) - log10(pl->ymin) <= 2.01; /* few decades: label 2 and 5 */
+    const double pw = (W - pad_l - 20 - gap * (n_panels - 1)) / n_panels;
+    for (int p = 0; p < n_panels; p++)
+        svg_throughput_panel(f, rows, pl, p, pw, lb0, lb1, label_minor);
+    svg_legend(f, pl);
+    svg_latency(f, rows, pl, lat_top);
     fputs("</svg>\n", f);
     return ferror(f) != 0;
 }
