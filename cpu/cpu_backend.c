@@ -613,12 +613,13 @@ static void mask_keys(float *s, int64_t len, const int32_t *valid)
 
 static sqz_status check_sequences(const sqz_node *node, const attn_shape *a, const sqz_run_dims *dims)
 {
-    bool ok = a->seq_off[0] == 0 && a->score_off[0] == 0 && a->sequences >= 0;
+    const int32_t *so = a->score_off; /* NULL: an op without score blocks */
+    bool ok = a->seq_off[0] == 0 && (!so || so[0] == 0) && a->sequences >= 0;
     for (int64_t s = 0; ok && s < a->sequences; s++) {
         const int64_t len = (int64_t)a->seq_off[s + 1] - a->seq_off[s];
-        ok = len >= 1 && len <= dims->max_len && (int64_t)a->score_off[s + 1] - a->score_off[s] == len * len;
+        ok = len >= 1 && len <= dims->max_len && (!so || (int64_t)so[s + 1] - so[s] == len * len);
     }
-    if (!ok || a->seq_off[a->sequences] != dims->tokens || a->score_off[a->sequences] != dims->score_rows)
+    if (!ok || a->seq_off[a->sequences] != dims->tokens || (so && so[a->sequences] != dims->score_rows))
         return sqz_fail(SQZ_ERR_INTERNAL, "cpu: node '%s': sequence offsets are inconsistent with %lld tokens",
                         node->name, (long long)dims->tokens);
     return SQZ_OK;
@@ -666,6 +667,65 @@ static void attention_task(void *arg, int64_t pair, int worker)
             c->k->f32_to_bf16(to + r * d, d, (uint16_t *)out.base + (o + r) * out.cols + (int64_t)h * d);
     if (!ok)
         atomic_store(&j->failed, 1);
+}
+
+/* Linear attention (docs/variants.md) of one (sequence, head): f(x) = elu(x) + 1 on Q and on
+ * the valid keys, KV = f(K)^T V and Z = sum of f(K) rows ([d][d] and [d], in cache), then
+ * f(Q) KV divided row by row by f(Q) Z: two small GEMMs whose cost grows with the length. */
+static void linear_attention_task(void *arg, int64_t pair, int worker)
+{
+    attn_job *j = arg;
+    const cpu_ctx *c = j->c;
+    const attn_shape *a = j->a;
+    const int64_t s = pair / a->heads, L = j->L, d = a->d, o = a->seq_off[s], len = a->seq_off[s + 1] - o;
+    const int h = (int)(pair % a->heads);
+    float *fq = thread_scratch(c, j->per_thread, worker), *fk = fq + L * d, *tv = fk + L * d, *kv = tv + L * d;
+    float *z = kv + d * d, *to = z + d;
+    int64_t ldq, ldk, ldv;
+    const float *Q = head_slice(c, j->first, o, len, h, a->d, fq, &ldq);
+    const float *K = head_slice(c, j->second, o, len, h, a->d, fk, &ldk);
+    const float *V = head_slice(c, j->third, o, len, h, a->d, tv, &ldv);
+    for (int64_t i = 0; i < d; i++)
+        z[i] = 0.0f;
+    for (int64_t r = 0; r < len; r++) /* in place when head_slice converted into the same buffer */
+        for (int64_t i = 0; i < d; i++) {
+            const float x = Q[r * ldq + i], y = K[r * ldk + i];
+            fq[r * d + i] = x > 0.0f ? x + 1.0f : expf(x);
+            fk[r * d + i] = j->valid[o + r] ? (y > 0.0f ? y + 1.0f : expf(y)) : 0.0f;
+            z[i] += fk[r * d + i];
+        }
+    const view out = j->out;
+    float *O = out.bf16 ? to : (float *)out.base + o * out.cols + (int64_t)h * d;
+    const int64_t ldo = out.bf16 ? d : out.cols;
+    bool ok = dnnl_sgemm('T', 'N', d, d, len, 1.0f, fk, d, V, ldv, 0.0f, kv, d) == dnnl_success;
+    ok = ok && dnnl_sgemm('N', 'N', len, d, d, 1.0f, fq, d, kv, d, 0.0f, O, ldo) == dnnl_success;
+    for (int64_t r = 0; ok && r < len; r++) {
+        float den = 0.0f;
+        for (int64_t i = 0; i < d; i++)
+            den += fq[r * d + i] * z[i];
+        for (int64_t i = 0; i < d; i++)
+            O[r * ldo + i] = den > 0.0f ? O[r * ldo + i] / den : 0.0f;
+        if (out.bf16)
+            c->k->f32_to_bf16(to + r * d, d, (uint16_t *)out.base + (o + r) * out.cols + (int64_t)h * d);
+    }
+    if (!ok)
+        atomic_store(&j->failed, 1);
+}
+
+static sqz_status run_linear_attention(cpu_ctx *c, const sqz_binding *b, const sqz_node *node, const attn_shape *a,
+                                       const sqz_run_dims *dims)
+{
+    const int *in = node->inputs;
+    attn_job job = {c, b, node, a, dims->max_len, 0, view_of(c, b, in[0]), view_of(c, b, in[1]), view_of(c, b, in[2]),
+                    view_of(c, b, node->output), (const int32_t *)tensor_base(b, in[3]), 0};
+    job.per_thread = (size_t)(4 * job.L * a->d + a->d * a->d + a->d);
+    sqz_status st = ensure_scratch(c, job.per_thread);
+    if (st != SQZ_OK)
+        return st;
+    sqz_cpu_pool_run(c->pool, linear_attention_task, &job, a->sequences * a->heads);
+    if (atomic_load(&job.failed))
+        return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': oneDNN sgemm failed", node->name);
+    return SQZ_OK;
 }
 
 /* The unfused parts (SQZ_DISABLE_FUSION=1, fp32): the same arithmetic, one step per node.
@@ -878,6 +938,10 @@ static sqz_status launch_checked(cpu_ctx *c, const sqz_binding *b, const sqz_nod
                              (const int32_t *)tensor_base(b, node->inputs[offsets]),
                              (const int32_t *)tensor_base(b, node->inputs[offsets + 1]), dims->sequences};
             st = check_sequences(node, &a, dims);
+        } else if (node->op == SQZ_OP_LINEAR_ATTENTION) {
+            a = (attn_shape){node->params.attention.heads, node->params.attention.head_dim, 0.0f,
+                             (const int32_t *)tensor_base(b, node->inputs[4]), NULL, dims->sequences};
+            st = check_sequences(node, &a, dims);
         }
         if (st != SQZ_OK)
             return st;
@@ -889,6 +953,7 @@ static sqz_status launch_checked(cpu_ctx *c, const sqz_binding *b, const sqz_nod
         case SQZ_OP_ATTN_KEY_MASK:
         case SQZ_OP_ATTN_SOFTMAX:
         case SQZ_OP_ATTN_CONTEXT: st = run_attention(c, b, node, &a, dims); break;
+        case SQZ_OP_LINEAR_ATTENTION: st = run_linear_attention(c, b, node, &a, dims); break;
         case SQZ_OP_GATHER_ROWS:
         case SQZ_OP_ADD:
         case SQZ_OP_GELU:

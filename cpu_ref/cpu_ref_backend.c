@@ -108,6 +108,13 @@ static sqz_status ref_launch(void *ctx, const sqz_binding *b, const sqz_node *no
             return sqz_fail(SQZ_ERR_INTERNAL, "cpu_ref: node '%s': sequence offsets are "
                             "inconsistent with %lld tokens", node->name, (long long)dims->tokens);
     }
+    if (node->op == SQZ_OP_LINEAR_ATTENTION) {
+        seqs.seq_offsets = in[4];
+        seqs.n = dims->sequences;
+        if (!sqz_ref_sequences_valid(&seqs, dims->tokens, 0))
+            return sqz_fail(SQZ_ERR_INTERNAL, "cpu_ref: node '%s': sequence offsets are "
+                            "inconsistent with %lld tokens", node->name, (long long)dims->tokens);
+    }
     const sqz_op_params *p = &node->params;
     switch (node->op) {
     case SQZ_OP_GATHER_ROWS:
@@ -136,6 +143,11 @@ static sqz_status ref_launch(void *ctx, const sqz_binding *b, const sqz_node *no
     case SQZ_OP_ATTN_SOFTMAX: sqz_ref_attn_softmax(in[0], p->attention.heads, &seqs, out); break;
     case SQZ_OP_ATTN_CONTEXT:
         sqz_ref_attn_context(in[0], in[1], p->attention.heads, p->attention.head_dim, &seqs, out);
+        break;
+    case SQZ_OP_LINEAR_ATTENTION:
+        if (!sqz_ref_linear_attention(in[0], in[1], in[2], in[3], p->attention.heads, p->attention.head_dim,
+                                      &seqs, out))
+            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "cpu_ref: node '%s': out of memory", node->name);
         break;
     default:
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "cpu_ref: node '%s': op %s is not implemented",

@@ -2,6 +2,8 @@
 
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 bool sqz_ref_gather_rows(const int32_t *index, int64_t rows, const float *table,
                          int64_t table_rows, int64_t cols, float *out)
@@ -70,14 +72,15 @@ void sqz_ref_tanh(const float *x, int64_t count, float *out)
 
 bool sqz_ref_sequences_valid(const sqz_ref_sequences *seqs, int64_t tokens, int64_t score_rows)
 {
-    if (seqs->n < 0 || seqs->seq_offsets[0] != 0 || seqs->score_offsets[0] != 0)
+    const int32_t *so = seqs->score_offsets;
+    if (seqs->n < 0 || seqs->seq_offsets[0] != 0 || (so && so[0] != 0))
         return false;
     for (int64_t s = 0; s < seqs->n; s++) {
         int64_t len = (int64_t)seqs->seq_offsets[s + 1] - seqs->seq_offsets[s];
-        if (len < 1 || (int64_t)seqs->score_offsets[s + 1] - seqs->score_offsets[s] != len * len)
+        if (len < 1 || (so && (int64_t)so[s + 1] - so[s] != len * len))
             return false;
     }
-    return seqs->seq_offsets[seqs->n] == tokens && seqs->score_offsets[seqs->n] == score_rows;
+    return seqs->seq_offsets[seqs->n] == tokens && (!so || so[seqs->n] == score_rows);
 }
 
 void sqz_ref_attn_scores(const float *q, const float *k, int heads, int head_dim, float scale,
@@ -151,4 +154,54 @@ void sqz_ref_attn_context(const float *probs, const float *v, int heads, int hea
                     ctx[(o + a) * width + h * head_dim + i] = (float)acc;
                 }
     }
+}
+
+/* elu(x) + 1: positive everywhere, so every weight f(q) . f(k) is too */
+static double feature(float x) { return x > 0.0f ? (double)x + 1.0 : exp((double)x); }
+
+bool sqz_ref_linear_attention(const float *q, const float *k, const float *v, const int32_t *key_valid,
+                              int heads, int head_dim, const sqz_ref_sequences *seqs, float *ctx)
+{
+    const int64_t width = (int64_t)heads * head_dim;
+    const size_t d = (size_t)head_dim;
+    double *kv = malloc(d * d * sizeof *kv), *z = malloc(d * sizeof *z);
+    if (!kv || !z) {
+        free(kv), free(z);
+        return false;
+    }
+    for (int64_t s = 0; s < seqs->n; s++) {
+        const int64_t o = seqs->seq_offsets[s], len = seqs->seq_offsets[s + 1] - o;
+        for (int h = 0; h < heads; h++) {
+            const int64_t col = (int64_t)h * head_dim;
+            memset(kv, 0, d * d * sizeof *kv);
+            memset(z, 0, d * sizeof *z);
+            bool any = false;
+            for (int64_t b = 0; b < len; b++) {
+                if (!key_valid[o + b])
+                    continue;
+                any = true;
+                for (size_t i = 0; i < d; i++) {
+                    const double fk = feature(k[(o + b) * width + col + (int64_t)i]);
+                    z[i] += fk;
+                    for (size_t j = 0; j < d; j++)
+                        kv[i * d + j] += fk * v[(o + b) * width + col + (int64_t)j];
+                }
+            }
+            for (int64_t a = 0; a < len; a++) {
+                float *out = ctx + (o + a) * width + col;
+                double den = 0.0;
+                for (size_t i = 0; i < d; i++)
+                    den += feature(q[(o + a) * width + col + (int64_t)i]) * z[i];
+                for (size_t j = 0; j < d; j++) {
+                    double num = 0.0;
+                    for (size_t i = 0; i < d; i++)
+                        num += feature(q[(o + a) * width + col + (int64_t)i]) * kv[i * d + j];
+                    out[j] = any ? (float)(num / den) : 0.0f;
+                }
+            }
+        }
+    }
+    free(kv);
+    free(z);
+    return true;
 }

@@ -43,7 +43,16 @@ void sqz_ref_attn_softmax(const float *scores, int heads, const sqz_ref_sequence
 /* ctx[o+a, h*d+i] = sum_b p[s][h][a][b] * v[o+b, h*d+i] */
 void sqz_ref_attn_context(const float *probs, const float *v, int heads, int head_dim,
                           const sqz_ref_sequences *seqs, float *ctx);
-/* Checks that offsets are consistent with `tokens` packed tokens. */
+/* The linear-attention variant (docs/variants.md): with f(x) = elu(x) + 1 and b over the keys
+ * of the sequence with key_valid != 0,
+ * ctx[o+a, h*d+:] = sum_b (f(q_a) . f(k_b)) v_b / sum_b (f(q_a) . f(k_b)), computed as
+ * f(q_a) KV / f(q_a) . Z with KV = sum_b f(k_b) v_b^T and Z = sum_b f(k_b), so its cost grows
+ * with the length, not its square; zeros where a sequence has no valid key. Uses only
+ * seqs->seq_offsets. False when its [head_dim]^2 scratch cannot be allocated. */
+bool sqz_ref_linear_attention(const float *q, const float *k, const float *v, const int32_t *key_valid,
+                              int heads, int head_dim, const sqz_ref_sequences *seqs, float *ctx);
+/* Checks that offsets are consistent with `tokens` packed tokens (score_offsets too unless
+ * it is NULL). */
 bool sqz_ref_sequences_valid(const sqz_ref_sequences *seqs, int64_t tokens, int64_t score_rows);
 
 #endif

@@ -648,10 +648,11 @@ sqz_status ensure_shadow(cuda_ctx *c, sqz_buffer *w)
 
 bool cuda_supports(void *ctx, const sqz_node *node)
 {
-    (void)ctx;
     switch (node->op) {
     case SQZ_OP_ATTENTION:
         return node->params.attention.head_dim <= SQZ_MAX_HEAD_DIM;
+    case SQZ_OP_LINEAR_ATTENTION: /* the shared fp32 kernel, per-head sums in registers */
+        return ((const cuda_ctx *)ctx)->store == STORE_F32 && node->params.attention.head_dim <= SQZ_MAX_HEAD_DIM;
     default: /* the unfused attention parts run at fp32 only: cuda_launch says so */
         return (unsigned)node->op < SQZ_OP_COUNT;
     }
@@ -1484,6 +1485,13 @@ sqz_status launch_unfused_attention(cuda_ctx *c, const sqz_binding *b, const sqz
                    F(node->output), T, S, p->attention.heads);
         break;
     }
+    case SQZ_OP_LINEAR_ATTENTION: {
+        const size_t items = (size_t)S * (size_t)p->attention.head_dim;
+        dim3 block(64, 1, 1), grid(blocks(items, 64), (unsigned)p->attention.heads, 1);
+        sqz_launch("sqz_linear_attention", sqz_linear_attention, grid, block, 0, c->stream, F(in[0]), F(in[1]),
+                   F(in[2]), I(in[3]), I(in[4]), F(node->output), S, p->attention.heads, p->attention.head_dim);
+        break;
+    }
     default: { /* SQZ_OP_ATTN_CONTEXT */
         dim3 block(64, 1, 1), grid(blocks((size_t)T, 64), (unsigned)p->attention.heads,
                                    (unsigned)p->attention.head_dim);
@@ -1522,6 +1530,7 @@ sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *node, co
     case SQZ_OP_ATTN_KEY_MASK:
     case SQZ_OP_ATTN_SOFTMAX:
     case SQZ_OP_ATTN_CONTEXT:
+    case SQZ_OP_LINEAR_ATTENTION:
         if (c->store != STORE_F32)
             return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: the unfused attention (node '%s') runs at fp32 only, not "
                             "%s; unset SQZ_DISABLE_FUSION", SQZ_CUDA_NAME, node->name,

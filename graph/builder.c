@@ -104,13 +104,41 @@ static int gather(builder *b, const char *name, int index, int table)
                 b->status == SQZ_OK ? b->g->tensors[table].cols : 0);
 }
 
+/* softmax(scale Q K^T + key mask) V, as four primitive nodes the fusion pass may join */
+static int softmax_attention(builder *b, int l, int q, int k, int v, sqz_op_params attn)
+{
+    const sqz_graph_inputs *in = &b->g->in;
+    const int heads = attn.attention.heads;
+    char name[SQZ_NAME_LEN];
+#define NAME(part) (snprintf(name, sizeof name, "layer%d.%s", l, part), name)
+    int s_in[4] = {q, k, in->seq_offsets, in->score_offsets};
+    int s = node(b, SQZ_OP_ATTN_SCORES, NAME("scores"), s_in, 4, attn, SQZ_EXTENT_SCORES, heads);
+    int m_in[4] = {s, in->key_valid, in->seq_offsets, in->score_offsets};
+    int masked = node(b, SQZ_OP_ATTN_KEY_MASK, NAME("masked_scores"), m_in, 4, attn, SQZ_EXTENT_SCORES, heads);
+    int p_in[3] = {masked, in->seq_offsets, in->score_offsets};
+    int probs = node(b, SQZ_OP_ATTN_SOFTMAX, NAME("probs"), p_in, 3, attn, SQZ_EXTENT_SCORES, heads);
+    int c_in[4] = {probs, v, in->seq_offsets, in->score_offsets};
+    return node(b, SQZ_OP_ATTN_CONTEXT, NAME("context"), c_in, 4, attn, SQZ_EXTENT_TOKENS,
+                (int64_t)heads * attn.attention.head_dim);
+#undef NAME
+}
+
+/* the linear-attention variant: one node, cost linear in the sequence length */
+static int linear_attention(builder *b, const char *name, int q, int k, int v, sqz_op_params attn)
+{
+    const sqz_graph_inputs *in = &b->g->in;
+    int inputs[5] = {q, k, v, in->key_valid, in->seq_offsets};
+    return node(b, SQZ_OP_LINEAR_ATTENTION, name, inputs, 5, attn, SQZ_EXTENT_TOKENS,
+                (int64_t)attn.attention.heads * attn.attention.head_dim);
+}
+
 static int encoder_layer(builder *b, int l, int x)
 {
     const sqz_net_desc *n = b->net;
-    const sqz_graph_inputs *in = &b->g->in;
     char name[SQZ_NAME_LEN], prefix[SQZ_NAME_LEN];
 #define NAME(part) (snprintf(name, sizeof name, "layer%d.%s", l, part), name)
-#define W(part) (snprintf(prefix, sizeof prefix, "encoder.layers.%d.%s", l, part), prefix)
+    const int wl = sqz_weight_layer(l, n->layer_stride, n->share_layers);
+#define W(part) (snprintf(prefix, sizeof prefix, "encoder.layers.%d.%s", wl, part), prefix)
     int q = linear(b, NAME("query"), x, W("attention.query"), n->q_groups,
                    SQZ_EXTENT_TOKENS);
     int k = linear(b, NAME("key"), x, W("attention.key"), n->k_groups,
@@ -119,18 +147,8 @@ static int encoder_layer(builder *b, int l, int x)
                    SQZ_EXTENT_TOKENS);
     const int head_dim = n->hidden_size / n->num_heads;
     sqz_op_params attn = {.attention = {n->num_heads, head_dim, (float)(1.0 / sqrt(head_dim))}};
-    int s_in[4] = {q, k, in->seq_offsets, in->score_offsets};
-    int s = node(b, SQZ_OP_ATTN_SCORES, NAME("scores"), s_in, 4, attn, SQZ_EXTENT_SCORES,
-                 n->num_heads);
-    int m_in[4] = {s, in->key_valid, in->seq_offsets, in->score_offsets};
-    int masked = node(b, SQZ_OP_ATTN_KEY_MASK, NAME("masked_scores"), m_in, 4, attn,
-                      SQZ_EXTENT_SCORES, n->num_heads);
-    int p_in[3] = {masked, in->seq_offsets, in->score_offsets};
-    int probs = node(b, SQZ_OP_ATTN_SOFTMAX, NAME("probs"), p_in, 3, attn, SQZ_EXTENT_SCORES,
-                     n->num_heads);
-    int c_in[4] = {probs, v, in->seq_offsets, in->score_offsets};
-    int ctx = node(b, SQZ_OP_ATTN_CONTEXT, NAME("context"), c_in, 4, attn, SQZ_EXTENT_TOKENS,
-                   n->hidden_size);
+    int ctx = n->linear_attention ? linear_attention(b, NAME("context"), q, k, v, attn)
+                                  : softmax_attention(b, l, q, k, v, attn);
     int pa = linear(b, NAME("post_attention"), ctx, W("post_attention.conv1d"),
                     n->post_attention_groups, SQZ_EXTENT_TOKENS);
     int r1 = binary(b, SQZ_OP_ADD, NAME("post_attention_residual"), pa, x);

@@ -14,6 +14,10 @@ typedef struct sqz_net_desc {
     int q_groups, k_groups, v_groups, post_attention_groups, intermediate_groups, output_groups;
     float layer_norm_eps, encoder_layer_norm_eps;
     bool has_pooler; /* a base model whose file has no pooler produces no pooler_output */
+    /* the variants (docs/variants.md): num_layers layers run; layer l takes its weights from
+     * checkpoint layer sqz_weight_layer(l, layer_stride, share_layers) */
+    bool linear_attention;
+    int layer_stride, share_layers;
     /* Returns the model weight index bound to a canonical name, or -1. */
     int (*weight_index)(const void *user, const char *canonical_name);
     /* Returns the [rows, cols] of weight `index`. */
@@ -22,5 +26,13 @@ typedef struct sqz_net_desc {
 } sqz_net_desc;
 
 sqz_status sqz_build_graph(const sqz_net_desc *net, sqz_graph *out);
+
+/* The checkpoint layer whose weights layer `layer` of the run uses: every stride-th layer,
+ * then the first of its group of `share` layers (share 0: no sharing). */
+static inline int sqz_weight_layer(int layer, int stride, int share)
+{
+    const int source = layer * (stride > 0 ? stride : 1);
+    return share > 0 ? source - source % share : source;
+}
 
 #endif

@@ -12,6 +12,7 @@ static const char *const op_names[SQZ_OP_COUNT] = {
     [SQZ_OP_GELU] = "gelu",                   [SQZ_OP_TANH] = "tanh",
     [SQZ_OP_ATTN_SCORES] = "attn_scores",     [SQZ_OP_ATTN_KEY_MASK] = "attn_key_mask",
     [SQZ_OP_ATTN_SOFTMAX] = "attn_softmax",   [SQZ_OP_ATTN_CONTEXT] = "attn_context",
+    [SQZ_OP_LINEAR_ATTENTION] = "linear_attention",
     [SQZ_OP_EMBED_LAYERNORM] = "embed_layernorm", [SQZ_OP_LINEAR_GELU] = "linear_gelu",
     [SQZ_OP_ADD_LAYERNORM] = "add_layernorm", [SQZ_OP_ATTENTION] = "attention",
     [SQZ_OP_FFN] = "ffn",
@@ -209,6 +210,7 @@ static const op_signature signatures[SQZ_OP_COUNT] = {
     [SQZ_OP_GELU] = {1, 1, 0},            [SQZ_OP_TANH] = {1, 1, 0},
     [SQZ_OP_ATTN_SCORES] = {4, 4, 0xC},   [SQZ_OP_ATTN_KEY_MASK] = {4, 4, 0xE},
     [SQZ_OP_ATTN_SOFTMAX] = {3, 3, 0x6},  [SQZ_OP_ATTN_CONTEXT] = {4, 4, 0xC},
+    [SQZ_OP_LINEAR_ATTENTION] = {5, 5, 0x18},
     [SQZ_OP_EMBED_LAYERNORM] = {8, 8, 0x7}, [SQZ_OP_LINEAR_GELU] = {3, 3, 0},
     [SQZ_OP_ADD_LAYERNORM] = {4, 4, 0},   [SQZ_OP_ATTENTION] = {6, 6, 0x38},
     [SQZ_OP_FFN] = {5, 5, 0},
@@ -408,13 +410,14 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
                  same_rows(out, in[0]) && out->cols == in[0]->cols &&
                  node->params.layernorm.eps > 0.0f) ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
-        case SQZ_OP_ATTENTION: {
+        case SQZ_OP_ATTENTION:
+        case SQZ_OP_LINEAR_ATTENTION: {
             int h = node->params.attention.heads, d = node->params.attention.head_dim;
             bool fits = h >= 1 && d >= 1 && out->extent == SQZ_EXTENT_TOKENS && out->cols == (int64_t)h * d;
             for (int i = 0; i < 3; i++)
                 fits = fits && in[i]->extent == SQZ_EXTENT_TOKENS && in[i]->cols == out->cols;
-            s = fits && in[3]->extent == SQZ_EXTENT_TOKENS && in[3]->cols == 1 && is_offsets(in[4]) &&
-                        is_offsets(in[5]) ? SQZ_OK : SQZ_ERR_INTERNAL;
+            fits = fits && in[3]->extent == SQZ_EXTENT_TOKENS && in[3]->cols == 1 && is_offsets(in[4]);
+            s = fits && (node->op == SQZ_OP_LINEAR_ATTENTION || is_offsets(in[5])) ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
         }
         default: s = SQZ_ERR_INTERNAL; break;
@@ -462,6 +465,9 @@ double sqz_node_flops(const sqz_graph *graph, const sqz_node *node, const sqz_ru
     case SQZ_OP_ATTENTION:
         return 4.0 * (double)dims->score_rows * node->params.attention.heads *
                node->params.attention.head_dim;
+    case SQZ_OP_LINEAR_ATTENTION: /* the key-value sums, then per query numerator and denominator */
+        return 4.0 * (double)dims->tokens * node->params.attention.heads *
+               (double)node->params.attention.head_dim * (node->params.attention.head_dim + 1);
     default: return 0.0;
     }
 }

@@ -24,6 +24,10 @@ typedef enum sqz_op {
                                                      (s, key_valid, seq_off, score_off) */
     SQZ_OP_ATTN_SOFTMAX,    /* softmax over keys              (s, seq_off, score_off) */
     SQZ_OP_ATTN_CONTEXT,    /* ctx = P V per sequence and head  (p, v, seq_off, score_off) */
+    SQZ_OP_LINEAR_ATTENTION,/* the linear-attention variant (docs/variants.md): per sequence and
+                               head, with f(x) = elu(x) + 1 and j over the valid keys,
+                               ctx_i = f(q_i) (sum_j f(k_j) v_j^T) / (f(q_i) . sum_j f(k_j)),
+                               zeros when no key is valid  (q, k, v, key_valid, seq_off) */
     /* Fused ops, made by the fusion pass only for backends that implement them. */
     SQZ_OP_EMBED_LAYERNORM, /* LN(word[ids] + pos[positions] + type[types])
                                (ids, positions, types, word, pos, type, gamma, beta) */

@@ -137,6 +137,10 @@ typedef struct sqz_model_info {
     double layer_norm_eps;                /* embedding and MLM-head LayerNorm */
     double encoder_layer_norm_eps;        /* LayerNorms inside the layers */
     int64_t num_parameters;               /* floats held (tied weights counted once) */
+    /* the variants of docs/variants.md (config.json's sqz_* keys) */
+    bool linear_attention;                /* sqz_attention "linear" */
+    int share_layers;                     /* layers share weights in groups of this many; 0: no */
+    int layer_stride, layers_run;         /* every layer_stride-th layer runs, layers_run in all */
 } sqz_model_info;
 
 /* Limits that keep a hostile weight file from costing unbounded time or memory; raise them

@@ -318,6 +318,49 @@ __kernel void sqz_attn_context(TENSOR(const float, probs), TENSOR(const float, v
  * stored. Padded keys are skipped, which equals adding the lowest float before the softmax
  * because every sequence keeps at least one valid key. */
 #define SQZ_MAX_HEAD_DIM 128
+
+/* Linear attention (the variant of docs/variants.md): one work-item per (sequence, value
+ * column j, head) sums KV[:, j] = sum_b f(k_b) v_bj and Z = sum_b f(k_b) over the valid keys
+ * in registers, then writes column j of every query of its sequence,
+ * f(q_a) . KV[:, j] / f(q_a) . Z, with f(x) = elu(x) + 1. Work and memory grow linearly with
+ * the length. Dimension 0 counts sequences x head_dim, so the number of sequences is not
+ * bounded by a grid's third dimension. */
+SQZ_FN float sqz_elu_plus_one(float x) { return x > 0.0f ? x + 1.0f : exp(x); }
+
+__kernel void sqz_linear_attention(TENSOR(const float, q), TENSOR(const float, k), TENSOR(const float, v),
+                                   TENSOR(const int, key_valid), TENSOR(const int, seq_off), TENSOR(float, ctx),
+                                   int sequences, int heads, int head_dim)
+{
+    const int g = get_global_id(0), h = get_global_id(1);
+    const int j = g % head_dim, s = g / head_dim;
+    if (s >= sequences || h >= heads)
+        return;
+    const int o = AT(seq_off)[s], len = AT(seq_off)[s + 1] - o, width = heads * head_dim, col = h * head_dim;
+    float kv[SQZ_MAX_HEAD_DIM], z[SQZ_MAX_HEAD_DIM];
+    for (int i = 0; i < head_dim; i++)
+        kv[i] = z[i] = 0.0f;
+    for (int b = 0; b < len; b++) {
+        if (!AT(key_valid)[o + b])
+            continue;
+        __global const float *key = AT(k) + (size_t)(o + b) * width + col;
+        const float value = AT(v)[(size_t)(o + b) * width + col + j];
+        for (int i = 0; i < head_dim; i++) {
+            const float f = sqz_elu_plus_one(key[i]);
+            z[i] += f;
+            kv[i] = fma(f, value, kv[i]);
+        }
+    }
+    for (int a = 0; a < len; a++) {
+        __global const float *query = AT(q) + (size_t)(o + a) * width + col;
+        float num = 0.0f, den = 0.0f;
+        for (int i = 0; i < head_dim; i++) {
+            const float f = sqz_elu_plus_one(query[i]);
+            num = fma(f, kv[i], num);
+            den = fma(f, z[i], den);
+        }
+        AT(ctx)[(size_t)(o + a) * width + col + j] = den > 0.0f ? num / den : 0.0f;
+    }
+}
 #define SQZ_KEY_BLOCK 8
 
 /* Head size 64 (every BERT-base-shaped model): q, k, v rows as 8 float8 vectors, keys in

@@ -67,13 +67,14 @@ static const char *cl_error_name(cl_int code)
 typedef enum kernel_id {
     K_GATHER_ROWS, K_ADD, K_GELU, K_TANH, K_LAYERNORM, K_ADD_LAYERNORM, K_EMBED_LAYERNORM,
     K_LINEAR, K_ATTN_SCORES, K_ATTN_KEY_MASK, K_ATTN_SOFTMAX, K_ATTN_CONTEXT, K_ATTENTION,
-    K_ATTENTION_D64, K_COUNT
+    K_ATTENTION_D64, K_LINEAR_ATTENTION, K_COUNT
 } kernel_id;
 
 static const char *const kernel_names[K_COUNT] = {
     "sqz_gather_rows", "sqz_add", "sqz_gelu", "sqz_tanh", "sqz_layernorm", "sqz_add_layernorm",
     "sqz_embed_layernorm", "sqz_linear", "sqz_attn_scores", "sqz_attn_key_mask",
     "sqz_attn_softmax", "sqz_attn_context", "sqz_attention", "sqz_attention_d64",
+    "sqz_linear_attention",
 };
 
 struct sqz_buffer {
@@ -495,6 +496,7 @@ static bool cl_supports(void *ctx, const sqz_node *node)
 {
     switch (node->op) { /* the fused ops named here; one added later is not taken by default */
     case SQZ_OP_ATTENTION:
+    case SQZ_OP_LINEAR_ATTENTION: /* per-head sums in registers */
         return node->params.attention.head_dim <= MAX_HEAD_DIM;
     case SQZ_OP_EMBED_LAYERNORM:
     case SQZ_OP_LINEAR_GELU:
@@ -564,6 +566,7 @@ static sqz_status cl_launch(void *ctx, const sqz_binding *bind, const sqz_node *
     case SQZ_OP_ATTN_SOFTMAX: k = K_ATTN_SOFTMAX; break;
     case SQZ_OP_ATTN_CONTEXT: k = K_ATTN_CONTEXT; break;
     case SQZ_OP_ATTENTION: k = p->attention.head_dim == 64 ? K_ATTENTION_D64 : K_ATTENTION; break;
+    case SQZ_OP_LINEAR_ATTENTION: k = K_LINEAR_ATTENTION; break;
     default:
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "opencl: op %s (node '%s') is not implemented",
                         sqz_op_name(node->op), node->name);
@@ -666,6 +669,12 @@ static sqz_status cl_launch(void *ctx, const sqz_binding *bind, const sqz_node *
         global[0] = (size_t)dims->tokens, global[1] = (size_t)p->attention.heads, work_dims = 2;
         break;
     }
+    case SQZ_OP_LINEAR_ATTENTION:
+        arg_tensor(&a, bind, node->output);
+        arg_int(&a, dims->sequences), arg_int(&a, p->attention.heads), arg_int(&a, p->attention.head_dim);
+        global[0] = (size_t)(dims->sequences * p->attention.head_dim), global[1] = (size_t)p->attention.heads;
+        work_dims = 2;
+        break;
     default: break;
     }
     if (a.err != CL_SUCCESS)

@@ -63,6 +63,13 @@ static void set_defaults(sqz_config *c, bool bert)
     c->layer_norm_eps = 1e-12;
     c->encoder_layer_norm_eps = 1e-12;
     c->tie_word_embeddings = true;
+    c->layer_stride = 1;
+}
+
+int sqz_config_layers_run(const sqz_config *c)
+{
+    const int selected = (c->num_layers + c->layer_stride - 1) / c->layer_stride;
+    return c->run_layers > 0 && c->run_layers < selected ? c->run_layers : selected;
 }
 
 /* Reads an optional positive integer field within [1, max]. */
@@ -137,6 +144,17 @@ static sqz_status validate(const sqz_config *c, const char *path)
         (s = check_divides(path, "output_groups", c->output_groups, c->intermediate_size,
                            "intermediate_size")) != SQZ_OK)
         return s;
+    if (c->share_layers > c->num_layers)
+        return sqz_fail(SQZ_ERR_FORMAT, "%s: sqz_share_layers %d is more than num_hidden_layers %d", path,
+                        c->share_layers, c->num_layers);
+    if (c->layer_stride > c->num_layers)
+        return sqz_fail(SQZ_ERR_FORMAT, "%s: sqz_layer_stride %d is more than num_hidden_layers %d", path,
+                        c->layer_stride, c->num_layers);
+    const int selected = (c->num_layers + c->layer_stride - 1) / c->layer_stride;
+    if (c->run_layers > selected)
+        return sqz_fail(SQZ_ERR_FORMAT, "%s: sqz_run_layers %d is more than the %d layers there are to run "
+                        "(num_hidden_layers %d, sqz_layer_stride %d)", path, c->run_layers, selected,
+                        c->num_layers, c->layer_stride);
     if (c->head == SQZ_HEAD_QUESTION_ANSWERING && c->num_labels != 2)
         return sqz_fail(SQZ_ERR_FORMAT,
                         "%s: question answering needs num_labels 2 (start, end), found %d", path,
@@ -249,6 +267,20 @@ static sqz_status parse(json_t *root, const char *path, sqz_config *c)
     if (tie && json_is_boolean(tie))
         c->tie_word_embeddings = json_is_true(tie);
 
+    struct { const char *key; int *dst; } variant_ints[] = {
+        {"sqz_share_layers", &c->share_layers}, {"sqz_layer_stride", &c->layer_stride},
+        {"sqz_run_layers", &c->run_layers}};
+    for (size_t i = 0; i < sizeof variant_ints / sizeof variant_ints[0]; i++)
+        if ((s = read_int(root, path, variant_ints[i].key, MAX_LAYERS, variant_ints[i].dst)) != SQZ_OK)
+            return s;
+    json_t *attention = json_object_get(root, "sqz_attention");
+    if (attention && !json_is_null(attention)) {
+        const char *a = json_is_string(attention) ? json_string_value(attention) : "";
+        if (strcmp(a, "linear") != 0 && strcmp(a, "softmax") != 0)
+            return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: sqz_attention must be \"softmax\" or \"linear\"", path);
+        c->linear_attention = strcmp(a, "linear") == 0;
+    }
+
     json_t *id2label = json_object_get(root, "id2label");
     if (id2label && !json_is_null(id2label)) {
         if (!json_is_object(id2label))
@@ -295,17 +327,56 @@ void sqz_config_release(sqz_config *config)
     config->labels = NULL;
 }
 
+/* "+linear", "+share=K", "+stride=K", "+layers=N", "+positions=P" after a preset name. */
+static sqz_status apply_variants(sqz_config *c, const char *preset, const char *variants)
+{
+    while (variants && *variants) {
+        const char *end = strchr(variants, '+');
+        const size_t len = end ? (size_t)(end - variants) : strlen(variants);
+        char part[64];
+        if (len >= sizeof part)
+            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "preset \"%s\": variant too long", preset);
+        memcpy(part, variants, len);
+        part[len] = '\0';
+        struct { const char *key; int max; int *dst; } keys[] = {
+            {"share=", MAX_LAYERS, &c->share_layers}, {"stride=", MAX_LAYERS, &c->layer_stride},
+            {"layers=", MAX_LAYERS, &c->run_layers}, {"positions=", MAX_POSITIONS, &c->max_position_embeddings}};
+        bool known = strcmp(part, "linear") == 0;
+        c->linear_attention |= known;
+        for (size_t i = 0; !known && i < sizeof keys / sizeof keys[0]; i++) {
+            const size_t n = strlen(keys[i].key);
+            if (strncmp(part, keys[i].key, n) != 0)
+                continue;
+            char *stop = NULL;
+            long v = strtol(part + n, &stop, 10);
+            if (stop == part + n || *stop || v < 1 || v > keys[i].max)
+                return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "preset \"%s\": %s needs an integer in 1..%d", preset,
+                                part, keys[i].max);
+            *keys[i].dst = (int)v;
+            known = true;
+        }
+        if (!known)
+            return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "preset \"%s\": unknown variant \"%s\" (expected linear, "
+                            "share=K, stride=K, layers=N or positions=P)", preset, part);
+        variants = end ? end + 1 : NULL;
+    }
+    return validate(c, preset);
+}
+
 sqz_status sqz_config_preset(const char *preset, sqz_config *c)
 {
     memset(c, 0, sizeof *c);
     set_defaults(c, false);
     c->vocab_size = 30528;
-    if (strcmp(preset, "squeezebert-uncased") == 0) {
+    const char *plus = strchr(preset, '+');
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", plus ? (int)(plus - preset) : (int)strlen(preset), preset);
+    if (strcmp(name, "squeezebert-uncased") == 0) {
         c->head = SQZ_HEAD_BASE;
-    } else if (strcmp(preset, "squeezebert-mnli") == 0) {
+    } else if (strcmp(name, "squeezebert-mnli") == 0) {
         c->head = SQZ_HEAD_SEQUENCE_CLASSIFICATION;
         c->num_labels = 3;
-    } else if (strcmp(preset, "tiny") == 0) {
+    } else if (strcmp(name, "tiny") == 0) {
         c->head = SQZ_HEAD_SEQUENCE_CLASSIFICATION;
         c->hidden_size = 128; /* two heads of 64, the real head size, so quick checks reach the */
         c->num_layers = 2;    /* kernels specialised for it */
@@ -315,9 +386,11 @@ sqz_status sqz_config_preset(const char *preset, sqz_config *c)
     } else {
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT,
                         "unknown preset \"%s\" (expected squeezebert-uncased, squeezebert-mnli "
-                        "or tiny)", preset);
+                        "or tiny, each optionally followed by +linear, +share=K, +stride=K, +layers=N, "
+                        "+positions=P)", name);
     }
     snprintf(c->architecture, sizeof c->architecture, "SqueezeBert%s",
              c->head == SQZ_HEAD_BASE ? "Model" : "ForSequenceClassification");
-    return make_labels(c, NULL, preset);
+    sqz_status st = apply_variants(c, preset, plus ? plus + 1 : NULL);
+    return st == SQZ_OK ? make_labels(c, NULL, preset) : st;
 }

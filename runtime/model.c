@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "graph/builder.h"
 #include "runtime/error.h"
 #include "runtime/files.h"
 #include "runtime/model.h"
@@ -68,7 +69,15 @@ size_t sqz_weight_specs(const sqz_config *c, sqz_weight_spec *specs, size_t cap)
     add_spec(&list, SQZ_WEIGHT_TABLE, true, false, false, c->type_vocab_size, H,
              "type_vocab_size x hidden_size", "embeddings.token_type_embeddings.weight");
     add_layernorm(&list, true, H, "embeddings.LayerNorm");
+    /* only the layers whose weights a run uses (docs/variants.md): with sharing, the first of
+     * each group; with a stride or fewer layers, the ones selected */
+    const int runs = sqz_config_layers_run(c);
     for (int l = 0; l < c->num_layers; l++) {
+        bool used = false;
+        for (int r = 0; r < runs && !used; r++)
+            used = sqz_weight_layer(r, c->layer_stride, c->share_layers) == l;
+        if (!used)
+            continue;
         add_projection(&list, l, "attention.query", H, H, c->q_groups, "q_groups");
         add_projection(&list, l, "attention.key", H, H, c->k_groups, "k_groups");
         add_projection(&list, l, "attention.value", H, H, c->v_groups, "v_groups");
@@ -563,6 +572,10 @@ sqz_status sqz_model_get_info(const sqz_model *m, sqz_model_info *out)
     out->output_groups = c->output_groups;
     out->layer_norm_eps = c->layer_norm_eps;
     out->encoder_layer_norm_eps = c->encoder_layer_norm_eps;
+    out->linear_attention = c->linear_attention;
+    out->share_layers = c->share_layers;
+    out->layer_stride = c->layer_stride;
+    out->layers_run = sqz_config_layers_run(c);
     for (size_t i = 0; i < m->n_weights; i++)
         if (m->weights[i].alias_of < 0)
             out->num_parameters += m->weights[i].rows * m->weights[i].cols;

@@ -21,6 +21,13 @@ typedef struct sqz_config {
     double layer_norm_eps;         /* embeddings and MLM head */
     double encoder_layer_norm_eps; /* the two LayerNorms of every layer */
     bool tie_word_embeddings;
+    /* The variants of docs/variants.md: config.json keys of our own, off by default so real
+     * checkpoints keep matching transformers. */
+    bool linear_attention; /* "sqz_attention": "linear" (default "softmax") */
+    int share_layers;      /* "sqz_share_layers": k >= 1: layer l uses the weights of layer
+                              l - l % k, which alone the checkpoint needs; 0: off */
+    int layer_stride;      /* "sqz_layer_stride": run layers 0, k, 2k, ... of the checkpoint (1) */
+    int run_layers;        /* "sqz_run_layers": run only the first N of those (0: all) */
     char **labels; /* num_labels names from id2label (LABEL_i when absent) */
 } sqz_config;
 
@@ -48,6 +55,9 @@ struct sqz_model {
     size_t n_ignored_keys;
     sqz_model_load_options load_options; /* kept for the files read later (sentence Dense modules) */
 };
+
+/* How many layers run, after sqz_layer_stride and sqz_run_layers. */
+int sqz_config_layers_run(const sqz_config *config);
 
 /* Canonical weight names used by the graph builder. */
 int sqz_model_weight_index(const sqz_model *model, const char *canonical_name);

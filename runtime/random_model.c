@@ -73,6 +73,15 @@ static sqz_status write_config(const sqz_config *c, const char *path)
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         json_object_set_new(root, ints[i].key, json_integer(ints[i].value));
+    /* the variants, only when on, so default checkpoints stay plain transformers configs */
+    if (c->linear_attention)
+        json_object_set_new(root, "sqz_attention", json_string("linear"));
+    struct { const char *key; int value, off; } variants[] = {
+        {"sqz_share_layers", c->share_layers, 0}, {"sqz_layer_stride", c->layer_stride, 1},
+        {"sqz_run_layers", c->run_layers, 0}};
+    for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++)
+        if (variants[i].value != variants[i].off)
+            json_object_set_new(root, variants[i].key, json_integer(variants[i].value));
     json_object_set_new(root, "hidden_act", json_string("gelu"));
     json_object_set_new(root, "layer_norm_eps", json_real(c->layer_norm_eps));
     if (c->head != SQZ_HEAD_BASE) {

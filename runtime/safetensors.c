@@ -43,14 +43,6 @@ static int parse_dtype(const char *s, sqz_tf_dtype *out)
     return 0;
 }
 
-static uint64_t load_le64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* Reads one tensor entry of the header into `t` (and its span). `name` is printable. */
 static sqz_status parse_entry(const sqz_tf_source *src, const char *key, const char *name,
                               json_t *value, uint64_t data_size, sqz_tf_tensor *t,
@@ -220,7 +212,7 @@ sqz_status sqz_tf_read_safetensors(const sqz_tf_source *src, sqz_tensor_file *ou
     sqz_status status = sqz_tf_read_at(src, 0, lenbuf, 8, "the safetensors header length");
     if (status != SQZ_OK)
         return status;
-    uint64_t header_len = load_le64(lenbuf);
+    uint64_t header_len = sqz_tf_le64(lenbuf);
     if (header_len > src->size - 8)
         return sqz_fail(SQZ_ERR_FORMAT,
                         "%s: safetensors header length %llu (bytes 0-7) is larger than the %llu "

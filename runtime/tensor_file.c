@@ -143,16 +143,13 @@ float sqz_tf_load_f32(sqz_tf_dtype dtype, const unsigned char *p)
 {
     switch (dtype) {
     case SQZ_TF_F32:
-        return f32_from_bits((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                             (uint32_t)p[3] << 24);
+        return f32_from_bits(sqz_tf_le32(p));
     case SQZ_TF_F16:
-        return sqz_f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+        return sqz_f16_to_f32(sqz_tf_le16(p));
     case SQZ_TF_BF16:
-        return sqz_bf16_to_f32((uint16_t)(p[0] | p[1] << 8));
+        return sqz_bf16_to_f32(sqz_tf_le16(p));
     case SQZ_TF_F64: {
-        uint64_t bits = 0;
-        for (int i = 7; i >= 0; i--)
-            bits = bits << 8 | p[i];
+        uint64_t bits = sqz_tf_le64(p);
         double d;
         memcpy(&d, &bits, sizeof d);
         return sqz_tf_f64_to_f32(d);

@@ -1,5 +1,6 @@
-/* Shared pieces of the checkpoint readers (tensor_file.c, safetensors.c, torch_bin.c).
- * Not part of the engine's interface: only these three files and their test use it. */
+/* Shared pieces of the checkpoint readers (tensor_file.c, safetensors.c, torch_bin.c with
+ * zip.c and pickle.c). Not part of the engine's interface: only these files and their
+ * tests use it. */
 #ifndef SQZ_RUNTIME_TENSOR_FILE_INTERNAL_H
 #define SQZ_RUNTIME_TENSOR_FILE_INTERNAL_H
 
@@ -16,6 +17,19 @@ typedef struct sqz_tf_source {
     uint64_t size;
     size_t max_header_bytes, max_pickle_bytes; /* the caller's limits, defaults filled in */
 } sqz_tf_source;
+
+/* Little-endian loads from file bytes, which need not be aligned. */
+static inline uint16_t sqz_tf_le16(const unsigned char *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+static inline uint32_t sqz_tf_le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t sqz_tf_le64(const unsigned char *p)
+{
+    return sqz_tf_le32(p) | (uint64_t)sqz_tf_le32(p + 4) << 32;
+}
 
 /* Reads exactly `n` bytes at `offset`; `what` names the thing being read for the error. */
 sqz_status sqz_tf_read_at(const sqz_tf_source *src, uint64_t offset, void *buf, size_t n,

@@ -587,6 +587,13 @@ static void ref_attention(const op_case *c, float *out)
     free(scores), free(probs);
 }
 
+static void ref_linear_attention(const op_case *c, float *out)
+{
+    const sqz_ref_sequences s = {I(c, 4), NULL, c->dims.sequences};
+    assert_true(sqz_ref_linear_attention(F(c, 0), F(c, 1), F(c, 2), I(c, 3), c->params.attention.heads,
+                                         c->params.attention.head_dim, &s, out));
+}
+
 static void attention_layouts(const char *label, const int32_t *lengths, int64_t n, int heads, int d,
                               bool mask_some)
 {
@@ -632,6 +639,10 @@ static void attention_layouts(const char *label, const int32_t *lengths, int64_t
           tokens_f32(W, COPY(v, T * W)), ints(SQZ_EXTENT_TOKENS, copy_ints(valid, T)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_TOKENS, W, ref_attention},
+        {SQZ_OP_LINEAR_ATTENTION, 5, {tokens_f32(W, COPY(q, T * W)), tokens_f32(W, COPY(k, T * W)),
+          tokens_f32(W, COPY(v, T * W)), ints(SQZ_EXTENT_TOKENS, copy_ints(valid, T)),
+          ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1))}, SQZ_EXTENT_TOKENS, W,
+         ref_linear_attention},
     };
 #undef COPY
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {

@@ -168,6 +168,15 @@ static void bad_or_unsupported_config(void **unused)
         {"\"num_attention_heads\": 4", "\"num_attention_heads\": 5", SQZ_ERR_FORMAT, "not a multiple of num_attention_heads 5", "hidden_size 64"},
         {"\"vocab_size\": 120", "\"vocab_size\": -3", SQZ_ERR_FORMAT, "'vocab_size' = -3", "range"},
         {"\"vocab_size\": 120", "\"vocab_size\": 1000000000000", SQZ_ERR_FORMAT, "'vocab_size'", "range"},
+        /* the variants' keys (docs/variants.md); the fixture has 2 layers */
+        {"\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"sqz_attention\": \"quadratic\"", SQZ_ERR_UNSUPPORTED,
+         "sqz_attention must be", "\"linear\""},
+        {"\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"sqz_share_layers\": 3", SQZ_ERR_FORMAT,
+         "sqz_share_layers 3 is more than num_hidden_layers 2", "config.json"},
+        {"\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"sqz_layer_stride\": 2, \"sqz_run_layers\": 2",
+         SQZ_ERR_FORMAT, "sqz_run_layers 2 is more than the 1 layers", "sqz_layer_stride 2"},
+        {"\"hidden_act\": \"gelu\"", "\"hidden_act\": \"gelu\", \"sqz_share_layers\": 0", SQZ_ERR_FORMAT,
+         "'sqz_share_layers' = 0", "range"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *dir = copy_case(FIXTURES "/sqb-default/base-safetensors", "model.safetensors");
@@ -175,6 +184,17 @@ static void bad_or_unsupported_config(void **unused)
         assert_fails_with(load(dir), cases[i].status, cases[i].frag1, cases[i].frag2);
         remove_temp_dir(dir);
     }
+}
+
+/* a checkpoint that stores one layer for all (sqz_share_layers) cannot serve groups of two:
+ * the missing group's first layer is named */
+static void shared_layers_missing(void **unused)
+{
+    char *dir = copy_case(FIXTURES "/variants/share-all", "model.safetensors");
+    assert_sqz_ok(load(dir));
+    edit_config(dir, "\"sqz_share_layers\": 4", "\"sqz_share_layers\": 2");
+    assert_fails_with(load(dir), SQZ_ERR_MODEL_MISMATCH, "'encoder.layers.2.attention.query.weight' is missing");
+    remove_temp_dir(dir);
 }
 
 static void configurable_limits(void **unused)
@@ -303,6 +323,7 @@ int main(void)
         cmocka_unit_test(dtype_that_is_not_float),
         cmocka_unit_test(missing_tensor),
         cmocka_unit_test(bad_or_unsupported_config),
+        cmocka_unit_test(shared_layers_missing),
         cmocka_unit_test(configurable_limits),
         cmocka_unit_test(missing_files),
         cmocka_unit_test(bad_run_inputs),

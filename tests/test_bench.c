@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <math.h>
 
+#include "tools/bench_writers.h"
 #include "tools/sqz_bench.h"
 #include "tools/sqz_commands.h"
 

@@ -114,12 +114,19 @@ static void run_case(void **state)
 
 int main(void)
 {
+    /* transformers' own models (tools/gen_fixtures.py), then the variants computed with
+     * transformers' modules rearranged (tools/gen_variant_fixtures.py, docs/variants.md) */
     json_error_t err;
     json_t *manifest = json_load_file(SQZ_FIXTURES_DIR "/models/manifest.json", 0, &err);
-    if (!manifest || !json_is_array(manifest) || json_array_size(manifest) == 0) {
-        fprintf(stderr, "cannot read %s/models/manifest.json: %s\n", SQZ_FIXTURES_DIR, err.text);
+    json_t *variants = json_load_file(SQZ_FIXTURES_DIR "/models/variants/manifest.json", 0, &err);
+    if (!manifest || !json_is_array(manifest) || json_array_size(manifest) == 0 || !variants ||
+        !json_is_array(variants) || json_array_size(variants) == 0) {
+        fprintf(stderr, "cannot read %s/models/manifest.json or variants/manifest.json: %s\n", SQZ_FIXTURES_DIR,
+                err.text);
         return 1;
     }
+    json_array_extend(manifest, variants);
+    json_decref(variants);
     /* every case on cpu_ref, and on each other backend that can run here, fused and not */
     struct { const char *backend; bool unfused; } runs[12];
     size_t n_runs = 0;

@@ -21,8 +21,10 @@
 
 #include <cmocka.h>
 
+#include "runtime/pickle.h"
 #include "runtime/tensor_file.h"
 #include "runtime/tensor_file_internal.h"
+#include "runtime/zip.h"
 
 #ifndef SQZ_FIXTURES_DIR
 #error "SQZ_FIXTURES_DIR must name tests/fixtures"
@@ -1073,6 +1075,152 @@ static void test_zip_structure(void **state)
     free(b.p);
 }
 
+/* ---- the zip reader and the pickle machine on their own ----------------------------- */
+
+/* Opens `path` as the readers see it; the caller closes src->fp. */
+static void open_source(const char *path, sqz_tf_source *src)
+{
+    src->fp = fopen(path, "rb");
+    assert_non_null(src->fp);
+    assert_int_equal(fseek(src->fp, 0, SEEK_END), 0);
+    src->size = (uint64_t)ftell(src->fp);
+    src->path = path;
+}
+
+/* Entries of lengths around the 8-byte steps a fast CRC takes are read back whole, their
+ * CRC-32s (written by this test's bitwise CRC) accepted; a CRC changed in the directory
+ * is refused, naming the entry and both values. */
+static void test_zip_reader(void **state)
+{
+    (void)state;
+    char path[1024];
+    tmp_path(path, sizeof path, "direct.zip");
+    static const size_t lens[] = {0, 1, 7, 8, 9, 1000};
+    enum { N = sizeof lens / sizeof lens[0] };
+    unsigned char data[1000];
+    uint32_t seed = 12345;
+    for (size_t i = 0; i < sizeof data; i++) {
+        seed = seed * 1103515245u + 12345u;
+        data[i] = (unsigned char)(seed >> 16);
+    }
+    char names[N][16];
+    zfile files[N];
+    for (size_t i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "d/%zu", lens[i]);
+        files[i] = (zfile){names[i], data, lens[i], 0};
+    }
+    for (int zip64 = 0; zip64 < 2; zip64++) {
+        write_zip(path, files, N, zip64);
+        sqz_tf_source src;
+        open_source(path, &src);
+        sqz_zip_archive zip = {0};
+        assert_int_equal(sqz_zip_open(&src, &zip), SQZ_OK);
+        assert_int_equal(zip.count, N);
+        assert_null(sqz_zip_find(&zip, "d/2"));
+        for (size_t i = 0; i < N; i++) {
+            const sqz_zip_entry *e = sqz_zip_find(&zip, names[i]);
+            assert_non_null(e);
+            assert_int_equal(e->crc, crc32_bitwise(data, lens[i]));
+            unsigned char *got = NULL;
+            assert_int_equal(sqz_zip_read(&src, &zip, e, &got), SQZ_OK);
+            assert_int_equal(e->size, lens[i]);
+            if (lens[i])
+                assert_memory_equal(got, data, lens[i]);
+            free(got);
+        }
+        sqz_zip_close(&zip);
+        fclose(src.fp);
+    }
+
+    /* The directory's CRC of "d/1000" off by one bit. */
+    size_t len;
+    unsigned char *z = read_all(path, &len);
+    const uint32_t right = crc32_bitwise(data, 1000);
+    size_t at = 0;
+    for (size_t i = 0; i + 46 + 6 <= len && !at; i++)
+        if (memcmp(z + i, "PK\x01\x02", 4) == 0 && memcmp(z + i + 46, "d/1000", 6) == 0)
+            at = i;
+    assert_true(at != 0);
+    set_le(z + at + 16, right ^ 1u, 4);
+    write_all(path, z, len);
+    free(z);
+    sqz_tf_source src;
+    open_source(path, &src);
+    sqz_zip_archive zip = {0};
+    assert_int_equal(sqz_zip_open(&src, &zip), SQZ_OK);
+    unsigned char *got = (unsigned char *)1;
+    char want[160];
+    snprintf(want, sizeof want,
+             "zip entry 'd/1000' is corrupt: CRC-32 is 0x%08x, the directory says 0x%08x",
+             (unsigned)right, (unsigned)(right ^ 1u));
+    check_error(sqz_zip_read(&src, &zip, sqz_zip_find(&zip, "d/1000"), &got), SQZ_ERR_FORMAT,
+                path, want, (const char *)NULL);
+    assert_null(got);
+    sqz_zip_close(&zip);
+    fclose(src.fp);
+    remove(path);
+}
+
+/* The machine on bytes written here: a dict built with SETITEMS, two pickles back to back
+ * (as the legacy format has them), and an opcode outside the subset refused by name. */
+static void test_pickle_machine(void **state)
+{
+    (void)state;
+    bytes b = {0};
+    put1(&b, 0x80);
+    put1(&b, 2);
+    put1(&b, '}');
+    put1(&b, '(');
+    pk_str(&b, "seven");
+    put1(&b, 'K');
+    put1(&b, 7);
+    pk_str(&b, "nothing");
+    put1(&b, 'N');
+    put1(&b, 'u');
+    put1(&b, '.');
+    const size_t first_len = b.n;
+    put1(&b, 0x80);
+    put1(&b, 2);
+    put1(&b, ']');
+    put1(&b, '.');
+
+    sqz_pk_machine m;
+    sqz_pk_init(&m, "mem.pkl", "the test bytes", 1);
+    m.buf = b.p;
+    m.len = b.n;
+    sqz_pk_value *root = NULL;
+    assert_int_equal(sqz_pk_run(&m, &root), SQZ_OK);
+    assert_string_equal(sqz_pk_kind_name(root->kind), "dict");
+    const sqz_pk_value *seven = sqz_pk_dict_get(root, "seven");
+    assert_non_null(seven);
+    assert_int_equal(seven->kind, SQZ_PK_INT);
+    assert_int_equal(seven->u.i, 7);
+    assert_int_equal(sqz_pk_dict_get(root, "nothing")->kind, SQZ_PK_NONE);
+    assert_null(sqz_pk_dict_get(root, "eight"));
+    assert_int_equal(m.pos, first_len);
+    sqz_pk_reset(&m);
+    assert_int_equal(sqz_pk_run(&m, &root), SQZ_OK);
+    assert_string_equal(sqz_pk_kind_name(root->kind), "list");
+    assert_int_equal(m.pos, b.n);
+    sqz_pk_free(&m);
+
+    /* NEWOBJ (0x81) after the protocol. */
+    b.n = 0;
+    put1(&b, 0x80);
+    put1(&b, 2);
+    put1(&b, 0x81);
+    put1(&b, '.');
+    sqz_pk_init(&m, "mem.pkl", "the test bytes", 0);
+    m.buf = b.p;
+    m.len = b.n;
+    check_error(sqz_pk_run(&m, &root), SQZ_ERR_UNSUPPORTED,
+                "mem.pkl: unsupported pickle opcode 0x81 at offset 2 in mem.pkl (entry the test "
+                "bytes)",
+                (const char *)NULL);
+    sqz_pk_free(&m);
+    free(b.p);
+}
+
 /* ---- hand-built safetensors ----------------------------------------------------------- */
 
 static void write_st(const char *path, uint64_t header_len, const char *header,
@@ -1498,6 +1646,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pickle_storage_too_small),
         cmocka_unit_test(test_pickle_structure),
         cmocka_unit_test(test_zip_structure),
+        cmocka_unit_test(test_zip_reader),
+        cmocka_unit_test(test_pickle_machine),
         cmocka_unit_test(test_safetensors_valid_crafted),
         cmocka_unit_test(test_safetensors_bad),
         cmocka_unit_test(test_safetensors_write_roundtrip),

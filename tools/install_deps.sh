@@ -9,6 +9,7 @@ packages=(
   cmake gcc make pkg-config
   libjansson-dev          # config.json and JSON input/output
   libutf8proc-dev         # tokenizer: NFD, Unicode categories, lower case
+  zlib1g-dev              # crc32 of the zip entries in torch checkpoints
   libcmocka-dev           # unit tests
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo   # OpenCL backend, PoCL on CPUs
   libdnnl-dev             # cpu backend: oneDNN's matmul and sgemm (it brings libgomp)

@@ -13,6 +13,7 @@ packages=(
   libjansson4 libjansson-dev
   libcmocka0 libcmocka-dev
   libutf8proc2 libutf8proc-dev
+  zlib1g zlib1g-dev
   ocl-icd-libopencl1 ocl-icd-opencl-dev opencl-c-headers opencl-clhpp-headers
   pkgconf pkgconf-bin libpkgconf3
 )

@@ -206,10 +206,18 @@ static int cmd_graph(int argc, char **argv)
 static const char random_help[] =
     "usage: sqz random-model --config squeezebert-uncased|squeezebert-mnli|tiny --seed S --out DIR\n"
     "\n"
+    "                        [--variant LIST]\n"
+    "\n"
     "Writes a deterministic random-weight checkpoint (config.json + model.safetensors) in the\n"
     "Hugging Face layout. squeezebert-uncased and squeezebert-mnli have the shapes of the\n"
     "published checkpoints (51 M parameters); tiny is a 2-layer model (hidden 128, 2 heads of\n"
-    "64) for quick checks.\n";
+    "64) for quick checks.\n"
+    "\n"
+    "  --variant LIST  comma-separated variants (docs/variants.md): linear (linear attention),\n"
+    "                  share=K (layers share weights in groups of K), stride=K (run every Kth\n"
+    "                  layer), layers=N (run the first N), positions=P (position table size,\n"
+    "                  for long inputs). The same list joined by '+' after a preset name works\n"
+    "                  wherever a preset does (--random tiny+linear+positions=4096).\n";
 
 static int cmd_random_model(int argc, char **argv)
 {
@@ -217,7 +225,8 @@ static int cmd_random_model(int argc, char **argv)
         fputs(random_help, stdout);
         return 0;
     }
-    cli_option opts[] = {{"config", true, NULL}, {"seed", true, NULL}, {"out", true, NULL}};
+    cli_option opts[] = {{"config", true, NULL}, {"seed", true, NULL}, {"out", true, NULL},
+                         {"variant", true, NULL}};
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("random-model", argc, argv, opts, n))
         return EXIT_USAGE;
@@ -235,12 +244,22 @@ static int cmd_random_model(int argc, char **argv)
             return EXIT_USAGE;
         }
     }
+    char preset[256];
+    const char *variant = cli_get(opts, n, "variant");
+    if ((size_t)snprintf(preset, sizeof preset, "%s%s%s", cli_get(opts, n, "config"), variant ? "+" : "",
+                         variant ? variant : "") >= sizeof preset) {
+        fprintf(stderr, "sqz random-model: --config and --variant are too long\n");
+        return EXIT_USAGE;
+    }
+    for (char *c = preset; *c; c++) /* the list's commas are the preset's '+' */
+        if (*c == ',')
+            *c = '+';
     double t0 = now_seconds();
-    sqz_status st = sqz_random_model_write(cli_get(opts, n, "config"), seed, cli_get(opts, n, "out"));
+    sqz_status st = sqz_random_model_write(preset, seed, cli_get(opts, n, "out"));
     if (st != SQZ_OK)
         return fail("random-model", st);
-    fprintf(stderr, "sqz random-model: wrote %s (seed %llu) to %s in %.2f s\n",
-            cli_get(opts, n, "config"), seed, cli_get(opts, n, "out"), now_seconds() - t0);
+    fprintf(stderr, "sqz random-model: wrote %s (seed %llu) to %s in %.2f s\n", preset, seed,
+            cli_get(opts, n, "out"), now_seconds() - t0);
     return 0;
 }
 
@@ -278,6 +297,10 @@ static int cmd_info(int argc, char **argv)
     printf("parameters        %lld\n", (long long)i.num_parameters);
     printf("layers x hidden   %d x %d, %d heads, intermediate %d\n", i.num_layers, i.hidden_size,
            i.num_heads, i.intermediate_size);
+    if (i.linear_attention || i.share_layers || i.layer_stride > 1 || i.layers_run < i.num_layers)
+        printf("variant           %s attention, %d of %d layers run (stride %d), weights shared in groups of "
+               "%d layers\n", i.linear_attention ? "linear" : "softmax", i.layers_run, i.num_layers, i.layer_stride,
+               i.share_layers ? i.share_layers : 1);
     printf("groups q/k/v      %d/%d/%d, post-attention %d, intermediate %d, output %d\n",
            i.q_groups, i.k_groups, i.v_groups, i.post_attention_groups, i.intermediate_groups,
            i.output_groups);

@@ -1,7 +1,8 @@
 /* sqz bench: the engine timed over a grid of backends x devices x precisions x batch sizes x
  * sequence lengths, plus mixed-length batches that show what packing saves. Uses only the
  * public API. Every figure goes into one JSON report; the table, CSV and SVG are drawn from
- * it (see tools/sqz_bench.h and bench/README.md). */
+ * it by tools/bench_writers.c (see bench/README.md). */
+#include "tools/bench_writers.h"
 #include "tools/cli_options.h"
 #include "tools/sqz_bench.h"
 
@@ -21,7 +22,6 @@
 
 #define EXIT_USAGE 2
 #define MAX_LIST 32
-#define SCHEMA "sqz-bench/1"
 
 #ifndef M_PI
 #define M_PI 3.14159265358979323846
@@ -40,7 +40,8 @@ static const char bench_help[] =
     "synchronisation and the output download, as a caller sees it.\n"
     "\n"
     "model:\n"
-    "  --random PRESET     squeezebert-uncased | squeezebert-mnli | tiny, random weights\n"
+    "  --random PRESET     squeezebert-uncased | squeezebert-mnli | tiny, random weights,\n"
+    "                      optionally +VARIANT... (sqz random-model --help)\n"
     "  --model DIR         a checkpoint directory\n"
     "  --seed S            weight seed for --random (default 1)\n"
     "grid (LIST = comma-separated):\n"
@@ -169,21 +170,6 @@ static void free_words(char **w, int n)
 
 /* JSON numbers for figures that may be unknown: NaN/inf become null. */
 static json_t *jnum(double x) { return isfinite(x) ? json_real(x) : json_null(); }
-
-static double jget_num(const json_t *obj, const char *key)
-{
-    const json_t *v = json_object_get(obj, key);
-    return json_is_number(v) ? json_number_value(v) : NAN;
-}
-
-static const char *jget_str(const json_t *obj, const char *key)
-{
-    const char *s = json_string_value(json_object_get(obj, key));
-    return s ? s : "";
-}
-
-/* Throughput rows (two runs in flight; --timing throughput) are apart from latency rows. */
-static bool is_throughput(const json_t *row) { return strcmp(jget_str(row, "timing"), "throughput") == 0; }
 
 static void set_str(json_t *obj, const char *key, const char *value)
 {
@@ -1055,623 +1041,6 @@ static int read_lengths_file(const char *path, lengths_file *out)
     return 0;
 }
 
-/* ---- writers ------------------------------------------------------------------------------- */
-
-int bench_write_json(FILE *f, json_t *report)
-{
-    if (json_dumpf(report, f, JSON_INDENT(1) | JSON_REAL_PRECISION(7)) != 0)
-        return 1;
-    return fputc('\n', f) == EOF;
-}
-
-static void csv_str(FILE *f, const char *s)
-{
-    if (strpbrk(s, ",\"\n")) {
-        fputc('"', f);
-        for (; *s; s++) {
-            if (*s == '"')
-                fputc('"', f);
-            fputc(*s == '\n' ? ' ' : *s, f);
-        }
-        fputc('"', f);
-    } else {
-        fputs(s, f);
-    }
-}
-
-static void csv_num(FILE *f, double x)
-{
-    if (isfinite(x))
-        fprintf(f, ",%.6g", x);
-    else
-        fputs(",", f);
-}
-
-int bench_write_csv(FILE *f, json_t *report)
-{
-    fputs("engine,backend,device,precision,mode,batch,seq_len,status,real_tokens,padded_tokens,"
-          "repeats,seq_per_s,tokens_per_s,p50_ms,p90_ms,p99_ms,mean_ms,flops_per_batch,gflops,"
-          "peak_gflops,peak_fraction,arena_bytes,weight_bytes,memory_bytes,session_create_s,"
-          "first_run_s,plan_compile_s,validation,max_rel,threads,reason,timing,devices,device_ms\n", f);
-    json_t *rows = json_object_get(report, "rows");
-    size_t i;
-    json_t *row;
-    json_array_foreach(rows, i, row) {
-        const char *strs[] = {"engine", "backend", "device", "precision", "mode"};
-        for (size_t k = 0; k < 5; k++) {
-            if (k)
-                fputc(',', f);
-            csv_str(f, jget_str(row, strs[k]));
-        }
-        csv_num(f, jget_num(row, "batch"));
-        csv_num(f, jget_num(row, "seq_len"));
-        fputc(',', f);
-        csv_str(f, jget_str(row, "status"));
-        csv_num(f, jget_num(row, "real_tokens"));
-        csv_num(f, jget_num(row, "padded_tokens"));
-        csv_num(f, jget_num(row, "repeats"));
-        csv_num(f, jget_num(row, "seq_per_s"));
-        csv_num(f, jget_num(row, "tokens_per_s"));
-        json_t *lat = json_object_get(row, "latency_ms");
-        csv_num(f, jget_num(lat, "p50"));
-        csv_num(f, jget_num(lat, "p90"));
-        csv_num(f, jget_num(lat, "p99"));
-        csv_num(f, jget_num(lat, "mean"));
-        csv_num(f, jget_num(row, "flops_per_batch"));
-        csv_num(f, jget_num(row, "gflops"));
-        csv_num(f, jget_num(row, "peak_gflops"));
-        csv_num(f, jget_num(row, "peak_fraction"));
-        csv_num(f, jget_num(row, "arena_bytes"));
-        csv_num(f, jget_num(row, "weight_bytes"));
-        csv_num(f, jget_num(row, "memory_bytes"));
-        json_t *warm = json_object_get(row, "warmup");
-        csv_num(f, jget_num(warm, "session_create_s"));
-        csv_num(f, jget_num(warm, "first_run_s"));
-        csv_num(f, jget_num(warm, "plan_compile_s"));
-        json_t *val = json_object_get(row, "validation");
-        fputc(',', f);
-        csv_str(f, jget_str(val, "status"));
-        csv_num(f, jget_num(val, "max_rel"));
-        fputc(',', f);
-        csv_str(f, jget_str(row, "threads"));
-        fputc(',', f);
-        csv_str(f, jget_str(row, "reason"));
-        fputc(',', f);
-        csv_str(f, is_throughput(row) ? "throughput" : "latency");
-        csv_num(f, jget_num(row, "devices"));
-        csv_num(f, jget_num(row, "device_ms"));
-        fputc('\n', f);
-    }
-    return ferror(f) != 0;
-}
-
-/* "sqz:opencl", "sqz:opencl:1", "torch:cpu": one name per engine, backend and device. */
-static void row_name(const json_t *row, char *out, size_t size)
-{
-    const char *dev = jget_str(row, "device");
-    bool show_dev = *dev && strcmp(dev, "default") != 0 && strcmp(dev, "-") != 0;
-    snprintf(out, size, "%s:%s%s%s", jget_str(row, "engine"), jget_str(row, "backend"),
-             show_dev ? ":" : "", show_dev ? dev : "");
-}
-
-/* The row of `engine` in the same cell as `row` (same mode, batch, length, precision). */
-static const json_t *same_cell(json_t *rows, const json_t *row, const char *engine)
-{
-    size_t i;
-    json_t *other;
-    json_array_foreach(rows, i, other) {
-        if (strcmp(jget_str(other, "engine"), engine) == 0 &&
-            strcmp(jget_str(other, "status"), "ok") == 0 &&
-            strcmp(jget_str(other, "mode"), jget_str(row, "mode")) == 0 &&
-            is_throughput(other) == is_throughput(row) &&
-            strcmp(jget_str(other, "precision"), jget_str(row, "precision")) == 0 &&
-            jget_num(other, "batch") == jget_num(row, "batch") &&
-            jget_num(other, "seq_len") == jget_num(row, "seq_len"))
-            return other;
-    }
-    return NULL;
-}
-
-static void fmt_num(char *out, size_t size, double x, int width)
-{
-    if (!isfinite(x))
-        snprintf(out, size, "%*s", width, "-");
-    else if (fabs(x) >= 1000)
-        snprintf(out, size, "%*.0f", width, x);
-    else if (fabs(x) >= 100)
-        snprintf(out, size, "%*.1f", width, x);
-    else if (fabs(x) >= 1)
-        snprintf(out, size, "%*.2f", width, x);
-    else
-        snprintf(out, size, "%*.3f", width, x);
-}
-
-static void fmt_fixed(char *out, size_t size, double x, int width, int decimals)
-{
-    if (isfinite(x))
-        snprintf(out, size, "%*.*f", width, decimals, x);
-    else
-        snprintf(out, size, "%*s", width, "-");
-}
-
-void bench_print_table(FILE *f, json_t *report, const char *baseline)
-{
-    json_t *rows = json_object_get(report, "rows");
-    json_t *meta = json_object_get(report, "run");
-    json_t *model = json_object_get(report, "model");
-    size_t i;
-    json_t *row, *dev;
-    /* the ratio column: against torch when the report has torch rows, unless told otherwise */
-    if (!baseline) {
-        json_array_foreach(rows, i, row)
-            if (strcmp(jget_str(row, "engine"), "torch") == 0)
-                baseline = "torch";
-    }
-    fprintf(f, "sqz bench: %s (%s), %.1f M parameters\n", jget_str(model, "architecture"),
-            jget_str(model, "source"), jget_num(model, "parameters") / 1e6);
-    fprintf(f, "run: %s on %s (%s cores), load average at start %s\n", jget_str(meta, "date"),
-            jget_str(meta, "machine"), jget_str(meta, "cores"), jget_str(meta, "loadavg"));
-    fprintf(f, "timing: %s\n", jget_str(meta, "timing"));
-    fprintf(f, "devices and threads:\n");
-    json_array_foreach(json_object_get(report, "devices"), i, dev) {
-        char name[96];
-        row_name(dev, name, sizeof name);
-        if (strcmp(jget_str(dev, "status"), "ok") != 0) {
-            fprintf(f, "  %-18s unavailable: %s\n", name, jget_str(dev, "reason"));
-            continue;
-        }
-        fprintf(f, "  %-18s %s\n  %-18s threads: %s\n", name, jget_str(dev, "description"), "",
-                jget_str(dev, "threads"));
-        size_t k;
-        json_t *p;
-        json_array_foreach(json_object_get(dev, "peaks"), k, p) {
-            if (strcmp(jget_str(p, "status"), "ok") == 0)
-                fprintf(f, "  %-18s peak %s: %.1f GFLOP/s (%s, best of %d launches)\n", "",
-                        jget_str(p, "precision"), jget_num(p, "gflops"), jget_str(p, "kernel"),
-                        (int)jget_num(p, "launches"));
-            else
-                fprintf(f, "  %-18s peak %s: not measured: %s\n", "", jget_str(p, "precision"),
-                        jget_str(p, "reason"));
-        }
-    }
-    fprintf(f, "\n%-18s %-5s %-7s %5s %5s %6s %8s %8s %8s %8s %8s %8s %8s %6s %8s %4s %-11s",
-            "engine", "prec", "mode", "batch", "len", "tokens", "seq/s", "tok/s", "p50 ms",
-            "p90 ms", "p99 ms", "dev ms", "GFLOP/s", "%peak", "mem MiB", "runs", "valid");
-    if (baseline)
-        fprintf(f, " x %s", baseline);
-    fputc('\n', f);
-    int skipped = 0, errors = 0, throughput_rows = 0;
-    json_array_foreach(rows, i, row) {
-        const char *status = jget_str(row, "status");
-        char name[96];
-        row_name(row, name, sizeof name);
-        if (strcmp(status, "skipped") == 0) {
-            skipped++;
-            continue;
-        }
-        if (strcmp(status, "ok") != 0 && strcmp(status, "error") != 0)
-            continue; /* n/a rows are listed after the table */
-        char n1[32], n2[32], n3[32], n4[32], n5[32], n6[32], n7[32], n8[32], n9[32];
-        if (strcmp(status, "error") == 0) {
-            errors++;
-            fprintf(f, "%-18s %-5s %-5s%-2s %5d %5d  ERROR: %s\n", name, jget_str(row, "precision"),
-                    jget_str(row, "mode"), is_throughput(row) ? "/T" : "", (int)jget_num(row, "batch"),
-                    (int)jget_num(row, "seq_len"), jget_str(row, "reason"));
-            continue;
-        }
-        json_t *lat = json_object_get(row, "latency_ms"), *val = json_object_get(row, "validation");
-        fmt_num(n1, sizeof n1, jget_num(row, "seq_per_s"), 8);
-        fmt_num(n2, sizeof n2, jget_num(row, "tokens_per_s"), 8);
-        fmt_num(n3, sizeof n3, jget_num(lat, "p50"), 8);
-        fmt_num(n4, sizeof n4, jget_num(lat, "p90"), 8);
-        fmt_num(n5, sizeof n5, jget_num(lat, "p99"), 8);
-        fmt_num(n6, sizeof n6, jget_num(row, "gflops"), 8);
-        fmt_num(n9, sizeof n9, jget_num(row, "device_ms"), 8);
-        double frac = jget_num(row, "peak_fraction");
-        if (isfinite(frac))
-            snprintf(n7, sizeof n7, "%5.0f%%", frac * 100);
-        else
-            snprintf(n7, sizeof n7, "%6s", "-");
-        double mem = jget_num(row, "memory_bytes");
-        fmt_num(n8, sizeof n8, mem / 1048576.0, 8);
-        char valid[48];
-        const char *vs = jget_str(val, "status");
-        if (isfinite(jget_num(val, "max_rel")))
-            snprintf(valid, sizeof valid, "%s %.0e", vs, jget_num(val, "max_rel"));
-        else
-            snprintf(valid, sizeof valid, "%s", *vs ? vs : "-");
-        if (is_throughput(row))
-            throughput_rows++;
-        fprintf(f, "%-18s %-5s %-5s%-2s %5d %5d %6lld %s %s %s %s %s %s %s %s %s %4d %-11s", name,
-                jget_str(row, "precision"), jget_str(row, "mode"), is_throughput(row) ? "/T" : "",
-                (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"), (long long)jget_num(row, "real_tokens"),
-                n1, n2, n3, n4, n5, n9, n6, n7, n8, (int)jget_num(row, "repeats"), valid);
-        if (baseline) {
-            const json_t *base = same_cell(rows, row, baseline);
-            if (base)
-                fprintf(f, " %6.2f", jget_num(row, "seq_per_s") / jget_num(base, "seq_per_s"));
-            else
-                fprintf(f, " %6s", "-");
-        }
-        fputc('\n', f);
-    }
-    if (throughput_rows)
-        fprintf(f, "/T: throughput, two runs in flight per device (and every listed device at once where the "
-                "device is a+b): seq/s over the whole timed span; p50/p90/p99 are times between completions\n");
-    json_array_foreach(rows, i, row) {
-        if (strcmp(jget_str(row, "status"), "n/a") == 0) {
-            char name[96];
-            row_name(row, name, sizeof name);
-            fprintf(f, "n/a: %s %s: %s\n", name, jget_str(row, "precision"), jget_str(row, "reason"));
-        }
-    }
-    if (skipped) {
-        /* one line per reason: the cells are listed in the JSON and CSV */
-        json_t *seen = json_object();
-        json_array_foreach(rows, i, row) {
-            if (strcmp(jget_str(row, "status"), "skipped") != 0)
-                continue;
-            char key[700], name[96];
-            row_name(row, name, sizeof name);
-            snprintf(key, sizeof key, "%s: %s", name, jget_str(row, "reason"));
-            json_t *c = json_object_get(seen, key);
-            json_object_set_new(seen, key, json_integer(c ? json_integer_value(c) + 1 : 1));
-        }
-        const char *key;
-        json_t *c;
-        json_object_foreach(seen, key, c)
-            fprintf(f, "skipped: %lld cells of %s\n", (long long)json_integer_value(c), key);
-        json_decref(seen);
-    }
-    /* warm-up, excluded from every figure above */
-    bool any_warm = false;
-    json_array_foreach(rows, i, row) {
-        json_t *warm = json_object_get(row, "warmup");
-        if (!warm || strcmp(jget_str(row, "status"), "ok") != 0)
-            continue;
-        if (!any_warm)
-            fprintf(f, "\nwarm-up (not in the figures above):\n  %-18s %-5s %-5s %9s %10s %10s %12s %13s\n",
-                    "engine", "prec", "mode", "cell", "session s", "first s", "over p50 s",
-                    "compile ms");
-        any_warm = true;
-        char name[96], cellname[32];
-        row_name(row, name, sizeof name);
-        snprintf(cellname, sizeof cellname, "%dx%d", (int)jget_num(row, "batch"),
-                 (int)jget_num(row, "seq_len"));
-        double first = jget_num(warm, "first_run_s");
-        double p50 = jget_num(json_object_get(row, "latency_ms"), "p50") * 1e-3;
-        char w1[32], w2[32], w3[32], w4[32];
-        fmt_fixed(w1, sizeof w1, jget_num(warm, "session_create_s"), 10, 3);
-        fmt_fixed(w2, sizeof w2, first, 10, 3);
-        fmt_fixed(w3, sizeof w3, first - p50, 12, 3);
-        fmt_fixed(w4, sizeof w4, jget_num(warm, "plan_compile_s") * 1e3, 13, 3);
-        fprintf(f, "  %-18s %-5s %-5s %9s %s %s %s %s\n", name, jget_str(row, "precision"),
-                jget_str(row, "mode"), cellname, w1, w2, w3, w4);
-    }
-    if (any_warm)
-        fprintf(f, "  session: create (weights upload, kernel build); first: the first run (plan "
-                "compile,\n  first launches); over p50: what the first run cost beyond a timed one\n");
-    /* what packing saved: each mixed cell against the same engine's padded (fixed) cell */
-    bool any_mixed = false;
-    json_array_foreach(rows, i, row) {
-        if (strcmp(jget_str(row, "mode"), "mixed") != 0 || strcmp(jget_str(row, "status"), "ok") != 0)
-            continue;
-        if (!any_mixed)
-            fprintf(f, "\nmixed lengths (%s):\n", jget_str(json_object_get(report, "settings"),
-                                                          "mixed_lengths"));
-        any_mixed = true;
-        char name[96];
-        row_name(row, name, sizeof name);
-        double real = jget_num(row, "real_tokens"), padded = jget_num(row, "padded_tokens");
-        double computed = jget_num(row, "computed_tokens");
-        fprintf(f, "  %-18s batch %3d: %5.0f real tokens of %5.0f padded (%3.0f%%)", name,
-                (int)jget_num(row, "batch"), real, padded, 100 * real / padded);
-        if (isfinite(computed))
-            fprintf(f, ", computes %5.0f", computed);
-        /* the same engine, backend and device, every row full length */
-        size_t k;
-        json_t *other;
-        const json_t *full = NULL;
-        json_array_foreach(rows, k, other) {
-            if (strcmp(jget_str(other, "mode"), "fixed") == 0 &&
-                strcmp(jget_str(other, "status"), "ok") == 0 &&
-                strcmp(jget_str(other, "engine"), jget_str(row, "engine")) == 0 &&
-                strcmp(jget_str(other, "backend"), jget_str(row, "backend")) == 0 &&
-                strcmp(jget_str(other, "device"), jget_str(row, "device")) == 0 &&
-                strcmp(jget_str(other, "precision"), jget_str(row, "precision")) == 0 &&
-                jget_num(other, "batch") == jget_num(row, "batch") &&
-                jget_num(other, "seq_len") == jget_num(row, "seq_len"))
-                full = other;
-        }
-        if (full) {
-            double fr = jget_num(row, "flops_per_batch") / jget_num(full, "flops_per_batch");
-            fprintf(f, "; %.2fx the seq/s of %dx%d full rows", jget_num(row, "seq_per_s") /
-                    jget_num(full, "seq_per_s"), (int)jget_num(full, "batch"),
-                    (int)jget_num(full, "seq_len"));
-            if (isfinite(fr) && strcmp(jget_str(row, "engine"), "sqz") == 0) /* peers: ours */
-                fprintf(f, ", %.2fx the FLOPs", fr);
-        }
-        fputc('\n', f);
-    }
-    const char *vnote = jget_str(json_object_get(report, "settings"), "validation");
-    if (*vnote)
-        fprintf(f, "\nvalid: %s\n", vnote);
-    if (errors)
-        fprintf(f, "%d cell(s) failed; see the reasons above\n", errors);
-}
-
-/* ---- SVG ------------------------------------------------------------------------------------ */
-
-static void svg_text(FILE *f, double x, double y, const char *anchor, int size, const char *extra,
-                     const char *text)
-{
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\" font-size=\"%d\"%s%s>", x, y, anchor,
-            size, *extra ? " " : "", extra);
-    for (const char *p = text; *p; p++) {
-        if (*p == '<')
-            fputs("&lt;", f);
-        else if (*p == '>')
-            fputs("&gt;", f);
-        else if (*p == '&')
-            fputs("&amp;", f);
-        else if (*p == '"')
-            fputs("&quot;", f);
-        else
-            fputc(*p, f);
-    }
-    fputs("</text>\n", f);
-}
-
-static const char *const palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd",
-                                      "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"};
-
-/* Series: one per engine, backend, device and precision; same colour in every panel. */
-static void series_key(const json_t *row, char *out, size_t size)
-{
-    char name[96];
-    row_name(row, name, sizeof name);
-    snprintf(out, size, "%s %s%s", name, jget_str(row, "precision"), is_throughput(row) ? " throughput" : "");
-}
-
-static bool row_ok(const json_t *row)
-{
-    return strcmp(jget_str(row, "status"), "ok") == 0 && isfinite(jget_num(row, "seq_per_s")) &&
-           jget_num(row, "seq_per_s") > 0;
-}
-
-static double log_floor(double x) { return pow(10, floor(log10(x))); }
-static double log_ceil(double x) { return pow(10, ceil(log10(x))); }
-
-static void tick_label(double v, char *out, size_t size)
-{
-    if (v >= 1)
-        snprintf(out, size, "%.0f", v);
-    else
-        snprintf(out, size, "%g", v);
-}
-
-int bench_write_svg(FILE *f, json_t *report)
-{
-    json_t *rows = json_object_get(report, "rows");
-    size_t i;
-    json_t *row;
-    /* the panels: one per (mode, length), fixed lengths first */
-    typedef struct panel { bool mixed; int len; } panel;
-    panel panels[8];
-    int n_panels = 0;
-    char series[16][128];
-    int n_series = 0;
-    double ymin = INFINITY, ymax = 0, bmin = INFINITY, bmax = 0, lmin = INFINITY, lmax = 0;
-    int n_lat = 0;
-    json_array_foreach(rows, i, row) {
-        if (!row_ok(row))
-            continue;
-        bool mixed = strcmp(jget_str(row, "mode"), "mixed") == 0;
-        int len = (int)jget_num(row, "seq_len");
-        int k = 0;
-        while (k < n_panels && !(panels[k].mixed == mixed && panels[k].len == len))
-            k++;
-        if (k == n_panels && n_panels < 8)
-            panels[n_panels++] = (panel){mixed, len};
-        char key[128];
-        series_key(row, key, sizeof key);
-        int s = 0;
-        while (s < n_series && strcmp(series[s], key) != 0)
-            s++;
-        if (s == n_series && n_series < 16)
-            snprintf(series[n_series++], sizeof series[0], "%s", key);
-        ymin = fmin(ymin, jget_num(row, "seq_per_s"));
-        ymax = fmax(ymax, jget_num(row, "seq_per_s"));
-        bmin = fmin(bmin, jget_num(row, "batch"));
-        bmax = fmax(bmax, jget_num(row, "batch"));
-        size_t k2;
-        json_t *v;
-        json_array_foreach(json_object_get(row, "samples_ms"), k2, v) {
-            lmin = fmin(lmin, json_number_value(v));
-            lmax = fmax(lmax, json_number_value(v));
-        }
-        n_lat++;
-    }
-    for (int a = 1; a < n_panels; a++) /* fixed before mixed, then by length */
-        for (int b = a; b > 0 && (panels[b].mixed < panels[b - 1].mixed ||
-                                  (panels[b].mixed == panels[b - 1].mixed && panels[b].len < panels[b - 1].len)); b--) {
-            panel t = panels[b];
-            panels[b] = panels[b - 1];
-            panels[b - 1] = t;
-        }
-    const double W = 1100, top = 70, ph = 260, pad_l = 70, gap = 40;
-    const double legend_h = 22.0 * ((n_series + 2) / 3) + 30;
-    const double lat_top = top + ph + 60 + legend_h, row_h = 16;
-    const double H = lat_top + 50 + row_h * (n_lat ? n_lat : 1) + 40;
-    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
-            "viewBox=\"0 0 %.0f %.0f\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n"
-            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, H, W, H);
-    json_t *model = json_object_get(report, "model"), *meta = json_object_get(report, "run");
-    char title[512];
-    snprintf(title, sizeof title, "sqz bench: %s (%s), %s, %s", jget_str(model, "architecture"),
-             jget_str(model, "source"), jget_str(meta, "machine"), jget_str(meta, "date"));
-    svg_text(f, W / 2, 24, "middle", 15, "font-weight=\"bold\"", title);
-    svg_text(f, W / 2, 44, "middle", 12, "fill=\"#444\"",
-             "throughput (sequences/s, log scale) against batch size, per backend and precision");
-    if (n_panels == 0) {
-        svg_text(f, W / 2, top + 40, "middle", 13, "", "no cell ran");
-        fputs("</svg>\n", f);
-        return ferror(f) != 0;
-    }
-    ymin = log_floor(ymin);
-    ymax = log_ceil(ymax);
-    if (ymax <= ymin)
-        ymax = ymin * 10;
-    /* a quarter of a doubling of margin on each side, so end points are not cut in half */
-    const double lb0 = log2(bmin) - 0.25,
-                 lb1 = (log2(bmax) > log2(bmin) ? log2(bmax) : log2(bmin) + 1) + 0.25;
-    const bool label_minor = log10(ymax) - log10(ymin) <= 2.01; /* few decades: label 2 and 5 */
-    const double pw = (W - pad_l - 20 - gap * (n_panels - 1)) / n_panels;
-    for (int p = 0; p < n_panels; p++) {
-        const double x0 = pad_l + p * (pw + gap), y0 = top, x1 = x0 + pw, y1 = top + ph;
-        char heading[96];
-        if (panels[p].mixed)
-            snprintf(heading, sizeof heading, "mixed lengths up to %d tokens", panels[p].len);
-        else
-            snprintf(heading, sizeof heading, "every row %d tokens", panels[p].len);
-        svg_text(f, (x0 + x1) / 2, y0 - 8, "middle", 12, "font-weight=\"bold\"", heading);
-        fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
-                "stroke=\"#888\"/>\n", x0, y0, pw, ph);
-        /* decades on y, with 2 and 5 as faint lines */
-        for (double d = ymin; d <= ymax * 1.0001; d *= 10) {
-            for (int m = 1; m <= 5; m += (m == 1 ? 1 : 3)) {
-                double v = d * m;
-                if (v > ymax * 1.0001)
-                    break;
-                double y = y1 - (log10(v) - log10(ymin)) / (log10(ymax) - log10(ymin)) * ph;
-                fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n",
-                        x0, y, x1, y, m == 1 ? "#ccc" : "#eee");
-                if ((m == 1 || label_minor) && p == 0) {
-                    char t[32];
-                    tick_label(v, t, sizeof t);
-                    svg_text(f, x0 - 6, y + 4, "end", 11, "", t);
-                }
-            }
-        }
-        for (double lb = ceil(lb0); lb <= lb1 + 1e-9; lb += 1) {
-            double x = x0 + (lb - lb0) / (lb1 - lb0) * pw;
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n",
-                    x, y0, x, y1);
-            char t[32];
-            snprintf(t, sizeof t, "%.0f", pow(2, lb));
-            svg_text(f, x, y1 + 16, "middle", 11, "", t);
-        }
-        svg_text(f, (x0 + x1) / 2, y1 + 34, "middle", 11, "", "batch size");
-        if (p == 0) {
-            char rot[96];
-            snprintf(rot, sizeof rot, "transform=\"rotate(-90 %.1f %.1f)\"", x0 - 48, (y0 + y1) / 2);
-            svg_text(f, x0 - 48, (y0 + y1) / 2, "middle", 11, rot, "sequences / s");
-        }
-        for (int s = 0; s < n_series; s++) {
-            /* this series' points in this panel, by batch */
-            double px[64], py[64];
-            int np = 0;
-            json_array_foreach(rows, i, row) {
-                char key[128];
-                series_key(row, key, sizeof key);
-                if (!row_ok(row) || strcmp(key, series[s]) != 0 ||
-                    (strcmp(jget_str(row, "mode"), "mixed") == 0) != panels[p].mixed ||
-                    (int)jget_num(row, "seq_len") != panels[p].len || np == 64)
-                    continue;
-                double bx = x0 + (log2(jget_num(row, "batch")) - lb0) / (lb1 - lb0) * pw;
-                double by = y1 - (log10(jget_num(row, "seq_per_s")) - log10(ymin)) /
-                                     (log10(ymax) - log10(ymin)) * ph;
-                int k = np++;
-                while (k > 0 && px[k - 1] > bx) {
-                    px[k] = px[k - 1];
-                    py[k] = py[k - 1];
-                    k--;
-                }
-                px[k] = bx;
-                py[k] = by;
-            }
-            const char *color = palette[s % 10];
-            const char *dash = strncmp(series[s], "sqz:", 4) == 0 ? "" : " stroke-dasharray=\"6 3\"";
-            if (np > 1) {
-                fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", color, dash);
-                for (int k = 0; k < np; k++)
-                    fprintf(f, "%s%.1f,%.1f", k ? " " : "", px[k], py[k]);
-                fputs("\"/>\n", f);
-            }
-            for (int k = 0; k < np; k++)
-                fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"%s\"/>\n", px[k], py[k], color);
-        }
-    }
-    /* legend: solid lines are this engine, dashed ones the peers */
-    for (int s = 0; s < n_series; s++) {
-        double lx = pad_l + (s % 3) * 330, ly = top + ph + 56 + 22.0 * (s / 3);
-        const char *dash = strncmp(series[s], "sqz:", 4) == 0 ? "" : " stroke-dasharray=\"6 3\"";
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
-                "stroke-width=\"3\"%s/>\n", lx, ly - 4, lx + 28, ly - 4, palette[s % 10], dash);
-        svg_text(f, lx + 34, ly, "start", 12, "", series[s]);
-    }
-    svg_text(f, W - 20, top + ph + 56 + 22.0 * ((n_series - 1) / 3) + 22, "end", 11, "fill=\"#444\"",
-             "solid: sqz backends; dashed: peers. Mixed batches: sqz packs the real tokens, "
-             "peers pad to the longest row");
-    /* latency distribution: every timed run as a dot, p50 as a bar, p90 and p99 as ticks */
-    svg_text(f, W / 2, lat_top, "middle", 12, "font-weight=\"bold\"",
-             "latency per batch (ms, log scale): dots = every timed run, bar = p50, ticks = p90 and p99");
-    lmin = log_floor(lmin);
-    lmax = log_ceil(lmax);
-    if (lmax <= lmin)
-        lmax = lmin * 10;
-    const double lx0 = 330, lx1 = W - 30, ly0 = lat_top + 16;
-    const double ly1 = ly0 + row_h * n_lat + 8;
-    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#888\"/>\n",
-            lx0, ly0, lx1 - lx0, ly1 - ly0);
-    for (double d = lmin; d <= lmax * 1.0001; d *= 10) {
-        double x = lx0 + (log10(d) - log10(lmin)) / (log10(lmax) - log10(lmin)) * (lx1 - lx0);
-        fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ccc\"/>\n", x, ly0, x, ly1);
-        char t[32];
-        tick_label(d, t, sizeof t);
-        svg_text(f, x, ly1 + 15, "middle", 11, "", t);
-    }
-    int r = 0;
-    json_array_foreach(rows, i, row) {
-        if (!row_ok(row))
-            continue;
-        char key[128], label[200];
-        series_key(row, key, sizeof key);
-        int s = 0;
-        while (s < n_series && strcmp(series[s], key) != 0)
-            s++;
-        snprintf(label, sizeof label, "%s %s %dx%d", key, jget_str(row, "mode"),
-                 (int)jget_num(row, "batch"), (int)jget_num(row, "seq_len"));
-        double y = ly0 + 4 + row_h * (r + 0.5);
-        svg_text(f, lx0 - 6, y + 4, "end", 10, "", label);
-        const char *color = palette[s % 10];
-        size_t k;
-        json_t *v;
-        json_array_foreach(json_object_get(row, "samples_ms"), k, v) {
-            double x = lx0 + (log10(json_number_value(v)) - log10(lmin)) / (log10(lmax) - log10(lmin)) * (lx1 - lx0);
-            fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.2\" fill=\"%s\" fill-opacity=\"0.45\"/>\n",
-                    x, y, color);
-        }
-        json_t *lat = json_object_get(row, "latency_ms");
-        const char *keys[] = {"p50", "p90", "p99"};
-        for (int q = 0; q < 3; q++) {
-            double val = jget_num(lat, keys[q]);
-            if (!isfinite(val) || val <= 0)
-                continue;
-            double x = lx0 + (log10(val) - log10(lmin)) / (log10(lmax) - log10(lmin)) * (lx1 - lx0);
-            double hh = q == 0 ? 6.5 : 4;
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
-                    "stroke-width=\"%s\"/>\n", x, y - hh, x, y + hh, q == 0 ? "black" : color,
-                    q == 0 ? "2.5" : "1.5");
-        }
-        r++;
-    }
-    svg_text(f, (lx0 + lx1) / 2, ly1 + 32, "middle", 11, "", "milliseconds per batch");
-    fputs("</svg>\n", f);
-    return ferror(f) != 0;
-}
-
 /* ---- the command ------------------------------------------------------------------------------ */
 
 static void remove_checkpoint(const char *dir)
@@ -1682,34 +1051,6 @@ static void remove_checkpoint(const char *dir)
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     unlink(path);
     rmdir(dir);
-}
-
-/* Writes the report where the options say; "-" is stdout. */
-static int write_outputs(json_t *report, const char *json_path, const char *csv_path,
-                         const char *plot_path, const char *baseline)
-{
-    int rc = 0;
-    bool to_stdout = (json_path && strcmp(json_path, "-") == 0) || (csv_path && strcmp(csv_path, "-") == 0) ||
-                     (plot_path && strcmp(plot_path, "-") == 0);
-    bench_print_table(to_stdout ? stderr : stdout, report, baseline);
-    struct { const char *path; int (*write)(FILE *, json_t *); } outs[] = {
-        {json_path, bench_write_json}, {csv_path, bench_write_csv}, {plot_path, bench_write_svg}};
-    for (size_t k = 0; k < 3; k++) {
-        if (!outs[k].path)
-            continue;
-        FILE *f = strcmp(outs[k].path, "-") == 0 ? stdout : fopen(outs[k].path, "w");
-        int err = !f || outs[k].write(f, report);
-        if (f && f != stdout)
-            err |= fclose(f) != 0;
-        if (err) {
-            fprintf(stderr, "sqz bench: cannot write %s%s%s\n", outs[k].path, errno ? ": " : "",
-                    errno ? strerror(errno) : "");
-            rc = 1;
-        } else if (f != stdout) {
-            fprintf(to_stdout ? stderr : stdout, "wrote %s\n", outs[k].path);
-        }
-    }
-    return rc;
 }
 
 static void machine_info(json_t *run)
@@ -1759,6 +1100,461 @@ static void machine_info(json_t *run)
                 "running and will show in the figures\n", one_minute, n_cores);
 }
 
+/* What the command line asks for, checked: the model, the grid and where to run it. */
+typedef struct bench_request {
+    const char *preset, *model_dir;
+    long seed, input_seed, mixed_max;
+    int batches[MAX_LIST], lengths[MAX_LIST], mixed_batches[MAX_LIST];
+    int n_batches, n_lengths, n_mixed;
+    char *precisions[MAX_LIST];
+    int n_prec;
+    cli_device reqs[MAX_LIST * 2]; /* the devices, in the order they are run */
+    int n_reqs;
+    char *devtext; /* what `sqz devices` says, for the device descriptions */
+    bool latency, throughput, together;
+    lengths_file lf; /* --lengths-file: the lengths mixed batches draw from */
+} bench_request;
+
+static void free_request(bench_request *r)
+{
+    free_words(r->precisions, r->n_prec);
+    free(r->devtext);
+    free(r->lf.values);
+}
+
+/* Seeds, repeats, budgets and the batch sizes and lengths of the grid. */
+static int read_grid(const cli_option *opts, size_t n_opts, bench_ctx *b, bench_request *r)
+{
+    const char *v;
+    if (((v = cli_get(opts, n_opts, "seed")) && cli_int("bench", "seed", v, 0, 1L << 40, &r->seed)) ||
+        ((v = cli_get(opts, n_opts, "input-seed")) && cli_int("bench", "input-seed", v, 0, 1L << 20, &r->input_seed)) ||
+        ((v = cli_get(opts, n_opts, "mixed-max")) && cli_int("bench", "mixed-max", v, 2, 65536, &r->mixed_max)) ||
+        ((v = cli_get(opts, n_opts, "ref-max-tokens")) && cli_int("bench", "ref-max-tokens", v, 0, 1L << 24, &b->ref_max_tokens)) ||
+        ((v = cli_get(opts, n_opts, "min-repeats")) && cli_int("bench", "min-repeats", v, 1, 100000, &b->min_repeats)) ||
+        ((v = cli_get(opts, n_opts, "max-repeats")) && cli_int("bench", "max-repeats", v, 1, 100000, &b->max_repeats)) ||
+        ((v = cli_get(opts, n_opts, "budget")) && parse_double("budget", v, 0, &b->budget)) ||
+        ((v = cli_get(opts, n_opts, "peak-budget")) && parse_double("peak-budget", v, 0, &b->peak_budget)) ||
+        ((v = cli_get(opts, n_opts, "tolerance")) && parse_double("tolerance", v, 0, &b->tolerance)) ||
+        ((v = cli_get(opts, n_opts, "batch")) && (r->n_batches = parse_int_list("batch", v, 1, 65536, r->batches)) < 0) ||
+        ((v = cli_get(opts, n_opts, "length")) && (r->n_lengths = parse_int_list("length", v, 2, 65536, r->lengths)) < 0))
+        return EXIT_USAGE;
+    if (b->max_repeats < b->min_repeats)
+        b->max_repeats = b->min_repeats;
+    b->input_seed = (uint64_t)r->input_seed;
+    if ((v = cli_get(opts, n_opts, "mixed-batch"))) {
+        if (strcmp(v, "none") == 0)
+            r->n_mixed = 0;
+        else if ((r->n_mixed = parse_int_list("mixed-batch", v, 1, 65536, r->mixed_batches)) < 0)
+            return EXIT_USAGE;
+    } else {
+        r->n_mixed = 0;
+        for (int i = 0; i < r->n_batches; i++)
+            if (r->batches[i] >= 4)
+                r->mixed_batches[r->n_mixed++] = r->batches[i];
+    }
+    return 0;
+}
+
+/* The precisions, and what each run returns and where. */
+static int read_precisions_and_outputs(const cli_option *opts, size_t n_opts, bench_ctx *b,
+                                       bench_request *r)
+{
+    const char *v;
+    if ((r->n_prec = parse_word_list("precisions", cli_get(opts, n_opts, "precisions") ? cli_get(opts, n_opts, "precisions")
+                                                                                   : "fp32,fp16", r->precisions)) < 0) {
+        r->n_prec = 0;
+        return EXIT_USAGE;
+    }
+    for (int i = 0; i < r->n_prec; i++)
+        if (strcmp(r->precisions[i], "fp32") && strcmp(r->precisions[i], "fp16") && strcmp(r->precisions[i], "bf16") &&
+            strcmp(r->precisions[i], "tf32") && strcmp(r->precisions[i], "int8")) {
+            fprintf(stderr, "sqz bench: unknown precision '%s' (fp32, tf32, fp16, bf16, int8)\n", r->precisions[i]);
+            return EXIT_USAGE;
+        }
+    const char *otype = cli_get(opts, n_opts, "output-type"), *oplace = cli_get(opts, n_opts, "output-place");
+    if ((otype && strcmp(otype, "fp32") != 0 && strcmp(otype, "fp16") != 0) ||
+        (oplace && strcmp(oplace, "host") != 0 && strcmp(oplace, "device") != 0)) {
+        fprintf(stderr, "sqz bench: --output-type takes fp32 or fp16, --output-place host or device\n");
+        return EXIT_USAGE;
+    }
+    b->output_options.type = otype && strcmp(otype, "fp16") == 0 ? SQZ_OUTPUT_FP16 : SQZ_OUTPUT_FP32;
+    b->output_options.place = oplace && strcmp(oplace, "device") == 0 ? SQZ_OUTPUT_ON_DEVICE : SQZ_OUTPUT_ON_HOST;
+    if ((v = cli_get(opts, n_opts, "outputs")) && (b->n_outputs = parse_word_list("outputs", v, b->outputs)) < 0)
+        return EXIT_USAGE;
+    return 0;
+}
+
+/* The backends (those named, or every one built in but the emulated), then their devices:
+ * per backend the default, every listed one, or those named. */
+static int choose_devices(const cli_option *opts, size_t n_opts, bench_request *r)
+{
+    char *backends[MAX_LIST];
+    int n_backends = 0;
+    const char *v;
+    if ((v = cli_get(opts, n_opts, "backends"))) {
+        if ((n_backends = parse_word_list("backends", v, backends)) < 0)
+            return EXIT_USAGE;
+        for (int i = 0; i < n_backends; i++) {
+            bool known = false;
+            for (size_t k = 0; sqz_backend_name(k); k++)
+                known |= strcmp(sqz_backend_name(k), backends[i]) == 0;
+            if (!known) {
+                fprintf(stderr, "sqz bench: backend '%s' is not built in (see sqz backends)\n", backends[i]);
+                free_words(backends, n_backends);
+                return EXIT_USAGE;
+            }
+        }
+    } else {
+        for (size_t k = 0; sqz_backend_name(k) && n_backends < MAX_LIST; k++)
+            if (!sqz_backend_is_emulated(sqz_backend_name(k))) /* cuda-sim: only when named */
+                backends[n_backends++] = strdup(sqz_backend_name(k));
+    }
+    const char *dev_spec = cli_get(opts, n_opts, "devices") ? cli_get(opts, n_opts, "devices") : "default";
+    cli_device named[MAX_LIST * 2];
+    int n_named = 0;
+    sqz_devices_describe(&r->devtext);
+    int rc = 0;
+    if (strcmp(dev_spec, "default") != 0 && strcmp(dev_spec, "all") != 0 &&
+        (n_named = cli_parse_devices("bench", dev_spec, named, MAX_LIST * 2)) < 0)
+        rc = EXIT_USAGE;
+    cli_device *reqs = r->reqs;
+    int n_reqs = 0;
+    for (int i = 0; i < n_backends && rc == 0; i++) {
+        int before = n_reqs;
+        if (strcmp(dev_spec, "all") == 0)
+            n_reqs += cli_devices_of(backends[i], reqs + n_reqs, MAX_LIST * 2 - n_reqs);
+        for (int k = 0; k < n_named && n_reqs < MAX_LIST * 2; k++)
+            if (strcmp(named[k].backend, backends[i]) == 0)
+                reqs[n_reqs++] = named[k];
+        if (n_reqs == before && n_reqs < MAX_LIST * 2) { /* the backend's default device */
+            snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", backends[i]);
+            reqs[n_reqs].device[0] = '\0';
+            long threads = 0; /* --threads: the cpu backend's device */
+            if (strcmp(backends[i], "cpu") == 0 && (v = cli_get(opts, n_opts, "threads"))) {
+                if (cli_int("bench", "threads", v, 1, 1024, &threads)) {
+                    rc = EXIT_USAGE;
+                    break;
+                }
+                snprintf(reqs[n_reqs].device, sizeof reqs[0].device, "threads=%ld", threads);
+            }
+            n_reqs++;
+        }
+    }
+    r->n_reqs = n_reqs;
+    free_words(backends, n_backends);
+    return rc;
+}
+
+/* Every option, checked in the order the messages have always come in. */
+static int read_request(const cli_option *opts, size_t n_opts, bench_ctx *b, bench_request *r)
+{
+    int rc = read_grid(opts, n_opts, b, r);
+    if (rc == 0)
+        rc = read_precisions_and_outputs(opts, n_opts, b, r);
+    if (rc == 0)
+        rc = choose_devices(opts, n_opts, r);
+    const char *timing = cli_get(opts, n_opts, "timing") ? cli_get(opts, n_opts, "timing") : "latency";
+    r->latency = strcmp(timing, "latency") == 0 || strcmp(timing, "both") == 0;
+    r->throughput = strcmp(timing, "throughput") == 0 || strcmp(timing, "both") == 0;
+    r->together = cli_get(opts, n_opts, "together") != NULL;
+    if (rc == 0 && !r->latency && !r->throughput) {
+        fprintf(stderr, "sqz bench: --timing takes latency, throughput or both, got '%s'\n", timing);
+        rc = EXIT_USAGE;
+    }
+    const char *v;
+    if (rc == 0 && (v = cli_get(opts, n_opts, "lengths-file")) && read_lengths_file(v, &r->lf))
+        rc = 1;
+    b->validate = !cli_get(opts, n_opts, "no-validate");
+    b->progress = !cli_get(opts, n_opts, "quiet");
+    b->tty = isatty(2);
+    return rc;
+}
+
+/* Loads --model, or writes a random --random checkpoint into `tmp_dir` first (*made says
+ * so, for the cleanup). */
+static int load_model(bench_ctx *b, bench_request *r, char *tmp_dir, bool *made)
+{
+    if (r->preset) {
+        if (!mkdtemp(tmp_dir)) {
+            fprintf(stderr, "sqz bench: cannot create a temporary directory: %s\n", strerror(errno));
+            return 1;
+        }
+        *made = true;
+        r->model_dir = tmp_dir;
+        if (b->progress)
+            fprintf(stderr, "sqz bench: writing a random %s checkpoint (seed %ld)\n", r->preset, r->seed);
+        sqz_status st = sqz_random_model_write(r->preset, (uint64_t)r->seed, r->model_dir);
+        if (st != SQZ_OK) {
+            fprintf(stderr, "sqz bench: %s: %s\n", sqz_status_str(st), sqz_last_error());
+            return st == SQZ_ERR_INVALID_ARGUMENT ? EXIT_USAGE : 1;
+        }
+    }
+    sqz_status st = cli_load_model(r->model_dir, &b->model);
+    if (st != SQZ_OK) {
+        fprintf(stderr, "sqz bench: %s: %s\n", sqz_status_str(st), sqz_last_error());
+        return 1;
+    }
+    sqz_model_get_info(b->model, &b->info);
+    if (b->info.head == SQZ_HEAD_MULTIPLE_CHOICE) {
+        fprintf(stderr, "sqz bench: multiple-choice heads are not benchmarked: time the encoder "
+                "with a base or classification checkpoint of the same shape\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* The cells, every length within the model's positions, cheapest first; *max_width is the
+ * width of the mixed cells. On failure the cells made so far are in *cells / *n_cells. */
+static int make_cells(const bench_ctx *b, const bench_request *r, cell **cells, int *n_cells,
+                      int *max_width)
+{
+    *max_width = 0;
+    for (int i = 0; i < r->n_lengths; i++)
+        *max_width = r->lengths[i] > *max_width ? r->lengths[i] : *max_width;
+    if (r->mixed_max)
+        *max_width = (int)r->mixed_max;
+    *cells = calloc((size_t)(r->n_batches * r->n_lengths + (r->n_mixed > 0 ? r->n_mixed : 0)), sizeof **cells);
+    if (!*cells)
+        return 1;
+    for (int li = 0; li < r->n_lengths + (r->n_mixed > 0); li++) {
+        const bool mixed = li == r->n_lengths;
+        const int width = mixed ? *max_width : r->lengths[li];
+        if (width > b->info.max_position_embeddings) {
+            fprintf(stderr, "sqz bench: length %d exceeds max_position_embeddings %d of the model\n",
+                    width, b->info.max_position_embeddings);
+            return EXIT_USAGE;
+        }
+        for (int bi = 0; bi < (mixed ? r->n_mixed : r->n_batches); bi++) {
+            cell *c = &(*cells)[(*n_cells)++];
+            c->mixed = mixed;
+            c->batch = mixed ? r->mixed_batches[bi] : r->batches[bi];
+            c->width = width;
+            c->lengths = malloc((size_t)c->batch * sizeof *c->lengths);
+            if (!c->lengths)
+                return 1;
+            for (int row = 0; row < c->batch; row++) {
+                if (!mixed)
+                    c->lengths[row] = width;
+                else if (r->lf.count) {
+                    uint64_t h = bench_splitmix64(((uint64_t)r->input_seed << 40) + ((uint64_t)c->batch << 20) + (uint64_t)row);
+                    int len = r->lf.values[h % r->lf.count];
+                    c->lengths[row] = len < 2 ? 2 : len > width ? width : len;
+                } else {
+                    c->lengths[row] = bench_mixed_length(b->input_seed, c->batch, row, width);
+                }
+                if (c->lengths[row] < c->lengths[c->check_row])
+                    c->check_row = row; /* the cheapest sequence to check on cpu_ref */
+            }
+        }
+    }
+    qsort(*cells, (size_t)*n_cells, sizeof **cells, cmp_cell);
+    return 0;
+}
+
+/* The report's "run": when, where, how it was timed and the command itself. */
+static json_t *run_header(const bench_request *r, int argc, char **argv)
+{
+    json_t *run = json_object();
+    machine_info(run);
+    set_str(run, "timing", r->throughput && !r->latency
+                               ? "throughput: two runs in flight per device (sqz_session_submit/wait), batches "
+                                 "completed over the timed span; warm-up apart"
+                               : "wall time of one sqz_session_run (pack, upload ids, every launch, synchronise, "
+                                 "download outputs); medians over repeats; warm-up apart; /T rows: throughput with "
+                                 "two runs in flight per device");
+    char cmdline[2048] = "sqz bench";
+    for (int i = 0; i < argc; i++) {
+        size_t len = strlen(cmdline);
+        snprintf(cmdline + len, sizeof cmdline - len, " %s", argv[i]);
+    }
+    set_str(run, "command", cmdline);
+    return run;
+}
+
+static json_t *model_header(const bench_ctx *b, const bench_request *r)
+{
+    json_t *model = json_object();
+    char source[600];
+    if (r->preset)
+        snprintf(source, sizeof source, "random %s, seed %ld", r->preset, r->seed);
+    else
+        snprintf(source, sizeof source, "%s", r->model_dir);
+    set_str(model, "source", source);
+    set_str(model, "architecture", b->info.architecture);
+    set_int(model, "parameters", b->info.num_parameters);
+    set_int(model, "layers", b->info.num_layers);
+    set_int(model, "hidden", b->info.hidden_size);
+    return model;
+}
+
+/* The report's "settings": repeats, the mixed lengths, validation and the outputs asked for. */
+static json_t *settings_header(const bench_ctx *b, const bench_request *r, const char *lengths_path,
+                               int max_width)
+{
+    json_t *settings = json_object();
+    set_num(settings, "budget_s", b->budget);
+    set_int(settings, "min_repeats", b->min_repeats);
+    set_int(settings, "max_repeats", b->max_repeats);
+    set_int(settings, "ref_max_tokens", b->ref_max_tokens);
+    set_int(settings, "input_seed", r->input_seed);
+    char mixed_desc[512];
+    if (r->lf.count)
+        snprintf(mixed_desc, sizeof mixed_desc, "drawn from %zu lengths in %s, clamped to [2, %d]",
+                 r->lf.count, lengths_path, max_width);
+    else
+        snprintf(mixed_desc, sizeof mixed_desc, "log-normal, median %.0f tokens, sigma %.2f, clamped "
+                 "to [%d, %d]; a model of sentence-pair classification traffic, not a measured trace",
+                 BENCH_MIXED_MEDIAN, BENCH_MIXED_SIGMA, BENCH_MIXED_MIN, max_width);
+    set_str(settings, "mixed_lengths", mixed_desc);
+    char vdesc[512], tol_desc[128];
+    if (b->tolerance > 0)
+        snprintf(tol_desc, sizeof tol_desc, "%g", b->tolerance);
+    else
+        snprintf(tol_desc, sizeof tol_desc, "%g (fp32), %g (tf32), %g (fp16), %g (bf16)",
+                 sqz_precision_tolerance(SQZ_PRECISION_FP32), sqz_precision_tolerance(SQZ_PRECISION_TF32),
+                 sqz_precision_tolerance(SQZ_PRECISION_FP16), sqz_precision_tolerance(SQZ_PRECISION_BF16));
+    if (b->validate)
+        snprintf(vdesc, sizeof vdesc, "each cell's last timed output, one sequence (the first; the "
+                 "shortest in mixed cells), every output at its real positions, against cpu_ref "
+                 "running that sequence alone; pass = max|diff| / max|cpu_ref| <= %s", tol_desc);
+    else
+        snprintf(vdesc, sizeof vdesc, "off (--no-validate)");
+    set_str(settings, "validation", vdesc);
+    char outs[512] = "";
+    for (int i = 0; i < b->n_outputs; i++)
+        snprintf(outs + strlen(outs), sizeof outs - strlen(outs), "%s%s", i ? "," : "", b->outputs[i]);
+    set_str(settings, "outputs", b->n_outputs > 0 ? outs : "all");
+    set_str(settings, "output_type", b->output_options.type == SQZ_OUTPUT_FP16 ? "fp16" : "fp32");
+    set_str(settings, "output_place", b->output_options.place == SQZ_OUTPUT_ON_DEVICE ? "device" : "host");
+    return settings;
+}
+
+/* Can the device run at all? One session on it tells, and names it: the device's entry in
+ * the report says so, and *threads what its backend runs on. False when unavailable. */
+static bool describe_device(const bench_ctx *b, const char *devtext, const char *backend,
+                            const char *device, json_t *dev, char *threads, size_t threads_size)
+{
+    sqz_session *probe = NULL;
+    sqz_status st = sqz_backend_probe(backend);
+    if (st == SQZ_OK)
+        st = sqz_session_create(b->model, &(sqz_session_options){.backend = backend, .device = device},
+                                &probe);
+    if (st != SQZ_OK) {
+        set_str(dev, "status", "unavailable");
+        set_str(dev, "reason", sqz_last_error());
+        return false;
+    }
+    set_str(dev, "status", "ok");
+    const char *desc = sqz_session_device(probe);
+    char name[256], line[1024];
+    snprintf(name, sizeof name, "%s", desc);
+    name[strcspn(name, "(")] = '\0';
+    while (*name && name[strlen(name) - 1] == ' ')
+        name[strlen(name) - 1] = '\0';
+    device_line(devtext ? devtext : "", backend, device && strspn(device, "0123456789") == strlen(device) ? device : NULL,
+                name, line, sizeof line);
+    set_str(dev, "description", *line ? line : desc);
+    backend_threads(backend, strcmp(backend, "cpu") == 0 ? desc : line, threads, threads_size);
+    set_str(dev, "threads", threads);
+    sqz_session_free(probe);
+    return true;
+}
+
+/* The row of a cell the scalar reference is not asked to time. */
+static json_t *skipped_ref_row(const bench_ctx *b, const char *backend, const char *label,
+                               const char *prec, const cell *ce)
+{
+    json_t *row = new_row(backend, label, prec);
+    row_cell_fields(row, ce);
+    set_str(row, "status", "skipped");
+    char skip[200];
+    snprintf(skip, sizeof skip, "over %ld padded tokens per batch (--ref-max-tokens); "
+             "the scalar reference is for correctness, not speed", b->ref_max_tokens);
+    set_str(row, "reason", skip);
+    return row;
+}
+
+/* Device `d`: its entry in "devices", then every precision x cell on it (latency and/or
+ * throughput rows). */
+static void bench_device(bench_ctx *b, const bench_request *r, int d, const cell *cells, int n_cells,
+                         json_t *devices, json_t *rows)
+{
+    const int per_cell = r->latency + r->throughput; /* rows per cell and device */
+    const char *backend = r->reqs[d].backend, *device = r->reqs[d].device[0] ? r->reqs[d].device : NULL;
+    const char *label = device ? device : "default";
+    json_t *dev = json_object();
+    set_str(dev, "engine", "sqz");
+    set_str(dev, "backend", backend);
+    set_str(dev, "device", label);
+    json_object_set_new(dev, "peaks", json_array());
+    json_array_append_new(devices, dev);
+    char threads[256];
+    if (!describe_device(b, r->devtext, backend, device, dev, threads, sizeof threads)) {
+        b->cells_done += n_cells * r->n_prec * per_cell;
+        return;
+    }
+    for (int p = 0; p < r->n_prec; p++) {
+        const char *prec = r->precisions[p];
+        char why[512];
+        if (!precision_supported(b, backend, device, prec, why, sizeof why)) {
+            json_t *row = new_row(backend, label, prec);
+            set_str(row, "status", "n/a");
+            set_str(row, "reason", why);
+            json_array_append_new(rows, row);
+            b->cells_done += n_cells * per_cell;
+            continue;
+        }
+        double peak = measure_peak(b, backend, device, prec, dev);
+        for (int c = 0; c < n_cells; c++) {
+            const cell *ce = &cells[c];
+            json_t *row;
+            if (strcmp(backend, "cpu_ref") == 0 &&
+                (long)ce->batch * ce->width > b->ref_max_tokens) {
+                row = skipped_ref_row(b, backend, label, prec, ce);
+                b->cells_done += per_cell;
+                set_str(row, "threads", threads);
+                json_array_append_new(rows, row);
+                continue;
+            }
+            if (r->latency) {
+                row = run_cell(b, backend, device, label, prec, ce, peak);
+                set_str(row, "threads", threads);
+                json_array_append_new(rows, row);
+            }
+            if (r->throughput) {
+                row = run_stream_cell(b, &r->reqs[d], 1, prec, ce, peak);
+                set_str(row, "threads", threads);
+                json_array_append_new(rows, row);
+            }
+        }
+    }
+}
+
+/* --together: every cell on all the devices at once, two runs in flight on each. */
+static void bench_together(bench_ctx *b, const bench_request *r, const cell *cells, int n_cells,
+                           json_t *rows)
+{
+    for (int p = 0; p < r->n_prec; p++) {
+        char why[512] = "";
+        bool all = true;
+        for (int d = 0; d < r->n_reqs && all; d++)
+            all = precision_supported(b, r->reqs[d].backend, r->reqs[d].device[0] ? r->reqs[d].device : NULL,
+                                      r->precisions[p], why, sizeof why);
+        for (int c = 0; c < n_cells; c++) {
+            if (all) {
+                json_array_append_new(rows, run_stream_cell(b, r->reqs, r->n_reqs, r->precisions[p], &cells[c], 0));
+                continue;
+            }
+            json_t *row = new_row("several", "together", r->precisions[p]);
+            set_str(row, "status", "n/a");
+            set_str(row, "reason", why);
+            json_array_append_new(rows, row);
+            b->cells_done++;
+            break; /* one line per precision says it */
+        }
+    }
+}
+
 int sqz_cli_bench(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -1784,407 +1580,61 @@ int sqz_cli_bench(int argc, char **argv)
     const char *json_path = cli_get(opts, n_opts, "json"), *csv_path = cli_get(opts, n_opts, "csv"),
                *plot_path = cli_get(opts, n_opts, "plot"), *baseline = cli_get(opts, n_opts, "baseline");
     if (cli_get(opts, n_opts, "from")) {
-        json_error_t jerr;
-        json_t *report = json_load_file(cli_get(opts, n_opts, "from"), 0, &jerr);
-        if (!report || strcmp(jget_str(report, "schema"), SCHEMA) != 0 ||
-            !json_is_array(json_object_get(report, "rows"))) {
-            fprintf(stderr, "sqz bench: %s is not an %s report%s%s\n", cli_get(opts, n_opts, "from"),
-                    SCHEMA, report ? "" : ": ", report ? "" : jerr.text);
-            json_decref(report);
+        json_t *report = bench_read_report(cli_get(opts, n_opts, "from"));
+        if (!report)
             return 1;
-        }
-        int rc = write_outputs(report, json_path, csv_path, plot_path, baseline);
+        int rc = bench_write_report(report, json_path, csv_path, plot_path, baseline);
         json_decref(report);
         return rc;
     }
-    const char *preset = cli_get(opts, n_opts, "random"), *model_dir = cli_get(opts, n_opts, "model");
-    if (!preset == !model_dir) {
+    bench_request r = {.preset = cli_get(opts, n_opts, "random"), .model_dir = cli_get(opts, n_opts, "model"),
+                       .seed = 1, .input_seed = 1, .batches = {1, 8, 32}, .lengths = {32, 128},
+                       .n_batches = 3, .n_lengths = 2, .n_mixed = -1};
+    if (!r.preset == !r.model_dir) {
         fprintf(stderr, "sqz bench: one of --random PRESET or --model DIR is required\n\n%s", bench_help);
         return EXIT_USAGE;
     }
     bench_ctx b = {.budget = 2, .peak_budget = 1, .tolerance = 0, .min_repeats = 3,
                    .max_repeats = 200, .ref_max_tokens = 64, .validate = true, .input_seed = 1};
-    long seed = 1, input_seed = 1, mixed_max = 0;
-    int batches[MAX_LIST] = {1, 8, 32}, lengths[MAX_LIST] = {32, 128}, mixed_batches[MAX_LIST];
-    int n_batches = 3, n_lengths = 2, n_mixed = -1;
-    char *precisions[MAX_LIST], *backends[MAX_LIST];
-    int n_prec = 0, n_backends = 0;
-    const char *v;
-    if (((v = cli_get(opts, n_opts, "seed")) && cli_int("bench", "seed", v, 0, 1L << 40, &seed)) ||
-        ((v = cli_get(opts, n_opts, "input-seed")) && cli_int("bench", "input-seed", v, 0, 1L << 20, &input_seed)) ||
-        ((v = cli_get(opts, n_opts, "mixed-max")) && cli_int("bench", "mixed-max", v, 2, 65536, &mixed_max)) ||
-        ((v = cli_get(opts, n_opts, "ref-max-tokens")) && cli_int("bench", "ref-max-tokens", v, 0, 1L << 24, &b.ref_max_tokens)) ||
-        ((v = cli_get(opts, n_opts, "min-repeats")) && cli_int("bench", "min-repeats", v, 1, 100000, &b.min_repeats)) ||
-        ((v = cli_get(opts, n_opts, "max-repeats")) && cli_int("bench", "max-repeats", v, 1, 100000, &b.max_repeats)) ||
-        ((v = cli_get(opts, n_opts, "budget")) && parse_double("budget", v, 0, &b.budget)) ||
-        ((v = cli_get(opts, n_opts, "peak-budget")) && parse_double("peak-budget", v, 0, &b.peak_budget)) ||
-        ((v = cli_get(opts, n_opts, "tolerance")) && parse_double("tolerance", v, 0, &b.tolerance)) ||
-        ((v = cli_get(opts, n_opts, "batch")) && (n_batches = parse_int_list("batch", v, 1, 65536, batches)) < 0) ||
-        ((v = cli_get(opts, n_opts, "length")) && (n_lengths = parse_int_list("length", v, 2, 65536, lengths)) < 0))
-        return EXIT_USAGE;
-    if (b.max_repeats < b.min_repeats)
-        b.max_repeats = b.min_repeats;
-    b.input_seed = (uint64_t)input_seed;
-    if ((v = cli_get(opts, n_opts, "mixed-batch"))) {
-        if (strcmp(v, "none") == 0)
-            n_mixed = 0;
-        else if ((n_mixed = parse_int_list("mixed-batch", v, 1, 65536, mixed_batches)) < 0)
-            return EXIT_USAGE;
-    } else {
-        n_mixed = 0;
-        for (int i = 0; i < n_batches; i++)
-            if (batches[i] >= 4)
-                mixed_batches[n_mixed++] = batches[i];
-    }
-    if ((n_prec = parse_word_list("precisions", cli_get(opts, n_opts, "precisions") ? cli_get(opts, n_opts, "precisions")
-                                                                                 : "fp32,fp16", precisions)) < 0)
-        return EXIT_USAGE;
-    for (int i = 0; i < n_prec; i++)
-        if (strcmp(precisions[i], "fp32") && strcmp(precisions[i], "fp16") && strcmp(precisions[i], "bf16") &&
-            strcmp(precisions[i], "tf32") && strcmp(precisions[i], "int8")) {
-            fprintf(stderr, "sqz bench: unknown precision '%s' (fp32, tf32, fp16, bf16, int8)\n", precisions[i]);
-            free_words(precisions, n_prec);
-            return EXIT_USAGE;
-        }
-    const char *otype = cli_get(opts, n_opts, "output-type"), *oplace = cli_get(opts, n_opts, "output-place");
-    if ((otype && strcmp(otype, "fp32") != 0 && strcmp(otype, "fp16") != 0) ||
-        (oplace && strcmp(oplace, "host") != 0 && strcmp(oplace, "device") != 0)) {
-        fprintf(stderr, "sqz bench: --output-type takes fp32 or fp16, --output-place host or device\n");
-        free_words(precisions, n_prec);
-        return EXIT_USAGE;
-    }
-    b.output_options.type = otype && strcmp(otype, "fp16") == 0 ? SQZ_OUTPUT_FP16 : SQZ_OUTPUT_FP32;
-    b.output_options.place = oplace && strcmp(oplace, "device") == 0 ? SQZ_OUTPUT_ON_DEVICE : SQZ_OUTPUT_ON_HOST;
-    if ((v = cli_get(opts, n_opts, "outputs")) && (b.n_outputs = parse_word_list("outputs", v, b.outputs)) < 0) {
-        free_words(precisions, n_prec);
-        return EXIT_USAGE;
-    }
-    if ((v = cli_get(opts, n_opts, "backends"))) {
-        if ((n_backends = parse_word_list("backends", v, backends)) < 0) {
-            free_words(precisions, n_prec);
-            return EXIT_USAGE;
-        }
-        for (int i = 0; i < n_backends; i++) {
-            bool known = false;
-            for (size_t k = 0; sqz_backend_name(k); k++)
-                known |= strcmp(sqz_backend_name(k), backends[i]) == 0;
-            if (!known) {
-                fprintf(stderr, "sqz bench: backend '%s' is not built in (see sqz backends)\n", backends[i]);
-                free_words(precisions, n_prec);
-                free_words(backends, n_backends);
-                return EXIT_USAGE;
-            }
-        }
-    } else {
-        for (size_t k = 0; sqz_backend_name(k) && n_backends < MAX_LIST; k++)
-            if (!sqz_backend_is_emulated(sqz_backend_name(k))) /* cuda-sim: only when named */
-                backends[n_backends++] = strdup(sqz_backend_name(k));
-    }
-    /* devices: per backend, the default, every listed one, or those named */
-    const char *dev_spec = cli_get(opts, n_opts, "devices") ? cli_get(opts, n_opts, "devices") : "default";
-    cli_device reqs[MAX_LIST * 2], named[MAX_LIST * 2];
-    int n_reqs = 0, n_named = 0;
-    char *devtext = NULL;
-    sqz_devices_describe(&devtext);
-    int rc = 0;
-    if (strcmp(dev_spec, "default") != 0 && strcmp(dev_spec, "all") != 0 &&
-        (n_named = cli_parse_devices("bench", dev_spec, named, MAX_LIST * 2)) < 0)
-        rc = EXIT_USAGE;
-    for (int i = 0; i < n_backends && rc == 0; i++) {
-        int before = n_reqs;
-        if (strcmp(dev_spec, "all") == 0)
-            n_reqs += cli_devices_of(backends[i], reqs + n_reqs, MAX_LIST * 2 - n_reqs);
-        for (int k = 0; k < n_named && n_reqs < MAX_LIST * 2; k++)
-            if (strcmp(named[k].backend, backends[i]) == 0)
-                reqs[n_reqs++] = named[k];
-        if (n_reqs == before && n_reqs < MAX_LIST * 2) { /* the backend's default device */
-            snprintf(reqs[n_reqs].backend, sizeof reqs[0].backend, "%s", backends[i]);
-            reqs[n_reqs].device[0] = '\0';
-            long threads = 0; /* --threads: the cpu backend's device */
-            if (strcmp(backends[i], "cpu") == 0 && (v = cli_get(opts, n_opts, "threads"))) {
-                if (cli_int("bench", "threads", v, 1, 1024, &threads)) {
-                    rc = EXIT_USAGE;
-                    break;
-                }
-                snprintf(reqs[n_reqs].device, sizeof reqs[0].device, "threads=%ld", threads);
-            }
-            n_reqs++;
-        }
-    }
-    const char *timing = cli_get(opts, n_opts, "timing") ? cli_get(opts, n_opts, "timing") : "latency";
-    const bool latency = strcmp(timing, "latency") == 0 || strcmp(timing, "both") == 0;
-    const bool throughput = strcmp(timing, "throughput") == 0 || strcmp(timing, "both") == 0;
-    const bool together = cli_get(opts, n_opts, "together") != NULL;
-    if (rc == 0 && !latency && !throughput) {
-        fprintf(stderr, "sqz bench: --timing takes latency, throughput or both, got '%s'\n", timing);
-        rc = EXIT_USAGE;
-    }
-    free_words(backends, n_backends);
+    int rc = read_request(opts, n_opts, &b, &r);
     if (rc) {
-        free_words(precisions, n_prec);
-        free(devtext);
+        free_request(&r);
+        if (b.n_outputs > 0)
+            free_words(b.outputs, b.n_outputs);
         return rc;
     }
-    lengths_file lf = {0};
-    if ((v = cli_get(opts, n_opts, "lengths-file")) && read_lengths_file(v, &lf)) {
-        free_words(precisions, n_prec);
-        free(devtext);
-        free(lf.values);
-        return 1;
-    }
-    b.validate = !cli_get(opts, n_opts, "no-validate");
-    b.progress = !cli_get(opts, n_opts, "quiet");
-    b.tty = isatty(2);
 
-    /* the model */
     char tmp_dir[] = "/tmp/sqz-bench-XXXXXX";
     bool made = false;
     json_t *report = json_object();
     cell *cells = NULL;
-    int n_cells = 0;
-    rc = 1;
-    if (preset) {
-        if (!mkdtemp(tmp_dir)) {
-            fprintf(stderr, "sqz bench: cannot create a temporary directory: %s\n", strerror(errno));
-            goto done;
-        }
-        made = true;
-        model_dir = tmp_dir;
-        if (b.progress)
-            fprintf(stderr, "sqz bench: writing a random %s checkpoint (seed %ld)\n", preset, seed);
-        sqz_status st = sqz_random_model_write(preset, (uint64_t)seed, model_dir);
-        if (st != SQZ_OK) {
-            fprintf(stderr, "sqz bench: %s: %s\n", sqz_status_str(st), sqz_last_error());
-            rc = st == SQZ_ERR_INVALID_ARGUMENT ? EXIT_USAGE : 1;
-            goto done;
-        }
-    }
-    sqz_status st = cli_load_model(model_dir, &b.model);
-    if (st != SQZ_OK) {
-        fprintf(stderr, "sqz bench: %s: %s\n", sqz_status_str(st), sqz_last_error());
-        goto done;
-    }
-    sqz_model_get_info(b.model, &b.info);
-    if (b.info.head == SQZ_HEAD_MULTIPLE_CHOICE) {
-        fprintf(stderr, "sqz bench: multiple-choice heads are not benchmarked: time the encoder "
-                "with a base or classification checkpoint of the same shape\n");
-        goto done;
-    }
-    /* the cells, every length within the model's positions */
-    int max_width = 0;
-    for (int i = 0; i < n_lengths; i++)
-        max_width = lengths[i] > max_width ? lengths[i] : max_width;
-    if (mixed_max)
-        max_width = (int)mixed_max;
-    cells = calloc((size_t)(n_batches * n_lengths + (n_mixed > 0 ? n_mixed : 0)), sizeof *cells);
-    if (!cells)
-        goto done;
-    for (int li = 0; li < n_lengths + (n_mixed > 0); li++) {
-        const bool mixed = li == n_lengths;
-        const int width = mixed ? max_width : lengths[li];
-        if (width > b.info.max_position_embeddings) {
-            fprintf(stderr, "sqz bench: length %d exceeds max_position_embeddings %d of the model\n",
-                    width, b.info.max_position_embeddings);
-            rc = EXIT_USAGE;
-            goto done;
-        }
-        for (int bi = 0; bi < (mixed ? n_mixed : n_batches); bi++) {
-            cell *c = &cells[n_cells++];
-            c->mixed = mixed;
-            c->batch = mixed ? mixed_batches[bi] : batches[bi];
-            c->width = width;
-            c->lengths = malloc((size_t)c->batch * sizeof *c->lengths);
-            if (!c->lengths)
-                goto done;
-            for (int r = 0; r < c->batch; r++) {
-                if (!mixed)
-                    c->lengths[r] = width;
-                else if (lf.count) {
-                    uint64_t h = bench_splitmix64(((uint64_t)input_seed << 40) + ((uint64_t)c->batch << 20) + (uint64_t)r);
-                    int len = lf.values[h % lf.count];
-                    c->lengths[r] = len < 2 ? 2 : len > width ? width : len;
-                } else {
-                    c->lengths[r] = bench_mixed_length(b.input_seed, c->batch, r, width);
-                }
-                if (c->lengths[r] < c->lengths[c->check_row])
-                    c->check_row = r; /* the cheapest sequence to check on cpu_ref */
-            }
-        }
-    }
-    qsort(cells, (size_t)n_cells, sizeof *cells, cmp_cell);
+    int n_cells = 0, max_width = 0;
+    rc = load_model(&b, &r, tmp_dir, &made);
+    if (rc == 0)
+        rc = make_cells(&b, &r, &cells, &n_cells, &max_width);
+    if (rc == 0) {
+        set_str(report, "schema", BENCH_SCHEMA);
+        json_object_set_new(report, "run", run_header(&r, argc, argv));
+        json_object_set_new(report, "model", model_header(&b, &r));
+        json_object_set_new(report, "settings",
+                            settings_header(&b, &r, cli_get(opts, n_opts, "lengths-file"), max_width));
+        json_t *devices = json_array(), *rows = json_array();
+        json_object_set_new(report, "devices", devices);
+        json_object_set_new(report, "rows", rows);
 
-    /* the report's header */
-    set_str(report, "schema", SCHEMA);
-    json_t *run = json_object();
-    machine_info(run);
-    set_str(run, "timing", throughput && !latency
-                               ? "throughput: two runs in flight per device (sqz_session_submit/wait), batches "
-                                 "completed over the timed span; warm-up apart"
-                               : "wall time of one sqz_session_run (pack, upload ids, every launch, synchronise, "
-                                 "download outputs); medians over repeats; warm-up apart; /T rows: throughput with "
-                                 "two runs in flight per device");
-    char cmdline[2048] = "sqz bench";
-    for (int i = 0; i < argc; i++) {
-        size_t len = strlen(cmdline);
-        snprintf(cmdline + len, sizeof cmdline - len, " %s", argv[i]);
+        const int per_cell = r.latency + r.throughput;
+        const bool together = r.together && r.n_reqs > 1;
+        b.cells_total = r.n_reqs * r.n_prec * n_cells * per_cell + (together ? r.n_prec * n_cells : 0);
+        for (int d = 0; d < r.n_reqs; d++)
+            bench_device(&b, &r, d, cells, n_cells, devices, rows);
+        if (together)
+            bench_together(&b, &r, cells, n_cells, rows);
+        progress_end(&b);
+        rc = bench_write_report(report, json_path, csv_path, plot_path, baseline);
+        if (b.failed)
+            rc = 1;
     }
-    set_str(run, "command", cmdline);
-    json_object_set_new(report, "run", run);
-    json_t *model = json_object();
-    char source[600];
-    if (preset)
-        snprintf(source, sizeof source, "random %s, seed %ld", preset, seed);
-    else
-        snprintf(source, sizeof source, "%s", model_dir);
-    set_str(model, "source", source);
-    set_str(model, "architecture", b.info.architecture);
-    set_int(model, "parameters", b.info.num_parameters);
-    set_int(model, "layers", b.info.num_layers);
-    set_int(model, "hidden", b.info.hidden_size);
-    json_object_set_new(report, "model", model);
-    json_t *settings = json_object();
-    set_num(settings, "budget_s", b.budget);
-    set_int(settings, "min_repeats", b.min_repeats);
-    set_int(settings, "max_repeats", b.max_repeats);
-    set_int(settings, "ref_max_tokens", b.ref_max_tokens);
-    set_int(settings, "input_seed", input_seed);
-    char mixed_desc[512];
-    if (lf.count)
-        snprintf(mixed_desc, sizeof mixed_desc, "drawn from %zu lengths in %s, clamped to [2, %d]",
-                 lf.count, cli_get(opts, n_opts, "lengths-file"), max_width);
-    else
-        snprintf(mixed_desc, sizeof mixed_desc, "log-normal, median %.0f tokens, sigma %.2f, clamped "
-                 "to [%d, %d]; a model of sentence-pair classification traffic, not a measured trace",
-                 BENCH_MIXED_MEDIAN, BENCH_MIXED_SIGMA, BENCH_MIXED_MIN, max_width);
-    set_str(settings, "mixed_lengths", mixed_desc);
-    char vdesc[512], tol_desc[128];
-    if (b.tolerance > 0)
-        snprintf(tol_desc, sizeof tol_desc, "%g", b.tolerance);
-    else
-        snprintf(tol_desc, sizeof tol_desc, "%g (fp32), %g (tf32), %g (fp16), %g (bf16)",
-                 sqz_precision_tolerance(SQZ_PRECISION_FP32), sqz_precision_tolerance(SQZ_PRECISION_TF32),
-                 sqz_precision_tolerance(SQZ_PRECISION_FP16), sqz_precision_tolerance(SQZ_PRECISION_BF16));
-    if (b.validate)
-        snprintf(vdesc, sizeof vdesc, "each cell's last timed output, one sequence (the first; the "
-                 "shortest in mixed cells), every output at its real positions, against cpu_ref "
-                 "running that sequence alone; pass = max|diff| / max|cpu_ref| <= %s", tol_desc);
-    else
-        snprintf(vdesc, sizeof vdesc, "off (--no-validate)");
-    set_str(settings, "validation", vdesc);
-    char outs[512] = "";
-    for (int i = 0; i < b.n_outputs; i++)
-        snprintf(outs + strlen(outs), sizeof outs - strlen(outs), "%s%s", i ? "," : "", b.outputs[i]);
-    set_str(settings, "outputs", b.n_outputs > 0 ? outs : "all");
-    set_str(settings, "output_type", b.output_options.type == SQZ_OUTPUT_FP16 ? "fp16" : "fp32");
-    set_str(settings, "output_place", b.output_options.place == SQZ_OUTPUT_ON_DEVICE ? "device" : "host");
-    json_object_set_new(report, "settings", settings);
-    json_t *devices = json_array(), *rows = json_array();
-    json_object_set_new(report, "devices", devices);
-    json_object_set_new(report, "rows", rows);
 
-    const int per_cell = latency + throughput; /* rows per cell and device */
-    b.cells_total = n_reqs * n_prec * n_cells * per_cell + (together && n_reqs > 1 ? n_prec * n_cells : 0);
-    for (int d = 0; d < n_reqs; d++) {
-        const char *backend = reqs[d].backend, *device = reqs[d].device[0] ? reqs[d].device : NULL;
-        const char *label = device ? device : "default";
-        json_t *dev = json_object();
-        set_str(dev, "engine", "sqz");
-        set_str(dev, "backend", backend);
-        set_str(dev, "device", label);
-        json_object_set_new(dev, "peaks", json_array());
-        json_array_append_new(devices, dev);
-        /* can it run here? one session on the device tells, and names it */
-        sqz_session *probe = NULL;
-        st = sqz_backend_probe(backend);
-        if (st == SQZ_OK)
-            st = sqz_session_create(b.model, &(sqz_session_options){.backend = backend, .device = device},
-                                    &probe);
-        if (st != SQZ_OK) {
-            set_str(dev, "status", "unavailable");
-            set_str(dev, "reason", sqz_last_error());
-            b.cells_done += n_cells * n_prec * per_cell;
-            continue;
-        }
-        set_str(dev, "status", "ok");
-        const char *desc = sqz_session_device(probe);
-        char name[256], line[1024], threads[256];
-        snprintf(name, sizeof name, "%s", desc);
-        name[strcspn(name, "(")] = '\0';
-        while (*name && name[strlen(name) - 1] == ' ')
-            name[strlen(name) - 1] = '\0';
-        device_line(devtext ? devtext : "", backend, device && strspn(device, "0123456789") == strlen(device) ? device : NULL,
-                    name, line, sizeof line);
-        set_str(dev, "description", *line ? line : desc);
-        backend_threads(backend, strcmp(backend, "cpu") == 0 ? desc : line, threads, sizeof threads);
-        set_str(dev, "threads", threads);
-        sqz_session_free(probe);
-        for (int p = 0; p < n_prec; p++) {
-            const char *prec = precisions[p];
-            char why[512];
-            if (!precision_supported(&b, backend, device, prec, why, sizeof why)) {
-                json_t *row = new_row(backend, label, prec);
-                set_str(row, "status", "n/a");
-                set_str(row, "reason", why);
-                json_array_append_new(rows, row);
-                b.cells_done += n_cells * per_cell;
-                continue;
-            }
-            double peak = measure_peak(&b, backend, device, prec, dev);
-            for (int c = 0; c < n_cells; c++) {
-                const cell *ce = &cells[c];
-                json_t *row;
-                if (strcmp(backend, "cpu_ref") == 0 &&
-                    (long)ce->batch * ce->width > b.ref_max_tokens) {
-                    row = new_row(backend, label, prec);
-                    row_cell_fields(row, ce);
-                    set_str(row, "status", "skipped");
-                    char skip[200];
-                    snprintf(skip, sizeof skip, "over %ld padded tokens per batch (--ref-max-tokens); "
-                             "the scalar reference is for correctness, not speed", b.ref_max_tokens);
-                    set_str(row, "reason", skip);
-                    b.cells_done += per_cell;
-                    set_str(row, "threads", threads);
-                    json_array_append_new(rows, row);
-                    continue;
-                }
-                if (latency) {
-                    row = run_cell(&b, backend, device, label, prec, ce, peak);
-                    set_str(row, "threads", threads);
-                    json_array_append_new(rows, row);
-                }
-                if (throughput) {
-                    row = run_stream_cell(&b, &reqs[d], 1, prec, ce, peak);
-                    set_str(row, "threads", threads);
-                    json_array_append_new(rows, row);
-                }
-            }
-        }
-    }
-    /* --together: every cell on all the devices at once, two runs in flight on each */
-    for (int p = 0; together && n_reqs > 1 && p < n_prec; p++) {
-        char why[512] = "";
-        bool all = true;
-        for (int d = 0; d < n_reqs && all; d++)
-            all = precision_supported(&b, reqs[d].backend, reqs[d].device[0] ? reqs[d].device : NULL, precisions[p],
-                                      why, sizeof why);
-        for (int c = 0; c < n_cells; c++) {
-            if (all) {
-                json_array_append_new(rows, run_stream_cell(&b, reqs, n_reqs, precisions[p], &cells[c], 0));
-                continue;
-            }
-            json_t *row = new_row("several", "together", precisions[p]);
-            set_str(row, "status", "n/a");
-            set_str(row, "reason", why);
-            json_array_append_new(rows, row);
-            b.cells_done++;
-            break; /* one line per precision says it */
-        }
-    }
-    progress_end(&b);
-    rc = write_outputs(report, json_path, csv_path, plot_path, baseline);
-    if (b.failed)
-        rc = 1;
-done:
     for (size_t i = 0; i < b.n_refs; i++)
         sqz_result_free(b.refs[i].result);
     free(b.refs);
@@ -2194,11 +1644,9 @@ done:
         free(cells[i].lengths);
     free(cells);
     json_decref(report);
-    free_words(precisions, n_prec);
     if (b.n_outputs > 0)
         free_words(b.outputs, b.n_outputs);
-    free(devtext);
-    free(lf.values);
+    free_request(&r);
     if (made)
         remove_checkpoint(tmp_dir);
     return rc;

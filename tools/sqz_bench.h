@@ -1,15 +1,11 @@
-/* Internals of `sqz bench` that tests/test_bench.c checks: the statistics, the deterministic
- * inputs (bench/peers.py computes the same ones), and the writers. A report is the JSON
- * document --json writes (schema "sqz-bench/1", described in bench/README.md); the table,
- * CSV and SVG are all drawn from it, so `--from FILE` redraws a report that bench/peers.py
- * extended with its rows. */
+/* Internals of `sqz bench` that tests/test_bench.c checks: the statistics and the
+ * deterministic inputs (bench/peers.py computes the same ones). The report and its writers
+ * are in tools/bench_writers.h. */
 #ifndef SQZ_TOOLS_SQZ_BENCH_H
 #define SQZ_TOOLS_SQZ_BENCH_H
 
-#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
 
 typedef struct bench_stats {
     size_t n;
@@ -34,13 +30,5 @@ int bench_mixed_length(uint64_t seed, int batch, int row, int max_len);
 #define BENCH_MIXED_MEDIAN 40.0
 #define BENCH_MIXED_SIGMA 0.55
 #define BENCH_MIXED_MIN 3
-
-/* Writers; each returns 0 on success. */
-int bench_write_json(FILE *f, json_t *report);
-int bench_write_csv(FILE *f, json_t *report);
-int bench_write_svg(FILE *f, json_t *report);
-/* The readable table; `baseline` names the engine the ratio column divides by (NULL: "torch"
- * when the report has torch rows, else no ratio column). */
-void bench_print_table(FILE *f, json_t *report, const char *baseline);
 
 #endif
