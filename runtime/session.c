@@ -476,6 +476,30 @@ static void packed_release(packed_batch *p)
     memset(p, 0, sizeof *p);
 }
 
+/* Sizes a packed batch and allocates its arrays (packed_index only for a padded batch,
+ * width > 0). */
+static sqz_status packed_alloc(packed_batch *p, int64_t rows, int64_t width, int64_t tokens, int64_t score_rows,
+                               int64_t max_len)
+{
+    *p = (packed_batch){.rows = rows, .width = width, .tokens = tokens, .score_rows = score_rows, .max_len = max_len};
+    const size_t T = (size_t)tokens, N = (size_t)rows;
+    p->token_ids = malloc(T * sizeof(int32_t));
+    p->token_types = malloc(T * sizeof(int32_t));
+    p->positions = malloc(T * sizeof(int32_t));
+    p->key_valid = malloc(T * sizeof(int32_t));
+    p->seq_offsets = malloc((N + 1) * sizeof(int32_t));
+    p->score_offsets = malloc((N + 1) * sizeof(int32_t));
+    p->first_tokens = malloc(N * sizeof(int32_t));
+    if (p->width > 0)
+        p->packed_index = malloc(N * (size_t)p->width * sizeof(int32_t));
+    if (!p->token_ids || !p->token_types || !p->positions || !p->key_valid || !p->seq_offsets ||
+        !p->score_offsets || !p->first_tokens || (p->width > 0 && !p->packed_index)) {
+        packed_release(p);
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory packing the batch");
+    }
+    return SQZ_OK;
+}
+
 /* "[i][j]" or "[i][k][j]" for messages. */
 static void position_name(const sqz_input *in, int64_t row, int64_t w, char *out, size_t size)
 {
@@ -552,24 +576,9 @@ static sqz_status validate_and_pack(const sqz_model *m, const sqz_input *in, pac
     if (score_rows > INT32_MAX)
         return sqz_fail(SQZ_ERR_INPUT, "input: the batch needs %lld attention score rows, more "
                         "than one run allows; split the batch", (long long)score_rows);
-    p->rows = rows;
-    p->width = W;
-    p->tokens = kept;
-    p->score_rows = score_rows;
-    p->max_len = max_len;
-    p->token_ids = malloc((size_t)kept * sizeof(int32_t));
-    p->token_types = malloc((size_t)kept * sizeof(int32_t));
-    p->positions = malloc((size_t)kept * sizeof(int32_t));
-    p->key_valid = malloc((size_t)kept * sizeof(int32_t));
-    p->seq_offsets = malloc((size_t)(rows + 1) * sizeof(int32_t));
-    p->score_offsets = malloc((size_t)(rows + 1) * sizeof(int32_t));
-    p->first_tokens = malloc((size_t)rows * sizeof(int32_t));
-    p->packed_index = malloc((size_t)(rows * W) * sizeof(int32_t));
-    if (!p->token_ids || !p->token_types || !p->positions || !p->key_valid || !p->seq_offsets ||
-        !p->score_offsets || !p->first_tokens || !p->packed_index) {
-        packed_release(p);
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory packing the batch");
-    }
+    sqz_status st = packed_alloc(p, rows, W, kept, score_rows, max_len);
+    if (st != SQZ_OK)
+        return st;
     int32_t t = 0, score = 0;
     for (int64_t r = 0; r < rows; r++) {
         p->seq_offsets[r] = t;
@@ -648,22 +657,9 @@ static sqz_status validate_packed(const sqz_model *m, const sqz_packed_input *in
                                 (long long)(t - in->offsets[r]), (long long)type, c->type_vocab_size - 1,
                                 c->type_vocab_size);
         }
-    p->rows = rows;
-    p->tokens = tokens;
-    p->score_rows = score_rows;
-    p->max_len = max_len;
-    p->token_ids = malloc((size_t)tokens * sizeof(int32_t));
-    p->token_types = malloc((size_t)tokens * sizeof(int32_t));
-    p->positions = malloc((size_t)tokens * sizeof(int32_t));
-    p->key_valid = malloc((size_t)tokens * sizeof(int32_t));
-    p->seq_offsets = malloc((size_t)(rows + 1) * sizeof(int32_t));
-    p->score_offsets = malloc((size_t)(rows + 1) * sizeof(int32_t));
-    p->first_tokens = malloc((size_t)rows * sizeof(int32_t));
-    if (!p->token_ids || !p->token_types || !p->positions || !p->key_valid || !p->seq_offsets ||
-        !p->score_offsets || !p->first_tokens) {
-        packed_release(p);
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory packing the batch");
-    }
+    sqz_status st = packed_alloc(p, rows, 0, tokens, score_rows, max_len);
+    if (st != SQZ_OK)
+        return st;
     int64_t score = 0;
     for (int64_t r = 0; r < rows; r++) {
         const int64_t begin = in->offsets[r], len = in->offsets[r + 1] - begin;
@@ -1511,14 +1507,21 @@ sqz_status sqz_session_wait(sqz_session *s, sqz_ticket ticket, sqz_result **out)
     return st;
 }
 
-sqz_status sqz_session_run_packed(sqz_session *s, const sqz_packed_input *input, sqz_result **out)
+/* Submits one run and waits for it. */
+static sqz_status run_and_wait(sqz_session *s, const run_input *input, sqz_result **out, const char *api)
 {
     if (!s || !out)
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_run_packed: session and out are required");
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "%s: session and out are required", api);
     *out = NULL;
     sqz_ticket ticket;
-    sqz_status st = sqz_session_submit_packed(s, input, &ticket);
+    sqz_status st = submit(s, input, NULL, 0, &ticket);
     return st == SQZ_OK ? sqz_session_wait(s, ticket, out) : st;
+}
+
+sqz_status sqz_session_run_packed(sqz_session *s, const sqz_packed_input *input, sqz_result **out)
+{
+    const run_input in = {NULL, input};
+    return run_and_wait(s, &in, out, "sqz_session_run_packed");
 }
 
 /* The padded form over the same core: validate_and_pack turns the padded batch into the packed
@@ -1526,12 +1529,8 @@ sqz_status sqz_session_run_packed(sqz_session *s, const sqz_packed_input *input,
  * formatted (on the device where the backend can). */
 sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **out)
 {
-    if (!s || !out)
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_run: session and out are required");
-    *out = NULL;
-    sqz_ticket ticket;
-    sqz_status st = sqz_session_submit(s, input, &ticket);
-    return st == SQZ_OK ? sqz_session_wait(s, ticket, out) : st;
+    const run_input in = {input, NULL};
+    return run_and_wait(s, &in, out, "sqz_session_run");
 }
 
 /* ---- results -------------------------------------------------------------------------------- */

@@ -4,6 +4,7 @@
  * test's own softmax over a cpu_ref padded run; per-item errors; input order; batches under
  * the budget; retry in halves under the session's fault injection (SQZ_FAULT_LAUNCH). */
 #include "tests/test_util.h"
+#include "tests/test_json_lines.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -274,33 +275,6 @@ static void same_as_record(const sqz_answer *a, json_t *want, size_t line)
     }
     default: fail_msg("unexpected task %d", (int)a->task);
     }
-}
-
-static json_t **read_lines(const char *path, size_t *count)
-{
-    size_t n;
-    char *text = (char *)read_whole(path, &n);
-    size_t lines = 0;
-    for (size_t i = 0; i < n; i++)
-        lines += text[i] == '\n';
-    json_t **out = calloc(lines + 1, sizeof *out);
-    assert_non_null(out);
-    char *line = text;
-    for (size_t k = 0; k < lines; k++) {
-        char *end = memchr(line, '\n', (size_t)(text + n - line));
-        out[k] = json_loadb(line, (size_t)(end - line), JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES, NULL);
-        line = end + 1;
-    }
-    free(text);
-    *count = lines;
-    return out;
-}
-
-static void free_lines(json_t **lines, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        json_decref(lines[i]);
-    free(lines);
 }
 
 /* The fixture's lines through the pipeline on `backend`; each answer against transformers'
@@ -575,6 +549,20 @@ static void test_batches_respect_the_budget(void **state)
     sqz_pipeline_free(pipe);
 }
 
+/* Encodes `copies` rounds of the lines with a text into items; returns how many. */
+static size_t encode_copies(const sqz_pipeline *pipe, json_t **lines, size_t n_lines, int copies,
+                            sqz_pipeline_item **items)
+{
+    size_t n = 0;
+    for (int c = 0; c < copies; c++)
+        for (size_t i = 0; i < n_lines; i++) {
+            sqz_text t;
+            if (line_texts(lines[i], false, &t) && t.text_len > 0)
+                assert_sqz_ok(sqz_pipeline_encode(pipe, &t, &items[n++]));
+        }
+    return n;
+}
+
 /* Launch faults through the session's hook: failed batches are retried in halves, every item
  * ends with an answer or the fault's message, and the answers are the fault-free ones. */
 static void test_retry_in_halves(void **state)
@@ -589,16 +577,7 @@ static void test_retry_in_halves(void **state)
     sqz_pipeline_item **clean = calloc(n_lines * COPIES, sizeof *clean);
     sqz_pipeline_item **faulty = calloc(n_lines * COPIES, sizeof *faulty);
     assert_true(clean && faulty);
-    size_t n = 0;
-    for (int c = 0; c < COPIES; c++)
-        for (size_t i = 0; i < n_lines; i++) {
-            sqz_text t;
-            if (line_texts(lines[i], false, &t) && t.text_len > 0) {
-                assert_sqz_ok(sqz_pipeline_encode(pipe, &t, &clean[n]));
-                assert_sqz_ok(sqz_pipeline_encode(pipe, &t, &faulty[n]));
-                n++;
-            }
-        }
+    const size_t n = encode_copies(pipe, lines, n_lines, COPIES, clean);
     sqz_session *s = NULL;
     assert_sqz_ok(sqz_session_create(sqz_pipeline_model(pipe), "cpu_ref", &s));
     size_t retried = 0;
@@ -610,17 +589,9 @@ static void test_retry_in_halves(void **state)
         assert_int_equal(setenv("SQZ_FAULT_LAUNCH", settings[f], 1), 0);
         assert_sqz_ok(sqz_session_create(sqz_pipeline_model(pipe), "cpu_ref", &s));
         unsetenv("SQZ_FAULT_LAUNCH");
-        for (size_t i = 0; i < n; i++) { /* fresh items (an answered item is not run again) */
+        for (size_t i = 0; i < n; i++) /* fresh items (an answered item is not run again) */
             sqz_pipeline_item_free(faulty[i]);
-            faulty[i] = NULL;
-        }
-        size_t k = 0;
-        for (int c = 0; c < COPIES; c++)
-            for (size_t i = 0; i < n_lines; i++) {
-                sqz_text t;
-                if (line_texts(lines[i], false, &t) && t.text_len > 0)
-                    assert_sqz_ok(sqz_pipeline_encode(pipe, &t, &faulty[k++]));
-            }
+        assert_int_equal(encode_copies(pipe, lines, n_lines, COPIES, faulty), n);
         assert_sqz_ok(sqz_pipeline_run(pipe, s, faulty, n, &retried));
         assert_true(retried > 0);
         size_t answered = 0, failed = 0;
