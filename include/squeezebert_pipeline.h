@@ -89,8 +89,9 @@ typedef struct sqz_pipeline_options {
 typedef struct sqz_pipeline sqz_pipeline;
 
 /* A pipeline for `model` with `tokenizer`. The task must be one the model's head answers
- * (SQZ_ERR_INVALID_ARGUMENT naming both); fill-mask needs a [MASK] token; embed reads the
- * folder's sentence-transformers modules (sqz_embedder_load). */
+ * (SQZ_ERR_INVALID_ARGUMENT naming both; a multiple-choice head has none: SQZ_ERR_UNSUPPORTED);
+ * fill-mask needs a [MASK] token; embed reads the folder's sentence-transformers modules
+ * (sqz_embedder_load). options NULL: every default. */
 sqz_status sqz_pipeline_create(const sqz_model *model, const sqz_tokenizer *tokenizer,
                                const sqz_pipeline_options *options, sqz_pipeline **out);
 /* sqz_model_load + sqz_tokenizer_load of `model_dir`, then sqz_pipeline_create; the pipeline
@@ -213,7 +214,7 @@ sqz_status sqz_pipeline_answer(const sqz_pipeline *pipeline, const sqz_result *r
 /* Everything for `n` encoded items on one session: batches, two runs in flight, answers. A
  * batch that fails is retried in halves down to single items; an item that fails alone gets
  * the engine's message as its error. Items keep their order; each ends with an answer or an
- * error. Returns SQZ_OK unless an argument is invalid. *retried (may be NULL) gets how many
+ * error (items that already have one are left as they are). Returns SQZ_OK unless an argument is invalid. *retried (may be NULL) gets how many
  * failed batches were split. */
 sqz_status sqz_pipeline_run(const sqz_pipeline *pipeline, sqz_session *session,
                             sqz_pipeline_item *const *items, size_t n, size_t *retried);

@@ -105,7 +105,12 @@ sqz_status sqz_pipeline_create(const sqz_model *model, const sqz_tokenizer *toke
     const sqz_task native = sqz_task_for_head(p->model_info.head);
     info->task = o->task == SQZ_TASK_AUTO ? native : o->task;
     sqz_status st = SQZ_OK;
-    if (info->task != native || native == SQZ_TASK_AUTO) {
+    if (native == SQZ_TASK_AUTO) {
+        st = sqz_fail(SQZ_ERR_UNSUPPORTED, "the pipeline has no task for this checkpoint's %s (%s head)",
+                      p->model_info.architecture, sqz_head_name(p->model_info.head));
+        goto fail;
+    }
+    if (info->task != native) {
         st = sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "task '%s' needs a different head than this checkpoint's %s (%s)",
                       sqz_task_name(o->task), p->model_info.architecture, sqz_head_name(p->model_info.head));
         goto fail;

@@ -1,5 +1,6 @@
-/* Sessions: a model bound to a backend, and the executor that packs a padded batch into
- * real tokens, runs the plan for its bucket and scatters the outputs back. */
+/* Sessions: a model bound to a backend, and the executor that takes packed sequences (or packs
+ * a padded batch into its real tokens), runs the plan for its bucket and lays the outputs out
+ * packed (or scattered back into the padded layout). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

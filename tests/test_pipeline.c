@@ -498,6 +498,11 @@ static void test_per_item_errors_and_order(void **state)
     assert_fails_with(sqz_pipeline_create(sqz_pipeline_model(fill), sqz_pipeline_tokenizer(fill), &classify, &wrong),
                       SQZ_ERR_INVALID_ARGUMENT, "needs a different head");
     assert_null(wrong);
+    sqz_model *mc = NULL;
+    assert_sqz_ok(sqz_model_load(ODD "/mc-safetensors", &mc));
+    assert_fails_with(sqz_pipeline_create(mc, sqz_pipeline_tokenizer(fill), NULL, &wrong), SQZ_ERR_UNSUPPORTED,
+                      "no task for this checkpoint", "multiple");
+    sqz_model_free(mc);
     sqz_session_free(s);
     sqz_pipeline_free(fill);
     sqz_pipeline_free(qa);
