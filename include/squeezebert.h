@@ -74,7 +74,8 @@ extern "C" {
 /* 3: one sqz_session_create and one sqz_validate, each taking sqz_session_options (the
  *    _on/_with variants are gone); sqz_model_load takes sqz_model_load_options (the checkpoint
  *    limits the library used to read from the environment); only SQZ_API functions are
- *    exported from the shared library.
+ *    exported from the shared library; packed runs (sqz_session_run_packed/submit_packed) and
+ *    the text pipeline (squeezebert_pipeline.h).
  * 2: outputs in fp16 or left on the device, runs in flight (sqz_session_submit/wait). */
 #define SQZ_API_VERSION 3
 
@@ -321,9 +322,33 @@ typedef struct sqz_output {
 
 typedef struct sqz_result sqz_result;
 
-/* Runs one batch and waits for it: sqz_session_submit followed by sqz_session_wait.
+/* Runs one batch and waits for it: sqz_session_submit followed by sqz_session_wait. The padded
+ * form of sqz_session_run_packed: the masked tokens are dropped (packing) and the outputs come
+ * back scattered into the padded layout; values are those of the packed run.
  * Status: as sqz_session_submit and sqz_session_wait. */
 SQZ_API sqz_status sqz_session_run(sqz_session *session, const sqz_input *input, sqz_result **out);
+
+/* Since API version 3: sequences back to back, without padding. Sequence i is tokens
+ * offsets[i] .. offsets[i + 1] - 1 (offsets[0] = 0, each sequence 1 to max_position_embeddings
+ * tokens, every token attended, positions counted from 0 in each sequence). For a
+ * multiple-choice model the sequences are sets of `choices` consecutive ones. The library
+ * reads the arrays only during the call (submit or run); they stay the caller's. */
+typedef struct sqz_packed_input {
+    int sequences;                 /* N >= 1 */
+    int choices;                   /* K for multiple choice (N a multiple of K); 0 otherwise */
+    const int64_t *offsets;        /* [N + 1] */
+    const int64_t *input_ids;      /* [offsets[N]] */
+    const int64_t *token_type_ids; /* [offsets[N]], or NULL for all zeros */
+} sqz_packed_input;
+
+/* Runs packed sequences and waits. Outputs come back packed: per-token outputs as
+ * [offsets[N]][C] (start_logits/end_logits as [offsets[N]]), per-sequence outputs as [N][C],
+ * multiple-choice logits as [N / K][K]. Everything else (selection, output options, results,
+ * their ownership and lifetime) is as for sqz_session_run. Invalid input is SQZ_ERR_INPUT naming
+ * the sequence and token.
+ * Status: as sqz_session_submit_packed and sqz_session_wait. */
+SQZ_API sqz_status sqz_session_run_packed(sqz_session *session, const sqz_packed_input *input,
+                                          sqz_result **out);
 /* Which outputs later runs return (names as sqz_result_find takes them; count 0: all, the
  * default). On a backend that formats outputs on the device (cuda, cuda-sim, cpu_ref) only
  * these are copied into their final layout and cross to the host. An unknown name is
@@ -373,6 +398,10 @@ typedef uint64_t sqz_ticket;
  * out of range, a row without tokens, a length past the model's positions, a shape the head
  * does not take; BACKEND: the driver failed. */
 SQZ_API sqz_status sqz_session_submit(sqz_session *session, const sqz_input *input, sqz_ticket *ticket);
+/* The packed form of sqz_session_submit (outputs as sqz_session_run_packed gives them).
+ * Status: as sqz_session_submit, INPUT naming the sequence and token. */
+SQZ_API sqz_status sqz_session_submit_packed(sqz_session *session, const sqz_packed_input *input,
+                                             sqz_ticket *ticket);
 /* As sqz_session_submit, with the host outputs written into `memory` (`bytes` long, at least
  * what sqz_session_output_bytes gives; the outputs lie back to back, each starting 256-byte
  * aligned relative to `memory`). The memory must stay valid until the run's wait; the result's

@@ -1,6 +1,7 @@
-/* Sessions: a model bound to a backend through the executor (runtime/executor.c); a run packs
- * a padded batch into real tokens, picks or compiles the plan for its bucket, has the executor
- * run it and lays the outputs out for the caller. */
+/* Sessions: a model bound to a backend through the executor (runtime/executor.c). A run takes
+ * packed sequences (or packs a padded batch into its real tokens), picks or compiles the plan
+ * for its bucket, has the executor run it and lays the outputs out packed (or scattered back
+ * into the padded layout). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -423,6 +424,30 @@ static void packed_release(packed_batch *p)
     memset(p, 0, sizeof *p);
 }
 
+/* Sizes a packed batch and allocates its arrays (packed_index only for a padded batch,
+ * width > 0). */
+static sqz_status packed_alloc(packed_batch *p, int64_t rows, int64_t width, int64_t tokens, int64_t score_rows,
+                               int64_t max_len)
+{
+    *p = (packed_batch){.rows = rows, .width = width, .tokens = tokens, .score_rows = score_rows, .max_len = max_len};
+    const size_t T = (size_t)tokens, N = (size_t)rows;
+    p->token_ids = malloc(T * sizeof(int32_t));
+    p->token_types = malloc(T * sizeof(int32_t));
+    p->positions = malloc(T * sizeof(int32_t));
+    p->key_valid = malloc(T * sizeof(int32_t));
+    p->seq_offsets = malloc((N + 1) * sizeof(int32_t));
+    p->score_offsets = malloc((N + 1) * sizeof(int32_t));
+    p->first_tokens = malloc(N * sizeof(int32_t));
+    if (p->width > 0)
+        p->packed_index = malloc(N * (size_t)p->width * sizeof(int32_t));
+    if (!p->token_ids || !p->token_types || !p->positions || !p->key_valid || !p->seq_offsets ||
+        !p->score_offsets || !p->first_tokens || (p->width > 0 && !p->packed_index)) {
+        packed_release(p);
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory packing the batch");
+    }
+    return SQZ_OK;
+}
+
 /* "[i][j]" or "[i][k][j]" for messages. */
 static void position_name(const sqz_input *in, int64_t row, int64_t w, char *out, size_t size)
 {
@@ -499,24 +524,9 @@ static sqz_status validate_and_pack(const sqz_model *m, const sqz_input *in, pac
     if (score_rows > INT32_MAX)
         return sqz_fail(SQZ_ERR_INPUT, "input: the batch needs %lld attention score rows, more "
                         "than one run allows; split the batch", (long long)score_rows);
-    p->rows = rows;
-    p->width = W;
-    p->tokens = kept;
-    p->score_rows = score_rows;
-    p->max_len = max_len;
-    p->token_ids = malloc((size_t)kept * sizeof(int32_t));
-    p->token_types = malloc((size_t)kept * sizeof(int32_t));
-    p->positions = malloc((size_t)kept * sizeof(int32_t));
-    p->key_valid = malloc((size_t)kept * sizeof(int32_t));
-    p->seq_offsets = malloc((size_t)(rows + 1) * sizeof(int32_t));
-    p->score_offsets = malloc((size_t)(rows + 1) * sizeof(int32_t));
-    p->first_tokens = malloc((size_t)rows * sizeof(int32_t));
-    p->packed_index = malloc((size_t)(rows * W) * sizeof(int32_t));
-    if (!p->token_ids || !p->token_types || !p->positions || !p->key_valid || !p->seq_offsets ||
-        !p->score_offsets || !p->first_tokens || !p->packed_index) {
-        packed_release(p);
-        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory packing the batch");
-    }
+    sqz_status st = packed_alloc(p, rows, W, kept, score_rows, max_len);
+    if (st != SQZ_OK)
+        return st;
     int32_t t = 0, score = 0;
     for (int64_t r = 0; r < rows; r++) {
         p->seq_offsets[r] = t;
@@ -543,6 +553,85 @@ static sqz_status validate_and_pack(const sqz_model *m, const sqz_input *in, pac
     p->score_offsets[rows] = score;
     return SQZ_OK;
 }
+
+/* A packed input as the caller gives it: sequences back to back, positions from 0, every
+ * token attended. The packed batch has width 0 (no padded layout to scatter into). */
+static sqz_status validate_packed(const sqz_model *m, const sqz_packed_input *in, packed_batch *p)
+{
+    const sqz_config *c = &m->config;
+    memset(p, 0, sizeof *p);
+    if (!in || !in->input_ids || !in->offsets)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_run_packed: input_ids and offsets are required");
+    if (in->sequences < 1 || in->choices < 0)
+        return sqz_fail(SQZ_ERR_INPUT, "packed input: sequences (%d) must be at least 1 and choices (%d) at "
+                        "least 0", in->sequences, in->choices);
+    if (c->head == SQZ_HEAD_MULTIPLE_CHOICE && (in->choices < 1 || in->sequences % in->choices != 0))
+        return sqz_fail(SQZ_ERR_INPUT, "packed input: a multiple-choice model (%s) needs choices >= 1 dividing "
+                        "the %d sequences (got choices %d)", c->architecture, in->sequences, in->choices);
+    if (c->head != SQZ_HEAD_MULTIPLE_CHOICE && in->choices > 0)
+        return sqz_fail(SQZ_ERR_INPUT, "packed input: choices are only for multiple-choice models; %s takes "
+                        "choices 0", c->architecture);
+    const int64_t rows = in->sequences;
+    if (in->offsets[0] != 0)
+        return sqz_fail(SQZ_ERR_INPUT, "packed input: offsets[0] = %lld, expected 0", (long long)in->offsets[0]);
+    int64_t score_rows = 0, max_len = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t len = in->offsets[r + 1] - in->offsets[r];
+        if (len < 1 || len > c->max_position_embeddings)
+            return sqz_fail(SQZ_ERR_INPUT, "packed input: sequence %lld has %lld tokens (offsets[%lld] = %lld, "
+                            "offsets[%lld] = %lld); each needs 1 to %d (max_position_embeddings)", (long long)r,
+                            (long long)len, (long long)r, (long long)in->offsets[r], (long long)(r + 1),
+                            (long long)in->offsets[r + 1], c->max_position_embeddings);
+        if (in->offsets[r + 1] > MAX_BATCH_TOKENS)
+            return sqz_fail(SQZ_ERR_INPUT, "packed input: more than %d tokens in one run; split the batch",
+                            MAX_BATCH_TOKENS);
+        score_rows += len * len;
+        max_len = len > max_len ? len : max_len;
+    }
+    if (score_rows > INT32_MAX)
+        return sqz_fail(SQZ_ERR_INPUT, "packed input: the batch needs %lld attention score rows, more than one "
+                        "run allows; split the batch", (long long)score_rows);
+    const int64_t tokens = in->offsets[rows];
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t t = in->offsets[r]; t < in->offsets[r + 1]; t++) {
+            const int64_t id = in->input_ids[t], type = in->token_type_ids ? in->token_type_ids[t] : 0;
+            if (id < 0 || id >= c->vocab_size)
+                return sqz_fail(SQZ_ERR_INPUT, "packed input: input_ids[%lld] (sequence %lld, token %lld) = %lld is "
+                                "outside the vocabulary (vocab_size %d)", (long long)t, (long long)r,
+                                (long long)(t - in->offsets[r]), (long long)id, c->vocab_size);
+            if (type < 0 || type >= c->type_vocab_size)
+                return sqz_fail(SQZ_ERR_INPUT, "packed input: token_type_ids[%lld] (sequence %lld, token %lld) = "
+                                "%lld is outside 0..%d (type_vocab_size %d)", (long long)t, (long long)r,
+                                (long long)(t - in->offsets[r]), (long long)type, c->type_vocab_size - 1,
+                                c->type_vocab_size);
+        }
+    sqz_status st = packed_alloc(p, rows, 0, tokens, score_rows, max_len);
+    if (st != SQZ_OK)
+        return st;
+    int64_t score = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t begin = in->offsets[r], len = in->offsets[r + 1] - begin;
+        p->seq_offsets[r] = p->first_tokens[r] = (int32_t)begin;
+        p->score_offsets[r] = (int32_t)score;
+        for (int64_t w = 0; w < len; w++) {
+            p->token_ids[begin + w] = (int32_t)in->input_ids[begin + w];
+            p->token_types[begin + w] = in->token_type_ids ? (int32_t)in->token_type_ids[begin + w] : 0;
+            p->positions[begin + w] = (int32_t)w;
+            p->key_valid[begin + w] = 1;
+        }
+        score += len * len;
+    }
+    p->seq_offsets[rows] = (int32_t)tokens;
+    p->score_offsets[rows] = (int32_t)score;
+    return SQZ_OK;
+}
+
+/* What a run was asked for: a padded batch (outputs scattered back into [N][W]) or a packed
+ * one (outputs as computed, [T] and [N] rows). Exactly one is set. */
+typedef struct run_input {
+    const sqz_input *padded;
+    const sqz_packed_input *packed;
+} run_input;
 
 /* ---- running ------------------------------------------------------------------------------ */
 
@@ -819,13 +908,19 @@ sqz_status sqz_session_set_output_options(sqz_session *s, const sqz_output_optio
 
 /* The selected outputs of a run with the caller's shape (rows sequences of width W), in
  * their final layout, back to back in one block; *total gets its size. */
-static sqz_status layout_outputs(const sqz_session *s, const sqz_graph *g, const sqz_input *in,
+static sqz_status layout_outputs(const sqz_session *s, const sqz_graph *g, const run_input *in,
                                  out_entry **out, size_t *count, size_t *total)
 {
     out_entry *e = calloc(g->n_outputs ? g->n_outputs : 1, sizeof *e);
     if (!e)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for outputs");
-    const int64_t rows = (int64_t)in->batch * (in->choices > 0 ? in->choices : 1), W = in->seq_len;
+    /* padded: rows sequences of width W; packed: rows sequences of T tokens in all (W 0) */
+    const int choices = in->padded ? in->padded->choices : in->packed->choices;
+    const int64_t rows = in->padded ? (int64_t)in->padded->batch * (choices > 0 ? choices : 1)
+                                    : in->packed->sequences;
+    const int64_t batch = choices > 0 ? rows / choices : rows;
+    const int64_t W = in->padded ? in->padded->seq_len : 0;
+    const int64_t tokens = in->padded ? rows * W : in->packed->offsets[rows];
     const size_t element = s->out_options.type == SQZ_OUTPUT_FP16 ? 2 : 4;
     size_t n = 0, at = 0;
     for (size_t o = 0; o < g->n_outputs; o++) {
@@ -836,17 +931,21 @@ static sqz_status layout_outputs(const sqz_session *s, const sqz_graph *g, const
         x->output = (int)o;
         x->format = (sqz_output_format){go->tensor, go->col_begin, go->col_count, rows, 0,
                                         s->out_options.type == SQZ_OUTPUT_FP16};
-        if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
+        if (go->layout == SQZ_LAYOUT_PER_TOKEN && W > 0) {
             x->ndim = go->squeeze ? 2 : 3;
-            x->shape[0] = in->batch, x->shape[1] = W, x->shape[2] = go->col_count;
-            x->format.rows = rows * W;
+            x->shape[0] = batch, x->shape[1] = W, x->shape[2] = go->col_count;
+            x->format.rows = tokens;
             x->format.width = W;
+        } else if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
+            x->ndim = go->squeeze ? 1 : 2;
+            x->shape[0] = tokens, x->shape[1] = go->col_count;
+            x->format.rows = tokens;
         } else if (go->layout == SQZ_LAYOUT_PER_SEQUENCE) {
             x->ndim = 2;
-            x->shape[0] = in->batch, x->shape[1] = go->col_count;
+            x->shape[0] = batch, x->shape[1] = go->col_count;
         } else {
             x->ndim = 2;
-            x->shape[0] = in->batch, x->shape[1] = in->choices;
+            x->shape[0] = batch, x->shape[1] = choices;
         }
         x->offset = at;
         x->bytes = (size_t)(x->format.rows * x->format.col_count) * element;
@@ -867,7 +966,8 @@ sqz_status sqz_session_output_bytes(const sqz_session *s, const sqz_input *input
                         input->batch, input->seq_len);
     out_entry *e = NULL;
     size_t n;
-    sqz_status st = layout_outputs(s, &s->graph, input, &e, &n, bytes);
+    const run_input in = {input, NULL};
+    sqz_status st = layout_outputs(s, &s->graph, &in, &e, &n, bytes);
     free(e);
     return st;
 }
@@ -1041,11 +1141,12 @@ static void slot_release(sqz_session *s, run_slot *slot)
 }
 
 /* Packs, uploads and launches one run in slot k, and starts its outputs' way back. */
-static sqz_status submit_run(sqz_session *s, int k, const sqz_input *input, void *memory, size_t memory_bytes)
+static sqz_status submit_run(sqz_session *s, int k, const run_input *input, void *memory, size_t memory_bytes)
 {
     run_slot *slot = &s->slots[k];
     packed_batch *p = &slot->p;
-    sqz_status st = validate_and_pack(s->model, input, p);
+    sqz_status st = input->padded ? validate_and_pack(s->model, input->padded, p)
+                                  : validate_packed(s->model, input->packed, p);
     if (st != SQZ_OK)
         return st;
     slot->real = (sqz_run_dims){p->tokens, p->rows, p->score_rows, p->max_len};
@@ -1108,7 +1209,7 @@ static sqz_status submit_run(sqz_session *s, int k, const sqz_input *input, void
     return st;
 }
 
-static sqz_status submit(sqz_session *s, const sqz_input *input, void *memory, size_t memory_bytes,
+static sqz_status submit(sqz_session *s, const run_input *input, void *memory, size_t memory_bytes,
                          sqz_ticket *ticket)
 {
     if (!s || !ticket)
@@ -1142,7 +1243,14 @@ static sqz_status submit(sqz_session *s, const sqz_input *input, void *memory, s
 
 sqz_status sqz_session_submit(sqz_session *s, const sqz_input *input, sqz_ticket *ticket)
 {
-    return submit(s, input, NULL, 0, ticket);
+    const run_input in = {input, NULL};
+    return submit(s, &in, NULL, 0, ticket);
+}
+
+sqz_status sqz_session_submit_packed(sqz_session *s, const sqz_packed_input *input, sqz_ticket *ticket)
+{
+    const run_input in = {NULL, input};
+    return submit(s, &in, NULL, 0, ticket);
 }
 
 sqz_status sqz_session_submit_into(sqz_session *s, const sqz_input *input, void *memory, size_t bytes,
@@ -1150,7 +1258,8 @@ sqz_status sqz_session_submit_into(sqz_session *s, const sqz_input *input, void 
 {
     if (!memory)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_submit_into: memory is required");
-    return submit(s, input, memory, bytes, ticket);
+    const run_input in = {input, NULL};
+    return submit(s, &in, memory, bytes, ticket);
 }
 
 sqz_status sqz_session_busy_seconds(const sqz_session *s, double *seconds)
@@ -1199,7 +1308,7 @@ sqz_status sqz_session_wait(sqz_session *s, sqz_ticket ticket, sqz_result **out)
         memset(rs, 0, sizeof *rs);
         rs->tokens = slot->real.tokens;
         rs->sequences = slot->real.sequences;
-        rs->padded_tokens = slot->p.rows * slot->p.width;
+        rs->padded_tokens = slot->p.width ? slot->p.rows * slot->p.width : slot->real.tokens;
         for (size_t i = 0; i < c->plan->n_launches; i++) /* useful work: the caller's sequences */
             rs->flops += sqz_node_flops(&c->plan->graph, &c->plan->graph.nodes[c->plan->launches[i]], &slot->real);
         rs->launches = c->plan->n_launches;
@@ -1217,14 +1326,30 @@ sqz_status sqz_session_wait(sqz_session *s, sqz_ticket ticket, sqz_result **out)
     return st;
 }
 
-sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **out)
+/* Submits one run and waits for it. */
+static sqz_status run_and_wait(sqz_session *s, const run_input *input, sqz_result **out, const char *api)
 {
     if (!s || !out)
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_run: session and out are required");
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "%s: session and out are required", api);
     *out = NULL;
     sqz_ticket ticket;
-    sqz_status st = sqz_session_submit(s, input, &ticket);
+    sqz_status st = submit(s, input, NULL, 0, &ticket);
     return st == SQZ_OK ? sqz_session_wait(s, ticket, out) : st;
+}
+
+sqz_status sqz_session_run_packed(sqz_session *s, const sqz_packed_input *input, sqz_result **out)
+{
+    const run_input in = {NULL, input};
+    return run_and_wait(s, &in, out, "sqz_session_run_packed");
+}
+
+/* The padded form over the same core: validate_and_pack turns the padded batch into the packed
+ * one (dropping masked tokens), and the outputs are scattered back to [N][W] as they are
+ * formatted (on the device where the backend can). */
+sqz_status sqz_session_run(sqz_session *s, const sqz_input *input, sqz_result **out)
+{
+    const run_input in = {input, NULL};
+    return run_and_wait(s, &in, out, "sqz_session_run");
 }
 
 /* ---- results -------------------------------------------------------------------------------- */

@@ -4,6 +4,7 @@
  * backend that can run here; results independent of batching; errors on their own line;
  * 10,000 lines back in input order. */
 #include "tests/test_util.h"
+#include "tests/test_json_lines.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -20,33 +21,6 @@ static int run(const char *args, int *status)
     int rc = system(cmd);
     *status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
     return 0;
-}
-
-/* Reads a JSON Lines file: one json_t per line (NULL where a line is not JSON). */
-static json_t **read_lines(const char *path, size_t *count)
-{
-    size_t n;
-    char *text = (char *)read_whole(path, &n);
-    size_t lines = 0;
-    for (size_t i = 0; i < n; i++)
-        lines += text[i] == '\n';
-    json_t **out = calloc(lines + 1, sizeof *out);
-    size_t k = 0;
-    for (char *line = text; k < lines;) {
-        char *end = strchr(line, '\n');
-        out[k++] = json_loadb(line, (size_t)(end - line), 0, NULL);
-        line = end + 1;
-    }
-    free(text);
-    *count = lines;
-    return out;
-}
-
-static void free_lines(json_t **lines, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        json_decref(lines[i]);
-    free(lines);
 }
 
 /* Same keys in the same order, same strings and integers, reals within tolerance. */

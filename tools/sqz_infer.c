@@ -50,12 +50,10 @@ static volatile sig_atomic_t stop_signal;
 
 static void on_stop_signal(int sig) { stop_signal = sig; }
 
-typedef enum task { TASK_AUTO, TASK_CLASSIFY, TASK_EMBED, TASK_TOKENS, TASK_QA, TASK_FILL_MASK } task;
-
 typedef struct options {
     const char *model, *backend, *device, *devices, *input, *output, *threads;
     sqz_precision precision;
-    task task;
+    sqz_task task;
     sqz_pool_mode pooling[SQZ_MAX_POOL_MODES];
     int pooling_count;   /* 0: from the checkpoint (modules.json, else the pooler) */
     int normalize;       /* -1: from the checkpoint */
@@ -234,16 +232,13 @@ static void work_done(work *w)
     pthread_mutex_unlock(&w->lock);
 }
 
+/* The threads' shared state around the library's text pipeline (`pipe`). */
 typedef struct pipeline {
     options opt;
-    task task;
     sqz_model *model;
-    sqz_model_info info;
     sqz_tokenizer *tok;
-    sqz_tokenizer_info tok_info;
-    sqz_embedder *embedder;
-    sqz_embedder_info emb_info;
-    infer_line_setup setup;
+    sqz_pipeline *pipe;
+    sqz_pipeline_info info;
     struct worker *workers;
     int n_workers;
     FILE *in, *out;
@@ -272,15 +267,6 @@ static double now_seconds(void)
 
 /* ---- reader: parse, tokenize, sort, batch ------------------------------------------------ */
 
-static int by_length(const void *a, const void *b)
-{
-    const item *x = *(item *const *)a, *y = *(item *const *)b;
-    size_t lx = x->n_use, ly = y->n_use;
-    if (lx != ly)
-        return lx < ly ? -1 : 1;
-    return x->line < y->line ? -1 : 1;
-}
-
 static batch *new_batch(item **items, size_t count, int width)
 {
     batch *b = calloc(1, sizeof *b);
@@ -297,40 +283,42 @@ static batch *new_batch(item **items, size_t count, int width)
     return b;
 }
 
-/* Sorts a window by length and sends it on as batches of at most batch_tokens padded
- * tokens (a single longer line goes alone); lines with errors go as one batch of their own. */
+/* Tokens an item runs (0 for a line that failed before). */
+static size_t tokens_of(const item *it)
+{
+    return sqz_pipeline_item_tokens(it->item, NULL, NULL);
+}
+
+/* Sends a window on as the pipeline batches it (sorted by length, under the token budget);
+ * lines with errors go as one batch of their own. */
 static void flush_window(pipeline *p, item **window, size_t n)
 {
-    size_t ok = 0;
     item **failed = malloc((n ? n : 1) * sizeof *failed);
-    if (!failed) {
+    sqz_pipeline_item **encoded = malloc((n ? n : 1) * sizeof *encoded);
+    size_t *ends = malloc((n ? n : 1) * sizeof *ends);
+    if (!failed || !encoded || !ends) {
         fprintf(stderr, "sqz infer: out of memory\n");
         exit(1);
     }
-    size_t n_failed = 0;
+    size_t n_failed = 0, n_encoded = 0, n_item_failed = 0;
     for (size_t i = 0; i < n; i++) {
         if (window[i]->error)
             failed[n_failed++] = window[i];
         else
-            window[ok++] = window[i];
+            encoded[n_encoded++] = window[i]->item;
     }
+    const size_t batches = sqz_pipeline_plan_batches(p->pipe, encoded, n_encoded, &n_item_failed, ends);
+    for (size_t i = 0; i < n_item_failed; i++)
+        failed[n_failed++] = sqz_pipeline_item_user(encoded[i]);
     if (n_failed)
         work_push(p->work, new_batch(failed, n_failed, 0));
-    free(failed);
-    qsort(window, ok, sizeof *window, by_length);
-    const size_t multiple = p->task == TASK_FILL_MASK ? (size_t)p->info.vocab_size : 1;
-    size_t start = 0;
-    while (start < ok) {
-        size_t end = start + 1;
-        /* sorted ascending: the last line of the batch sets its padded width; outputs of
-         * fill-mask scale with the vocabulary, so its budget counts them too */
-        while (end < ok && (end - start + 1) * window[end]->n_use * multiple <=
-                               (size_t)p->opt.batch_tokens * (multiple > 1 ? 64 : 1))
-            end++;
-        const size_t width = window[end - 1]->n_use;
-        work_push(p->work, new_batch(window + start, end - start, (int)width));
-        start = end;
+    for (size_t b = 0, start = n_item_failed; b < batches; start = ends[b++]) {
+        for (size_t i = start; i < ends[b]; i++)
+            failed[i - start] = sqz_pipeline_item_user(encoded[i]);
+        /* sorted ascending: the last line of the batch sets its padded width */
+        work_push(p->work, new_batch(failed, ends[b] - start, (int)sqz_pipeline_item_tokens(encoded[ends[b] - 1], NULL, NULL)));
     }
+    free(failed), free(encoded), free(ends);
 }
 
 /* A line reader over a file descriptor that never holds more than the line limit: a longer
@@ -431,9 +419,9 @@ static void *reader_main(void *arg)
             snprintf(limit, sizeof limit, "more than %zu bytes (SQZ_MAX_LINE_BYTES)", p->max_line_bytes);
             it->error = infer_message("line too long", limit);
         } else {
-            infer_parse_line(p->task == TASK_QA, it, line ? line : "", len);
+            infer_parse_line(p->info.task == SQZ_TASK_QA, it, line ? line : "", len);
         }
-        infer_tokenize_line(&p->setup, it);
+        infer_encode_line(p->pipe, it);
         window[n++] = it;
         p->lines_read++;
         p->tokenize_s += now_seconds() - t0;
@@ -475,29 +463,26 @@ typedef struct worker {
     double compute_s;
 } worker;
 
-/* Packs a batch into padded arrays and submits it; *why gets the reason it failed. */
+/* The pipeline's items of a batch, in its order (malloc'd; NULL without memory). */
+static sqz_pipeline_item **items_of(const batch *b)
+{
+    sqz_pipeline_item **items = malloc((b->count ? b->count : 1) * sizeof *items);
+    for (size_t i = 0; items && i < b->count; i++)
+        items[i] = b->items[i]->item;
+    return items;
+}
+
+/* Submits a batch as one packed run; *why gets the reason it failed. */
 static sqz_status submit_batch(worker *w, batch *b, sqz_ticket *ticket, const char **why)
 {
-    const size_t N = b->count, W = (size_t)b->width;
-    int64_t *ids = calloc(N * W, sizeof *ids), *mask = calloc(N * W, sizeof *mask);
-    int64_t *types = calloc(N * W, sizeof *types);
+    sqz_pipeline_item **items = items_of(b);
     sqz_status st = SQZ_ERR_OUT_OF_MEMORY;
     *why = "out of memory for a batch";
-    if (ids && mask && types) {
-        for (size_t r = 0; r < N; r++) {
-            const item *it = b->items[r];
-            for (size_t k = 0; k < it->n_use; k++) {
-                ids[r * W + k] = it->enc->input_ids[it->use[k]];
-                types[r * W + k] = it->enc->token_type_ids[it->use[k]];
-                mask[r * W + k] = 1;
-            }
-        }
-        sqz_input in = {.batch = (int)N, .seq_len = (int)W, .input_ids = ids,
-                        .attention_mask = mask, .token_type_ids = types};
-        st = sqz_session_submit(w->session, &in, ticket);
+    if (items) {
+        st = sqz_pipeline_submit(w->p->pipe, w->session, items, b->count, ticket);
         *why = sqz_last_error();
     }
-    free(ids), free(mask), free(types);
+    free(items);
     return st;
 }
 
@@ -506,7 +491,7 @@ static int width_of(item **items, size_t n)
 {
     size_t w = 0;
     for (size_t i = 0; i < n; i++)
-        w = items[i]->n_use > w ? items[i]->n_use : w;
+        w = tokens_of(items[i]) > w ? tokens_of(items[i]) : w;
     return (int)w;
 }
 
@@ -625,7 +610,7 @@ static void *worker_main(void *arg)
             continue;
         }
         for (size_t r = 0; r < b->count; r++)
-            w->tokens += b->items[r]->n_use;
+            w->tokens += tokens_of(b->items[r]);
         w->padded_tokens += b->count * (size_t)b->width;
         flight[n++] = b;
         if (n == SQZ_MAX_IN_FLIGHT)
@@ -664,17 +649,8 @@ static int open_devices(pipeline *p, const char *backend)
         snprintf(w->name, sizeof w->name, "%s%s%s", devs[i].backend, devs[i].device[0] ? ":" : "", devs[i].device);
         sqz_session_options so = cli_session_options(devs[i].backend, devs[i].device[0] ? devs[i].device : NULL, p->opt.precision);
         sqz_status st = sqz_session_create(p->model, &so, &w->session);
-        if (st == SQZ_OK && p->task == TASK_EMBED) {
-            /* only what the pooling reads crosses to the host (the full hidden state is most of
-             * a GPU run's time) */
-            const char *names[2];
-            size_t count = 0;
-            if (p->emb_info.needs_pooler)
-                names[count++] = "pooler_output";
-            if (p->emb_info.needs_hidden)
-                names[count++] = "last_hidden_state";
-            st = sqz_session_select_outputs(w->session, names, count);
-        }
+        if (st == SQZ_OK) /* only what the task reads crosses to the host */
+            st = sqz_pipeline_use_session(p->pipe, w->session);
         p->n_workers = i + 1;
         if (st != SQZ_OK) {
             fprintf(stderr, "sqz infer: %s: %s: %s\n", w->name, sqz_status_str(st), sqz_last_error());
@@ -685,226 +661,6 @@ static int open_devices(pipeline *p, const char *backend)
 }
 
 /* ---- writer: records in input order -------------------------------------------------- */
-
-/* Code points in the first `bytes` bytes of UTF-8 text (offsets as transformers gives them). */
-static size_t code_points(const char *text, size_t bytes)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < bytes; i++)
-        n += ((unsigned char)text[i] & 0xC0) != 0x80;
-    return n;
-}
-
-static void softmax(const float *logits, size_t n, double *out)
-{
-    double m = -INFINITY, sum = 0;
-    for (size_t i = 0; i < n; i++)
-        m = logits[i] > m ? logits[i] : m;
-    for (size_t i = 0; i < n; i++)
-        sum += out[i] = exp((double)logits[i] - m);
-    for (size_t i = 0; i < n; i++)
-        out[i] /= sum;
-}
-
-static size_t argmax(const double *x, size_t n)
-{
-    size_t best = 0;
-    for (size_t i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return best;
-}
-
-static json_t *label_of(pipeline *p, size_t index)
-{
-    const char *name = sqz_model_label(p->model, (int)index);
-    return json_string(name ? name : "?");
-}
-
-static json_t *record_classify(pipeline *p, const float *logits)
-{
-    const size_t L = (size_t)p->info.num_labels;
-    double *probs = malloc(L * sizeof *probs);
-    if (!probs)
-        return NULL;
-    softmax(logits, L, probs);
-    size_t best = argmax(probs, L);
-    json_t *r = json_object(), *scores = json_object();
-    json_object_set_new(r, "label", label_of(p, best));
-    json_object_set_new(r, "score", json_real(probs[best]));
-    for (size_t i = 0; i < L; i++) {
-        const char *name = sqz_model_label(p->model, (int)i);
-        json_object_set_new(scores, name ? name : "?", json_real(probs[i]));
-    }
-    json_object_set_new(r, "scores", scores);
-    free(probs);
-    return r;
-}
-
-static json_t *record_embed(pipeline *p, const sqz_result *res, size_t row, const item *it)
-{
-    const size_t H = (size_t)p->info.hidden_size;
-    float *v = malloc((size_t)p->emb_info.dimension * sizeof *v);
-    if (!v)
-        return NULL;
-    const sqz_output *pooled = sqz_result_find(res, "pooler_output");
-    const sqz_output *hidden = sqz_result_find(res, "last_hidden_state");
-    const float *rows = hidden ? hidden->data + row * (size_t)hidden->shape[1] * H : NULL;
-    if (sqz_embedder_embed(p->embedder, rows, it->n_use, pooled ? pooled->data + row * H : NULL, v) != SQZ_OK) {
-        free(v);
-        return NULL;
-    }
-    json_t *r = json_object(), *arr = json_array();
-    for (int c = 0; c < p->emb_info.dimension; c++)
-        json_array_append_new(arr, json_real(v[c]));
-    json_object_set_new(r, "embedding", arr);
-    free(v);
-    return r;
-}
-
-static json_t *record_tokens(pipeline *p, const sqz_output *logits, size_t row, const item *it)
-{
-    const sqz_encoding *e = it->enc;
-    const size_t L = (size_t)p->info.num_labels, W = (size_t)logits->shape[1];
-    double *probs = malloc(L * sizeof *probs);
-    if (!probs)
-        return NULL;
-    json_t *r = json_object(), *tokens = json_array();
-    for (size_t w = 0; w < it->n_use; w++) {
-        const size_t k = it->use[w];
-        if (e->sequence_ids[k] != 0)
-            continue;
-        softmax(logits->data + (row * W + w) * L, L, probs);
-        size_t best = argmax(probs, L);
-        json_t *t = json_object();
-        const char *piece = sqz_tokenizer_id_to_token(p->tok, (int32_t)e->input_ids[k]);
-        json_object_set_new(t, "token", json_string(piece ? piece : "[UNK]"));
-        json_object_set_new(t, "label", label_of(p, best));
-        json_object_set_new(t, "score", json_real(probs[best]));
-        json_object_set_new(t, "start", json_integer((json_int_t)code_points(it->text, e->offsets[k].start)));
-        json_object_set_new(t, "end", json_integer((json_int_t)code_points(it->text, e->offsets[k].end)));
-        json_array_append_new(tokens, t);
-    }
-    json_object_set_new(r, "tokens", tokens);
-    free(probs);
-    return r;
-}
-
-/* Softmax over the context tokens only, then the best span within the answer length. */
-static json_t *record_qa(pipeline *p, const sqz_result *res, size_t row, const item *it, char **error)
-{
-    const sqz_encoding *e = it->enc;
-    const sqz_output *so = sqz_result_find(res, "start_logits"), *eo = sqz_result_find(res, "end_logits");
-    const size_t W = (size_t)so->shape[1];
-    size_t n = 0;
-    size_t *pos = malloc(e->length * sizeof *pos);
-    float *sl = malloc(e->length * sizeof *sl), *el = malloc(e->length * sizeof *el);
-    double *ps = malloc(e->length * sizeof *ps), *pe = malloc(e->length * sizeof *pe);
-    json_t *r = NULL;
-    if (!pos || !sl || !el || !ps || !pe)
-        goto done;
-    for (size_t w = 0; w < it->n_use; w++)
-        if (e->sequence_ids[it->use[w]] == 1) {
-            pos[n] = it->use[w];
-            sl[n] = so->data[row * W + w];
-            el[n++] = eo->data[row * W + w];
-        }
-    if (n == 0) {
-        *error = infer_message("no context tokens remain after truncation", NULL);
-        goto done;
-    }
-    softmax(sl, n, ps);
-    softmax(el, n, pe);
-    size_t bi = 0, bj = 0;
-    double best = -1;
-    for (size_t i = 0; i < n; i++)
-        for (size_t j = i; j < n && j < i + (size_t)p->opt.max_answer_length; j++)
-            if (ps[i] * pe[j] > best) {
-                best = ps[i] * pe[j];
-                bi = i, bj = j;
-            }
-    const size_t start = e->offsets[pos[bi]].start, end = e->offsets[pos[bj]].end;
-    r = json_object();
-    json_object_set_new(r, "answer", json_stringn(it->pair + start, end - start));
-    json_object_set_new(r, "start", json_integer((json_int_t)code_points(it->pair, start)));
-    json_object_set_new(r, "end", json_integer((json_int_t)code_points(it->pair, end)));
-    json_object_set_new(r, "score", json_real(best));
-done:
-    free(pos), free(sl), free(el), free(ps), free(pe);
-    return r;
-}
-
-static json_t *record_fill_mask(pipeline *p, const sqz_output *logits, size_t row, const item *it)
-{
-    const sqz_encoding *e = it->enc;
-    const size_t V = (size_t)logits->shape[2], W = (size_t)logits->shape[1];
-    /* ids without a vocab.txt entry (checkpoint padding rows) take no part */
-    const size_t n = V < (size_t)p->tok_info.vocab_size ? V : (size_t)p->tok_info.vocab_size;
-    double *probs = malloc(n * sizeof *probs);
-    if (!probs)
-        return NULL;
-    json_t *r = json_object(), *masks = json_array();
-    for (size_t w = 0; w < it->n_use; w++) {
-        if (e->input_ids[it->use[w]] != p->tok_info.mask_id)
-            continue;
-        softmax(logits->data + (row * W + w) * V, n, probs);
-        json_t *top = json_array();
-        for (long k = 0; k < p->opt.top_k && k < (long)n; k++) {
-            size_t best = SIZE_MAX;
-            for (size_t i = 0; i < n; i++)
-                if (probs[i] >= 0 && (best == SIZE_MAX || probs[i] > probs[best]))
-                    best = i;
-            json_t *t = json_object();
-            const char *piece = sqz_tokenizer_id_to_token(p->tok, (int32_t)best);
-            json_object_set_new(t, "token", json_string(piece ? piece : "?"));
-            json_object_set_new(t, "token_id", json_integer((json_int_t)best));
-            json_object_set_new(t, "score", json_real(probs[best]));
-            json_array_append_new(top, t);
-            probs[best] = -1; /* taken */
-        }
-        json_array_append_new(masks, top);
-    }
-    json_object_set_new(r, "masks", masks);
-    free(probs);
-    return r;
-}
-
-/* The record of one item: copied fields first, then the answer or the error. */
-static void make_record(pipeline *p, batch *b, size_t row)
-{
-    item *it = b->items[row];
-    json_t *answer = NULL;
-    char *late_error = NULL;
-    if (!it->error && b->error)
-        it->error = infer_message(b->error, NULL);
-    if (!it->error) {
-        const sqz_result *res = b->result;
-        switch (p->task) {
-        case TASK_CLASSIFY:
-            answer = record_classify(p, sqz_result_find(res, "logits")->data + row * (size_t)p->info.num_labels);
-            break;
-        case TASK_EMBED: answer = record_embed(p, res, row, it); break;
-        case TASK_TOKENS: answer = record_tokens(p, sqz_result_find(res, "logits"), row, it); break;
-        case TASK_QA: answer = record_qa(p, res, row, it, &late_error); break;
-        case TASK_FILL_MASK: answer = record_fill_mask(p, sqz_result_find(res, "logits"), row, it); break;
-        default: break;
-        }
-        if (!answer)
-            it->error = late_error ? late_error : infer_message("out of memory formatting the answer", NULL);
-        else
-            free(late_error);
-    }
-    json_t *record = it->copied ? json_deep_copy(it->copied) : json_object();
-    if (it->error) {
-        json_object_set_new(record, "line", json_integer((json_int_t)it->line));
-        json_object_set_new(record, "error", json_string(it->error));
-    } else {
-        json_object_update(record, answer);
-        json_decref(answer);
-    }
-    it->record = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
-    json_decref(record);
-}
 
 typedef struct reorder {
     item **slots; /* slots[i] holds line base + i */
@@ -938,8 +694,18 @@ static void *formatter_main(void *arg)
     batch *b;
     while ((b = queue_pop(&p->to_format)) != NULL) {
         const double t0 = now_seconds();
+        if (!b->skipped && b->width > 0) {
+            /* the answers of a batch that ran, or its error for every line */
+            sqz_pipeline_item **items = items_of(b);
+            const char *error = b->error;
+            if (!error && (!items || sqz_pipeline_answer(p->pipe, b->result, items, b->count) != SQZ_OK))
+                error = items ? sqz_last_error() : "out of memory formatting the answer";
+            for (size_t r = 0; error && r < b->count; r++)
+                sqz_pipeline_item_set_error(b->items[r]->item, error);
+            free(items);
+        }
         for (size_t r = 0; r < b->count && !b->skipped; r++)
-            make_record(p, b, r);
+            infer_make_record(b->items[r]);
         sqz_result_free(b->result); /* the records hold everything now */
         b->result = NULL;
         p->format_s[f->index] += now_seconds() - t0;
@@ -989,8 +755,8 @@ static void *writer_main(void *arg)
             fputs(it->record ? it->record : "{\"error\": \"out of memory\"}", p->out);
             fputc('\n', p->out);
             p->lines++;
-            p->failed += it->error != NULL;
-            p->tokens += it->n_use;
+            p->failed += infer_item_error(it) != NULL;
+            p->tokens += tokens_of(it);
             infer_item_free(it);
             done++;
         }
@@ -1151,13 +917,8 @@ static int parse_options(int argc, char **argv, options *o)
         fprintf(stderr, "sqz infer: --model is required\n\n%s", infer_help);
         return EXIT_USAGE;
     }
-    static const char *const tasks[] = {"auto", "classify", "embed", "tokens", "qa", "fill-mask"};
     const char *t = cli_get(opts, n, "task") ? cli_get(opts, n, "task") : "auto";
-    o->task = (task)-1;
-    for (int i = 0; i < 6; i++)
-        if (strcmp(t, tasks[i]) == 0)
-            o->task = (task)i;
-    if ((int)o->task < 0) {
+    if (sqz_task_from_name(t, &o->task) != SQZ_OK) {
         fprintf(stderr, "sqz infer: unknown --task '%s'\n", t);
         return EXIT_USAGE;
     }
@@ -1210,18 +971,6 @@ static bool resume_prepare(const char *path, size_t *lines)
     return ok;
 }
 
-static task task_for_head(sqz_head head)
-{
-    switch (head) {
-    case SQZ_HEAD_SEQUENCE_CLASSIFICATION: return TASK_CLASSIFY;
-    case SQZ_HEAD_TOKEN_CLASSIFICATION: return TASK_TOKENS;
-    case SQZ_HEAD_QUESTION_ANSWERING: return TASK_QA;
-    case SQZ_HEAD_MASKED_LM: return TASK_FILL_MASK;
-    case SQZ_HEAD_BASE: return TASK_EMBED;
-    default: return TASK_AUTO;
-    }
-}
-
 int sqz_cli_infer(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -1241,37 +990,27 @@ int sqz_cli_infer(int argc, char **argv)
         fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
         goto done;
     }
-    sqz_model_get_info(p.model, &p.info);
-    sqz_tokenizer_get_info(p.tok, &p.tok_info);
-    p.task = p.opt.task == TASK_AUTO ? task_for_head(p.info.head) : p.opt.task;
-    if (task_for_head(p.info.head) != p.task) {
+    sqz_pipeline_options po = {
+        .task = p.opt.task, .max_length = p.opt.max_length, .batch_tokens = p.opt.batch_tokens,
+        .top_k = (int)p.opt.top_k, .max_answer_length = (int)p.opt.max_answer_length,
+        .pooling_count = p.opt.pooling_count,
+        .normalize = p.opt.normalize < 0 ? SQZ_NORMALIZE_DEFAULT : p.opt.normalize ? SQZ_NORMALIZE_ON : SQZ_NORMALIZE_OFF,
+    };
+    memcpy(po.pooling, p.opt.pooling, sizeof po.pooling);
+    sqz_model_info info;
+    sqz_model_get_info(p.model, &info);
+    if (p.opt.task != SQZ_TASK_AUTO && sqz_task_for_head(info.head) != p.opt.task) {
+        /* asking a checkpoint for a task its head does not answer is a usage error */
         fprintf(stderr, "sqz infer: task '%s' needs a different head than this checkpoint's %s (%s)\n",
-                argv[0] ? "requested" : "", p.info.architecture, sqz_head_name(p.info.head));
+                sqz_task_name(p.opt.task), info.architecture, sqz_head_name(info.head));
         rc = EXIT_USAGE;
         goto done;
     }
-    if (p.task == TASK_FILL_MASK && p.tok_info.mask_id < 0) {
-        fprintf(stderr, "sqz infer: fill-mask needs a [MASK] token in the vocabulary\n");
+    if ((st = sqz_pipeline_create(p.model, p.tok, &po, &p.pipe)) != SQZ_OK) {
+        fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
         goto done;
     }
-    if (p.task == TASK_EMBED) {
-        if ((st = sqz_embedder_load(p.model, &p.embedder)) != SQZ_OK ||
-            (st = sqz_embedder_override(p.embedder, p.opt.pooling, p.opt.pooling_count, p.opt.normalize)) != SQZ_OK) {
-            fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
-            goto done;
-        }
-        if ((st = sqz_embedder_use_tokenizer(p.embedder, p.tok)) != SQZ_OK) {
-            fprintf(stderr, "sqz infer: %s: %s\n", sqz_status_str(st), sqz_last_error());
-            goto done;
-        }
-        sqz_embedder_get_info(p.embedder, &p.emb_info);
-        if (p.opt.max_length == 0)
-            p.opt.max_length = p.emb_info.truncate_at;
-    }
-    if (p.opt.max_length == 0 || p.opt.max_length > p.info.max_position_embeddings)
-        p.opt.max_length = p.info.max_position_embeddings;
-    p.setup = (infer_line_setup){p.tok, p.task == TASK_QA, p.task == TASK_FILL_MASK,
-                                 p.tok_info.mask_id, (size_t)p.opt.max_length};
+    sqz_pipeline_get_info(p.pipe, &p.info);
     const char *backend = cli_pick_backend(p.opt.backend), *device = NULL;
     char device_buf[32];
     if (cli_device_for("infer", backend, p.opt.device, p.opt.threads, device_buf, sizeof device_buf, &device)) {
@@ -1377,7 +1116,7 @@ done:
     for (int i = 0; i < p.n_workers; i++)
         sqz_session_free(p.workers[i].session);
     free(p.workers);
-    sqz_embedder_free(p.embedder);
+    sqz_pipeline_free(p.pipe);
     sqz_tokenizer_free(p.tok);
     sqz_model_free(p.model);
     return rc;

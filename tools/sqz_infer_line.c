@@ -1,4 +1,4 @@
-/* Parsing and tokenizing one line of sqz infer (see tools/sqz_infer_line.h). */
+/* One line of sqz infer (see tools/sqz_infer_line.h): JSON in, JSON out. */
 #include "tools/sqz_infer_line.h"
 
 #include <stdio.h>
@@ -22,8 +22,7 @@ void infer_item_free(infer_item *it)
     free(it->error);
     free(it->text);
     free(it->pair);
-    sqz_encoding_free(it->enc);
-    free(it->use);
+    sqz_pipeline_item_free(it->item);
     free(it->record);
     free(it);
 }
@@ -68,9 +67,8 @@ void infer_parse_line(bool qa, infer_item *it, const char *line, size_t len)
         it->error = infer_message("field 'context' is missing or not a string", NULL);
     else if (!qa && b && !json_is_null(b) && !json_is_string(b))
         it->error = infer_message("field 'text_pair' is not a string", NULL);
-    else if (json_string_length(a) == 0 || (qa && json_string_length(b) == 0))
-        it->error = infer_message(qa ? "empty question or context" : "empty text", NULL);
     else {
+        /* empty texts are the pipeline's to refuse */
         it->text = dup_string(a, &it->text_len);
         if (b && json_is_string(b))
             it->pair = dup_string(b, &it->pair_len);
@@ -80,52 +78,104 @@ void infer_parse_line(bool qa, infer_item *it, const char *line, size_t len)
     json_decref(root);
 }
 
-void infer_tokenize_line(const infer_line_setup *s, infer_item *it)
+void infer_encode_line(const sqz_pipeline *pipeline, infer_item *it)
 {
     if (it->error)
         return;
-    /* qa truncates only the context (only_second): encode whole, then cut context tokens
-     * from the end, keeping the final [SEP] */
-    sqz_status st = sqz_tokenizer_encode(s->tok, it->text, it->text_len, it->pair, it->pair_len,
-                                         s->qa ? 0 : (int)s->max_length, &it->enc);
-    if (st != SQZ_OK) {
+    const sqz_text text = {it->text, it->text_len, it->pair, it->pair_len};
+    if (sqz_pipeline_encode(pipeline, &text, &it->item) != SQZ_OK) {
         it->error = infer_message(sqz_last_error(), NULL);
         return;
     }
-    const sqz_encoding *e = it->enc;
-    const size_t max = s->max_length;
-    it->n_use = s->qa && e->length > max ? max : e->length;
-    it->use = malloc((it->n_use ? it->n_use : 1) * sizeof *it->use);
-    if (!it->use) {
-        it->error = infer_message("out of memory", NULL);
-        return;
+    sqz_pipeline_item_set_user(it->item, it);
+    free(it->text);
+    free(it->pair);
+    it->text = it->pair = NULL;
+}
+
+const char *infer_item_error(const infer_item *it)
+{
+    return it->error ? it->error : sqz_pipeline_item_error(it->item);
+}
+
+/* The task's fields of an answer. Probabilities and embeddings as JSON reals (printed with 9
+ * significant digits by the caller's json_dumps). */
+static json_t *answer_json(const sqz_answer *a)
+{
+    json_t *r = json_object();
+    switch (a->task) {
+    case SQZ_TASK_CLASSIFY: {
+        json_t *scores = json_object();
+        json_object_set_new(r, "label", json_string(a->label_name));
+        json_object_set_new(r, "score", json_real(a->score));
+        for (int i = 0; i < a->num_labels; i++)
+            json_object_set_new(scores, a->label_names[i], json_real(a->probabilities[i]));
+        json_object_set_new(r, "scores", scores);
+        break;
     }
-    for (size_t w = 0; w < it->n_use; w++)
-        it->use[w] = w;
-    if (it->n_use < e->length) {
-        it->use[it->n_use - 1] = e->length - 1;
-        if (e->sequence_ids[it->n_use - 2] != 1) {
-            it->error = infer_message("the question leaves no room for the context within "
-                                      "--max-length", NULL);
-            return;
+    case SQZ_TASK_EMBED: {
+        json_t *arr = json_array();
+        for (int c = 0; c < a->dimension; c++)
+            json_array_append_new(arr, json_real(a->embedding[c]));
+        json_object_set_new(r, "embedding", arr);
+        break;
+    }
+    case SQZ_TASK_TOKENS: {
+        json_t *tokens = json_array();
+        for (size_t i = 0; i < a->n_tokens; i++) {
+            const sqz_token_label *t = &a->tokens[i];
+            json_t *o = json_object();
+            json_object_set_new(o, "token", json_string(t->token));
+            json_object_set_new(o, "label", json_string(t->label_name));
+            json_object_set_new(o, "score", json_real(t->score));
+            json_object_set_new(o, "start", json_integer((json_int_t)t->start));
+            json_object_set_new(o, "end", json_integer((json_int_t)t->end));
+            json_array_append_new(tokens, o);
         }
+        json_object_set_new(r, "tokens", tokens);
+        break;
     }
-    if (s->qa) {
-        /* a context of only spaces or control characters is a non-empty string with no
-         * tokens: no span can be answered (found by fuzz_infer_line) */
-        bool context = false;
-        for (size_t i = 0; i < it->n_use && !context; i++)
-            context = e->sequence_ids[it->use[i]] == 1;
-        if (!context) {
-            it->error = infer_message("the context has no tokens", NULL);
-            return;
+    case SQZ_TASK_QA:
+        json_object_set_new(r, "answer", json_stringn(a->answer, a->answer_len));
+        json_object_set_new(r, "start", json_integer((json_int_t)a->start));
+        json_object_set_new(r, "end", json_integer((json_int_t)a->end));
+        json_object_set_new(r, "score", json_real(a->score));
+        break;
+    case SQZ_TASK_FILL_MASK: {
+        json_t *masks = json_array();
+        for (size_t m = 0; m < a->n_masks; m++) {
+            json_t *top = json_array();
+            for (size_t k = 0; k < a->per_mask; k++) {
+                const sqz_mask_candidate *c = &a->candidates[m * a->per_mask + k];
+                json_t *o = json_object();
+                json_object_set_new(o, "token", json_string(c->token));
+                json_object_set_new(o, "token_id", json_integer((json_int_t)c->token_id));
+                json_object_set_new(o, "score", json_real(c->score));
+                json_array_append_new(top, o);
+            }
+            json_array_append_new(masks, top);
         }
+        json_object_set_new(r, "masks", masks);
+        break;
     }
-    if (s->fill_mask) {
-        bool any = false;
-        for (size_t i = 0; i < it->n_use && !any; i++)
-            any = e->input_ids[it->use[i]] == s->mask_id;
-        if (!any)
-            it->error = infer_message("the text has no [MASK] token", NULL);
+    default: break;
     }
+    return r;
+}
+
+void infer_make_record(infer_item *it)
+{
+    const char *error = infer_item_error(it);
+    const sqz_answer *answer = error ? NULL : sqz_pipeline_item_answer(it->item);
+    json_t *record = it->copied ? json_deep_copy(it->copied) : json_object();
+    if (!answer) {
+        json_object_set_new(record, "line", json_integer((json_int_t)it->line));
+        json_object_set_new(record, "error", json_string(error ? error : "no answer"));
+    } else {
+        json_t *fields = answer_json(answer);
+        json_object_update(record, fields);
+        json_decref(fields);
+    }
+    it->record = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(record);
 }
