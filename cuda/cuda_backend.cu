@@ -105,28 +105,19 @@ extern "C" {
                             __LINE__);                                                      \
     } while (0)
 
-enum storage { STORE_F32, STORE_F16, STORE_BF16 };
-
-/* Activations written in 16 bits keep the fp32 layout's byte offset and use the first half
- * of their slot; a download of such a tensor converts it back (see find_region). */
-struct region {
-    size_t offset, fp32_bytes;
-};
-
+/* Activations are stored in the dtype the plan gives them (the assign-dtypes pass: one
+ * type per plan, the session's: fp32, or 16 bits at fp16 and bf16); downloads are plain
+ * copies, and whoever reads a tensor converts by its dtype. */
 struct sqz_buffer {
     void *ptr;
     size_t bytes;
     /* weights at a 16-bit precision: a converted copy, same element offsets */
     void *shadow;
-    int shadow_storage;
+    sqz_dtype shadow_dtype;
     bool shadow_valid;
-    region *regions;
-    size_t n_regions, cap_regions;
 };
 
 namespace {
-
-size_t element_size(storage st) { return st == STORE_F32 ? 4 : 2; }
 
 /* One captured run: the bucket and exact dims fix every launch argument, and the two
  * buffers every pointer. */
@@ -193,13 +184,13 @@ struct cuda_ctx {
     bool sync_each, use_graphs, measure, report;
     int forced[FAMILIES]; /* cuda.variants, or -1 */
     sqz_precision precision;
-    storage store;
+    sqz_dtype store; /* the activations' dtype at this precision; weights' copy in it too */
     char description[512];
     /* pinned staging for uploads: filled front to back, reset once the stream is idle */
     char *pinned;
     size_t pinned_bytes, pinned_used;
-    /* device scratch: 16-bit downloads converted to fp32, and variant outputs under check (one
-     * per nesting level: a variant of the FFN block runs linear choices of its own) */
+    /* device scratch: variant outputs under check (one per nesting level: a variant of the FFN
+     * block runs linear choices of its own) */
     void *scratch[2];
     size_t scratch_bytes[2];
     int depth;
@@ -256,18 +247,9 @@ sqz_status list_devices(char **text)
 sqz_status cuda_set_precision(void *ctx, sqz_precision precision)
 {
     cuda_ctx *c = (cuda_ctx *)ctx;
-    switch (precision) {
-    case SQZ_PRECISION_FP32:
-    case SQZ_PRECISION_TF32:
-        c->store = STORE_F32;
-        break;
-    case SQZ_PRECISION_FP16:
-    case SQZ_PRECISION_BF16:
-        c->store = precision == SQZ_PRECISION_FP16 ? STORE_F16 : STORE_BF16;
-        break;
-    default:
+    if ((unsigned)precision >= SQZ_PRECISION_COUNT)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "%s: unknown precision %d", SQZ_CUDA_NAME, (int)precision);
-    }
+    c->store = sqz_precision_activation_dtype(precision);
 #ifdef SQZ_CUDA_SIM
     if (precision == SQZ_PRECISION_TF32) /* no GEMM here rounds to tf32 */
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "cuda-sim: tf32 is cuBLAS's, which cuda-sim does not run");
@@ -321,47 +303,7 @@ void cuda_buffer_free(void *ctx, sqz_buffer *b)
         cudaFree(b->ptr);
     if (b->shadow)
         cudaFree(b->shadow);
-    free(b->regions);
     free(b);
-}
-
-/* ---- 16-bit regions of the arena ------------------------------------------------------ */
-
-void regions_erase(sqz_buffer *b, size_t offset, size_t bytes)
-{
-    size_t kept = 0;
-    for (size_t i = 0; i < b->n_regions; i++) {
-        const region r = b->regions[i];
-        if (r.offset < offset + bytes && offset < r.offset + r.fp32_bytes)
-            continue;
-        b->regions[kept++] = r;
-    }
-    b->n_regions = kept;
-}
-
-sqz_status regions_add(sqz_buffer *b, size_t offset, size_t fp32_bytes)
-{
-    regions_erase(b, offset, fp32_bytes);
-    if (b->n_regions == b->cap_regions) {
-        size_t cap = b->cap_regions ? 2 * b->cap_regions : 64;
-        region *r = (region *)realloc(b->regions, cap * sizeof *r);
-        if (!r)
-            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-        b->regions = r;
-        b->cap_regions = cap;
-    }
-    b->regions[b->n_regions++] = {offset, fp32_bytes};
-    return SQZ_OK;
-}
-
-const region *find_region(const sqz_buffer *b, size_t offset, size_t bytes)
-{
-    for (size_t i = 0; i < b->n_regions; i++) {
-        const region *r = &b->regions[i];
-        if (r->offset < offset + bytes && offset < r->offset + r->fp32_bytes)
-            return r;
-    }
-    return NULL;
 }
 
 /* ---- copies --------------------------------------------------------------------------- */
@@ -387,7 +329,6 @@ sqz_status cuda_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *sr
     if (!bytes)
         return SQZ_OK;
     BIND_DEVICE(c);
-    regions_erase(dst, offset, bytes);
     dst->shadow_valid = false;
     if (bytes > STAGING_MAX) {
         CUDA_TRY(cudaMemcpyAsync((char *)dst->ptr + offset, src, bytes, cudaMemcpyHostToDevice, c->stream));
@@ -444,7 +385,6 @@ sqz_status cuda_upload_async(void *ctx, int slot, sqz_buffer *dst, size_t offset
     BIND_DEVICE(c);
     CUDA_TRY(cudaEventRecord(c->ev_begin[slot], c->stream)); /* the run's device time starts */
     c->begun[slot] = true;
-    regions_erase(dst, offset, bytes);
     dst->shadow_valid = false;
     if (bytes)
         CUDA_TRY(cudaMemcpyAsync((char *)dst->ptr + offset, src, bytes, cudaMemcpyHostToDevice, c->stream));
@@ -547,29 +487,7 @@ sqz_status cuda_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, s
     if (!bytes)
         return SQZ_OK;
     BIND_DEVICE(c);
-    const region *r = c->store == STORE_F32 ? NULL : find_region(src, offset, bytes);
-    if (!r) {
-        CUDA_TRY(cudaMemcpyAsync(dst, (const char *)src->ptr + offset, bytes, cudaMemcpyDeviceToHost, c->stream));
-        return cuda_synchronize(c);
-    }
-    /* fp32 values of a 16-bit tensor: convert on the device, then copy */
-    if (offset < r->offset || offset + bytes > r->offset + r->fp32_bytes || (offset - r->offset) % 4 || bytes % 4)
-        return sqz_fail(SQZ_ERR_INTERNAL, "%s: download [%zu, +%zu) straddles a 16-bit tensor at [%zu, +%zu)",
-                        SQZ_CUDA_NAME, offset, bytes, r->offset, r->fp32_bytes);
-    sqz_status st = ensure_scratch(c, bytes);
-    if (st != SQZ_OK)
-        return st;
-    const size_t first = (offset - r->offset) / 4, n = bytes / 4;
-    const char *from = (const char *)src->ptr + r->offset + first * element_size(c->store);
-    const unsigned grid = (unsigned)((n + 255) / 256 < 4096 ? (n + 255) / 256 : 4096);
-    if (c->store == STORE_F16)
-        sqz_launch("convert_to_f32", sqzk::convert_to_f32<__half>, grid, 256, 0, c->stream, (const void *)from,
-                   c->scratch[c->depth], n);
-    else
-        sqz_launch("convert_to_f32", sqzk::convert_to_f32<__nv_bfloat16>, grid, 256, 0, c->stream, (const void *)from,
-                   c->scratch[c->depth], n);
-    CUDA_TRY(cudaGetLastError());
-    CUDA_TRY(cudaMemcpyAsync(dst, c->scratch[c->depth], bytes, cudaMemcpyDeviceToHost, c->stream));
+    CUDA_TRY(cudaMemcpyAsync(dst, (const char *)src->ptr + offset, bytes, cudaMemcpyDeviceToHost, c->stream));
     return cuda_synchronize(c);
 }
 
@@ -583,8 +501,8 @@ void format_launch(cuda_ctx *c, const sqz_output_format *f, const void *src, int
                seq_offsets, positions, key_valid, (TOut *)dst);
 }
 
-/* One output of a run in its final layout (fp32 or fp16, from a tensor in fp32 or the
- * session's 16-bit type) into `dst`, behind the run's launches on the compute stream. */
+/* One output of a run in its final layout (fp32 or fp16, from a tensor of any float dtype)
+ * into `dst`, behind the run's launches on the compute stream. */
 sqz_status cuda_format_output(void *ctx, const sqz_binding *b, const sqz_output_format *f, sqz_buffer *dst,
                               size_t offset)
 {
@@ -598,11 +516,7 @@ sqz_status cuda_format_output(void *ctx, const sqz_binding *b, const sqz_output_
     BIND_DEVICE(c);
     const sqz_graph *g = &b->plan->graph;
     const size_t at = (size_t)b->plan->offsets[f->tensor];
-    const region *r = c->store == STORE_F32 ? NULL : find_region(b->arena, at, 4);
-    if (r && r->offset != at)
-        return sqz_fail(SQZ_ERR_INTERNAL, "%s: output tensor '%s' starts inside a 16-bit tensor", SQZ_CUDA_NAME,
-                        g->tensors[f->tensor].name);
-    const storage from = r ? c->store : STORE_F32;
+    const sqz_dtype from = g->tensors[f->tensor].dtype;
     const char *arena = (const char *)b->arena->ptr;
     const void *src = arena + at;
     const int *seq_offsets = (const int *)(arena + b->plan->offsets[g->in.seq_offsets]);
@@ -610,15 +524,18 @@ sqz_status cuda_format_output(void *ctx, const sqz_binding *b, const sqz_output_
     const int *key_valid = (const int *)(arena + b->plan->offsets[g->in.key_valid]);
     void *out = (char *)dst->ptr + offset;
     const int cols = (int)g->tensors[f->tensor].cols;
-    if (from == STORE_F32)
+    if (from == SQZ_DTYPE_F32)
         f->half ? format_launch<float, __half>(c, f, src, cols, seq_offsets, positions, key_valid, out)
                 : format_launch<float, float>(c, f, src, cols, seq_offsets, positions, key_valid, out);
-    else if (from == STORE_F16)
+    else if (from == SQZ_DTYPE_F16)
         f->half ? format_launch<__half, __half>(c, f, src, cols, seq_offsets, positions, key_valid, out)
                 : format_launch<__half, float>(c, f, src, cols, seq_offsets, positions, key_valid, out);
-    else
+    else if (from == SQZ_DTYPE_BF16)
         f->half ? format_launch<__nv_bfloat16, __half>(c, f, src, cols, seq_offsets, positions, key_valid, out)
                 : format_launch<__nv_bfloat16, float>(c, f, src, cols, seq_offsets, positions, key_valid, out);
+    else
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: output tensor '%s' has dtype %s", SQZ_CUDA_NAME,
+                        g->tensors[f->tensor].name, sqz_dtype_name(from));
     CUDA_TRY(cudaGetLastError());
     return SQZ_OK;
 }
@@ -626,7 +543,7 @@ sqz_status cuda_format_output(void *ctx, const sqz_binding *b, const sqz_output_
 /* The weights in the session's 16-bit type, converted once after they change. */
 sqz_status ensure_shadow(cuda_ctx *c, sqz_buffer *w)
 {
-    if (c->store == STORE_F32 || (w->shadow_valid && w->shadow_storage == c->store))
+    if (c->store == SQZ_DTYPE_F32 || (w->shadow_valid && w->shadow_dtype == c->store))
         return SQZ_OK;
     if (c->capturing >= 0)
         return sqz_fail(SQZ_ERR_INTERNAL, "%s: weights converted during graph capture", SQZ_CUDA_NAME);
@@ -634,14 +551,14 @@ sqz_status ensure_shadow(cuda_ctx *c, sqz_buffer *w)
     if (!w->shadow)
         CUDA_TRY(cudaMalloc(&w->shadow, n * 2 + 16));
     const unsigned grid = (unsigned)((n + 255) / 256 < 8192 ? (n + 255) / 256 : 8192);
-    if (c->store == STORE_F16)
+    if (c->store == SQZ_DTYPE_F16)
         sqz_launch("convert_from_f32", sqzk::convert_from_f32<__half>, grid ? grid : 1, 256, 0, c->stream,
                    (const float *)w->ptr, w->shadow, n);
     else
         sqz_launch("convert_from_f32", sqzk::convert_from_f32<__nv_bfloat16>, grid ? grid : 1, 256, 0, c->stream,
                    (const float *)w->ptr, w->shadow, n);
     CUDA_TRY(cudaGetLastError());
-    w->shadow_storage = c->store;
+    w->shadow_dtype = c->store;
     w->shadow_valid = true;
     return SQZ_OK;
 }
@@ -700,10 +617,10 @@ const float *weight_f32(const sqz_binding *b, int tensor)
 /* a weight in the storage type (matrix operands; biases for the cuBLASLt epilogue) */
 const void *weight_stored(const cuda_ctx *c, const sqz_binding *b, int tensor)
 {
-    if (c->store == STORE_F32)
+    if (c->store == SQZ_DTYPE_F32)
         return weight_f32(b, tensor);
     const size_t index = b->weight_offsets[b->plan->graph.tensors[tensor].weight_index] / 4;
-    return (const char *)b->weights->shadow + index * element_size(c->store);
+    return (const char *)b->weights->shadow + index * sqz_dtype_size(c->store);
 }
 
 } // namespace
@@ -874,7 +791,7 @@ sqz_status create_checked(cuda_ctx *c, const char *device, const char *settings)
     CUDA_TRY(cudaEventCreate(&c->ev_start));
     CUDA_TRY(cudaEventCreate(&c->ev_stop));
     c->precision = SQZ_PRECISION_FP32;
-    c->store = STORE_F32;
+    c->store = SQZ_DTYPE_F32;
     cudaDeviceProp prop;
     CUDA_TRY(cudaGetDeviceProperties(&prop, c->device));
     int driver = 0;
@@ -1017,9 +934,9 @@ sqz_status compare_device(cuda_ctx *c, const void *got, const void *want, size_t
 {
     CUDA_TRY(cudaMemsetAsync(c->check, 0, 4 * sizeof(unsigned), c->stream));
     const unsigned grid = grid_1d(n);
-    if (c->store == STORE_F32)
+    if (c->store == SQZ_DTYPE_F32)
         sqz_launch("compare_outputs", compare_outputs<float>, grid, 256, 0, c->stream, got, want, n, c->check);
-    else if (c->store == STORE_F16)
+    else if (c->store == SQZ_DTYPE_F16)
         sqz_launch("compare_outputs", compare_outputs<__half>, grid, 256, 0, c->stream, got, want, n, c->check);
     else
         sqz_launch("compare_outputs", compare_outputs<__nv_bfloat16>, grid, 256, 0, c->stream, got, want, n,
@@ -1146,7 +1063,7 @@ sqz_status choose_variant(cuda_ctx *c, const variant_job &job, void *out, int *c
             best = v; /* no checking asked for: the highest that applies */
             continue;
         }
-        if ((st = compare_device(c, candidate, out, job.out_bytes / element_size(c->store), &ch.error[v])) != SQZ_OK)
+        if ((st = compare_device(c, candidate, out, job.out_bytes / sqz_dtype_size(c->store), &ch.error[v])) != SQZ_OK)
             break;
         if (!(ch.error[v] <= bar)) {
 #ifdef SQZ_CUDA_SIM
@@ -1206,9 +1123,9 @@ variant_job linear_job(cuda_ctx *c, const gemm_args &a)
     memset(job.key, 0, sizeof job.key);
     job.key[0] = a.s.cin, job.key[1] = a.s.cout, job.key[2] = a.s.groups, job.key[3] = a.s.bias,
     job.key[4] = a.s.gelu, job.key[5] = pow2_at_least(a.s.rows);
-    job.out_bytes = (size_t)(a.s.rows * a.s.cout) * element_size(c->store);
+    job.out_bytes = (size_t)(a.s.rows * a.s.cout) * sqz_dtype_size(c->store);
     job.flops = 2.0 * (double)a.s.rows * (double)a.s.cout * (double)a.s.cin_g;
-    job.bytes = (double)(a.s.rows * a.s.cin + a.s.cout * a.s.cin_g + a.s.rows * a.s.cout) * element_size(c->store);
+    job.bytes = (double)(a.s.rows * a.s.cin + a.s.cout * a.s.cin_g + a.s.rows * a.s.cout) * sqz_dtype_size(c->store);
     job.node = a.node;
     job.run = [c, a](int v, void *out, bool *ran) { return linear_exec(c, a, v, out, ran); };
     return job;
@@ -1223,16 +1140,16 @@ variant_job attention_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *nod
     job.key[2] = pow2_at_least(dims->max_len), job.key[3] = pow2_at_least(dims->sequences),
     job.key[4] = pow2_at_least(dims->tokens);
     job.out_bytes = (size_t)(dims->tokens * node->params.attention.heads * node->params.attention.head_dim) *
-                    element_size(c->store);
+                    sqz_dtype_size(c->store);
     job.flops = 4.0 * (double)dims->score_rows * node->params.attention.heads * node->params.attention.head_dim;
     job.bytes = 4.0 * (double)job.out_bytes; /* q, k and v read, the context written */
     job.node = node;
     const sqz_run_dims d = *dims;
     job.run = [c, b, node, d](int v, void *out, bool *ran) {
         switch (c->store) {
-        case STORE_F32:
+        case SQZ_DTYPE_F32:
             return attention_run<float>(c, b, node, &d, v, (float *)out, ran);
-        case STORE_F16:
+        case SQZ_DTYPE_F16:
             return attention_run<__half>(c, b, node, &d, v, (__half *)out, ran);
         default:
             return attention_run<__nv_bfloat16>(c, b, node, &d, v, (__nv_bfloat16 *)out, ran);
@@ -1300,23 +1217,23 @@ variant_job ffn_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, con
     memset(job.key, 0, sizeof job.key);
     job.key[0] = first.s.cin, job.key[1] = first.s.cout, job.key[2] = second.s.cout, job.key[3] = first.s.groups,
     job.key[4] = pow2_at_least(rows);
-    job.out_bytes = (size_t)(rows * second.s.cout) * element_size(c->store);
+    job.out_bytes = (size_t)(rows * second.s.cout) * sqz_dtype_size(c->store);
     job.flops = 2.0 * (double)rows * ((double)first.s.cout * first.s.cin_g + (double)second.s.cout * second.s.cin_g);
     job.bytes = (double)(rows * first.s.cin + first.s.cout * first.s.cin_g + second.s.cout * second.s.cin_g +
-                         rows * second.s.cout) * element_size(c->store);
+                         rows * second.s.cout) * sqz_dtype_size(c->store);
     job.node = node;
     job.run = [c, node, first, second](int v, void *out, bool *ran) -> sqz_status {
         *ran = true;
         if (v == FFN_FUSED) {
-            if (c->store == STORE_F32) {
+            if (c->store == SQZ_DTYPE_F32) {
                 *ran = false;
                 return SQZ_OK;
             }
-            return c->store == STORE_F16 ? ffn_fused_run<__half>(c, node, first, second, out, ran)
+            return c->store == SQZ_DTYPE_F16 ? ffn_fused_run<__half>(c, node, first, second, out, ran)
                                          : ffn_fused_run<__nv_bfloat16>(c, node, first, second, out, ran);
         }
         /* the hidden activation in c->hidden: growing it invalidates graphs that captured it */
-        const size_t hidden_bytes = (size_t)(first.s.rows * first.s.cout) * element_size(c->store);
+        const size_t hidden_bytes = (size_t)(first.s.rows * first.s.cout) * sqz_dtype_size(c->store);
         if (c->hidden_bytes < hidden_bytes) {
             for (int i = 0; i < GRAPH_CACHE; i++)
                 graph_drop(&c->graphs[i]);
@@ -1399,7 +1316,7 @@ sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *n
         vec = vec && aligned16(ptrs[i]);
     if (node->op == SQZ_OP_EMBED_LAYERNORM) {
         vec = vec && aligned16(weight_f32(b, in[7]));
-        if (c->store != STORE_F32) {
+        if (c->store != SQZ_DTYPE_F32) {
             const T *word = (const T *)ptrs[1], *pos = (const T *)ptrs[2], *type = (const T *)ptrs[3];
             return vec ? layernorm_launch_e<T, T, E>(c, b, node, rows, cols, word, pos, type)
                        : layernorm_launch_e<T, T, 1>(c, b, node, rows, cols, word, pos, type);
@@ -1504,7 +1421,10 @@ sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *node, co
     const int64_t rows = sqz_tensor_rows(out, dims), cols = out->cols;
     if (rows == 0)
         return SQZ_OK;
-    sqz_status st = ensure_shadow(c, b->weights);
+    /* the matrix kernels and the weights' copy follow the precision set */
+    sqz_status st = sqz_backend_check_dtype(SQZ_CUDA_NAME, b, node, c->store);
+    if (st == SQZ_OK)
+        st = ensure_shadow(c, b->weights);
     if (st != SQZ_OK)
         return st;
     switch (node->op) {
@@ -1522,21 +1442,18 @@ sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *node, co
     case SQZ_OP_ATTN_KEY_MASK:
     case SQZ_OP_ATTN_SOFTMAX:
     case SQZ_OP_ATTN_CONTEXT:
-        if (c->store != STORE_F32)
+        if (out->dtype != SQZ_DTYPE_F32)
             return sqz_fail(SQZ_ERR_UNSUPPORTED, "%s: the unfused attention (node '%s') runs at fp32 only, not "
                             "%s; unset SQZ_DISABLE_FUSION", SQZ_CUDA_NAME, node->name,
                             sqz_precision_name(c->precision));
         st = launch_unfused_attention(c, b, node, dims);
         break;
     default:
-        st = c->store == STORE_F32   ? launch_typed<float>(c, b, node, dims, rows, cols)
-             : c->store == STORE_F16 ? launch_typed<__half>(c, b, node, dims, rows, cols)
-                                     : launch_typed<__nv_bfloat16>(c, b, node, dims, rows, cols);
+        st = out->dtype == SQZ_DTYPE_F32   ? launch_typed<float>(c, b, node, dims, rows, cols)
+             : out->dtype == SQZ_DTYPE_F16 ? launch_typed<__half>(c, b, node, dims, rows, cols)
+                                           : launch_typed<__nv_bfloat16>(c, b, node, dims, rows, cols);
         break;
     }
-    /* remember which arena bytes now hold 16-bit values, for downloads */
-    if (st == SQZ_OK && c->store != STORE_F32)
-        st = regions_add(b->arena, (size_t)b->plan->offsets[node->output], (size_t)(rows * cols) * 4);
     return st;
 }
 
@@ -1581,17 +1498,6 @@ sqz_status cuda_run_begin(void *ctx, const sqz_binding *b, const sqz_run_dims *d
         e->runs++;
         c->graphs_replayed++;
         *replayed = true;
-        /* the replayed launches wrote 16-bit tensors where the recorded ones did (the input
-         * uploads of this run may have erased some of those marks) */
-        for (size_t k = 0; c->store != STORE_F32 && k < b->plan->n_launches; k++) {
-            const int output = b->plan->graph.nodes[b->plan->launches[k]].output;
-            const sqz_tensor_desc *out = &b->plan->graph.tensors[output];
-            const int64_t rows = sqz_tensor_rows(out, dims);
-            if (rows > 0 &&
-                (st = regions_add(b->arena, (size_t)b->plan->offsets[output], (size_t)(rows * out->cols) * 4)) !=
-                    SQZ_OK)
-                return st;
-        }
         return SQZ_OK;
     }
     if (e->runs++ == 0)
@@ -1649,7 +1555,7 @@ sqz_status cuda_prepare(void *ctx, const sqz_binding *b)
         const sqz_node *node = &g->nodes[b->plan->launches[k]];
         if (node->op == SQZ_OP_FFN) {
             const size_t bytes = (size_t)b->plan->bucket.max_tokens * (size_t)g->tensors[node->inputs[1]].fixed_rows *
-                                 element_size(c->store);
+                                 sqz_dtype_size(c->store);
             hidden_bytes = bytes > hidden_bytes ? bytes : hidden_bytes;
         }
     }

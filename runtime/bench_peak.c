@@ -26,7 +26,7 @@ static double seconds_now(void)
 }
 
 /* One LINEAR node, x [rows, F] -> [rows, F], compiled for exactly `rows` tokens. */
-static sqz_status compile_linear(int64_t rows, sqz_plan **out)
+static sqz_status compile_linear(int64_t rows, sqz_precision precision, sqz_plan **out)
 {
     sqz_graph g;
     sqz_graph_init(&g);
@@ -43,8 +43,9 @@ static sqz_status compile_linear(int64_t rows, sqz_plan **out)
                                                   SQZ_LAYOUT_PER_TOKEN)
                            : SQZ_ERR_OUT_OF_MEMORY;
     sqz_bucket bucket = {rows, 1, rows};
+    sqz_compile_options options = {.precision = precision};
     if (st == SQZ_OK)
-        st = sqz_plan_compile(&g, &bucket, NULL, out);
+        st = sqz_plan_compile(&g, &bucket, &options, out);
     sqz_graph_release(&g);
     return st;
 }
@@ -63,6 +64,7 @@ typedef struct peak_run {
     const sqz_backend_ops *ops;
     void *ctx;
     sqz_buffer *weights, *arena;
+    sqz_precision precision;
     sqz_plan *plan;
     float *host;
 } peak_run;
@@ -80,7 +82,7 @@ static void peak_release(peak_run *r)
 static sqz_status peak_prepare(peak_run *r, int64_t rows)
 {
     peak_release(r);
-    sqz_status st = compile_linear(rows, &r->plan);
+    sqz_status st = compile_linear(rows, r->precision, &r->plan);
     if (st == SQZ_OK)
         st = r->ops->buffer_alloc(r->ctx, r->plan->arena_bytes, &r->arena);
     if (st != SQZ_OK)
@@ -92,7 +94,9 @@ static sqz_status peak_prepare(peak_run *r, int64_t rows)
     fill(x, n, 7);
     const sqz_graph *g = &r->plan->graph;
     int input = g->nodes[r->plan->launches[0]].inputs[0];
-    st = r->ops->upload(r->ctx, r->arena, (size_t)r->plan->offsets[input], x, n * sizeof *x);
+    const sqz_dtype stored = g->tensors[input].dtype;
+    sqz_dtype_from_f32(stored, x, n, x); /* in place: 16-bit values take the first half */
+    st = r->ops->upload(r->ctx, r->arena, (size_t)r->plan->offsets[input], x, n * sqz_dtype_size(stored));
     free(x);
     return st;
 }
@@ -129,7 +133,7 @@ sqz_status sqz_measure_peak(const char *backend, const char *device, const char 
     st = sqz_backend_probe(backend);
     if (st != SQZ_OK)
         return st;
-    peak_run r = {.ops = sqz_backend_find(backend)};
+    peak_run r = {.ops = sqz_backend_find(backend), .precision = prec};
     if (!r.ops)
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "sqz_measure_peak: backend '%s' cannot run plans",
                         backend);
