@@ -1,5 +1,5 @@
 /* The grouped linear layer's implementations (variants), included by cuda/cuda_backend.cu
- * after cuda_ctx and the tensor helpers:
+ * after cuda/cuda_context.cuh (cuda_ctx and the tensor helpers):
  *   0 simt      gemm_simt (cuda/cuda_kernels.cuh): CUDA cores, bias and exact GELU in its
  *               epilogue; any shape; the reference the others are checked against
  *   1 cublas    cublasGemmStridedBatchedEx, then the bias (+ GELU) kernel
