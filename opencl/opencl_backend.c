@@ -550,6 +550,9 @@ static sqz_status cl_launch(void *ctx, const sqz_binding *bind, const sqz_node *
     const int64_t rows = sqz_tensor_rows(out, dims), cols = out->cols;
     const int *in = node->inputs;
     const sqz_op_params *p = &node->params;
+    sqz_status st = sqz_backend_check_dtype("opencl", bind, node, SQZ_DTYPE_F32); /* fp32 kernels only */
+    if (st != SQZ_OK)
+        return st;
     kernel_id k;
     switch (node->op) {
     case SQZ_OP_GATHER_ROWS: k = K_GATHER_ROWS; break;

@@ -292,6 +292,7 @@ static sqz_status session_create(const sqz_model *model, const sqz_session_optio
     s->compile.guard_bytes = o->guard_bytes;
     s->compile.keep_all = keep_all;
     s->faults = faults;
+    s->compile.precision = o->precision;
     sqz_graph_init(&s->graph);
     s->precision = o->precision;
     st = sqz_executor_open(&s->x, name, o->device, o->settings, o->precision);
@@ -993,9 +994,10 @@ static sqz_status format_on_host(sqz_session *s, run_slot *slot, const sqz_plan 
     for (size_t i = 0; i < n; i++) {
         const sqz_output_format *f = &e[i].format;
         const sqz_tensor_desc *d = &plan->graph.tensors[f->tensor];
-        const size_t bytes = (size_t)(sqz_tensor_rows(d, &slot->dims) * d->cols) * sizeof(float);
+        const size_t values = (size_t)(sqz_tensor_rows(d, &slot->dims) * d->cols), bytes = values * sizeof(float);
         const size_t offset = (size_t)plan->offsets[f->tensor];
-        if (!f->half && f->col_begin == 0 && f->col_count == d->cols && (f->width == 0 || dense)) {
+        if (d->dtype == SQZ_DTYPE_F32 && !f->half && f->col_begin == 0 && f->col_count == d->cols &&
+            (f->width == 0 || dense)) {
             sqz_status st = s->x.ops->download(s->x.ctx, s->arena, offset, block + e[i].offset, e[i].bytes);
             if (st != SQZ_OK)
                 return st;
@@ -1008,9 +1010,10 @@ static sqz_status format_on_host(sqz_session *s, run_slot *slot, const sqz_plan 
                 return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading outputs");
             s->host_out_bytes = bytes;
         }
-        sqz_status st = s->x.ops->download(s->x.ctx, s->arena, offset, s->host_out, bytes);
+        sqz_status st = s->x.ops->download(s->x.ctx, s->arena, offset, s->host_out, values * sqz_dtype_size(d->dtype));
         if (st != SQZ_OK)
             return st;
+        sqz_dtype_to_f32(d->dtype, s->host_out, values, s->host_out);
         sqz_format_output_host(f, s->host_out, d->cols, slot->p.seq_offsets, slot->p.positions, slot->p.key_valid,
                                block + e[i].offset);
     }
@@ -1391,7 +1394,7 @@ struct sqz_validation {
     char *device;
 };
 
-/* Reads tensor `t` of the session's last run (rows for those dims x cols floats). */
+/* Reads tensor `t` of the session's last run as fp32 (rows for those dims x cols values). */
 static sqz_status read_tensor(sqz_session *s, size_t t, float **out, int64_t *count)
 {
     const sqz_plan *plan = s->last_plan;
@@ -1400,8 +1403,11 @@ static sqz_status read_tensor(sqz_session *s, size_t t, float **out, int64_t *co
     *out = malloc((size_t)(*count ? *count : 1) * sizeof **out);
     if (!*out)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", d->name);
-    return s->x.ops->download(s->x.ctx, s->arena, (size_t)plan->offsets[t], *out,
-                            (size_t)*count * sizeof **out);
+    sqz_status st = s->x.ops->download(s->x.ctx, s->arena, (size_t)plan->offsets[t], *out,
+                                       (size_t)*count * sqz_dtype_size(d->dtype));
+    if (st == SQZ_OK)
+        sqz_dtype_to_f32(d->dtype, *out, (size_t)*count, *out);
+    return st;
 }
 
 static void compare(const float *got, const float *ref, int64_t n, double tolerance, sqz_node_check *c)

@@ -9,9 +9,9 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
-#include "tools/cli_options.h"
-#include "tools/json_io.h"
-#include "tools/sqz_commands.h"
+#include "cli/cli_options.h"
+#include "cli/json_io.h"
+#include "cli/sqz_commands.h"
 
 #define EXIT_USAGE 2
 #define EXIT_NO_DEVICE 77 /* the backend is built in but has no device here */

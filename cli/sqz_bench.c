@@ -1,10 +1,10 @@
 /* sqz bench: the engine timed over a grid of backends x devices x precisions x batch sizes x
  * sequence lengths, plus mixed-length batches that show what packing saves. Uses only the
  * public API. Every figure goes into one JSON report; the table, CSV and SVG are drawn from
- * it by tools/bench_writers.c (see bench/README.md). */
-#include "tools/bench_writers.h"
-#include "tools/cli_options.h"
-#include "tools/sqz_bench.h"
+ * it by cli/bench_writers.c (see bench/README.md). */
+#include "cli/bench_writers.h"
+#include "cli/cli_options.h"
+#include "cli/sqz_bench.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
-#include "tools/sqz_commands.h"
+#include "cli/sqz_commands.h"
 
 #define EXIT_USAGE 2
 #define MAX_LIST 32

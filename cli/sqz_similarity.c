@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "squeezebert.h"
-#include "tools/cli_options.h"
-#include "tools/sqz_commands.h"
+#include "cli/cli_options.h"
+#include "cli/sqz_commands.h"
 
 #define EXIT_USAGE 2
 #define MAX_TEXTS 512

@@ -1,6 +1,6 @@
 /* Command-line options shared by every sqz subcommand: --name value or --name=value,
  * flags without a value, integers with a range, --help anywhere. */
-#include "tools/cli_options.h"
+#include "cli/cli_options.h"
 
 #include <errno.h>
 #include <stdio.h>

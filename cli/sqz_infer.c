@@ -33,9 +33,9 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
-#include "tools/cli_options.h"
-#include "tools/sqz_commands.h"
-#include "tools/sqz_infer_line.h"
+#include "cli/cli_options.h"
+#include "cli/sqz_commands.h"
+#include "cli/sqz_infer_line.h"
 
 #define EXIT_USAGE 2
 #define WINDOW_LINES 4096    /* lines sorted together: bigger sorts better, holds more */
