@@ -238,17 +238,20 @@ sqz_status sqz_build_graph(const sqz_net_desc *n, sqz_graph *g)
         break;
     }
     case SQZ_HEAD_MASKED_LM: {
-        int dense = linear(&b, "mlm.transform.dense", h, "cls.predictions.transform.dense",
-                           1, SQZ_EXTENT_TOKENS);
+        /* only the tokens the run asks for are decoded: [tokens x vocab] logits are the cost */
+        in->out_rows = input(&b, "out_rows", SQZ_EXTENT_SELECTED);
+        int rows = gather(&b, "mlm.rows", in->out_rows, h);
+        int dense = linear(&b, "mlm.transform.dense", rows, "cls.predictions.transform.dense",
+                           1, SQZ_EXTENT_SELECTED);
         int act = unary(&b, SQZ_OP_GELU, "mlm.transform.gelu", dense);
         int norm = layernorm(&b, "mlm.transform.norm", act, "cls.predictions.transform.LayerNorm",
-                             n->layer_norm_eps, SQZ_EXTENT_TOKENS);
+                             n->layer_norm_eps, SQZ_EXTENT_SELECTED);
         int dec_w = weight(&b, "cls.predictions.decoder.weight");
         int dec_b = weight(&b, "cls.predictions.bias");
         if (b.status == SQZ_OK) {
             int dec_in[3] = {norm, dec_w, dec_b};
             sqz_op_params p = {.linear = {1}};
-            int logits = node(&b, SQZ_OP_LINEAR, "mlm.decoder", dec_in, 3, p, SQZ_EXTENT_TOKENS,
+            int logits = node(&b, SQZ_OP_LINEAR, "mlm.decoder", dec_in, 3, p, SQZ_EXTENT_SELECTED,
                               n->vocab_size);
             output(&b, "logits", logits, 0, n->vocab_size, false, SQZ_LAYOUT_PER_TOKEN);
         }

@@ -51,6 +51,7 @@ static const char *extent_symbol(sqz_extent e)
     case SQZ_EXTENT_SEQUENCES: return "S";
     case SQZ_EXTENT_SEQUENCES_PLUS_ONE: return "S+1";
     case SQZ_EXTENT_SCORES: return "sum(len^2)";
+    case SQZ_EXTENT_SELECTED: return "selected";
     default: return "";
     }
 }

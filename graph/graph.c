@@ -77,7 +77,7 @@ void sqz_dtype_from_f32(sqz_dtype dtype, const float *src, size_t n, void *dst)
 void sqz_graph_init(sqz_graph *graph)
 {
     memset(graph, 0, sizeof *graph);
-    graph->in = (sqz_graph_inputs){-1, -1, -1, -1, -1, -1, -1};
+    graph->in = (sqz_graph_inputs){-1, -1, -1, -1, -1, -1, -1, -1};
 }
 
 void sqz_graph_release(sqz_graph *graph)
@@ -225,6 +225,7 @@ int64_t sqz_extent_rows(sqz_extent extent, int64_t fixed_rows, const sqz_run_dim
     case SQZ_EXTENT_SEQUENCES: return dims->sequences;
     case SQZ_EXTENT_SEQUENCES_PLUS_ONE: return dims->sequences + 1;
     case SQZ_EXTENT_SCORES: return dims->score_rows;
+    case SQZ_EXTENT_SELECTED: return dims->selected;
     default: return 0;
     }
 }

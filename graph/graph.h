@@ -67,6 +67,8 @@ typedef enum sqz_extent {
     SQZ_EXTENT_SEQUENCES,         /* sequences of the batch */
     SQZ_EXTENT_SEQUENCES_PLUS_ONE,/* prefix-offset arrays */
     SQZ_EXTENT_SCORES,            /* sum over sequences of length^2 */
+    SQZ_EXTENT_SELECTED,          /* the tokens a run wants per-token outputs of (a masked LM
+                                     decodes only those) */
     SQZ_EXTENT_COUNT
 } sqz_extent;
 
@@ -132,6 +134,8 @@ typedef struct sqz_graph_inputs {
     int seq_offsets;   /* I32 [S + 1]: first packed token of each sequence */
     int score_offsets; /* I32 [S + 1]: first score row of each sequence (sum of len^2) */
     int first_tokens;  /* I32 [S, 1]: packed index of each sequence's position 0 */
+    int out_rows;      /* I32 [selected, 1]: packed index of each token the head decodes (masked
+                          LMs only; -1 elsewhere) */
 } sqz_graph_inputs;
 
 typedef struct sqz_graph {
@@ -147,6 +151,7 @@ typedef struct sqz_graph {
 /* Runtime sizes of one batch. */
 typedef struct sqz_run_dims {
     int64_t tokens, sequences, score_rows, max_len;
+    int64_t selected; /* rows of SQZ_EXTENT_SELECTED tensors, at most tokens */
 } sqz_run_dims;
 
 void sqz_graph_init(sqz_graph *graph);

@@ -8,7 +8,7 @@
 sqz_run_dims sqz_bucket_worst_case(const sqz_bucket *b)
 {
     /* sum of len^2 over sequences with sum len <= T and len <= L is at most T * L */
-    sqz_run_dims d = {b->max_tokens, b->max_sequences, b->max_tokens * b->max_len, b->max_len};
+    sqz_run_dims d = {b->max_tokens, b->max_sequences, b->max_tokens * b->max_len, b->max_len, b->max_tokens};
     return d;
 }
 
@@ -66,7 +66,7 @@ sqz_status sqz_pass_eliminate_dead_nodes(sqz_graph *g)
     for (size_t o = 0; o < g->n_outputs; o++)
         g->outputs[o].tensor = tensor_map[g->outputs[o].tensor];
     int *roles[] = {&g->in.token_ids, &g->in.token_types, &g->in.positions, &g->in.key_valid,
-                    &g->in.seq_offsets, &g->in.score_offsets, &g->in.first_tokens};
+                    &g->in.seq_offsets, &g->in.score_offsets, &g->in.first_tokens, &g->in.out_rows};
     for (size_t r = 0; r < sizeof roles / sizeof roles[0]; r++)
         if (*roles[r] >= 0)
             *roles[r] = tensor_map[*roles[r]];

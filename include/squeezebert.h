@@ -339,6 +339,11 @@ typedef struct sqz_packed_input {
     const int64_t *offsets;        /* [N + 1] */
     const int64_t *input_ids;      /* [offsets[N]] */
     const int64_t *token_type_ids; /* [offsets[N]], or NULL for all zeros */
+    /* Masked LMs only: the packed tokens whose logits are wanted, in this order
+     * (n_output_tokens of them, each below offsets[N]); the head then decodes only those rows,
+     * and "logits" comes back as [n_output_tokens][vocab]. NULL: every token. */
+    const int64_t *output_tokens;
+    int64_t n_output_tokens;
 } sqz_packed_input;
 
 /* Runs packed sequences and waits. Outputs come back packed: per-token outputs as

@@ -115,7 +115,7 @@ static sqz_status peak_time(peak_run *r, int count, double *seconds)
     const sqz_plan *p = r->plan;
     const size_t offsets[1] = {0};
     sqz_binding binding = {p, r->weights, offsets, r->arena};
-    sqz_run_dims dims = {p->bucket.max_tokens, 1, p->bucket.max_tokens, p->bucket.max_tokens};
+    sqz_run_dims dims = {p->bucket.max_tokens, 1, p->bucket.max_tokens, p->bucket.max_tokens, p->bucket.max_tokens};
     double t0 = seconds_now();
     sqz_status st = SQZ_OK;
     for (int i = 0; i < count && st == SQZ_OK; i++)
@@ -173,7 +173,7 @@ sqz_status sqz_measure_peak(const char *backend, const char *device, const char 
     int launches = 0, timings = 0;
     if (st == SQZ_OK) {
         const sqz_plan *p = r.plan;
-        sqz_run_dims dims = {rows, 1, rows, rows};
+        sqz_run_dims dims = {rows, 1, rows, rows, rows};
         const double flops = sqz_node_flops(&p->graph, &p->graph.nodes[p->launches[0]], &dims);
         int group = one > 0 && one < PEAK_MIN_TIMING ? (int)(PEAK_MIN_TIMING / one) + 1 : 1;
         const double timed_from = seconds_now();

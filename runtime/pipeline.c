@@ -11,8 +11,8 @@
 #define DEFAULT_BATCH_TOKENS 8192
 #define DEFAULT_TOP_K 5
 #define DEFAULT_MAX_ANSWER_LENGTH 15
-/* fill-mask: a batch's [tokens x vocab] logits are held at once, so its budget counts them,
- * against this many times the token budget */
+/* fill-mask: a batch's [MASK] rows are decoded into vocab-wide logits, held at once; their
+ * count x vocab stays within this many times the token budget */
 #define FILL_MASK_BUDGET_FACTOR 64
 
 struct sqz_pipeline {
@@ -512,14 +512,21 @@ done:
 }
 
 /* logits: the [n_use][V] rows of the item's tokens. */
+static size_t masks_of(const sqz_pipeline *p, const sqz_pipeline_item *it)
+{
+    size_t masks = 0;
+    for (size_t w = 0; w < it->n_use; w++)
+        masks += it->ids[w] == p->tok_info.mask_id;
+    return masks;
+}
+
+/* logits: the item's [MASK] rows, in order (the run decoded only those) */
 static const char *answer_fill_mask(const sqz_pipeline *p, sqz_pipeline_item *it, const float *logits, size_t V)
 {
     /* ids without a vocab.txt entry (checkpoint padding rows) take no part */
     const size_t n = V < (size_t)p->tok_info.vocab_size ? V : (size_t)p->tok_info.vocab_size;
     const size_t per_mask = (size_t)p->info.top_k < n ? (size_t)p->info.top_k : n;
-    size_t masks = 0;
-    for (size_t w = 0; w < it->n_use; w++)
-        masks += it->ids[w] == p->tok_info.mask_id;
+    const size_t masks = masks_of(p, it);
     double *probs = malloc((n ? n : 1) * sizeof *probs);
     it->candidates = malloc((masks * per_mask > 0 ? masks * per_mask : 1) * sizeof *it->candidates);
     if (!probs || !it->candidates) {
@@ -527,10 +534,8 @@ static const char *answer_fill_mask(const sqz_pipeline *p, sqz_pipeline_item *it
         return out_of_memory_answer;
     }
     sqz_mask_candidate *c = it->candidates;
-    for (size_t w = 0; w < it->n_use; w++) {
-        if (it->ids[w] != p->tok_info.mask_id)
-            continue;
-        softmax(logits + w * V, n, probs);
+    for (size_t m = 0; m < masks; m++) {
+        softmax(logits + m * V, n, probs);
         for (size_t k = 0; k < per_mask; k++) {
             size_t best = SIZE_MAX;
             for (size_t i = 0; i < n; i++)
@@ -566,16 +571,18 @@ sqz_status sqz_pipeline_answer(const sqz_pipeline *p, const sqz_result *result, 
 {
     if (!p || !result || (n && !items))
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_pipeline_answer: pipeline, result and items are required");
-    int64_t tokens = 0;
-    for (size_t i = 0; i < n; i++)
+    int64_t tokens = 0, masks = 0;
+    for (size_t i = 0; i < n; i++) {
         tokens += (int64_t)items[i]->n_use;
+        masks += p->info.task == SQZ_TASK_FILL_MASK ? (int64_t)masks_of(p, items[i]) : 0;
+    }
     const int64_t N = (int64_t)n;
     const int64_t H = p->model_info.hidden_size, L = p->info.num_labels;
     const sqz_output *a = NULL, *b = NULL;
     switch (p->info.task) {
     case SQZ_TASK_CLASSIFY: a = host_output(result, "logits", N, L); break;
     case SQZ_TASK_TOKENS: a = host_output(result, "logits", tokens, L); break;
-    case SQZ_TASK_FILL_MASK: a = host_output(result, "logits", tokens, 0); break;
+    case SQZ_TASK_FILL_MASK: a = host_output(result, "logits", masks, 0); break;
     case SQZ_TASK_QA:
         a = host_output(result, "start_logits", tokens, 0);
         b = a ? host_output(result, "end_logits", tokens, 0) : NULL;
@@ -590,7 +597,8 @@ sqz_status sqz_pipeline_answer(const sqz_pipeline *p, const sqz_result *result, 
     }
     if (p->info.task != SQZ_TASK_EMBED && (!a || (p->info.task == SQZ_TASK_QA && !b)))
         return SQZ_ERR_INVALID_ARGUMENT;
-    int64_t first = 0; /* the item's first token in the packed outputs */
+    int64_t first = 0;      /* the item's first token in the packed outputs */
+    int64_t first_mask = 0; /* fill-mask: the item's first row of logits */
     for (size_t r = 0; r < n; r++) {
         sqz_pipeline_item *it = items[r];
         clear_answer(it);
@@ -600,7 +608,9 @@ sqz_status sqz_pipeline_answer(const sqz_pipeline *p, const sqz_result *result, 
         switch (p->info.task) {
         case SQZ_TASK_CLASSIFY: why = answer_classify(p, it, a->data + r * (size_t)L); break;
         case SQZ_TASK_TOKENS: why = answer_tokens(p, it, a->data + first * L); break;
-        case SQZ_TASK_FILL_MASK: why = answer_fill_mask(p, it, a->data + first * a->shape[1], (size_t)a->shape[1]); break;
+        case SQZ_TASK_FILL_MASK:
+            why = answer_fill_mask(p, it, a->data + first_mask * a->shape[1], (size_t)a->shape[1]);
+            break;
         case SQZ_TASK_QA: why = answer_qa(p, it, a->data + first, b->data + first); break;
         case SQZ_TASK_EMBED:
             why = answer_embed(p, it, a ? a->data + first * H : NULL, b ? b->data + r * (size_t)H : NULL);
@@ -614,6 +624,7 @@ sqz_status sqz_pipeline_answer(const sqz_pipeline *p, const sqz_result *result, 
             it->answered = true;
         }
         first += (int64_t)it->n_use;
+        first_mask += p->info.task == SQZ_TASK_FILL_MASK ? (int64_t)masks_of(p, it) : 0;
     }
     return SQZ_OK;
 }
@@ -655,14 +666,20 @@ size_t sqz_pipeline_plan_batches(const sqz_pipeline *p, sqz_pipeline_item **item
     for (size_t i = 0; i < ok; i++)
         rest[i] = keys[i].item;
     free(keys);
-    const size_t multiple = p->info.task == SQZ_TASK_FILL_MASK ? (size_t)p->model_info.vocab_size : 1;
-    const size_t budget = (size_t)p->info.batch_tokens * (multiple > 1 ? FILL_MASK_BUDGET_FACTOR : 1);
+    const bool fill_mask = p->info.task == SQZ_TASK_FILL_MASK;
+    const size_t budget = (size_t)p->info.batch_tokens;
+    const size_t logit_budget = budget * FILL_MASK_BUDGET_FACTOR, vocab = (size_t)p->model_info.vocab_size;
     size_t batches = 0, start = 0;
     while (start < ok) {
         size_t end = start + 1;
-        /* sorted ascending: the last item of the batch sets its padded width */
-        while (end < ok && (end - start + 1) * rest[end]->n_use * multiple <= budget)
+        size_t masks = fill_mask ? masks_of(p, rest[start]) : 0;
+        /* sorted ascending: the last item of the batch sets its padded width; a masked LM's
+         * decoded rows (its [MASK] tokens) hold vocab logits each */
+        while (end < ok && (end - start + 1) * rest[end]->n_use <= budget &&
+               (!fill_mask || (masks + masks_of(p, rest[end])) * vocab <= logit_budget)) {
+            masks += fill_mask ? masks_of(p, rest[end]) : 0;
             end++;
+        }
         ends[batches++] = *failed + end;
         start = end;
     }
@@ -682,10 +699,12 @@ sqz_status sqz_pipeline_submit(const sqz_pipeline *p, sqz_session *session, sqz_
                             items[i]->error ? items[i]->error : "not encoded");
         tokens += items[i]->n_use;
     }
+    const bool fill_mask = p->info.task == SQZ_TASK_FILL_MASK;
     int64_t *offsets = malloc((n + 1) * sizeof *offsets);
     int64_t *ids = malloc(tokens * sizeof *ids), *types = malloc(tokens * sizeof *types);
+    int64_t *mask_rows = fill_mask ? malloc(tokens * sizeof *mask_rows) : NULL, n_masks = 0;
     sqz_status st = SQZ_OK;
-    if (!offsets || !ids || !types) {
+    if (!offsets || !ids || !types || (fill_mask && !mask_rows)) {
         st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory for a batch");
     } else {
         offsets[0] = 0;
@@ -694,11 +713,14 @@ sqz_status sqz_pipeline_submit(const sqz_pipeline *p, sqz_session *session, sqz_
             memcpy(ids + offsets[i], it->ids, it->n_use * sizeof *ids);
             memcpy(types + offsets[i], it->types, it->n_use * sizeof *types);
             offsets[i + 1] = offsets[i] + (int64_t)it->n_use;
+            for (size_t w = 0; fill_mask && w < it->n_use; w++) /* only the [MASK] rows are decoded */
+                if (it->ids[w] == p->tok_info.mask_id)
+                    mask_rows[n_masks++] = offsets[i] + (int64_t)w;
         }
-        const sqz_packed_input in = {(int)n, 0, offsets, ids, types};
+        const sqz_packed_input in = {(int)n, 0, offsets, ids, types, mask_rows, n_masks};
         st = sqz_session_submit_packed(session, &in, ticket);
     }
-    free(offsets), free(ids), free(types);
+    free(offsets), free(ids), free(types), free(mask_rows);
     return st;
 }
 

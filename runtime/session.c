@@ -28,6 +28,9 @@ typedef struct packed_batch {
     int32_t *seq_offsets, *score_offsets;                     /* [rows + 1] */
     int32_t *first_tokens;                                    /* [rows] */
     int32_t *packed_index; /* [rows * W]: packed token of (row, w), or -1 when dropped */
+    int32_t *out_rows;     /* [selected]: the tokens a masked LM decodes */
+    int64_t selected;
+    bool all_rows;         /* out_rows is every token in order (then padding extends it) */
 } packed_batch;
 
 typedef struct cached_plan {
@@ -422,6 +425,7 @@ static void packed_release(packed_batch *p)
     free(p->score_offsets);
     free(p->first_tokens);
     free(p->packed_index);
+    free(p->out_rows);
     memset(p, 0, sizeof *p);
 }
 
@@ -439,13 +443,18 @@ static sqz_status packed_alloc(packed_batch *p, int64_t rows, int64_t width, int
     p->seq_offsets = malloc((N + 1) * sizeof(int32_t));
     p->score_offsets = malloc((N + 1) * sizeof(int32_t));
     p->first_tokens = malloc(N * sizeof(int32_t));
+    p->out_rows = malloc((T ? T : 1) * sizeof(int32_t));
     if (p->width > 0)
         p->packed_index = malloc(N * (size_t)p->width * sizeof(int32_t));
     if (!p->token_ids || !p->token_types || !p->positions || !p->key_valid || !p->seq_offsets ||
-        !p->score_offsets || !p->first_tokens || (p->width > 0 && !p->packed_index)) {
+        !p->score_offsets || !p->first_tokens || !p->out_rows || (p->width > 0 && !p->packed_index)) {
         packed_release(p);
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory packing the batch");
     }
+    for (size_t t = 0; t < T; t++) /* every token, unless the caller names some */
+        p->out_rows[t] = (int32_t)t;
+    p->selected = tokens;
+    p->all_rows = true;
     return SQZ_OK;
 }
 
@@ -624,6 +633,29 @@ static sqz_status validate_packed(const sqz_model *m, const sqz_packed_input *in
     }
     p->seq_offsets[rows] = (int32_t)tokens;
     p->score_offsets[rows] = (int32_t)score;
+    if (in->output_tokens) {
+        if (c->head != SQZ_HEAD_MASKED_LM) {
+            packed_release(p);
+            return sqz_fail(SQZ_ERR_INPUT, "packed input: output_tokens selects the rows a masked LM decodes; %s "
+                            "computes every token's outputs", c->architecture);
+        }
+        if (in->n_output_tokens < 1 || in->n_output_tokens > tokens) {
+            packed_release(p);
+            return sqz_fail(SQZ_ERR_INPUT, "packed input: n_output_tokens = %lld, expected 1 to %lld (the tokens)",
+                            (long long)in->n_output_tokens, (long long)tokens);
+        }
+        for (int64_t i = 0; i < in->n_output_tokens; i++) {
+            if (in->output_tokens[i] < 0 || in->output_tokens[i] >= tokens) {
+                const long long bad = (long long)in->output_tokens[i];
+                packed_release(p);
+                return sqz_fail(SQZ_ERR_INPUT, "packed input: output_tokens[%lld] = %lld is not one of the %lld "
+                                "tokens", (long long)i, bad, (long long)tokens);
+            }
+            p->out_rows[i] = (int32_t)in->output_tokens[i];
+        }
+        p->selected = in->n_output_tokens;
+        p->all_rows = false;
+    }
     return SQZ_OK;
 }
 
@@ -716,7 +748,7 @@ static int64_t round_up_to(int64_t x, int64_t step) { return (x + step - 1) / st
 static sqz_status pad_for_replay(packed_batch *p, const sqz_bucket *b, int64_t max_positions,
                                  sqz_run_dims *dims)
 {
-    *dims = (sqz_run_dims){p->tokens, p->rows, p->score_rows, p->max_len};
+    *dims = (sqz_run_dims){p->tokens, p->rows, p->score_rows, p->max_len, p->selected};
     const int64_t token_step = b->max_tokens / REPLAY_STEPS > 16 ? b->max_tokens / REPLAY_STEPS : 16;
     const int64_t seq_step = b->max_sequences / REPLAY_STEPS > 1 ? b->max_sequences / REPLAY_STEPS : 1;
     const int64_t longest = b->max_len < max_positions ? b->max_len : max_positions;
@@ -728,10 +760,10 @@ static sqz_status pad_for_replay(packed_batch *p, const sqz_bucket *b, int64_t m
     const int64_t extra_tokens = tokens - p->tokens;
     if (extra_seqs < 1 || extra_tokens < extra_seqs || extra_tokens > extra_seqs * longest)
         return SQZ_OK;
-    int32_t *arrays[7] = {p->token_ids, p->token_types, p->positions, p->key_valid, p->seq_offsets,
-                          p->score_offsets, p->first_tokens};
-    const int64_t sizes[7] = {tokens, tokens, tokens, tokens, seqs + 1, seqs + 1, seqs};
-    for (int i = 0; i < 7; i++) {
+    int32_t *arrays[8] = {p->token_ids, p->token_types, p->positions, p->key_valid, p->seq_offsets,
+                          p->score_offsets, p->first_tokens, p->out_rows};
+    const int64_t sizes[8] = {tokens, tokens, tokens, tokens, seqs + 1, seqs + 1, seqs, tokens};
+    for (int i = 0; i < 8; i++) {
         int32_t *bigger = realloc(arrays[i], (size_t)sizes[i] * sizeof *bigger);
         if (!bigger)
             return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory padding the batch");
@@ -739,7 +771,7 @@ static sqz_status pad_for_replay(packed_batch *p, const sqz_bucket *b, int64_t m
     }
     p->token_ids = arrays[0], p->token_types = arrays[1], p->positions = arrays[2];
     p->key_valid = arrays[3], p->seq_offsets = arrays[4], p->score_offsets = arrays[5];
-    p->first_tokens = arrays[6];
+    p->first_tokens = arrays[6], p->out_rows = arrays[7];
     int64_t t = p->tokens, score = p->score_offsets[p->rows];
     for (int64_t r = p->rows; r < seqs; r++) {
         const int64_t k = r - p->rows;
@@ -757,8 +789,13 @@ static sqz_status pad_for_replay(packed_batch *p, const sqz_bucket *b, int64_t m
     }
     p->seq_offsets[seqs] = (int32_t)t;
     p->score_offsets[seqs] = (int32_t)score;
+    if (p->all_rows) { /* the padding decoded too, so the selection does not change the key */
+        for (int64_t k = p->tokens; k < tokens; k++)
+            p->out_rows[k] = (int32_t)k;
+        p->selected = tokens;
+    }
     /* score rows at their bound for these dims, so they do not change the key */
-    *dims = (sqz_run_dims){tokens, seqs, tokens * b->max_len, b->max_len};
+    *dims = (sqz_run_dims){tokens, seqs, tokens * b->max_len, b->max_len, p->selected};
     return SQZ_OK;
 }
 
@@ -821,6 +858,7 @@ static sqz_status upload_inputs(sqz_session *s, run_slot *slot, const sqz_plan *
         {in->seq_offsets, p->seq_offsets, dims->sequences + 1},
         {in->score_offsets, p->score_offsets, dims->sequences + 1},
         {in->first_tokens, p->first_tokens, dims->sequences},
+        {in->out_rows, p->out_rows, dims->selected},
     };
     const size_t n_items = sizeof items / sizeof items[0];
     size_t lo = SIZE_MAX, hi = 0;
@@ -938,9 +976,12 @@ static sqz_status layout_outputs(const sqz_session *s, const sqz_graph *g, const
             x->format.rows = tokens;
             x->format.width = W;
         } else if (go->layout == SQZ_LAYOUT_PER_TOKEN) {
+            /* a masked LM's logits: the tokens the caller named, in that order */
+            const bool named = g->tensors[go->tensor].extent == SQZ_EXTENT_SELECTED && in->packed->output_tokens;
+            const int64_t n_rows = named ? in->packed->n_output_tokens : tokens;
             x->ndim = go->squeeze ? 1 : 2;
-            x->shape[0] = tokens, x->shape[1] = go->col_count;
-            x->format.rows = tokens;
+            x->shape[0] = n_rows, x->shape[1] = go->col_count;
+            x->format.rows = n_rows;
         } else if (go->layout == SQZ_LAYOUT_PER_SEQUENCE) {
             x->ndim = 2;
             x->shape[0] = batch, x->shape[1] = go->col_count;
@@ -1152,7 +1193,7 @@ static sqz_status submit_run(sqz_session *s, int k, const run_input *input, void
                                   : validate_packed(s->model, input->packed, p);
     if (st != SQZ_OK)
         return st;
-    slot->real = (sqz_run_dims){p->tokens, p->rows, p->score_rows, p->max_len};
+    slot->real = (sqz_run_dims){p->tokens, p->rows, p->score_rows, p->max_len, p->selected};
     slot->dims = slot->real;
     slot->compile_seconds = 0;
     st = get_plan(s, p, &slot->plan_index, &slot->compile_seconds);

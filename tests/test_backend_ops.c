@@ -332,7 +332,7 @@ static void linear_cases(void **unused)
                  (long long)R, (long long)CI, (long long)CO, G, shapes[s].bias ? "" : " no bias");
         c.op = shapes[s].gelu ? SQZ_OP_LINEAR_GELU : SQZ_OP_LINEAR;
         c.params.linear.groups = G;
-        c.dims = (sqz_run_dims){R, 1, R * R, R};
+        c.dims = (sqz_run_dims){R, 1, R * R, R, R};
         c.n_inputs = shapes[s].bias ? 3 : 2;
         c.in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
         c.in[1] = weight(CO, CI / G, uniform(CO * (CI / G), 0.3f));
@@ -374,7 +374,7 @@ static void ffn_cases(void **unused)
                  (long long)CO, G);
         c.op = SQZ_OP_FFN;
         c.params.linear.groups = G;
-        c.dims = (sqz_run_dims){R, 1, R * R, R};
+        c.dims = (sqz_run_dims){R, 1, R * R, R, R};
         c.n_inputs = 5;
         c.in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
         c.in[1] = weight(MID, CI / G, uniform(MID * (CI / G), 0.15f));
@@ -417,7 +417,7 @@ static void elementwise_and_norm_cases(void **unused)
     const int64_t shapes[][2] = {{1, 37}, {7, 64}, {130, 768}};
     for (size_t s = 0; s < 3; s++) {
         const int64_t R = shapes[s][0], C = shapes[s][1];
-        const sqz_run_dims dims = {R, 1, R * R, R};
+        const sqz_run_dims dims = {R, 1, R * R, R, R};
         for (int kind = 0; kind < 5; kind++) {
             op_case c = {0};
             c.dims = dims;
@@ -520,7 +520,7 @@ static void gather_and_embedding_of_width(int64_t C)
     for (int i = 0; i < T; i++)
         ids[i] = (i * 37 + 5) % V, pos[i] = i % P, types[i] = i % TV;
     ids[0] = 0, ids[1] = V - 1; /* both ends of the table */
-    const sqz_run_dims dims = {T, 1, T * T, T};
+    const sqz_run_dims dims = {T, 1, T * T, T, T};
 
     op_case g = {.op = SQZ_OP_GATHER_ROWS, .n_inputs = 2, .dims = dims, .out_extent = SQZ_EXTENT_TOKENS,
                  .out_cols = C, .reference = ref_gather};
@@ -620,7 +620,7 @@ static void attention_layouts(const char *label, const int32_t *lengths, int64_t
         valid[t] = !mask_some || test_uniform(&rng) > -0.5f;
     for (int64_t s = 0; s < n; s++)
         valid[seq_off[s]] = 1;
-    const sqz_run_dims dims = {T, n, SR, max_len};
+    const sqz_run_dims dims = {T, n, SR, max_len, T};
     float *q = uniform(T * W, 2.0f), *k = uniform(T * W, 2.0f), *v = uniform(T * W, 1.0f);
     sqz_ref_sequences seqs = {seq_off, score_off, n};
     const float scale = (float)(1.0 / sqrt(d));

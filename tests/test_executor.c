@@ -54,7 +54,7 @@ static void bind(sqz_executor *x, bound *b, size_t guard)
     const int input = b->plan->graph.nodes[b->plan->launches[0]].inputs[0];
     assert_sqz_ok(x->ops->upload(x->ctx, b->arena, (size_t)b->plan->offsets[input], b->input, sizeof b->input));
     b->binding = (sqz_binding){b->plan, b->weights, b->weight_offsets, b->arena};
-    b->dims = (sqz_run_dims){TOKENS, 1, TOKENS, TOKENS};
+    b->dims = (sqz_run_dims){TOKENS, 1, TOKENS, TOKENS, TOKENS};
     assert_sqz_ok(sqz_executor_prepare(x, &b->binding));
 }
 

@@ -66,7 +66,7 @@ static void packed_equals_padded(sqz_session *s, const random_batch *b, const ch
 {
     sqz_input padded = {.batch = b->n, .seq_len = b->width, .input_ids = b->pad_ids,
                         .attention_mask = b->pad_mask, .token_type_ids = b->pad_types};
-    sqz_packed_input packed = {b->n, 0, b->offsets, b->ids, b->types};
+    sqz_packed_input packed = {b->n, 0, b->offsets, b->ids, b->types, NULL, 0};
     sqz_result *rp = NULL, *rk = NULL;
     assert_sqz_ok(sqz_session_run(s, &padded, &rp));
     assert_sqz_ok(sqz_session_run_packed(s, &packed, &rk));
@@ -132,7 +132,7 @@ static void test_packed_runs_equal_padded_runs(void **state)
             }
             /* submit_packed: the same outputs as run_packed, two in flight */
             random_batch b = make_batch(&info, 3, 10, 77);
-            sqz_packed_input in = {b.n, 0, b.offsets, b.ids, b.types};
+            sqz_packed_input in = {b.n, 0, b.offsets, b.ids, b.types, NULL, 0};
             sqz_ticket t1, t2;
             sqz_result *r1 = NULL, *r2 = NULL, *r3 = NULL;
             assert_sqz_ok(sqz_session_submit_packed(s, &in, &t1));
@@ -169,7 +169,7 @@ static void test_packed_input_errors(void **state)
     sqz_session *s = NULL;
     assert_sqz_ok(sqz_session_create(model, NULL, &s));
     int64_t offsets[3] = {0, 2, 5}, ids[5] = {1, 2, 3, 4, 5}, types[5] = {0, 0, 1, 1, 1};
-    sqz_packed_input in = {2, 0, offsets, ids, types};
+    sqz_packed_input in = {2, 0, offsets, ids, types, NULL, 0};
     sqz_result *r = NULL;
     offsets[0] = 1;
     assert_fails_with(sqz_session_run_packed(s, &in, &r), SQZ_ERR_INPUT, "offsets[0] = 1");
@@ -190,6 +190,72 @@ static void test_packed_input_errors(void **state)
     in.offsets = offsets;
     assert_sqz_ok(sqz_session_run_packed(s, &in, &r)); /* still works after the failures */
     sqz_result_free(r);
+    sqz_session_free(s);
+    sqz_model_free(model);
+}
+
+/* A masked LM decodes only the tokens named in output_tokens: its logits rows equal those rows
+ * of a run that decodes every token (cpu_ref: bit for bit; others within 1e-5 of the largest
+ * logit, the GEMM may sum a smaller matrix in another order), on every backend here. */
+static void test_masked_lm_decodes_named_rows(void **state)
+{
+    (void)state;
+    sqz_model *model = NULL;
+    assert_sqz_ok(sqz_model_load(ODD "/mlm-safetensors", NULL, &model));
+    sqz_model_info info;
+    sqz_model_get_info(model, &info);
+    int64_t offsets[4] = {0, 5, 6, 13}, ids[13], named[5] = {12, 0, 6, 3, 12};
+    uint64_t rng = 20261130;
+    for (int i = 0; i < 13; i++)
+        ids[i] = 1 + (int64_t)((test_uniform(&rng) + 1.0f) * 0.5f * (float)(info.vocab_size - 2));
+    const char *backends[] = {"cpu_ref", "cpu", "opencl", "cuda-sim"};
+    for (size_t k = 0; k < sizeof backends / sizeof backends[0]; k++) {
+        if (sqz_backend_probe(backends[k]) != SQZ_OK)
+            continue;
+        const sqz_session_options o = {.backend = backends[k]};
+        sqz_session *s = NULL;
+        assert_sqz_ok(sqz_session_create(model, &o, &s));
+        sqz_packed_input all = {3, 0, offsets, ids, NULL, NULL, 0}, some = all;
+        some.output_tokens = named, some.n_output_tokens = 5;
+        sqz_result *full = NULL, *part = NULL;
+        assert_sqz_ok(sqz_session_run_packed(s, &all, &full));
+        assert_sqz_ok(sqz_session_run_packed(s, &some, &part));
+        const sqz_output *f = sqz_result_find(full, "logits"), *g = sqz_result_find(part, "logits");
+        assert_non_null(f), assert_non_null(g);
+        assert_int_equal(g->ndim, 2);
+        assert_int_equal(g->shape[0], 5);
+        assert_int_equal(g->shape[1], f->shape[1]);
+        const int64_t V = f->shape[1];
+        double worst = 0, scale = 0;
+        for (int64_t r = 0; r < 5; r++)
+            for (int64_t v = 0; v < V; v++) {
+                const double want = f->data[named[r] * V + v];
+                worst = fmax(worst, fabs(g->data[r * V + v] - want));
+                scale = fmax(scale, fabs(want));
+            }
+        print_message("%-8s named rows vs every row: max |difference| %.2e (largest logit %.2f)\n", backends[k], worst,
+                      scale);
+        if (strcmp(backends[k], "cpu_ref") == 0)
+            assert_true(worst == 0.0);
+        else
+            assert_true(worst <= 1e-5 * scale);
+        /* refusals name the problem */
+        named[1] = 13;
+        assert_fails_with(sqz_session_run_packed(s, &some, &part), SQZ_ERR_INPUT, "output_tokens[1] = 13");
+        named[1] = 0, some.n_output_tokens = 0;
+        assert_fails_with(sqz_session_run_packed(s, &some, &part), SQZ_ERR_INPUT, "n_output_tokens = 0");
+        sqz_result_free(full), sqz_result_free(part);
+        sqz_session_free(s);
+    }
+    sqz_model_free(model);
+    /* only a masked LM decodes named rows */
+    assert_sqz_ok(sqz_model_load(ODD "/tokcls-safetensors", NULL, &model));
+    sqz_session *s = NULL;
+    assert_sqz_ok(sqz_session_create(model, NULL, &s));
+    int64_t few[1] = {0}, one[2] = {0, 3}, tok[3] = {1, 2, 3};
+    const sqz_packed_input in = {1, 0, one, tok, NULL, few, 1};
+    sqz_result *r = NULL;
+    assert_fails_with(sqz_session_run_packed(s, &in, &r), SQZ_ERR_INPUT, "masked LM", "SqueezeBertForTokenClassification");
     sqz_session_free(s);
     sqz_model_free(model);
 }
@@ -634,6 +700,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_packed_input_errors),
         cmocka_unit_test(test_packed_runs_equal_padded_runs),
+        cmocka_unit_test(test_masked_lm_decodes_named_rows),
         cmocka_unit_test(test_tasks_match_transformers),
         cmocka_unit_test(test_classify_against_padded_reference),
         cmocka_unit_test(test_per_item_errors_and_order),
