@@ -21,7 +21,7 @@ static sqz_pipeline *pipeline_for(int mode, int length)
         char dir[512];
         snprintf(dir, sizeof dir, "%s/infer/%s", SQZ_FIXTURES_DIR, folders[mode]);
         const sqz_pipeline_options options = {.max_length = (long)lengths[length]};
-        if ((!models[mode] && sqz_model_load(dir, &models[mode]) != SQZ_OK) ||
+        if ((!models[mode] && sqz_model_load(dir, NULL, &models[mode]) != SQZ_OK) ||
             (!tokenizers[mode] && sqz_tokenizer_load(dir, &tokenizers[mode]) != SQZ_OK) ||
             sqz_pipeline_create(models[mode], tokenizers[mode], &options, &pipelines[mode][length]) != SQZ_OK) {
             fprintf(stderr, "fuzz_infer_line: %s\n", sqz_last_error());
