@@ -700,6 +700,95 @@ static void overload_is_429_and_sigterm_drains(void **unused)
     free(big.body);
 }
 
+/* Many clients at once while launches fail now and then: every request is answered once,
+ * with 200 and the right embeddings or with 424, never anything else. */
+typedef struct client {
+    int port, index;
+    json_t *texts, *want; /* shared, read-only */
+    int ok, failed;
+    char problem[256];
+} client;
+
+static void *client_main(void *arg)
+{
+    client *c = arg;
+    for (int r = 0; r < 12 && !c->problem[0]; r++) {
+        /* a different slice of the texts each time: batches mix requests of every size */
+        const size_t n = json_array_size(c->texts), first = (size_t)(c->index * 7 + r * 3) % n;
+        const size_t count = 1 + (size_t)(c->index + r) % 5;
+        json_t *req = json_object(), *texts = json_array();
+        for (size_t k = 0; k < count; k++)
+            json_array_append(texts, json_array_get(c->texts, (first + k) % n));
+        json_object_set_new(req, "inputs", texts);
+        json_object_set_new(req, "normalize", json_false());
+        json_object_set_new(req, "truncate", json_true());
+        char *text = json_dumps(req, JSON_COMPACT), *answer = NULL;
+        const int status = http(c->port, "POST", "/embed", text, strlen(text), &answer);
+        json_t *got = status == 200 ? json_loads(answer, 0, NULL) : NULL;
+        if (status == 424 && strstr(answer, "\"error_type\":\"Backend\"")) {
+            c->failed++;
+        } else if (status != 200 || json_array_size(got) != count) {
+            snprintf(c->problem, sizeof c->problem, "status %d: %.150s", status, answer ? answer : "");
+        } else {
+            for (size_t k = 0; k < count && !c->problem[0]; k++) {
+                json_t *g = json_array_get(got, k), *w = json_array_get(c->want, (first + k) % n);
+                for (size_t d = 0; d < json_array_size(w); d++)
+                    if (fabs(json_number_value(json_array_get(g, d)) - json_number_value(json_array_get(w, d))) > 1e-6)
+                        snprintf(c->problem, sizeof c->problem, "text %zu differs at %zu", (first + k) % n, d);
+            }
+            c->ok++;
+        }
+        json_decref(got), json_decref(req);
+        free(text), free(answer);
+    }
+    return NULL;
+}
+
+static void concurrent_clients_under_faults(void **unused)
+{
+    (void)unused;
+    json_t *lists[1] = {infer_records(INFER "/embed", INFER "/embed/input.jsonl", "--task embed --no-normalize")};
+    json_t *texts = answerable(INFER "/embed/input.jsonl", lists, 1);
+    json_t *want = json_array();
+    for (size_t i = 0; i < json_array_size(lists[0]); i++)
+        json_array_append(want, json_object_get(json_array_get(lists[0], i), "embedding"));
+    const unsigned launches = warm_up_launches(INFER "/embed");
+    char env[128];
+    /* a fault every few runs after the warm-up, at varying places within a run */
+    snprintf(env, sizeof env, "SQZ_FAULT_LAUNCH=%u:%u", launches + 3, 3 * launches + 7);
+    server s = start_server(INFER "/embed", "--max-batch-tokens 256", env);
+    enum { CLIENTS = 16 };
+    client clients[CLIENTS];
+    pthread_t threads[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        clients[i] = (client){.port = s.port, .index = i, .texts = texts, .want = want};
+        assert_int_equal(pthread_create(&threads[i], NULL, client_main, &clients[i]), 0);
+    }
+    int ok = 0, failed = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        pthread_join(threads[i], NULL);
+        if (clients[i].problem[0])
+            fail_msg("client %d: %s", i, clients[i].problem);
+        ok += clients[i].ok;
+        failed += clients[i].failed;
+    }
+    assert_int_equal(ok + failed, CLIENTS * 12);
+    assert_true(ok > 0);
+    char *metrics = NULL;
+    assert_int_equal(http(s.port, "GET", "/metrics", NULL, 0, &metrics), 200);
+    /* the faults did fire (runs failed; most were answered by their halves) */
+    const char *failures = strstr(metrics, "\nsqz_batch_failures ");
+    assert_non_null(failures);
+    assert_true(atoi(failures + strlen("\nsqz_batch_failures ")) > 0);
+    char line[128];
+    snprintf(line, sizeof line, "te_request_failure{err=\"Backend\"} %d\n", failed);
+    assert_non_null(strstr(metrics, line));
+    assert_non_null(strstr(metrics, "te_queue_size 0\n"));
+    free(metrics);
+    assert_int_equal(stop_server(&s), 0);
+    json_decref(texts), json_decref(want), json_decref(lists[0]);
+}
+
 static void vanishing_clients_do_not_hurt_others(void **unused)
 {
     (void)unused;
@@ -748,6 +837,7 @@ int main(void)
         cmocka_unit_test(every_error_class),
         cmocka_unit_test(backend_failure_is_424_and_the_server_goes_on),
         cmocka_unit_test(overload_is_429_and_sigterm_drains),
+        cmocka_unit_test(concurrent_clients_under_faults),
         cmocka_unit_test(vanishing_clients_do_not_hurt_others),
     };
     const int failed = cmocka_run_group_tests(tests, NULL, NULL);

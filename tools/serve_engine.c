@@ -3,7 +3,8 @@
  * The queue holds requests in arrival order; each has a cursor to its first item not yet
  * taken. The inference thread takes items from the front while their tokens fit the budget
  * (the engine packs sequences, so real tokens are what a run costs), submits them as one
- * packed run, copies the logits when asked, and answers them. A run that fails is retried in
+ * packed run (two in flight, so the device has the next batch while the host answers the
+ * last), copies the logits when asked, and answers them. A run that fails is retried in
  * halves, so an item that fails alone is the only one to get the engine's message; requests
  * with such an item are marked backend_failed (424). Whatever arrived while a run computed
  * forms the next batch, so batches grow with load and stay small when it is light. */
@@ -113,14 +114,11 @@ typedef struct taken {
     size_t index;
 } taken;
 
-/* Submits items as one packed run, waits, keeps logits when asked, answers. Non-zero when
- * the run failed (sqz_last_error says why; no item was answered). */
-static int run_once(serve_engine *e, sqz_pipeline_item **items, const taken *from, size_t n)
+/* Waits for a submitted run, keeps logits when asked, answers its items. Non-zero when the
+ * run failed (sqz_last_error says why; no item was answered). */
+static int complete_run(serve_engine *e, sqz_pipeline_item **items, const taken *from, size_t n, sqz_ticket ticket)
 {
-    sqz_ticket ticket;
     sqz_result *result = NULL;
-    if (sqz_pipeline_submit(e->pipeline, e->session, items, n, &ticket) != SQZ_OK)
-        return -1;
     if (sqz_session_wait(e->session, ticket, &result) != SQZ_OK)
         return -1;
     if (e->opt.keep_logits) {
@@ -139,11 +137,10 @@ static int run_once(serve_engine *e, sqz_pipeline_item **items, const taken *fro
     return st == SQZ_OK ? 0 : -1;
 }
 
-/* run_once, and on failure the halves, down to single items that take the message. */
-static void run_split(serve_engine *e, sqz_pipeline_item **items, const taken *from, size_t n)
+/* The halves of a failed run, each submitted and completed, down to single items that take
+ * the engine's message (their requests become 424). */
+static void retry_halves(serve_engine *e, sqz_pipeline_item **items, const taken *from, size_t n)
 {
-    if (run_once(e, items, from, n) == 0)
-        return;
     pthread_mutex_lock(&e->lock);
     e->failed_runs++;
     pthread_mutex_unlock(&e->lock);
@@ -152,8 +149,16 @@ static void run_split(serve_engine *e, sqz_pipeline_item **items, const taken *f
         from[0].request->backend_failed = true;
         return;
     }
-    run_split(e, items, from, n / 2);
-    run_split(e, items + n / 2, from + n / 2, n - n / 2);
+    const size_t half = n / 2;
+    const size_t counts[2] = {half, n - half};
+    for (int h = 0; h < 2; h++) {
+        sqz_pipeline_item **part = items + (h ? half : 0);
+        const taken *part_from = from + (h ? half : 0);
+        sqz_ticket ticket;
+        if (sqz_pipeline_submit(e->pipeline, e->session, part, counts[h], &ticket) != SQZ_OK ||
+            complete_run(e, part, part_from, counts[h], ticket) != 0)
+            retry_halves(e, part, part_from, counts[h]);
+    }
 }
 
 /* Takes the front of the queue under the token budget (the lock held); the count. */
@@ -183,47 +188,102 @@ static size_t take_batch(serve_engine *e, sqz_pipeline_item **items, taken *from
     return n;
 }
 
+/* A batch between being taken from the queue and being answered. */
+typedef struct flight {
+    sqz_pipeline_item **items;
+    taken *from;
+    size_t n;
+    long tokens;
+    sqz_ticket ticket;
+    bool submitted;
+    double started;
+} flight;
+
+/* Counts a finished batch and wakes the requests it completed (the lock held). */
+static void batch_finished_locked(serve_engine *e, const flight *f)
+{
+    const double seconds = now_seconds() - f->started;
+    e->batches++;
+    histogram_add(&e->batch_tokens, (double)f->tokens);
+    histogram_add(&e->batch_size, (double)f->n);
+    histogram_add(&e->inference_seconds, seconds);
+    bool any_done = false;
+    for (size_t i = 0; i < f->n; i++) {
+        serve_request *r = f->from[i].request;
+        r->inference_seconds += seconds / (double)f->n;
+        if (--r->remaining == 0)
+            any_done = true;
+    }
+    if (any_done)
+        pthread_cond_broadcast(&e->answered);
+}
+
+/* Completes a batch (the lock not held); a failed one is retried in halves once no other
+ * run is in flight, so the retries have the session to themselves. */
+static void finish_flight(serve_engine *e, flight *f, flight *other_in_flight)
+{
+    if (f->submitted && complete_run(e, f->items, f->from, f->n, f->ticket) == 0)
+        return;
+    if (other_in_flight) {
+        finish_flight(e, other_in_flight, NULL);
+        pthread_mutex_lock(&e->lock);
+        batch_finished_locked(e, other_in_flight);
+        pthread_mutex_unlock(&e->lock);
+        other_in_flight->n = 0;
+    }
+    retry_halves(e, f->items, f->from, f->n);
+}
+
+/* The inference thread: up to SQZ_MAX_IN_FLIGHT batches on the session, so the next batch is
+ * queued on the device while the host answers the last one. */
 static void *inference_main(void *arg)
 {
     serve_engine *e = arg;
     /* a batch never has more items than tokens in the budget (each item has 3 or more) */
     const size_t cap = (size_t)e->opt.max_batch_tokens;
-    sqz_pipeline_item **items = malloc(cap * sizeof *items);
-    taken *from = malloc(cap * sizeof *from);
-    if (!items || !from) {
-        fprintf(stderr, "sqz serve: out of memory for the batch of %zu items\n", cap);
-        exit(1);
+    flight slots[SQZ_MAX_IN_FLIGHT];
+    for (int i = 0; i < SQZ_MAX_IN_FLIGHT; i++) {
+        slots[i] = (flight){.items = malloc(cap * sizeof *slots[i].items), .from = malloc(cap * sizeof *slots[i].from)};
+        if (!slots[i].items || !slots[i].from) {
+            fprintf(stderr, "sqz serve: out of memory for batches of %zu items\n", cap);
+            exit(1);
+        }
     }
+    int oldest = 0, in_flight = 0;
     pthread_mutex_lock(&e->lock);
     for (;;) {
-        while (!e->first && !e->stopping)
+        while (in_flight == 0 && !e->first && !e->stopping)
             pthread_cond_wait(&e->work, &e->lock);
-        if (!e->first)
+        if (in_flight == 0 && !e->first)
             break; /* stopping with nothing left */
-        long tokens;
-        const size_t n = take_batch(e, items, from, cap, &tokens);
-        pthread_mutex_unlock(&e->lock);
-        const double started = now_seconds();
-        run_split(e, items, from, n);
-        const double seconds = now_seconds() - started;
-        pthread_mutex_lock(&e->lock);
-        e->batches++;
-        histogram_add(&e->batch_tokens, (double)tokens);
-        histogram_add(&e->batch_size, (double)n);
-        histogram_add(&e->inference_seconds, seconds);
-        bool any_done = false;
-        for (size_t i = 0; i < n; i++) {
-            serve_request *r = from[i].request;
-            r->inference_seconds += seconds / (double)n;
-            if (--r->remaining == 0)
-                any_done = true;
+        if (in_flight < SQZ_MAX_IN_FLIGHT && e->first) {
+            flight *f = &slots[(oldest + in_flight) % SQZ_MAX_IN_FLIGHT];
+            f->n = take_batch(e, f->items, f->from, cap, &f->tokens);
+            in_flight++;
+            pthread_mutex_unlock(&e->lock);
+            f->started = now_seconds();
+            f->submitted = sqz_pipeline_submit(e->pipeline, e->session, f->items, f->n, &f->ticket) == SQZ_OK;
+            pthread_mutex_lock(&e->lock);
+            if (in_flight < SQZ_MAX_IN_FLIGHT && e->first)
+                continue; /* fill the other place first */
         }
-        if (any_done)
-            pthread_cond_broadcast(&e->answered);
+        flight *f = &slots[oldest], *other = in_flight > 1 ? &slots[(oldest + 1) % SQZ_MAX_IN_FLIGHT] : NULL;
+        pthread_mutex_unlock(&e->lock);
+        finish_flight(e, f, other);
+        pthread_mutex_lock(&e->lock);
+        batch_finished_locked(e, f);
+        oldest = (oldest + 1) % SQZ_MAX_IN_FLIGHT;
+        in_flight--;
+        if (other && other->n == 0) { /* finished early, before the retries of f */
+            oldest = (oldest + 1) % SQZ_MAX_IN_FLIGHT;
+            in_flight--;
+        }
     }
     pthread_mutex_unlock(&e->lock);
-    free(items);
-    free(from);
+    for (int i = 0; i < SQZ_MAX_IN_FLIGHT; i++) {
+        free(slots[i].items);
+        free(slots[i].from);
+    }
     return NULL;
 }
 
