@@ -18,9 +18,9 @@
 #include <time.h>
 
 #include "squeezebert_pipeline.h"
+#include "tools/serve_engine.h" /* SERVE_WARM_UP_TEXT */
 
 #define INFER SQZ_FIXTURES_DIR "/infer"
-#define WARM_UP_TEXT "warm up" /* tools/serve_engine.h's SERVE_WARM_UP_TEXT */
 
 static char *tmp;
 /* servers still running: a failed assertion jumps out of its test, main stops them */
@@ -564,7 +564,7 @@ static unsigned warm_up_launches(const char *model_dir)
     assert_sqz_ok(sqz_session_create_with(model, &so, &session));
     assert_sqz_ok(sqz_pipeline_use_session(pipe, session));
     sqz_pipeline_item *item = NULL;
-    assert_sqz_ok(sqz_pipeline_encode(pipe, &(sqz_text){WARM_UP_TEXT, strlen(WARM_UP_TEXT), NULL, 0}, &item));
+    assert_sqz_ok(sqz_pipeline_encode(pipe, &(sqz_text){SERVE_WARM_UP_TEXT, strlen(SERVE_WARM_UP_TEXT), NULL, 0}, &item));
     assert_sqz_ok(sqz_pipeline_run(pipe, session, &item, 1, NULL));
     assert_null(sqz_pipeline_item_error(item));
     sqz_run_stats stats;
