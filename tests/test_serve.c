@@ -718,7 +718,10 @@ static void *client_main(void *arg)
         const size_t count = 1 + (size_t)(c->index + r) % 5;
         json_t *req = json_object(), *texts = json_array();
         for (size_t k = 0; k < count; k++)
-            json_array_append(texts, json_array_get(c->texts, (first + k) % n));
+        { /* a copy: the shared strings' reference counts are not this thread's to touch */
+            json_t *shared = json_array_get(c->texts, (first + k) % n);
+            json_array_append_new(texts, json_stringn(json_string_value(shared), json_string_length(shared)));
+        }
         json_object_set_new(req, "inputs", texts);
         json_object_set_new(req, "normalize", json_false());
         json_object_set_new(req, "truncate", json_true());

@@ -49,6 +49,7 @@ typedef struct upload {
     char *body;
     size_t len, cap;
     bool too_large;
+    bool holds_place; /* admitted: the place is given back once the answer is sent */
     double started;
 } upload;
 
@@ -660,8 +661,12 @@ done:;
     } else {
         result = send_json(c, HTTP_OK, answer);
     }
-    if (ran)
+    if (ran) {
+        /* the place is kept until the answer has left (on_completed), so a drain waits for it */
+        u->holds_place = j.admitted;
+        j.admitted = false;
         free_job(s, &j);
+    }
     free(in.texts);
     json_decref(root);
     serve_engine_count(s->engine, f.outcome, now_seconds() - u->started);
@@ -739,9 +744,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **state, enum MHD_RequestTerminationCode why)
 {
-    (void)cls, (void)c, (void)why;
+    (void)c, (void)why;
+    serve_http *s = cls;
     upload *u = *state;
     if (u) {
+        if (u->holds_place)
+            serve_engine_leave(s->engine);
         free(u->body);
         free(u);
         *state = NULL;

@@ -31,7 +31,7 @@ int serve_http_start(const sqz_pipeline *pipeline, serve_engine *engine,
 /* The port listened on. */
 int serve_http_port(const serve_http *server);
 void serve_http_set_ready(serve_http *server);
-/* New requests become 503 Unhealthy; returns once every admitted request is answered. */
+/* New requests become 503 Unhealthy; returns once every admitted request's answer is sent. */
 void serve_http_drain(serve_http *server);
 /* Stops listening, ends the connections and frees the server. */
 void serve_http_stop(serve_http *server);
