@@ -907,6 +907,7 @@ static const char main_help[] =
     "  infer         text in, answers out: classify, embed, tokens, qa, fill-mask (JSON Lines)\n"
     "  tokenize      JSON Lines of text in, token ids out (the checkpoint's WordPiece tokenizer)\n"
     "  similarity    embed a few texts and show which are close (cosine of the embeddings)\n"
+    "  serve         HTTP server with text-embeddings-inference's API (docs/serve.md)\n"
     "  bench         throughput and latency over backends, devices, batch sizes and lengths\n"
     "  demo          the main job on an embedded default: random full-size model, timed forward\n"
     "  forward       run a checkpoint on input ids from JSON, write every output as JSON\n"
@@ -935,7 +936,7 @@ int main(int argc, char **argv)
         {"info", cmd_info},       {"backends", cmd_backends}, {"demo", cmd_demo},
         {"devices", cmd_devices}, {"validate", cmd_validate},
         {"infer", sqz_cli_infer}, {"tokenize", sqz_cli_tokenize}, {"bench", sqz_cli_bench},
-        {"similarity", sqz_cli_similarity}, {"kernels", cmd_kernels},
+        {"similarity", sqz_cli_similarity}, {"serve", sqz_cli_serve}, {"kernels", cmd_kernels},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(argv[1], commands[i].name) == 0)

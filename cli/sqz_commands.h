@@ -17,4 +17,7 @@ int sqz_cli_infer(int argc, char **argv);
 /* sqz similarity --model DIR [...]: embeds a few texts and prints which are close. */
 int sqz_cli_similarity(int argc, char **argv);
 
+/* sqz serve --model DIR [...]: text-embeddings-inference's HTTP API; docs/serve.md. */
+int sqz_cli_serve(int argc, char **argv);
+
 #endif

@@ -13,6 +13,7 @@ packages=(
   libcmocka-dev           # unit tests
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo   # OpenCL backend, PoCL on CPUs
   libdnnl-dev             # cpu backend: oneDNN's matmul and sgemm (it brings libgomp)
+  libmicrohttpd-dev       # sqz serve's HTTP server
 )
 
 if [ "${1:-}" = "--fuzz" ]; then
