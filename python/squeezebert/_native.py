@@ -179,11 +179,12 @@ class SqueezeBertError(Exception):
 
 
 def check(status: int, what: str) -> None:
-    """Raises SqueezeBertError for a failed call. Must run right after the call, on its thread:
+    """Raises SqueezeBertError for a failed call, with the library's message (`what` the call
+    only when the library left none). Must run right after the call, on its thread:
     sqz_last_error is per thread."""
     if status != SQZ_OK:
-        detail = text(lib.sqz_last_error())
-        raise SqueezeBertError(f"{what}: {detail}" if detail else what, text(lib.sqz_status_str(status)))
+        message = text(lib.sqz_last_error()) or f"{what} failed"
+        raise SqueezeBertError(message, text(lib.sqz_status_str(status)))
 
 
 def create_session(model: c_void_p, backend: str, device: str | None, precision: int,

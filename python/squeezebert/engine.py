@@ -108,17 +108,21 @@ class Engine:
         self._lock = threading.Lock()
         self._batch_tokens = int(batch_tokens)
         self._max_length = int(max_length)
+        self._no_tokenizer: Optional[SqueezeBertError] = None
         path = os.fsencode(model_dir)
         try:
             check(lib.sqz_model_load(path, byref(self._model)), f"cannot load the model {os.fsdecode(path)}")
-            check(lib.sqz_tokenizer_load(path, byref(self._tokenizer)),
-                  f"cannot load the tokenizer of {os.fsdecode(path)}")
+            # a folder without tokenizer files still runs forward(); the text methods say why not
+            try:
+                check(lib.sqz_tokenizer_load(path, byref(self._tokenizer)),
+                      f"cannot load the tokenizer of {os.fsdecode(path)}")
+            except SqueezeBertError as exc:
+                self._no_tokenizer = exc
             level = c_int()
             check(lib.sqz_precision_from_name(precision.encode(), byref(level)), "precision")
             self.backend: str = pick_backend(backend)
             self._session = N.create_session(self._model, self.backend, device, level.value, settings)
             self.device: str = text(lib.sqz_session_device(self._session))
-            self.task: str = self._info(self._pipeline()).task
         except BaseException:
             self.close()
             raise
@@ -153,12 +157,23 @@ class Engine:
         if not self._session:
             raise SqueezeBertError("the engine is closed")
 
+    @property
+    def task(self) -> str:
+        """The task of the checkpoint's head ("classify", "embed", "tokens", "qa", "fill-mask"),
+        what answers() gives by default."""
+        return self._info(self._pipeline()).task
+
+    def _require_tokenizer(self) -> None:
+        self._require_open()
+        if self._no_tokenizer is not None:
+            raise SqueezeBertError(self._no_tokenizer.message, self._no_tokenizer.status)
+
     # ---- pipelines ---------------------------------------------------------------------------
 
     def _pipeline(self, task: str = "auto", top_k: int = 0, max_answer_length: int = 0,
                   pooling: Optional[Sequence[str]] = None, normalize: Optional[bool] = None) -> c_void_p:
         """The library's pipeline for these options, made once and kept (pipelines are immutable)."""
-        self._require_open()
+        self._require_tokenizer()
         key = (task, top_k, max_answer_length, tuple(pooling or ()), normalize)
         pipe = self._pipelines.get(key)
         if pipe is not None:
@@ -327,7 +342,7 @@ class Engine:
         ([CLS] text [SEP] (pair [SEP]); max_length > 0 truncates longest-first): lists of lists,
         or with padding=True int64 arrays [n, longest] padded with the pad id and mask 0, ready
         for forward()."""
-        self._require_open()
+        self._require_tokenizer()
         firsts, _ = _texts(texts, "texts")
         seconds: List[Optional[bytes]] = [None] * len(firsts)
         if pairs is not None:
