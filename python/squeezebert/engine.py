@@ -49,7 +49,7 @@ def _devices_text() -> str:
 
 
 def pick_backend(wanted: str = "auto") -> str:
-    """The backend `sqz --backend auto` takes (tools/cli_options.c cli_pick_backend): cuda when
+    """The backend `sqz --backend auto` takes (the command line's cli_pick_backend): cuda when
     a CUDA device is there, else opencl on an OpenCL GPU, else cpu, else opencl, else cpu_ref.
     Any other name is returned as given."""
     if wanted != "auto":
