@@ -105,7 +105,8 @@ class Engine:
         self._tokenizer = c_void_p()
         self._session = c_void_p()
         self._pipelines: Dict[tuple, c_void_p] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the session: one run at a time
+        self._pipelines_lock = threading.Lock()  # the pipeline cache
         self._batch_tokens = int(batch_tokens)
         self._max_length = int(max_length)
         self._no_tokenizer: Optional[SqueezeBertError] = None
@@ -130,7 +131,12 @@ class Engine:
     # ---- lifetime ----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Frees the session, model and tokenizer (also done on leaving a `with` block)."""
+        """Frees the session, model and tokenizer (also done on leaving a `with` block); waits
+        for a run in another thread to end first."""
+        with self._lock:
+            self._free()
+
+    def _free(self) -> None:
         for pipe in self._pipelines.values():
             lib.sqz_pipeline_free(pipe)
         self._pipelines.clear()
@@ -151,7 +157,8 @@ class Engine:
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        if getattr(self, "_lock", None) is not None:  # not when __init__ never ran
+            self.close()
 
     def _require_open(self) -> None:
         if not self._session:
@@ -175,9 +182,15 @@ class Engine:
         """The library's pipeline for these options, made once and kept (pipelines are immutable)."""
         self._require_tokenizer()
         key = (task, top_k, max_answer_length, tuple(pooling or ()), normalize)
-        pipe = self._pipelines.get(key)
-        if pipe is not None:
+        with self._pipelines_lock:
+            pipe = self._pipelines.get(key)
+            if pipe is None:
+                pipe = self._pipelines[key] = self._new_pipeline(task, top_k, max_answer_length,
+                                                                 pooling, normalize)
             return pipe
+
+    def _new_pipeline(self, task: str, top_k: int, max_answer_length: int,
+                      pooling: Optional[Sequence[str]], normalize: Optional[bool]) -> c_void_p:
         opt = N.PipelineOptions(max_length=self._max_length, batch_tokens=self._batch_tokens,
                                 top_k=top_k, max_answer_length=max_answer_length)
         task_id = c_int()
@@ -196,7 +209,6 @@ class Engine:
         pipe = c_void_p()
         check(lib.sqz_pipeline_create(self._model, self._tokenizer, byref(opt), byref(pipe)),
               f"cannot answer task {task} with this model")
-        self._pipelines[key] = pipe
         return pipe
 
     @staticmethod
