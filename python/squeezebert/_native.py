@@ -97,6 +97,13 @@ class TokenizerInfo(Structure):
                 ("mask_id", c_int32), ("special_token_count", c_size_t)]
 
 
+# the C struct each mirror stands for (python/tests/test_layout.py checks sizes and offsets)
+MIRRORS = {"sqz_session_options": SessionOptions, "sqz_pipeline_options": PipelineOptions,
+           "sqz_pipeline_info": PipelineInfo, "sqz_text": Text, "sqz_token_label": TokenLabel,
+           "sqz_mask_candidate": MaskCandidate, "sqz_answer": Answer, "sqz_input": Input,
+           "sqz_output": Output, "sqz_span": Span, "sqz_encoding": Encoding,
+           "sqz_tokenizer_info": TokenizerInfo}
+
 _P = c_void_p  # opaque handles: sqz_model*, sqz_session*, sqz_pipeline*, ...
 _PP = POINTER(c_void_p)
 
