@@ -59,7 +59,7 @@ def ensure_venv(args):
     os.execve(py, [py, os.path.abspath(__file__), *sys.argv[1:]], env)
 
 
-# ---- the inputs sqz bench used (tools/sqz_bench.c: bench_token_id) ---------------------------
+# ---- the inputs sqz bench used (cli/sqz_bench.c: bench_token_id) ---------------------------
 
 def splitmix64(x):
     z = (x + 0x9E3779B97F4A7C15) & M64

@@ -7,9 +7,8 @@
  * (cpu_pool.h), each thread running oneDNN on itself. Buffers are host memory. Threads: every
  * core by default, or device "threads=N".
  *
- * bf16 (CPUs with AVX512-BF16 or AMX): activations are stored in 16 bits in the first half of
- * their fp32 slot and converted back on download (the CUDA backend's convention), matrix
- * weights are read from a bf16 copy made once, and LayerNorm, softmax, GELU and every
+ * bf16 (CPUs with AVX512-BF16 or AMX): activations are stored in bf16, the dtype the plan's
+ * tensors have (the assign-dtypes pass), matrix weights are read from a bf16 copy made once, and LayerNorm, softmax, GELU and every
  * elementwise op compute in fp32. */
 #include <float.h>
 #include <math.h>
@@ -39,18 +38,11 @@
                             __FILE__, __LINE__);                                              \
     } while (0)
 
-/* An arena range written in bf16: fp32_bytes of fp32 values stored as half as many bytes. */
-typedef struct region {
-    size_t offset, fp32_bytes;
-} region;
-
 struct sqz_buffer {
     unsigned char *data;
     size_t bytes;
     uint16_t *shadow; /* weights at bf16: the same elements, rounded, at half the byte offsets */
     bool shadow_valid;
-    region *regions;
-    size_t n_regions, cap_regions;
 };
 
 /* One matmul primitive: M (tokens) is given at execution time. */
@@ -229,7 +221,7 @@ static sqz_status cpu_set_precision(void *ctx, sqz_precision precision)
 
 static const char *cpu_describe(void *ctx) { return ((cpu_ctx *)ctx)->description; }
 
-/* ---- buffers and bf16 regions ------------------------------------------------------------ */
+/* ---- buffers ------------------------------------------------------------ */
 
 static sqz_status cpu_buffer_alloc(void *ctx, size_t bytes, sqz_buffer **out)
 {
@@ -253,35 +245,8 @@ static void cpu_buffer_free(void *ctx, sqz_buffer *b)
     if (b) {
         free(b->data);
         free(b->shadow);
-        free(b->regions);
     }
     free(b);
-}
-
-static void regions_erase(sqz_buffer *b, size_t offset, size_t bytes)
-{
-    size_t kept = 0;
-    for (size_t i = 0; i < b->n_regions; i++) {
-        const region r = b->regions[i];
-        if (!(r.offset < offset + bytes && offset < r.offset + r.fp32_bytes))
-            b->regions[kept++] = r;
-    }
-    b->n_regions = kept;
-}
-
-static sqz_status regions_add(sqz_buffer *b, size_t offset, size_t fp32_bytes)
-{
-    regions_erase(b, offset, fp32_bytes);
-    if (b->n_regions == b->cap_regions) {
-        size_t cap = b->cap_regions ? 2 * b->cap_regions : 64;
-        region *r = realloc(b->regions, cap * sizeof *r);
-        if (!r)
-            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
-        b->regions = r;
-        b->cap_regions = cap;
-    }
-    b->regions[b->n_regions++] = (region){offset, fp32_bytes};
-    return SQZ_OK;
 }
 
 static sqz_status cpu_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *src, size_t bytes)
@@ -291,32 +256,18 @@ static sqz_status cpu_upload(void *ctx, sqz_buffer *dst, size_t offset, const vo
                         bytes, offset, dst->bytes);
     if (bytes)
         memcpy(dst->data + offset, src, bytes);
-    regions_erase(dst, offset, bytes);
     dst->shadow_valid = false;
     return SQZ_OK;
 }
 
 static sqz_status cpu_download(void *ctx, sqz_buffer *src, size_t offset, void *dst, size_t bytes)
 {
-    cpu_ctx *c = ctx;
     if (offset > src->bytes || bytes > src->bytes - offset)
         return sqz_fail(SQZ_ERR_INTERNAL, "cpu: download of %zu bytes at %zu overruns a %zu-byte buffer",
                         bytes, offset, src->bytes);
     if (!bytes)
         return SQZ_OK;
-    const region *r = NULL;
-    for (size_t i = 0; i < src->n_regions && !r; i++)
-        if (src->regions[i].offset < offset + bytes && offset < src->regions[i].offset + src->regions[i].fp32_bytes)
-            r = &src->regions[i];
-    if (!r) {
-        memcpy(dst, src->data + offset, bytes);
-        return SQZ_OK;
-    }
-    if (offset < r->offset || offset + bytes > r->offset + r->fp32_bytes || (offset - r->offset) % 4 || bytes % 4)
-        return sqz_fail(SQZ_ERR_INTERNAL, "cpu: download [%zu, +%zu) straddles a bf16 tensor at [%zu, +%zu)",
-                        offset, bytes, r->offset, r->fp32_bytes);
-    const size_t first = (offset - r->offset) / 4;
-    c->k->bf16_to_f32((const uint16_t *)(src->data + r->offset) + first, (int64_t)(bytes / 4), dst);
+    memcpy(dst, src->data + offset, bytes);
     return SQZ_OK;
 }
 
@@ -330,13 +281,6 @@ static unsigned char *tensor_base(const sqz_binding *b, int tensor)
     return b->arena->data + b->plan->offsets[tensor];
 }
 
-/* Whether a tensor's values are stored in bf16 (activations and inputs of a bf16 session). */
-static bool stored16(const cpu_ctx *c, const sqz_binding *b, int tensor)
-{
-    const sqz_tensor_desc *d = &b->plan->graph.tensors[tensor];
-    return c->bf16 && d->kind != SQZ_TENSOR_WEIGHT && d->dtype == SQZ_DTYPE_F32;
-}
-
 /* A view of an fp32-valued tensor as rows of `cols`: fp32 in place, or bf16. */
 typedef struct view {
     unsigned char *base;
@@ -344,9 +288,10 @@ typedef struct view {
     bool bf16;
 } view;
 
-static view view_of(const cpu_ctx *c, const sqz_binding *b, int tensor)
+static view view_of(const sqz_binding *b, int tensor)
 {
-    return (view){tensor_base(b, tensor), b->plan->graph.tensors[tensor].cols, stored16(c, b, tensor)};
+    const sqz_tensor_desc *d = &b->plan->graph.tensors[tensor];
+    return (view){tensor_base(b, tensor), d->cols, d->dtype == SQZ_DTYPE_BF16};
 }
 
 /* Row r as fp32: in place, or converted into `tmp` (cols floats). */
@@ -716,8 +661,8 @@ static sqz_status run_linear_attention(cpu_ctx *c, const sqz_binding *b, const s
                                        const sqz_run_dims *dims)
 {
     const int *in = node->inputs;
-    attn_job job = {c, b, node, a, dims->max_len, 0, view_of(c, b, in[0]), view_of(c, b, in[1]), view_of(c, b, in[2]),
-                    view_of(c, b, node->output), (const int32_t *)tensor_base(b, in[3]), 0};
+    attn_job job = {c, b, node, a, dims->max_len, 0, view_of(b, in[0]), view_of(b, in[1]), view_of(b, in[2]),
+                    view_of(b, node->output), (const int32_t *)tensor_base(b, in[3]), 0};
     job.per_thread = (size_t)(4 * job.L * a->d + a->d * a->d + a->d);
     sqz_status st = ensure_scratch(c, job.per_thread);
     if (st != SQZ_OK)
@@ -779,12 +724,12 @@ static sqz_status run_attention(cpu_ctx *c, const sqz_binding *b, const sqz_node
         return sqz_fail(SQZ_ERR_UNSUPPORTED, "cpu: node '%s': the unfused attention (%s) runs at fp32 only; "
                         "bf16 runs the fused attention", node->name, sqz_op_name(node->op));
     const int *in = node->inputs;
-    attn_job job = {c, b, node, a, dims->max_len, 0, view_of(c, b, in[0]), {0}, {0}, view_of(c, b, node->output),
+    attn_job job = {c, b, node, a, dims->max_len, 0, view_of(b, in[0]), {0}, {0}, view_of(b, node->output),
                     NULL, 0};
     if (node->op != SQZ_OP_ATTN_SOFTMAX)
-        job.second = view_of(c, b, in[1]);
+        job.second = view_of(b, in[1]);
     if (fused) {
-        job.third = view_of(c, b, in[2]);
+        job.third = view_of(b, in[2]);
         job.valid = (const int32_t *)tensor_base(b, in[3]);
     } else if (node->op == SQZ_OP_ATTN_KEY_MASK) {
         job.valid = (const int32_t *)tensor_base(b, in[1]);
@@ -890,7 +835,7 @@ static sqz_status run_rows(cpu_ctx *c, const sqz_binding *b, const sqz_node *nod
                            const sqz_run_dims *dims)
 {
     const int *in = node->inputs;
-    const view out = view_of(c, b, node->output);
+    const view out = view_of(b, node->output);
     sqz_status st = SQZ_OK;
     if (node->op == SQZ_OP_GATHER_ROWS)
         st = check_indices(b, node, in[0], in[1], rows, dims);
@@ -901,8 +846,8 @@ static sqz_status run_rows(cpu_ctx *c, const sqz_binding *b, const sqz_node *nod
         st = ensure_scratch(c, (size_t)(3 * out.cols));
     if (st != SQZ_OK)
         return st;
-    const rows_job job = {c, b, node, node->n_inputs > 0 ? view_of(c, b, in[0]) : out,
-                          node->n_inputs > 1 ? view_of(c, b, in[1]) : out, out, rows};
+    const rows_job job = {c, b, node, node->n_inputs > 0 ? view_of(b, in[0]) : out,
+                          node->n_inputs > 1 ? view_of(b, in[1]) : out, out, rows};
     sqz_cpu_pool_run(c->pool, rows_task, (void *)&job, (rows + ROWS_PER_TASK - 1) / ROWS_PER_TASK);
     return SQZ_OK;
 }
@@ -927,7 +872,10 @@ static sqz_status launch_checked(cpu_ctx *c, const sqz_binding *b, const sqz_nod
 {
     const sqz_tensor_desc *out = &b->plan->graph.tensors[node->output];
     const int64_t rows = sqz_tensor_rows(out, dims);
-    sqz_status st = SQZ_OK;
+    /* the matmuls and the weights' copy follow the precision set */
+    sqz_status st = sqz_backend_check_dtype("cpu", b, node, c->bf16 ? SQZ_DTYPE_BF16 : SQZ_DTYPE_F32);
+    if (st != SQZ_OK)
+        return st;
     if (rows > 0) {
         attn_shape a = {0};
         const bool fused = node->op == SQZ_OP_ATTENTION;
@@ -966,8 +914,6 @@ static sqz_status launch_checked(cpu_ctx *c, const sqz_binding *b, const sqz_nod
                             node->name);
         }
     }
-    if (st == SQZ_OK && stored16(c, b, node->output))
-        st = regions_add(b->arena, (size_t)b->plan->offsets[node->output], (size_t)(rows * out->cols) * 4);
     return st;
 }
 

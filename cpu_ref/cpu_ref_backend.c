@@ -90,6 +90,9 @@ static sqz_status ref_launch(void *ctx, const sqz_binding *b, const sqz_node *no
     const sqz_graph *g = &b->plan->graph;
     const sqz_tensor_desc *out_desc = &g->tensors[node->output];
     const int64_t rows = sqz_tensor_rows(out_desc, dims), cols = out_desc->cols;
+    sqz_status st = sqz_backend_check_dtype("cpu_ref", b, node, SQZ_DTYPE_F32); /* the fp32 oracle */
+    if (st != SQZ_OK)
+        return st;
     float *out = tensor_data(b, node->output);
     void *in[SQZ_NODE_MAX_INPUTS] = {0};
     const sqz_tensor_desc *in_desc[SQZ_NODE_MAX_INPUTS] = {0};

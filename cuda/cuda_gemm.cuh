@@ -1,5 +1,5 @@
 /* The grouped linear layer's implementations (variants), included by cuda/cuda_backend.cu
- * after cuda_ctx and the tensor helpers:
+ * after cuda/cuda_context.cuh (cuda_ctx and the tensor helpers):
  *   0 simt      gemm_simt (cuda/cuda_kernels.cuh): CUDA cores, bias and exact GELU in its
  *               epilogue; any shape; the reference the others are checked against
  *   1 cublas    cublasGemmStridedBatchedEx, then the bias (+ GELU) kernel
@@ -56,9 +56,9 @@ static sqz_status bias_act_after(cuda_ctx *c, const sqz_node *node, void *y, con
         return SQZ_OK;
     const size_t n = (size_t)(s.rows * s.cout);
     switch (c->store) {
-    case STORE_F32:
+    case SQZ_DTYPE_F32:
         return bias_act_launch<float>(c, node, (float *)y, bias, n, (int)s.cout, s.gelu);
-    case STORE_F16:
+    case SQZ_DTYPE_F16:
         return bias_act_launch<__half>(c, node, (__half *)y, bias, n, (int)s.cout, s.gelu);
     default:
         return bias_act_launch<__nv_bfloat16>(c, node, (__nv_bfloat16 *)y, bias, n, (int)s.cout, s.gelu);
@@ -112,13 +112,13 @@ static sqz_status mma_launch(cuda_ctx *c, const sqz_node *node, const gemm_shape
 static bool mma_applies(const cuda_ctx *c, const gemm_shape &s, const void *w, const void *x, const void *y)
 {
     const uintptr_t any = (uintptr_t)w | (uintptr_t)x | (uintptr_t)y;
-    return c->store != STORE_F32 && s.cin_g % 8 == 0 && s.cin % 8 == 0 && s.cout_g % 2 == 0 && (any & 15) == 0;
+    return c->store != SQZ_DTYPE_F32 && s.cin_g % 8 == 0 && s.cin % 8 == 0 && s.cout_g % 2 == 0 && (any & 15) == 0;
 }
 
 #ifndef SQZ_CUDA_SIM
-static cudaDataType_t data_type(storage st)
+static cudaDataType_t data_type(sqz_dtype st)
 {
-    return st == STORE_F32 ? CUDA_R_32F : st == STORE_F16 ? CUDA_R_16F : CUDA_R_16BF;
+    return st == SQZ_DTYPE_F32 ? CUDA_R_32F : st == SQZ_DTYPE_F16 ? CUDA_R_16F : CUDA_R_16BF;
 }
 
 static cublasComputeType_t compute_type(sqz_precision p)
@@ -154,7 +154,7 @@ static sqz_status linear_lt(cuda_ctx *c, const gemm_shape &s, const void *w, con
     cublasLtMatmulHeuristicResult_t heuristic;
     int found = 0;
     const float one = 1.0f, zero = 0.0f;
-    const size_t es = element_size(c->store);
+    const size_t es = sqz_dtype_size(c->store);
     const uint32_t align_a = alignment((uintptr_t)w, (size_t)stride_a * es, (size_t)s.cin_g * es);
     const uint32_t align_b = alignment((uintptr_t)x, (size_t)stride_b * es, (size_t)s.cin * es);
     const uint32_t align_d = alignment((uintptr_t)y, (size_t)stride_d * es, (size_t)s.cout * es);
@@ -254,9 +254,9 @@ static sqz_status linear_exec(cuda_ctx *c, const gemm_args &a, int variant, void
     switch (variant) {
     case LINEAR_SIMT:
         switch (c->store) {
-        case STORE_F32:
+        case SQZ_DTYPE_F32:
             return simt_launch<float>(c, node, s, a.w, a.x, y, a.bias32);
-        case STORE_F16:
+        case SQZ_DTYPE_F16:
             return simt_launch<__half>(c, node, s, a.w, a.x, y, a.bias32);
         default:
             return simt_launch<__nv_bfloat16>(c, node, s, a.w, a.x, y, a.bias32);
@@ -268,10 +268,10 @@ static sqz_status linear_exec(cuda_ctx *c, const gemm_args &a, int variant, void
             return SQZ_OK;
         }
         if (variant == LINEAR_MMA128)
-            return c->store == STORE_F16
+            return c->store == SQZ_DTYPE_F16
                        ? mma_launch<__half, 128, 128, 2, 4, 3>(c, node, s, a.w, a.x, y, a.bias32)
                        : mma_launch<__nv_bfloat16, 128, 128, 2, 4, 3>(c, node, s, a.w, a.x, y, a.bias32);
-        return c->store == STORE_F16 ? mma_launch<__half, 64, 64, 2, 2, 3>(c, node, s, a.w, a.x, y, a.bias32)
+        return c->store == SQZ_DTYPE_F16 ? mma_launch<__half, 64, 64, 2, 2, 3>(c, node, s, a.w, a.x, y, a.bias32)
                                      : mma_launch<__nv_bfloat16, 64, 64, 2, 2, 3>(c, node, s, a.w, a.x, y, a.bias32);
 #ifndef SQZ_CUDA_SIM
     case LINEAR_CUBLAS: {

@@ -375,19 +375,12 @@ __global__ void gather_rows(const int *index, const TIn *table, TOut *out, int r
         out[(size_t)r * cols + c] = from_f<TOut>(to_f(table[(size_t)i * cols + c]));
 }
 
-/* storage conversions: weights into the session's precision, activations back to fp32 */
+/* the weights' copy in the session's 16-bit type */
 template <typename T>
 __global__ void convert_from_f32(const float *in, T *out, size_t n)
 {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = from_f<T>(in[i]);
-}
-
-template <typename T>
-__global__ void convert_to_f32(const T *in, float *out, size_t n)
-{
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        out[i] = to_f(in[i]);
 }
 
 } // namespace sqzk

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "runtime/error.h"
+#include "runtime/tensor_file.h"
 
 static const char *const op_names[SQZ_OP_COUNT] = {
     [SQZ_OP_GATHER_ROWS] = "gather_rows",     [SQZ_OP_ADD] = "add",
@@ -31,11 +32,47 @@ const char *sqz_dtype_name(sqz_dtype dtype)
     switch (dtype) {
     case SQZ_DTYPE_F32: return "f32";
     case SQZ_DTYPE_I32: return "i32";
+    case SQZ_DTYPE_F16: return "f16";
+    case SQZ_DTYPE_BF16: return "bf16";
     default: return "unknown_dtype";
     }
 }
 
-size_t sqz_dtype_size(sqz_dtype dtype) { return 4; } /* f32 and i32 */
+size_t sqz_dtype_size(sqz_dtype dtype) { return dtype == SQZ_DTYPE_F16 || dtype == SQZ_DTYPE_BF16 ? 2 : 4; }
+
+bool sqz_dtype_is_float(sqz_dtype dtype)
+{
+    return dtype == SQZ_DTYPE_F32 || dtype == SQZ_DTYPE_F16 || dtype == SQZ_DTYPE_BF16;
+}
+
+sqz_dtype sqz_precision_activation_dtype(sqz_precision precision)
+{
+    return precision == SQZ_PRECISION_FP16   ? SQZ_DTYPE_F16
+           : precision == SQZ_PRECISION_BF16 ? SQZ_DTYPE_BF16
+                                             : SQZ_DTYPE_F32;
+}
+
+void sqz_dtype_to_f32(sqz_dtype dtype, const void *src, size_t n, float *dst)
+{
+    if (dtype != SQZ_DTYPE_F16 && dtype != SQZ_DTYPE_BF16) {
+        memmove(dst, src, n * sizeof *dst);
+        return;
+    }
+    const uint16_t *bits = src;
+    for (size_t i = n; i-- > 0;) /* downwards: dst[i] covers values 2i and 2i + 1, already read */
+        dst[i] = dtype == SQZ_DTYPE_F16 ? sqz_f16_to_f32(bits[i]) : sqz_bf16_to_f32(bits[i]);
+}
+
+void sqz_dtype_from_f32(sqz_dtype dtype, const float *src, size_t n, void *dst)
+{
+    if (dtype != SQZ_DTYPE_F16 && dtype != SQZ_DTYPE_BF16) {
+        memmove(dst, src, n * sizeof *src);
+        return;
+    }
+    uint16_t *bits = dst;
+    for (size_t i = 0; i < n; i++)
+        bits[i] = dtype == SQZ_DTYPE_F16 ? sqz_f32_to_f16(src[i]) : sqz_f32_to_bf16(src[i]);
+}
 
 void sqz_graph_init(sqz_graph *graph)
 {
@@ -249,10 +286,29 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
     if (!produced)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory verifying the graph");
     sqz_status status = SQZ_OK;
+    const sqz_tensor_desc *first_value = NULL; /* the first activation or float input: its type is the plan's */
     for (size_t t = 0; t < graph->n_tensors; t++) {
         const sqz_tensor_desc *d = &graph->tensors[t];
         if (d->kind != SQZ_TENSOR_ACTIVATION)
             produced[t] = true;
+        if ((d->kind == SQZ_TENSOR_WEIGHT && d->dtype != SQZ_DTYPE_F32) ||
+            (d->kind == SQZ_TENSOR_ACTIVATION && !sqz_dtype_is_float(d->dtype)) ||
+            (d->kind == SQZ_TENSOR_INPUT && d->dtype != SQZ_DTYPE_I32 && !sqz_dtype_is_float(d->dtype))) {
+            status = sqz_fail(SQZ_ERR_INTERNAL, "graph verifier: tensor '%s' has dtype %s (weights are f32, "
+                              "activations of a float type, inputs i32 or a float type)", d->name,
+                              sqz_dtype_name(d->dtype));
+            goto done;
+        }
+        if (d->kind == SQZ_TENSOR_WEIGHT || d->dtype == SQZ_DTYPE_I32)
+            continue;
+        if (!first_value)
+            first_value = d;
+        if (d->dtype != first_value->dtype) {
+            status = sqz_fail(SQZ_ERR_INTERNAL, "graph verifier: tensor '%s' is %s but '%s' is %s: a plan's "
+                              "activations and float inputs share one type", d->name, sqz_dtype_name(d->dtype),
+                              first_value->name, sqz_dtype_name(first_value->dtype));
+            goto done;
+        }
         if (d->cols <= 0 || (d->extent == SQZ_EXTENT_FIXED && d->fixed_rows <= 0) ||
             (unsigned)d->extent >= SQZ_EXTENT_COUNT) {
             status = sqz_fail(SQZ_ERR_INTERNAL, "graph verifier: tensor '%s' has a bad shape",
@@ -309,7 +365,7 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
         /* shape rules per op */
         switch (node->op) {
         case SQZ_OP_GATHER_ROWS:
-            s = (in[0]->dtype == SQZ_DTYPE_I32 && in[0]->cols == 1 && in[1]->dtype == SQZ_DTYPE_F32 &&
+            s = (in[0]->dtype == SQZ_DTYPE_I32 && in[0]->cols == 1 && sqz_dtype_is_float(in[1]->dtype) &&
                  same_rows(out, in[0]) && out->cols == in[1]->cols) ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
         case SQZ_OP_ADD:

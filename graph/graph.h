@@ -1,6 +1,7 @@
 /* The graph IR: tensors and nodes of primitive ops over packed, token-major activations.
  *
- * Activations are [rows][cols] row-major fp32. Rows are the packed real tokens of a batch
+ * Activations are [rows][cols] row-major, fp32 as built; the assign-dtypes pass gives them
+ * (and the float inputs) the session's 16-bit storage type at fp16 and bf16. Rows are the packed real tokens of a batch
  * (no padding), or its sequences, or the attention score rows; the plan is compiled for
  * a bucket (max tokens, max sequences, max length) and run on any batch that fits. */
 #ifndef SQZ_GRAPH_GRAPH_H
@@ -45,10 +46,19 @@ const char *sqz_op_name(sqz_op op);
 /* True for the ops only the fusion pass creates. */
 bool sqz_op_is_fused(sqz_op op);
 
-typedef enum sqz_dtype { SQZ_DTYPE_F32 = 0, SQZ_DTYPE_I32, SQZ_DTYPE_COUNT } sqz_dtype;
+/* Weights are always F32 in the IR (a backend may keep its own 16-bit copy); index inputs
+ * are I32; activations are F32, F16 (IEEE half) or BF16, one type per plan. */
+typedef enum sqz_dtype { SQZ_DTYPE_F32 = 0, SQZ_DTYPE_I32, SQZ_DTYPE_F16, SQZ_DTYPE_BF16, SQZ_DTYPE_COUNT } sqz_dtype;
 
 const char *sqz_dtype_name(sqz_dtype dtype);
 size_t sqz_dtype_size(sqz_dtype dtype);
+bool sqz_dtype_is_float(sqz_dtype dtype);
+/* The storage type of activations at a precision: F16 or BF16 at those, else F32. */
+sqz_dtype sqz_precision_activation_dtype(sqz_precision precision);
+/* n values of a float dtype as fp32 and back (round to nearest even on the way down); `src`
+ * and `dst` may be the same memory (in-place conversion). */
+void sqz_dtype_to_f32(sqz_dtype dtype, const void *src, size_t n, float *dst);
+void sqz_dtype_from_f32(sqz_dtype dtype, const float *src, size_t n, void *dst);
 
 /* What a tensor's row count scales with. */
 typedef enum sqz_extent {
@@ -159,7 +169,8 @@ sqz_status sqz_graph_add_output(sqz_graph *graph, const char *name, int tensor,
 int64_t sqz_extent_rows(sqz_extent extent, int64_t fixed_rows, const sqz_run_dims *dims);
 int64_t sqz_tensor_rows(const sqz_tensor_desc *tensor, const sqz_run_dims *dims);
 
-/* Checks structure, dtypes and shapes of every node; the message names the node. */
+/* Checks structure, dtypes and shapes of every node; the message names the node. Dtypes:
+ * weights F32, index operands I32, every other tensor of one float dtype. */
 sqz_status sqz_graph_verify(const sqz_graph *graph);
 
 /* FLOPs of one node for the given batch (2 per multiply-add), for benchmarks. */

@@ -240,6 +240,22 @@ sqz_status sqz_pass_fuse(sqz_graph *g, uint64_t fusable_ops)
     return SQZ_OK;
 }
 
+/* ---- assign-dtypes ------------------------------------------------------------------------ */
+
+sqz_status sqz_pass_assign_dtypes(sqz_graph *g, sqz_precision precision)
+{
+    if ((unsigned)precision >= SQZ_PRECISION_COUNT)
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "assign-dtypes: precision %d is not one of sqz_precision",
+                        (int)precision);
+    const sqz_dtype stored = sqz_precision_activation_dtype(precision);
+    for (size_t t = 0; t < g->n_tensors; t++) {
+        sqz_tensor_desc *d = &g->tensors[t];
+        if (d->kind != SQZ_TENSOR_WEIGHT && sqz_dtype_is_float(d->dtype))
+            d->dtype = stored;
+    }
+    return SQZ_OK;
+}
+
 /* ---- plan-memory ------------------------------------------------------------------------ */
 
 typedef struct block {
@@ -402,10 +418,15 @@ typedef struct pass {
 
 static sqz_status run_dead_nodes(sqz_plan *plan) { return sqz_pass_eliminate_dead_nodes(&plan->graph); }
 static sqz_status run_fuse(sqz_plan *plan) { return sqz_pass_fuse(&plan->graph, plan->options.fusable_ops); }
+static sqz_status run_assign_dtypes(sqz_plan *plan)
+{
+    return sqz_pass_assign_dtypes(&plan->graph, plan->options.precision);
+}
 
 static const pass passes[] = {
     {"fuse", run_fuse},
     {"eliminate-dead-nodes", run_dead_nodes},
+    {"assign-dtypes", run_assign_dtypes},
     {"plan-memory", plan_memory},
     {"lower", lower},
 };
@@ -458,8 +479,10 @@ sqz_status sqz_plan_compile(const sqz_graph *graph, const sqz_bucket *bucket,
     }
     if (s == SQZ_OK && debug >= 1)
         fprintf(stderr, "sqz: plan for %lld tokens / %lld sequences / length %lld: %zu launches, "
-                "arena %.1f MiB\n", (long long)bucket->max_tokens, (long long)bucket->max_sequences,
-                (long long)bucket->max_len, plan->n_launches, plan->arena_bytes / 1048576.0);
+                "arena %.1f MiB (%zu bytes, activations %s)\n", (long long)bucket->max_tokens,
+                (long long)bucket->max_sequences, (long long)bucket->max_len, plan->n_launches,
+                plan->arena_bytes / 1048576.0, plan->arena_bytes,
+                sqz_dtype_name(sqz_precision_activation_dtype(plan->options.precision)));
     if (s != SQZ_OK) {
         sqz_plan_free(plan);
         return s;

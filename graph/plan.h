@@ -20,6 +20,7 @@ typedef struct sqz_compile_options {
     int debug;            /* SQZ_DEBUG level: 1 = passes, 2 = graph after each pass */
     uint64_t fusable_ops; /* bit (1 << op) set: the backend implements that fused op */
     bool keep_all;        /* no memory reuse: every tensor readable after the run (validation) */
+    sqz_precision precision; /* the backend's: sets the activations' storage type (assign-dtypes) */
 } sqz_compile_options;
 
 typedef struct sqz_plan {
@@ -36,8 +37,8 @@ typedef struct sqz_plan {
 
 
 
-/* Runs the named passes (verify, eliminate-dead-nodes, plan-memory, lower) on a copy of
- * `graph`, verifying between passes. */
+/* Runs the named passes (fuse, eliminate-dead-nodes, assign-dtypes, plan-memory, lower) on
+ * a copy of `graph`, verifying it before the first and after each. */
 sqz_status sqz_plan_compile(const sqz_graph *graph, const sqz_bucket *bucket,
                             const sqz_compile_options *options, sqz_plan **out);
 void sqz_plan_free(sqz_plan *plan);
@@ -52,6 +53,12 @@ sqz_status sqz_pass_eliminate_dead_nodes(sqz_graph *graph);
  * are left for eliminate-dead-nodes. Legal: every intermediate has exactly one reader and
  * is not a graph output. */
 sqz_status sqz_pass_fuse(sqz_graph *graph, uint64_t fusable_ops);
+/* Gives every activation and float input the storage type of `precision`
+ * (sqz_precision_activation_dtype): 16 bits at fp16 and bf16, so that the memory plan sizes
+ * them at 2 bytes and backends read their type from the tensor. Weights stay F32 and index
+ * inputs I32; graph outputs take the activations' type too (a backend converts them when it
+ * writes the caller's fp32 or fp16 outputs, sqz_output_format). */
+sqz_status sqz_pass_assign_dtypes(sqz_graph *graph, sqz_precision precision);
 
 /* Draws the plan as Graphviz DOT; *out is malloc'd. */
 sqz_status sqz_plan_to_dot(const sqz_plan *plan, char **out);

@@ -58,11 +58,11 @@ typedef enum sqz_task {
 } sqz_task;
 
 /* "auto", "classify", "embed", "tokens", "qa", "fill-mask". */
-const char *sqz_task_name(sqz_task task);
+SQZ_API const char *sqz_task_name(sqz_task task);
 /* The reverse; an unknown name is SQZ_ERR_INVALID_ARGUMENT. */
-sqz_status sqz_task_from_name(const char *name, sqz_task *out);
+SQZ_API sqz_status sqz_task_from_name(const char *name, sqz_task *out);
 /* The task a head answers (SQZ_TASK_AUTO for a head without one: multiple choice). */
-sqz_task sqz_task_for_head(sqz_head head);
+SQZ_API sqz_task sqz_task_for_head(sqz_head head);
 
 typedef enum sqz_normalize {
     SQZ_NORMALIZE_DEFAULT = 0, /* as the checkpoint says (a Normalize module) */
@@ -92,13 +92,13 @@ typedef struct sqz_pipeline sqz_pipeline;
  * (SQZ_ERR_INVALID_ARGUMENT naming both; a multiple-choice head has none: SQZ_ERR_UNSUPPORTED);
  * fill-mask needs a [MASK] token; embed reads the folder's sentence-transformers modules
  * (sqz_embedder_load). options NULL: every default. */
-sqz_status sqz_pipeline_create(const sqz_model *model, const sqz_tokenizer *tokenizer,
-                               const sqz_pipeline_options *options, sqz_pipeline **out);
+SQZ_API sqz_status sqz_pipeline_create(const sqz_model *model, const sqz_tokenizer *tokenizer,
+                                       const sqz_pipeline_options *options, sqz_pipeline **out);
 /* sqz_model_load + sqz_tokenizer_load of `model_dir`, then sqz_pipeline_create; the pipeline
  * owns both. */
-sqz_status sqz_pipeline_open(const char *model_dir, const sqz_pipeline_options *options,
-                             sqz_pipeline **out);
-void sqz_pipeline_free(sqz_pipeline *pipeline);
+SQZ_API sqz_status sqz_pipeline_open(const char *model_dir, const sqz_pipeline_options *options,
+                                     sqz_pipeline **out);
+SQZ_API void sqz_pipeline_free(sqz_pipeline *pipeline);
 
 typedef struct sqz_pipeline_info {
     sqz_task task;            /* resolved: never SQZ_TASK_AUTO */
@@ -108,13 +108,13 @@ typedef struct sqz_pipeline_info {
     int num_labels;           /* classify, tokens */
 } sqz_pipeline_info;
 
-sqz_status sqz_pipeline_get_info(const sqz_pipeline *pipeline, sqz_pipeline_info *out);
-const sqz_model *sqz_pipeline_model(const sqz_pipeline *pipeline);
-const sqz_tokenizer *sqz_pipeline_tokenizer(const sqz_pipeline *pipeline);
+SQZ_API sqz_status sqz_pipeline_get_info(const sqz_pipeline *pipeline, sqz_pipeline_info *out);
+SQZ_API const sqz_model *sqz_pipeline_model(const sqz_pipeline *pipeline);
+SQZ_API const sqz_tokenizer *sqz_pipeline_tokenizer(const sqz_pipeline *pipeline);
 
 /* Selects on `session` only the outputs the task reads (for embed, what the pooling reads:
  * the full hidden state is most of a GPU run's time), so less crosses to the host. */
-sqz_status sqz_pipeline_use_session(const sqz_pipeline *pipeline, sqz_session *session);
+SQZ_API sqz_status sqz_pipeline_use_session(const sqz_pipeline *pipeline, sqz_session *session);
 
 /* ---- items ----------------------------------------------------------------------------- */
 
@@ -134,21 +134,21 @@ typedef struct sqz_pipeline_item sqz_pipeline_item;
  * item (SQZ_OK) unless memory runs out; an input that cannot be answered (empty text, invalid
  * UTF-8, no [MASK] for fill-mask, a question leaving no room for the context, a context
  * without tokens) gets its error, readable with sqz_pipeline_item_error. */
-sqz_status sqz_pipeline_encode(const sqz_pipeline *pipeline, const sqz_text *input,
-                               sqz_pipeline_item **out);
-void sqz_pipeline_item_free(sqz_pipeline_item *item);
+SQZ_API sqz_status sqz_pipeline_encode(const sqz_pipeline *pipeline, const sqz_text *input,
+                                       sqz_pipeline_item **out);
+SQZ_API void sqz_pipeline_item_free(sqz_pipeline_item *item);
 /* A pointer of the caller's carried with the item (NULL until set), e.g. its request. */
-void sqz_pipeline_item_set_user(sqz_pipeline_item *item, void *user);
-void *sqz_pipeline_item_user(const sqz_pipeline_item *item);
+SQZ_API void sqz_pipeline_item_set_user(sqz_pipeline_item *item, void *user);
+SQZ_API void *sqz_pipeline_item_user(const sqz_pipeline_item *item);
 /* Why the item has no answer (encoding, its run, or answering it); NULL while it has none. */
-const char *sqz_pipeline_item_error(const sqz_pipeline_item *item);
+SQZ_API const char *sqz_pipeline_item_error(const sqz_pipeline_item *item);
 /* Gives the item an error (a caller's scheduling that ran out of retries); the first one stays. */
-void sqz_pipeline_item_set_error(sqz_pipeline_item *item, const char *message);
+SQZ_API void sqz_pipeline_item_set_error(sqz_pipeline_item *item, const char *message);
 /* The tokens the item runs (special tokens included, after truncation): their count, and
  * when ids/types are not NULL, the arrays (valid as long as the item). 0 with an error from
  * encoding. */
-size_t sqz_pipeline_item_tokens(const sqz_pipeline_item *item, const int64_t **ids,
-                                const int64_t **types);
+SQZ_API size_t sqz_pipeline_item_tokens(const sqz_pipeline_item *item, const int64_t **ids,
+                                        const int64_t **types);
 
 /* ---- answers --------------------------------------------------------------------------- */
 
@@ -189,7 +189,7 @@ typedef struct sqz_answer {
 } sqz_answer;
 
 /* The item's answer; NULL until answered, or with an error. */
-const sqz_answer *sqz_pipeline_item_answer(const sqz_pipeline_item *item);
+SQZ_API const sqz_answer *sqz_pipeline_item_answer(const sqz_pipeline_item *item);
 
 /* ---- batches and runs ------------------------------------------------------------------- */
 
@@ -198,26 +198,26 @@ const sqz_answer *sqz_pipeline_item_answer(const sqz_pipeline_item *item);
  * batch_tokens padded tokens each (a longer item alone). ends[b] is one past the last item of
  * batch b (indices into `items`, after the failed ones); returns the batch count. `ends` needs
  * room for n entries. */
-size_t sqz_pipeline_plan_batches(const sqz_pipeline *pipeline, sqz_pipeline_item **items, size_t n,
-                                 size_t *failed, size_t *ends);
+SQZ_API size_t sqz_pipeline_plan_batches(const sqz_pipeline *pipeline, sqz_pipeline_item **items, size_t n,
+                                         size_t *failed, size_t *ends);
 
 /* Submits `n` items (none with an error) as one packed run on `session` (sqz_session_submit's
  * rules: at most SQZ_MAX_IN_FLIGHT in flight). Wait with sqz_session_wait, then answer. */
-sqz_status sqz_pipeline_submit(const sqz_pipeline *pipeline, sqz_session *session,
-                               sqz_pipeline_item *const *items, size_t n, sqz_ticket *ticket);
+SQZ_API sqz_status sqz_pipeline_submit(const sqz_pipeline *pipeline, sqz_session *session,
+                                       sqz_pipeline_item *const *items, size_t n, sqz_ticket *ticket);
 /* Each item's answer from the result of the run the items were submitted in, in that order.
  * An item that cannot be answered gets its error (qa: no context token left); SQZ_OK unless
  * the result is not that run's (wrong outputs or shapes). */
-sqz_status sqz_pipeline_answer(const sqz_pipeline *pipeline, const sqz_result *result,
-                               sqz_pipeline_item *const *items, size_t n);
+SQZ_API sqz_status sqz_pipeline_answer(const sqz_pipeline *pipeline, const sqz_result *result,
+                                       sqz_pipeline_item *const *items, size_t n);
 
 /* Everything for `n` encoded items on one session: batches, two runs in flight, answers. A
  * batch that fails is retried in halves down to single items; an item that fails alone gets
  * the engine's message as its error. Items keep their order; each ends with an answer or an
  * error (items that already have one are left as they are). Returns SQZ_OK unless an argument is invalid. *retried (may be NULL) gets how many
  * failed batches were split. */
-sqz_status sqz_pipeline_run(const sqz_pipeline *pipeline, sqz_session *session,
-                            sqz_pipeline_item *const *items, size_t n, size_t *retried);
+SQZ_API sqz_status sqz_pipeline_run(const sqz_pipeline *pipeline, sqz_session *session,
+                                    sqz_pipeline_item *const *items, size_t n, size_t *retried);
 
 #ifdef __cplusplus
 }

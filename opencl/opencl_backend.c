@@ -285,6 +285,9 @@ static bool load_cached(cl_backend *b, const char *path)
     return ok; /* a stale or foreign binary just means building from source */
 }
 
+/* with the pid, a temporary name no other writer of the cache (thread or process) uses */
+static unsigned long cache_writes;
+
 static void store_cached(cl_backend *b, const char *path)
 {
     size_t size = 0;
@@ -296,7 +299,8 @@ static void store_cached(cl_backend *b, const char *path)
         return;
     if (clGetProgramInfo(b->program, CL_PROGRAM_BINARIES, sizeof data, &data, NULL) == CL_SUCCESS) {
         char tmp[1200];
-        snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+        snprintf(tmp, sizeof tmp, "%s.%ld.%lu.tmp", path, (long)getpid(),
+                 __atomic_add_fetch(&cache_writes, 1, __ATOMIC_RELAXED));
         FILE *f = fopen(tmp, "wb");
         if (f) {
             bool ok = fwrite(data, 1, size, f) == size;
@@ -546,6 +550,9 @@ static sqz_status cl_launch(void *ctx, const sqz_binding *bind, const sqz_node *
     const int64_t rows = sqz_tensor_rows(out, dims), cols = out->cols;
     const int *in = node->inputs;
     const sqz_op_params *p = &node->params;
+    sqz_status st = sqz_backend_check_dtype("opencl", bind, node, SQZ_DTYPE_F32); /* fp32 kernels only */
+    if (st != SQZ_OK)
+        return st;
     kernel_id k;
     switch (node->op) {
     case SQZ_OP_GATHER_ROWS: k = K_GATHER_ROWS; break;

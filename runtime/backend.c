@@ -49,6 +49,16 @@ sqz_status sqz_backend_probe(const char *name)
     return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "unknown backend '%s' (this build has: %s)", name, known);
 }
 
+sqz_status sqz_backend_check_dtype(const char *backend, const sqz_binding *b, const sqz_node *node, sqz_dtype stored)
+{
+    const sqz_dtype written = b->plan->graph.tensors[node->output].dtype;
+    if (written == stored)
+        return SQZ_OK;
+    return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "%s: node '%s' writes %s, but this backend stores activations as %s "
+                    "at its precision: compile the plan at the backend's precision (sqz_compile_options)",
+                    backend, node->name, sqz_dtype_name(written), sqz_dtype_name(stored));
+}
+
 double sqz_precision_op_tolerance(sqz_precision p)
 {
     static const double bars[SQZ_PRECISION_COUNT] = {1e-4, 1e-2, 4.0 / 2048, 4.0 / 256};

@@ -155,6 +155,13 @@ sqz_status sqz_settings_check(const char *settings, const char *prefix, const ch
  * accumulation): 4 x 2^-11 and 4 x 2^-8. docs/engineering.md, "Tolerances". */
 double sqz_precision_op_tolerance(sqz_precision precision);
 
+/* For a backend's launch: SQZ_OK when the node writes `stored`, the activation type the
+ * backend computes in at its precision (by sqz_graph_verify, every activation and float input
+ * of the plan then has it); otherwise SQZ_ERR_INVALID_ARGUMENT naming the node: the plan was
+ * compiled at another precision. */
+sqz_status sqz_backend_check_dtype(const char *backend, const sqz_binding *binding, const sqz_node *node,
+                                   sqz_dtype stored);
+
 /* Graphs a session's backend captured and runs it replayed (tests and reports). */
 void sqz_session_graph_counts(const sqz_session *session, unsigned long *captured, unsigned long *replayed);
 

@@ -27,7 +27,7 @@ static double seconds_now(void)
 }
 
 /* One LINEAR node, x [rows, F] -> [rows, F], compiled for exactly `rows` tokens. */
-static sqz_status compile_linear(int64_t rows, sqz_plan **out)
+static sqz_status compile_linear(int64_t rows, sqz_precision precision, sqz_plan **out)
 {
     sqz_graph g;
     sqz_graph_init(&g);
@@ -44,8 +44,9 @@ static sqz_status compile_linear(int64_t rows, sqz_plan **out)
                                                   SQZ_LAYOUT_PER_TOKEN)
                            : SQZ_ERR_OUT_OF_MEMORY;
     sqz_bucket bucket = {rows, 1, rows};
+    sqz_compile_options options = {.precision = precision};
     if (st == SQZ_OK)
-        st = sqz_plan_compile(&g, &bucket, NULL, out);
+        st = sqz_plan_compile(&g, &bucket, &options, out);
     sqz_graph_release(&g);
     return st;
 }
@@ -63,6 +64,7 @@ static void fill(float *x, size_t n, unsigned seed)
 typedef struct peak_run {
     sqz_executor x;
     sqz_buffer *weights, *arena;
+    sqz_precision precision;
     sqz_plan *plan;
     float *host;
 } peak_run;
@@ -82,7 +84,7 @@ static void peak_release(peak_run *r)
 static sqz_status peak_prepare(peak_run *r, int64_t rows)
 {
     peak_release(r);
-    sqz_status st = compile_linear(rows, &r->plan);
+    sqz_status st = compile_linear(rows, r->precision, &r->plan);
     if (st == SQZ_OK)
         st = sqz_executor_alloc(&r->x, r->plan->arena_bytes, &r->arena);
     if (st == SQZ_OK) {
@@ -99,7 +101,9 @@ static sqz_status peak_prepare(peak_run *r, int64_t rows)
     fill(x, n, 7);
     const sqz_graph *g = &r->plan->graph;
     int input = g->nodes[r->plan->launches[0]].inputs[0];
-    st = r->x.ops->upload(r->x.ctx, r->arena, (size_t)r->plan->offsets[input], x, n * sizeof *x);
+    const sqz_dtype stored = g->tensors[input].dtype;
+    sqz_dtype_from_f32(stored, x, n, x); /* in place: 16-bit values take the first half */
+    st = r->x.ops->upload(r->x.ctx, r->arena, (size_t)r->plan->offsets[input], x, n * sqz_dtype_size(stored));
     free(x);
     return st;
 }
@@ -133,7 +137,7 @@ sqz_status sqz_measure_peak(const char *backend, const char *device, const char 
     sqz_status st = sqz_precision_from_name(precision, &prec);
     if (st != SQZ_OK)
         return st;
-    peak_run r = {0};
+    peak_run r = {.precision = prec};
     if ((st = sqz_executor_open(&r.x, backend, device, NULL, prec)) != SQZ_OK)
         return st;
     const size_t wn = (size_t)PEAK_FEATURES * PEAK_FEATURES;

@@ -62,6 +62,7 @@ struct sqz_embedder {
     int max_seq_length, truncate_at, max_positions;
     int do_lower_case;
     bool has_pooler;
+    sqz_model_load_options load_options; /* the model's, for the Dense modules' weight files */
     char pooling_file[1024]; /* where the pooling came from, for messages and sqz info */
 };
 
@@ -277,7 +278,7 @@ static sqz_status read_dense(sqz_embedder *e, const char *dir, const char *sub, 
                       "pytorch_model.bin)", sub_dir);
         goto done;
     }
-    if ((st = sqz_tensor_file_read(weights, &tf)) != SQZ_OK)
+    if ((st = sqz_tensor_file_read(weights, &e->load_options, &tf)) != SQZ_OK)
         goto done;
     const sqz_tf_tensor *w = sqz_tensor_file_find(tf, "linear.weight");
     const sqz_tf_tensor *b = sqz_tensor_file_find(tf, "linear.bias");
@@ -438,6 +439,7 @@ sqz_status sqz_embedder_load(const sqz_model *model, sqz_embedder **out)
         e->hidden = model->config.hidden_size;
         e->max_positions = e->truncate_at = model->config.max_position_embeddings;
         e->has_pooler = model->has_pooler;
+        e->load_options = model->load_options;
         st = sqz_json_read(file, MAX_MODULE_JSON_BYTES, 0, JSON_ARRAY, true, &list);
     }
     if (st == SQZ_OK && list) {

@@ -331,7 +331,7 @@ static sqz_status read_sharded(sqz_model *m, sqz_tensor_file **out)
             free(path);
             goto done;
         }
-        st = sqz_tensor_file_read(path, &part);
+        st = sqz_tensor_file_read(path, &m->load_options, &part);
         free(path);
         if (st != SQZ_OK)
             goto done;
@@ -488,7 +488,7 @@ done:
     return status;
 }
 
-sqz_status sqz_model_load(const char *dir, sqz_model **out)
+sqz_status sqz_model_load(const char *dir, const sqz_model_load_options *options, sqz_model **out)
 {
     if (!dir || !out)
         return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_model_load: dir and out are required");
@@ -498,6 +498,8 @@ sqz_status sqz_model_load(const char *dir, sqz_model **out)
         free(m);
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     }
+    if (options)
+        m->load_options = *options;
     char *config_path = sqz_path_join(dir, "config.json");
     sqz_status s = config_path ? sqz_config_load(config_path, &m->config)
                                : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
@@ -507,7 +509,7 @@ sqz_status sqz_model_load(const char *dir, sqz_model **out)
     if (s == SQZ_OK)
         s = find_weights_file(m, &sharded);
     if (s == SQZ_OK)
-        s = sharded ? read_sharded(m, &file) : sqz_tensor_file_read(m->weights_path, &file);
+        s = sharded ? read_sharded(m, &file) : sqz_tensor_file_read(m->weights_path, &m->load_options, &file);
     if (s == SQZ_OK)
         s = bind_weights(m, file);
     sqz_tensor_file_free(file);

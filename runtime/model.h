@@ -53,6 +53,7 @@ struct sqz_model {
     bool has_pooler;
     char **ignored_keys;
     size_t n_ignored_keys;
+    sqz_model_load_options load_options; /* kept for the files read later (sentence Dense modules) */
 };
 
 /* How many layers run, after sqz_layer_stride and sqz_run_layers. */

@@ -161,7 +161,7 @@ sqz_status sqz_pipeline_open(const char *model_dir, const sqz_pipeline_options *
     *out = NULL;
     sqz_model *model = NULL;
     sqz_tokenizer *tok = NULL;
-    sqz_status st = sqz_model_load(model_dir, &model);
+    sqz_status st = sqz_model_load(model_dir, NULL, &model);
     if (st == SQZ_OK)
         st = sqz_tokenizer_load(model_dir, &tok);
     if (st == SQZ_OK)

@@ -220,11 +220,11 @@ sqz_status sqz_tf_read_safetensors(const sqz_tf_source *src, sqz_tensor_file *ou
                         path, (unsigned long long)header_len,
                         (unsigned long long)(src->size - 8),
                         lenbuf[0] == 0x80 ? " (it starts like a Python pickle)" : "");
-    const size_t header_limit = sqz_tf_limit("SQZ_MAX_HEADER_BYTES", SQZ_TF_MAX_HEADER_BYTES);
-    if (header_len > header_limit)
+    if (header_len > src->max_header_bytes)
         return sqz_fail(SQZ_ERR_FORMAT,
                         "%s: safetensors header length %llu exceeds the limit of %zu bytes "
-                        "(SQZ_MAX_HEADER_BYTES)", path, (unsigned long long)header_len, header_limit);
+                        "(" SQZ_TF_HEADER_LIMIT_KNOB ")", path, (unsigned long long)header_len,
+                        src->max_header_bytes);
     if (header_len < 2)
         return sqz_fail(SQZ_ERR_FORMAT,
                         "%s: safetensors header length %llu is too small for a JSON object",

@@ -292,6 +292,7 @@ static sqz_status session_create(const sqz_model *model, const sqz_session_optio
     s->compile.guard_bytes = o->guard_bytes;
     s->compile.keep_all = keep_all;
     s->faults = faults;
+    s->compile.precision = o->precision;
     sqz_graph_init(&s->graph);
     s->precision = o->precision;
     st = sqz_executor_open(&s->x, name, o->device, o->settings, o->precision);
@@ -334,24 +335,11 @@ static sqz_status session_create(const sqz_model *model, const sqz_session_optio
     return SQZ_OK;
 }
 
-sqz_status sqz_session_create_on(const sqz_model *model, const char *backend, const char *device,
-                                 sqz_session **out)
+sqz_status sqz_session_create(const sqz_model *model, const sqz_session_options *options, sqz_session **out)
 {
-    const sqz_session_options o = {.backend = backend, .device = device};
-    return session_create(model, &o, false, out);
-}
-
-sqz_status sqz_session_create(const sqz_model *model, const char *backend, sqz_session **out)
-{
-    const sqz_session_options o = {.backend = backend};
-    return session_create(model, &o, false, out);
-}
-
-sqz_status sqz_session_create_with(const sqz_model *model, const sqz_session_options *options,
-                                   sqz_session **out)
-{
+    static const sqz_session_options defaults; /* cpu_ref, its default device, fp32 */
     if (!options)
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_session_create_with: options are required");
+        options = &defaults;
     return session_create(model, options, false, out);
 }
 
@@ -1006,9 +994,10 @@ static sqz_status format_on_host(sqz_session *s, run_slot *slot, const sqz_plan 
     for (size_t i = 0; i < n; i++) {
         const sqz_output_format *f = &e[i].format;
         const sqz_tensor_desc *d = &plan->graph.tensors[f->tensor];
-        const size_t bytes = (size_t)(sqz_tensor_rows(d, &slot->dims) * d->cols) * sizeof(float);
+        const size_t values = (size_t)(sqz_tensor_rows(d, &slot->dims) * d->cols), bytes = values * sizeof(float);
         const size_t offset = (size_t)plan->offsets[f->tensor];
-        if (!f->half && f->col_begin == 0 && f->col_count == d->cols && (f->width == 0 || dense)) {
+        if (d->dtype == SQZ_DTYPE_F32 && !f->half && f->col_begin == 0 && f->col_count == d->cols &&
+            (f->width == 0 || dense)) {
             sqz_status st = s->x.ops->download(s->x.ctx, s->arena, offset, block + e[i].offset, e[i].bytes);
             if (st != SQZ_OK)
                 return st;
@@ -1021,9 +1010,10 @@ static sqz_status format_on_host(sqz_session *s, run_slot *slot, const sqz_plan 
                 return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading outputs");
             s->host_out_bytes = bytes;
         }
-        sqz_status st = s->x.ops->download(s->x.ctx, s->arena, offset, s->host_out, bytes);
+        sqz_status st = s->x.ops->download(s->x.ctx, s->arena, offset, s->host_out, values * sqz_dtype_size(d->dtype));
         if (st != SQZ_OK)
             return st;
+        sqz_dtype_to_f32(d->dtype, s->host_out, values, s->host_out);
         sqz_format_output_host(f, s->host_out, d->cols, slot->p.seq_offsets, slot->p.positions, slot->p.key_valid,
                                block + e[i].offset);
     }
@@ -1404,7 +1394,7 @@ struct sqz_validation {
     char *device;
 };
 
-/* Reads tensor `t` of the session's last run (rows for those dims x cols floats). */
+/* Reads tensor `t` of the session's last run as fp32 (rows for those dims x cols values). */
 static sqz_status read_tensor(sqz_session *s, size_t t, float **out, int64_t *count)
 {
     const sqz_plan *plan = s->last_plan;
@@ -1413,8 +1403,11 @@ static sqz_status read_tensor(sqz_session *s, size_t t, float **out, int64_t *co
     *out = malloc((size_t)(*count ? *count : 1) * sizeof **out);
     if (!*out)
         return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory reading '%s'", d->name);
-    return s->x.ops->download(s->x.ctx, s->arena, (size_t)plan->offsets[t], *out,
-                            (size_t)*count * sizeof **out);
+    sqz_status st = s->x.ops->download(s->x.ctx, s->arena, (size_t)plan->offsets[t], *out,
+                                       (size_t)*count * sqz_dtype_size(d->dtype));
+    if (st == SQZ_OK)
+        sqz_dtype_to_f32(d->dtype, *out, (size_t)*count, *out);
+    return st;
 }
 
 static void compare(const float *got, const float *ref, int64_t n, double tolerance, sqz_node_check *c)
@@ -1479,20 +1472,15 @@ static void compare_argmax(const sqz_result *got, const sqz_result *want, const 
     }
 }
 
-sqz_status sqz_validate(const sqz_model *model, const char *backend, const char *device,
-                        const sqz_input *input, double tolerance, sqz_validation **out)
+sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *options, const sqz_input *input,
+                        double tolerance, sqz_validation **out)
 {
-    sqz_session_options options = {.backend = backend, .device = device};
-    return sqz_validate_with(model, &options, input, tolerance, out);
-}
-
-sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *options,
-                             const sqz_input *input, double tolerance, sqz_validation **out)
-{
-    const char *backend = options ? options->backend : NULL;
-    if (!model || !backend || !out || !(tolerance > 0))
-        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_validate: model, backend, out and a positive "
-                        "tolerance are required");
+    static const sqz_session_options defaults; /* cpu_ref against itself */
+    if (!options)
+        options = &defaults;
+    if (!model || !out || !(tolerance > 0))
+        return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "sqz_validate: model, out and a positive tolerance are "
+                        "required");
     *out = NULL;
     sqz_session *test = NULL, *ref = NULL;
     sqz_result *r1 = NULL, *r2 = NULL;
@@ -1535,7 +1523,7 @@ sqz_status sqz_validate_with(const sqz_model *model, const sqz_session_options *
             st = read_tensor(ref, match, &want, &n_want);
         if (st == SQZ_OK && n_got != n_want)
             st = sqz_fail(SQZ_ERR_INTERNAL, "validate: '%s' has %lld values on %s, %lld on cpu_ref",
-                          name, (long long)n_got, backend, (long long)n_want);
+                          name, (long long)n_got, test->x.ops->name, (long long)n_want);
         if (st == SQZ_OK) {
             sqz_node_check *c = &v->checks[v->count];
             snprintf(v->names[v->count], SQZ_NAME_LEN, "%s", node->name);

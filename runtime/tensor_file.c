@@ -258,7 +258,8 @@ static char *copy_string(const char *s)
     return c;
 }
 
-sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out)
+sqz_status sqz_tensor_file_read(const char *path, const sqz_model_load_options *limits,
+                                sqz_tensor_file **out)
 {
     if (out)
         *out = NULL;
@@ -280,7 +281,11 @@ sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out)
         return sqz_fail(SQZ_ERR_IO, "%s is not a regular file (expected a .safetensors or "
                         "PyTorch .bin checkpoint)", path);
     }
-    sqz_tf_source src = {fp, path, (uint64_t)st.st_size};
+    sqz_tf_source src = {fp, path, (uint64_t)st.st_size, SQZ_TF_MAX_HEADER_BYTES, SQZ_TF_MAX_PICKLE_BYTES};
+    if (limits && limits->max_header_bytes)
+        src.max_header_bytes = limits->max_header_bytes;
+    if (limits && limits->max_pickle_bytes)
+        src.max_pickle_bytes = limits->max_pickle_bytes;
     if (src.size == 0) {
         fclose(fp);
         return sqz_fail(SQZ_ERR_FORMAT,
@@ -320,16 +325,6 @@ sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out)
     }
     *out = file;
     return SQZ_OK;
-}
-
-size_t sqz_tf_limit(const char *env, size_t fallback)
-{
-    const char *v = getenv(env);
-    if (!v || !*v)
-        return fallback;
-    char *end = NULL;
-    unsigned long long n = strtoull(v, &end, 10);
-    return end && *end == '\0' && n > 0 && n <= SIZE_MAX ? (size_t)n : fallback;
 }
 
 void sqz_tensor_file_clear(sqz_tensor_file *file)

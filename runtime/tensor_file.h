@@ -48,9 +48,10 @@ typedef struct sqz_tensor_file {
 
 /* Reads `path`; the format is chosen by content (zip magic -> PyTorch, otherwise
  * safetensors; the pre-1.6 non-zip torch.save format is refused with a hint). Tensors keep
- * the file's order. On failure *out is NULL and sqz_last_error() names the file, the
- * tensor or byte offset, and what was expected. */
-sqz_status sqz_tensor_file_read(const char *path, sqz_tensor_file **out);
+ * the file's order. limits: NULL or zero fields for the defaults below. On failure *out is
+ * NULL and sqz_last_error() names the file, the tensor or byte offset, and what was expected. */
+sqz_status sqz_tensor_file_read(const char *path, const sqz_model_load_options *limits,
+                                sqz_tensor_file **out);
 void sqz_tensor_file_free(sqz_tensor_file *file);
 const sqz_tf_tensor *sqz_tensor_file_find(const sqz_tensor_file *file, const char *name);
 

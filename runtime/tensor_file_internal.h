@@ -15,6 +15,7 @@ typedef struct sqz_tf_source {
     FILE *fp;
     const char *path;
     uint64_t size;
+    size_t max_header_bytes, max_pickle_bytes; /* the caller's limits, defaults filled in */
 } sqz_tf_source;
 
 /* Little-endian loads from file bytes, which need not be aligned. */
@@ -38,9 +39,10 @@ sqz_status sqz_tf_read_at(const sqz_tf_source *src, uint64_t offset, void *buf, 
  * it may leave a partial tensor list behind, which sqz_tensor_file_free releases. */
 sqz_status sqz_tf_read_safetensors(const sqz_tf_source *src, sqz_tensor_file *out);
 sqz_status sqz_tf_read_torch_zip(const sqz_tf_source *src, sqz_tensor_file *out);
-/* A size limit: the environment variable `env` (a positive byte count) when set, else
- * `fallback`; lets a user raise a limit for an unusual but trusted checkpoint. */
-size_t sqz_tf_limit(const char *env, size_t fallback);
+/* How messages about a limit name the knob that raises it: the option, and the environment
+ * variable the sqz command line fills it from. */
+#define SQZ_TF_HEADER_LIMIT_KNOB "max_header_bytes of sqz_model_load_options; SQZ_MAX_HEADER_BYTES for sqz"
+#define SQZ_TF_PICKLE_LIMIT_KNOB "max_pickle_bytes of sqz_model_load_options; SQZ_MAX_PICKLE_BYTES for sqz"
 
 /* Frees the tensors a failed reader left, keeping the path (for a second attempt). */
 void sqz_tensor_file_clear(sqz_tensor_file *file);

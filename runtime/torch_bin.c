@@ -406,10 +406,9 @@ sqz_status sqz_tf_read_torch_zip(const sqz_tf_source *src, sqz_tensor_file *out)
         snprintf(pickle_name, sizeof pickle_name, "%s", pe->name);
         status = tb_check_byteorder(src, zip, prefix);
     }
-    const size_t pickle_limit = sqz_tf_limit("SQZ_MAX_PICKLE_BYTES", SQZ_TF_MAX_PICKLE_BYTES);
-    if (status == SQZ_OK && pe->size > pickle_limit)
-        status = sqz_fail(SQZ_ERR_FORMAT, "%s: %s is %llu bytes (at most %zu, SQZ_MAX_PICKLE_BYTES)",
-                          path, pickle_name, (unsigned long long)pe->size, pickle_limit);
+    if (status == SQZ_OK && pe->size > src->max_pickle_bytes)
+        status = sqz_fail(SQZ_ERR_FORMAT, "%s: %s is %llu bytes (at most %zu, " SQZ_TF_PICKLE_LIMIT_KNOB ")",
+                          path, pickle_name, (unsigned long long)pe->size, src->max_pickle_bytes);
     if (status == SQZ_OK)
         status = sqz_zip_read(src, zip, pe, &pickle);
     sqz_pk_value *root = NULL;
@@ -546,7 +545,7 @@ sqz_status sqz_tf_read_torch_legacy(const sqz_tf_source *src, sqz_tensor_file *o
     /* a state dict's pickles take tens of kilobytes: read a small window first, and the
      * whole pickle limit only when they really are that long */
     const size_t small = 16u << 20;
-    const size_t limit = sqz_tf_limit("SQZ_MAX_PICKLE_BYTES", SQZ_TF_MAX_PICKLE_BYTES);
+    const size_t limit = src->max_pickle_bytes;
     sqz_status status = read_legacy(src, small < limit ? small : limit, out);
     if (status != SQZ_OK && src->size > small && limit > small) {
         sqz_tensor_file_clear(out);

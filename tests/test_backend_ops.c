@@ -4,9 +4,9 @@
  * reference's primitive ops. Each output slot carries guard bytes that must survive the
  * launch. A backend that is not available here is reported as skipped, not passed.
  *
- * Backends with precisions run every case at each of them: activations are given in the
- * storage type (16 bits in the first half of their fp32 slot, as the CUDA backend keeps
- * them), the reference computes from the same rounded values (and from the weights the CUDA
+ * Backends with precisions run every case at each of them: the plan is compiled at the
+ * precision, activations are given and read back in the storage type the plan's tensors have
+ * (the assign-dtypes pass: 16 bits at fp16 and bf16), the reference computes from the same rounded values (and from the weights the CUDA
  * backend keeps in 16 bits too, rounded the same way: matrices and embedding tables), and the
  * bar is the per-op one of the precision (sqz_precision_op_tolerance). cuda-sim runs the cases under its three
  * thread orders in turn, so a missing barrier in a kernel changes the answer. */
@@ -107,7 +107,7 @@ static float *run_on(const sqz_backend_ops *ops, const config *cfg, const op_cas
     assert_true(out >= 0);
     assert_sqz_ok(sqz_graph_add_output(&g, "out", out, 0, 1, false, SQZ_LAYOUT_PER_TOKEN));
     sqz_bucket bucket = {c->dims.tokens, c->dims.sequences, c->dims.max_len};
-    sqz_compile_options opts = {.guard_bytes = GUARD};
+    sqz_compile_options opts = {.guard_bytes = GUARD, .precision = cfg->precision};
     sqz_plan *plan = NULL;
     assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
     sqz_graph_release(&g);
@@ -136,22 +136,26 @@ static float *run_on(const sqz_backend_ops *ops, const config *cfg, const op_cas
     for (int i = 0; i < c->n_inputs; i++) {
         const operand *o = &c->in[i];
         const int64_t n = operand_rows(o, &c->dims) * o->cols;
+        const sqz_dtype stored = plan->graph.tensors[i].dtype;
         if (o->extent == SQZ_EXTENT_FIXED) {
             assert_sqz_ok(ops->upload(x.ctx, weights, weight_offsets[i], o->data, (size_t)n * 4));
-        } else if (o->dtype == SQZ_DTYPE_F32 && is_16bit(cfg->precision)) {
+        } else if (stored == SQZ_DTYPE_F16 || stored == SQZ_DTYPE_BF16) {
+            assert_true(stored == (cfg->precision == SQZ_PRECISION_FP16 ? SQZ_DTYPE_F16 : SQZ_DTYPE_BF16));
             uint16_t *bits = malloc((size_t)(n ? n : 1) * 2);
             for (int64_t k = 0; k < n; k++)
                 bits[k] = to_bits(((const float *)o->data)[k], cfg->precision);
             assert_sqz_ok(ops->upload(x.ctx, arena, (size_t)plan->offsets[i], bits, (size_t)n * 2));
             free(bits);
         } else {
+            assert_true(stored == o->dtype);
             assert_sqz_ok(ops->upload(x.ctx, arena, (size_t)plan->offsets[i], o->data, (size_t)n * 4));
         }
     }
     sqz_binding bind = {plan, weights, weight_offsets, arena};
     assert_sqz_ok(sqz_executor_prepare(&x, &bind));
     const sqz_tensor_desc *od = &plan->graph.tensors[plan->graph.nodes[0].output];
-    const size_t used = (size_t)(sqz_tensor_rows(od, &c->dims) * od->cols) * 4;
+    const size_t values = (size_t)(sqz_tensor_rows(od, &c->dims) * od->cols);
+    const size_t used = values * sqz_dtype_size(od->dtype);
     float *result = NULL;
     st = sqz_executor_run(&x, &bind, &c->dims, false);
     if (st == SQZ_ERR_UNSUPPORTED) { /* e.g. the unfused attention parts at 16 bits */
@@ -161,8 +165,14 @@ static float *run_on(const sqz_backend_ops *ops, const config *cfg, const op_cas
             fail_msg("%s on %s: %s", c->name, ops->name, sqz_last_error()); /* a guard names the node */
         if (ops->synchronize)
             assert_sqz_ok(ops->synchronize(x.ctx));
-        result = malloc(used ? used : 4);
+        result = malloc(values ? values * sizeof *result : 4);
         assert_sqz_ok(ops->download(x.ctx, arena, (size_t)plan->offsets[plan->graph.nodes[0].output], result, used));
+        if (od->dtype != SQZ_DTYPE_F32) {
+            assert_true(od->dtype == (cfg->precision == SQZ_PRECISION_FP16 ? SQZ_DTYPE_F16 : SQZ_DTYPE_BF16));
+            const uint16_t *bits = (const uint16_t *)result;
+            for (size_t k = values; k-- > 0;) /* downwards: in place, each value read before it is overwritten */
+                result[k] = from_bits(bits[k], cfg->precision);
+        }
     }
     ops->buffer_free(x.ctx, weights);
     ops->buffer_free(x.ctx, arena);

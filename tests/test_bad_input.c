@@ -21,16 +21,18 @@ static char *copy_case(const char *case_dir, const char *weights_name)
     return dir;
 }
 
-static sqz_status load(const char *dir)
+static sqz_status load_with(const char *dir, const sqz_model_load_options *options)
 {
     sqz_model *m = NULL;
-    sqz_status st = sqz_model_load(dir, &m);
+    sqz_status st = sqz_model_load(dir, options, &m);
     if (st == SQZ_OK)
         sqz_model_free(m);
     else
         assert_null(m);
     return st;
 }
+
+static sqz_status load(const char *dir) { return load_with(dir, NULL); }
 
 static void edit_config(const char *dir, const char *from, const char *to)
 {
@@ -122,7 +124,7 @@ static void missing_tensor(void **unused)
 {
     char *dir = copy_case(FIXTURES "/sqb-default/seqcls-safetensors", "config.json");
     sqz_tensor_file *tf = NULL;
-    assert_sqz_ok(sqz_tensor_file_read(FIXTURES "/sqb-default/seqcls-safetensors/model.safetensors", &tf));
+    assert_sqz_ok(sqz_tensor_file_read(FIXTURES "/sqb-default/seqcls-safetensors/model.safetensors", NULL, &tf));
     sqz_tf_write_tensor *keep = calloc(tf->count, sizeof *keep);
     size_t k = 0;
     for (size_t i = 0; i < tf->count; i++) {
@@ -197,16 +199,17 @@ static void shared_layers_missing(void **unused)
 
 static void configurable_limits(void **unused)
 {
-    /* a user can tighten (or raise) the pickle and header limits; the message names the knob */
-    setenv("SQZ_MAX_PICKLE_BYTES", "100", 1);
-    assert_fails_with(load(FIXTURES "/sqb-default/base-bin"), SQZ_ERR_FORMAT, "data.pkl",
-                      "at most 100", "SQZ_MAX_PICKLE_BYTES");
-    unsetenv("SQZ_MAX_PICKLE_BYTES");
-    setenv("SQZ_MAX_HEADER_BYTES", "100", 1);
-    assert_fails_with(load(FIXTURES "/sqb-default/base-safetensors"), SQZ_ERR_FORMAT,
-                      "header length", "limit of 100 bytes", "SQZ_MAX_HEADER_BYTES");
-    unsetenv("SQZ_MAX_HEADER_BYTES");
-    assert_int_equal(load(FIXTURES "/sqb-default/base-safetensors"), SQZ_OK);
+    /* a caller can tighten (or raise) the pickle and header limits; the message names the
+     * option (and the variable sqz fills it from, which test_cli checks) */
+    const sqz_model_load_options pickle = {.max_pickle_bytes = 100}, header = {.max_header_bytes = 100};
+    assert_fails_with(load_with(FIXTURES "/sqb-default/base-bin", &pickle), SQZ_ERR_FORMAT, "data.pkl",
+                      "at most 100", "max_pickle_bytes");
+    assert_fails_with(load_with(FIXTURES "/sqb-default/base-safetensors", &header), SQZ_ERR_FORMAT,
+                      "header length", "limit of 100 bytes", "max_header_bytes");
+    /* each limit applies to its own format only; zero fields are the defaults */
+    assert_int_equal(load_with(FIXTURES "/sqb-default/base-safetensors", &pickle), SQZ_OK);
+    assert_int_equal(load_with(FIXTURES "/sqb-default/base-bin", &header), SQZ_OK);
+    assert_int_equal(load_with(FIXTURES "/sqb-default/base-safetensors", &(sqz_model_load_options){0}), SQZ_OK);
 }
 
 static void missing_files(void **unused)
@@ -239,14 +242,14 @@ static void precisions(void **unused)
     assert_fails_with(sqz_precision_from_name("fp8", &p), SQZ_ERR_INVALID_ARGUMENT, "'fp8'", "fp16, bf16");
     sqz_model *m = NULL;
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", &m));
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", NULL, &m));
     sqz_session_options o = {.backend = "cpu_ref", .precision = SQZ_PRECISION_FP16};
-    assert_fails_with(sqz_session_create_with(m, &o, &s), SQZ_ERR_UNSUPPORTED, "cpu_ref", "fp32 only", "fp16");
+    assert_fails_with(sqz_session_create(m, &o, &s), SQZ_ERR_UNSUPPORTED, "cpu_ref", "fp32 only", "fp16");
     assert_null(s);
     o.precision = (sqz_precision)99;
-    assert_fails_with(sqz_session_create_with(m, &o, &s), SQZ_ERR_INVALID_ARGUMENT, "precision 99");
+    assert_fails_with(sqz_session_create(m, &o, &s), SQZ_ERR_INVALID_ARGUMENT, "precision 99");
     o.precision = SQZ_PRECISION_FP32;
-    assert_sqz_ok(sqz_session_create_with(m, &o, &s));
+    assert_sqz_ok(sqz_session_create(m, &o, &s));
     assert_int_equal(sqz_session_precision(s), SQZ_PRECISION_FP32);
     sqz_session_free(s);
     sqz_model_free(m);
@@ -256,8 +259,8 @@ static void bad_run_inputs(void **unused)
 {
     sqz_model *m = NULL;
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", &m)); /* vocab 120, 32 positions */
-    assert_sqz_ok(sqz_session_create(m, "cpu_ref", &s));
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", NULL, &m)); /* vocab 120, 32 positions */
+    assert_sqz_ok(sqz_session_create(m, NULL, &s));
     int64_t ids[2][4] = {{101, 5, 6, 102}, {101, 7, 8, 102}}, mask[2][4] = {{1, 1, 1, 1}, {1, 1, 1, 0}},
             types[2][4] = {{0, 0, 1, 1}, {0, 0, 0, 0}};
     sqz_input in = {.batch = 2, .seq_len = 4, .input_ids = &ids[0][0], .attention_mask = &mask[0][0],
@@ -303,7 +306,7 @@ static void bad_run_inputs(void **unused)
     sqz_model_free(m);
 
     /* a multiple-choice model needs [N][K][W] */
-    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/mc-safetensors", &m));
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/mc-safetensors", NULL, &m));
     assert_sqz_ok(sqz_session_create(m, NULL, &s));
     assert_fails_with(sqz_session_run(s, &in, &r), SQZ_ERR_INPUT, "multiple-choice",
                       "[batch][choices][length]");

@@ -6,9 +6,9 @@
 #include <jansson.h>
 #include <math.h>
 
-#include "tools/bench_writers.h"
-#include "tools/sqz_bench.h"
-#include "tools/sqz_commands.h"
+#include "cli/bench_writers.h"
+#include "cli/sqz_bench.h"
+#include "cli/sqz_commands.h"
 
 static char *tmp;
 

@@ -179,6 +179,31 @@ static void bad_input_exits_non_zero_with_a_message(void **unused)
     free(in_path);
 }
 
+/* sqz fills the library's load limits from SQZ_MAX_PICKLE_BYTES and SQZ_MAX_HEADER_BYTES */
+static void load_limits_from_the_environment(void **unused)
+{
+    const struct { const char *setting, *model, *fragment; } cases[] = {
+        {"SQZ_MAX_PICKLE_BYTES=100", "sqb-default/base-bin", "at most 100, max_pickle_bytes"},
+        {"SQZ_MAX_HEADER_BYTES=100", "sqb-default/base-safetensors", "limit of 100 bytes"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char args[2048], *out;
+        snprintf(args, sizeof args, "info --model %s/%s", FIXTURES, cases[i].model);
+        const char *eq = strchr(cases[i].setting, '=');
+        char name[64];
+        snprintf(name, sizeof name, "%.*s", (int)(eq - cases[i].setting), cases[i].setting);
+        setenv(name, eq + 1, 1);
+        const int rc = sqz(args, &out);
+        unsetenv(name);
+        assert_int_equal(rc, 1);
+        if (!strstr(out, cases[i].fragment) || !strstr(out, name))
+            fail_msg("expected \"%s\" and %s in: %s", cases[i].fragment, name, out);
+        free(out);
+        assert_int_equal(sqz(args, &out), 0); /* the default limits read it */
+        free(out);
+    }
+}
+
 static void random_model_info_and_graph(void **unused)
 {
     char args[2048], *out, *dir = test_path(tmp, "tiny");
@@ -238,6 +263,7 @@ int main(void)
         cmocka_unit_test(forward_reproduces_the_fixture),
         cmocka_unit_test(every_subcommand_has_help),
         cmocka_unit_test(bad_input_exits_non_zero_with_a_message),
+        cmocka_unit_test(load_limits_from_the_environment),
         cmocka_unit_test(random_model_info_and_graph),
         cmocka_unit_test(kernels_lists_the_variants),
     };

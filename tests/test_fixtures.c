@@ -58,10 +58,10 @@ static void run_case(void **state)
     sqz_model *model = NULL;
     sqz_session *session = NULL;
     sqz_result *result = NULL;
-    assert_sqz_ok(sqz_model_load(fc->dir, &model));
+    assert_sqz_ok(sqz_model_load(fc->dir, NULL, &model));
     /* guard bytes after every tensor, checked after every launch */
     const sqz_session_options options = {.backend = fc->backend, .guard_bytes = 64, .unfused = fc->unfused};
-    assert_sqz_ok(sqz_session_create_with(model, &options, &session));
+    assert_sqz_ok(sqz_session_create(model, &options, &session));
     assert_sqz_ok(sqz_session_run(session, &input, &result));
 
     json_t *outputs = json_object_get(expected, "outputs");

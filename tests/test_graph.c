@@ -4,6 +4,7 @@
 
 #include "graph/builder.h"
 #include "graph/plan.h"
+#include "tests/test_float16.h"
 
 /* A fake model: weights are looked up by name and given the shape the name implies. */
 typedef struct fake_model {
@@ -168,12 +169,94 @@ static void dead_nodes_are_removed(void **unused)
     sqz_graph_release(&g);
 }
 
+/* assign-dtypes: activations take the precision's storage type, weights stay f32 and index
+ * inputs i32, and the memory plan sizes each tensor by its dtype */
+static void dtypes_follow_the_precision(void **unused)
+{
+    sqz_graph g = small_graph();
+    const sqz_bucket bucket = {64, 8, 16};
+    const sqz_run_dims worst = sqz_bucket_worst_case(&bucket);
+    const sqz_dtype expected[SQZ_PRECISION_COUNT] = {SQZ_DTYPE_F32, SQZ_DTYPE_F32, SQZ_DTYPE_F16, SQZ_DTYPE_BF16};
+    size_t arena[SQZ_PRECISION_COUNT];
+    for (int p = 0; p < SQZ_PRECISION_COUNT; p++) {
+        sqz_compile_options opts = {.precision = (sqz_precision)p};
+        sqz_plan *plan = NULL;
+        assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+        const sqz_graph *pg = &plan->graph;
+        size_t activations = 0;
+        for (size_t t = 0; t < pg->n_tensors; t++) {
+            const sqz_tensor_desc *d = &pg->tensors[t];
+            const sqz_dtype want = d->kind == SQZ_TENSOR_WEIGHT  ? SQZ_DTYPE_F32
+                                   : d->kind == SQZ_TENSOR_INPUT ? SQZ_DTYPE_I32
+                                                                 : expected[p];
+            assert_int_equal(d->dtype, want);
+            if (d->kind == SQZ_TENSOR_WEIGHT)
+                continue;
+            const size_t element = want == SQZ_DTYPE_F16 || want == SQZ_DTYPE_BF16 ? 2 : 4;
+            assert_int_equal(plan->bytes[t], (size_t)(sqz_tensor_rows(d, &worst) * d->cols) * element);
+            activations += d->kind == SQZ_TENSOR_ACTIVATION;
+        }
+        assert_true(activations > 0);
+        arena[p] = plan->arena_bytes;
+        sqz_plan_free(plan);
+    }
+    assert_int_equal(arena[SQZ_PRECISION_TF32], arena[SQZ_PRECISION_FP32]);
+    assert_int_equal(arena[SQZ_PRECISION_FP16], arena[SQZ_PRECISION_BF16]);
+    assert_true(arena[SQZ_PRECISION_FP16] < arena[SQZ_PRECISION_FP32]);
+    sqz_compile_options bad = {.precision = SQZ_PRECISION_COUNT};
+    sqz_plan *plan = NULL;
+    assert_fails_with(sqz_plan_compile(&g, &bucket, &bad, &plan), SQZ_ERR_INVALID_ARGUMENT, "assign-dtypes");
+    assert_null(plan);
+
+    /* the verifier holds a plan to one activation type and f32 weights */
+    size_t act = 0, weight = 0;
+    while (g.tensors[act].kind != SQZ_TENSOR_ACTIVATION)
+        act++;
+    while (g.tensors[weight].kind != SQZ_TENSOR_WEIGHT)
+        weight++;
+    g.tensors[act].dtype = SQZ_DTYPE_F16;
+    assert_fails_with(sqz_graph_verify(&g), SQZ_ERR_INTERNAL, g.tensors[act].name);
+    g.tensors[act].dtype = SQZ_DTYPE_F32;
+    g.tensors[weight].dtype = SQZ_DTYPE_BF16;
+    assert_fails_with(sqz_graph_verify(&g), SQZ_ERR_INTERNAL, g.tensors[weight].name);
+    g.tensors[weight].dtype = SQZ_DTYPE_F32;
+    assert_sqz_ok(sqz_pass_assign_dtypes(&g, SQZ_PRECISION_BF16));
+    assert_sqz_ok(sqz_graph_verify(&g));
+    sqz_graph_release(&g);
+}
+
+/* the host conversions against the tests' own, in place as the session uses them */
+static void dtype_conversions_round_to_nearest_even(void **unused)
+{
+    const float values[] = {1.0f, -2.5f, 65504.0f, 70000.0f, 1e-8f, 3.14159265f, -0.0f, 1.0f + 0x1p-11f, 0x1p-20f};
+    enum { N = sizeof values / sizeof values[0] };
+    const sqz_dtype types[] = {SQZ_DTYPE_F16, SQZ_DTYPE_BF16, SQZ_DTYPE_F32};
+    for (size_t k = 0; k < 3; k++) {
+        float buffer[N];
+        memcpy(buffer, values, sizeof buffer);
+        sqz_dtype_from_f32(types[k], buffer, N, buffer);
+        for (size_t i = 0; i < N && types[k] != SQZ_DTYPE_F32; i++) {
+            uint16_t bits;
+            memcpy(&bits, (const char *)buffer + 2 * i, 2);
+            assert_int_equal(bits, types[k] == SQZ_DTYPE_F16 ? test_half_bits(values[i]) : test_bf16_bits(values[i]));
+        }
+        sqz_dtype_to_f32(types[k], buffer, N, buffer);
+        for (size_t i = 0; i < N; i++) {
+            const float want = types[k] == SQZ_DTYPE_F16    ? test_half_value(test_half_bits(values[i]))
+                               : types[k] == SQZ_DTYPE_BF16 ? test_bf16_value(test_bf16_bits(values[i]))
+                                                            : values[i];
+            assert_memory_equal(&buffer[i], &want, sizeof want);
+        }
+    }
+}
+
 static void memory_plan_never_overlaps_live_tensors(void **unused)
 {
     sqz_graph g = small_graph();
     const sqz_bucket buckets[] = {{16, 1, 16}, {64, 8, 16}, {512, 4, 128}};
     for (size_t b = 0; b < 3; b++) {
-        sqz_compile_options opts = {.guard_bytes = 32};
+        /* the middle bucket with 2-byte activations */
+        sqz_compile_options opts = {.guard_bytes = 32, .precision = b == 1 ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32};
         sqz_plan *plan = NULL;
         assert_sqz_ok(sqz_plan_compile(&g, &buckets[b], &opts, &plan));
         const sqz_graph *pg = &plan->graph;
@@ -356,6 +439,8 @@ int main(void)
         cmocka_unit_test(verifier_rejects_broken_graphs),
         cmocka_unit_test(dead_nodes_are_removed),
         cmocka_unit_test(memory_plan_never_overlaps_live_tensors),
+        cmocka_unit_test(dtypes_follow_the_precision),
+        cmocka_unit_test(dtype_conversions_round_to_nearest_even),
         cmocka_unit_test(dot_output_draws_the_plan),
         cmocka_unit_test(fusion_makes_nine_launches_per_layer),
         cmocka_unit_test(the_feed_forward_block_fuses_when_allowed),

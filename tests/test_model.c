@@ -40,7 +40,7 @@ static void full_size_random_model_has_the_published_shape(void **unused)
     char *dir = make_temp_dir();
     assert_sqz_ok(sqz_random_model_write("squeezebert-uncased", 1, dir));
     sqz_model *m = NULL;
-    assert_sqz_ok(sqz_model_load(dir, &m));
+    assert_sqz_ok(sqz_model_load(dir, NULL, &m));
     sqz_model_info info;
     assert_sqz_ok(sqz_model_get_info(m, &info));
     /* 51,094,272 = embeddings + 12 layers + pooler (squeezebert-spec.md section 3) */
@@ -52,7 +52,7 @@ static void full_size_random_model_has_the_published_shape(void **unused)
     /* one short sequence through all 12 layers */
     sqz_session *s = NULL;
     const sqz_session_options guarded = {.guard_bytes = 64}; /* canaries checked after every launch */
-    assert_sqz_ok(sqz_session_create_with(m, &guarded, &s));
+    assert_sqz_ok(sqz_session_create(m, &guarded, &s));
     const int64_t ids[6] = {101, 7592, 2088, 2003, 1037, 102};
     sqz_result *r = run(s, 1, 6, ids, NULL, NULL);
     const sqz_output *h = sqz_result_find(r, "last_hidden_state");
@@ -74,9 +74,9 @@ static void outputs_do_not_depend_on_batch_padding_or_masked_ids(void **unused)
 {
     sqz_model *m = NULL;
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-odd/tokcls-safetensors", &m));
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-odd/tokcls-safetensors", NULL, &m));
     const sqz_session_options guarded = {.backend = "cpu_ref", .guard_bytes = 64};
-    assert_sqz_ok(sqz_session_create_with(m, &guarded, &s));
+    assert_sqz_ok(sqz_session_create(m, &guarded, &s));
     sqz_model_info info;
     sqz_model_get_info(m, &info);
     const int L = 4; /* labels */
@@ -126,7 +126,7 @@ static void outputs_do_not_depend_on_batch_padding_or_masked_ids(void **unused)
 static void metadata_labels_and_ignored_keys(void **unused)
 {
     sqz_model *m = NULL;
-    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", &m));
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/seqcls-safetensors", NULL, &m));
     assert_string_equal(sqz_model_label(m, 0), "contradiction");
     assert_string_equal(sqz_model_label(m, 2), "entailment");
     assert_null(sqz_model_label(m, 3));
@@ -134,7 +134,7 @@ static void metadata_labels_and_ignored_keys(void **unused)
     assert_int_equal(sqz_model_ignored_key_count(m), 0);
     sqz_model_free(m);
 
-    assert_sqz_ok(sqz_model_load(FIXTURES "/bert/seqcls-bin-gamma", &m));
+    assert_sqz_ok(sqz_model_load(FIXTURES "/bert/seqcls-bin-gamma", NULL, &m));
     sqz_model_info info;
     assert_sqz_ok(sqz_model_get_info(m, &info));
     assert_string_equal(info.model_type, "bert");
@@ -156,7 +156,7 @@ static void metadata_labels_and_ignored_keys(void **unused)
     sqz_model_free(m);
 
     /* the tied MLM decoder: absent from safetensors, a shared storage in .bin; both used */
-    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/mlm-bin", &m));
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/mlm-bin", NULL, &m));
     for (size_t i = 0; i < sqz_model_ignored_key_count(m); i++)
         assert_null(strstr(sqz_model_ignored_key(m, i), "decoder"));
     sqz_model_free(m);
@@ -173,8 +173,9 @@ static void backends_are_listed_and_probed(void **unused)
     assert_fails_with(sqz_backend_probe("tpu"), SQZ_ERR_INVALID_ARGUMENT, "unknown backend 'tpu'");
     sqz_model *m = NULL;
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/base-safetensors", &m));
-    assert_fails_with(sqz_session_create(m, "tpu", &s), SQZ_ERR_INVALID_ARGUMENT, "tpu");
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/base-safetensors", NULL, &m));
+    assert_fails_with(sqz_session_create(m, &(sqz_session_options){.backend = "tpu"}, &s),
+                      SQZ_ERR_INVALID_ARGUMENT, "tpu");
     assert_null(s);
     sqz_model_free(m);
 }
@@ -209,8 +210,8 @@ static void validate_counts_argmax_rows(void **unused)
         snprintf(dir, sizeof dir, FIXTURES "/sqb-default/%s-safetensors", cases[i].head);
         sqz_model *m = NULL;
         sqz_validation *v = NULL;
-        assert_sqz_ok(sqz_model_load(dir, &m));
-        assert_sqz_ok(sqz_validate(m, "cpu_ref", NULL, &in, 1e-6, &v));
+        assert_sqz_ok(sqz_model_load(dir, NULL, &m));
+        assert_sqz_ok(sqz_validate(m, NULL, &in, 1e-6, &v));
         int64_t mismatches = -1;
         assert_int_equal(sqz_validation_argmax(v, &mismatches), cases[i].rows);
         assert_int_equal(mismatches, 0);
@@ -226,8 +227,8 @@ static void selected_outputs_only(void **unused)
     (void)unused;
     sqz_model *m = NULL;
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/base-safetensors", &m));
-    assert_sqz_ok(sqz_session_create(m, "cpu_ref", &s));
+    assert_sqz_ok(sqz_model_load(FIXTURES "/sqb-default/base-safetensors", NULL, &m));
+    assert_sqz_ok(sqz_session_create(m, NULL, &s));
     int64_t ids[2][4] = {{101, 5, 6, 102}, {101, 7, 102, 0}}, mask[2][4] = {{1, 1, 1, 1}, {1, 1, 1, 0}};
     sqz_input in = {.batch = 2, .seq_len = 4, .input_ids = &ids[0][0], .attention_mask = &mask[0][0]};
     sqz_result *all = NULL, *some = NULL;

@@ -32,7 +32,7 @@
 static sqz_status open_session(const sqz_model *m, const char *backend, sqz_session **out)
 {
     const sqz_session_options so = {.backend = backend, .settings = NO_MEASURING};
-    return sqz_session_create_with(m, &so, out);
+    return sqz_session_create(m, &so, out);
 }
 
 static const char *const heads[] = {"base-safetensors", "seqcls-safetensors", "tokcls-safetensors",
@@ -52,7 +52,7 @@ static size_t backends_here(const char **out)
 static sqz_model *load_model(const char *dir, sqz_model_info *info)
 {
     sqz_model *m = NULL;
-    assert_sqz_ok(sqz_model_load(dir, &m));
+    assert_sqz_ok(sqz_model_load(dir, NULL, &m));
     sqz_model_get_info(m, info);
     return m;
 }
@@ -227,7 +227,7 @@ static void layouts_match_sequences_alone(void **unused)
         sqz_model_info info;
         sqz_model *m = load_model(dir, &info);
         sqz_session *ref = NULL;
-        assert_sqz_ok(sqz_session_create(m, "cpu_ref", &ref));
+        assert_sqz_ok(sqz_session_create(m, NULL, &ref));
         const bool mc = info.head == SQZ_HEAD_MULTIPLE_CHOICE;
         batch b = make_batch(&info, 5, mc ? 2 : 0, 19, 1000 + h);
         const sqz_input in = input_of(&b);
@@ -445,7 +445,7 @@ static void results_freed_elsewhere(void **unused)
     batch b = make_batch(&info, 3, 0, 10, 9);
     const sqz_input in = input_of(&b);
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_session_create(m, "cpu_ref", &s));
+    assert_sqz_ok(sqz_session_create(m, NULL, &s));
     sqz_result *first = NULL;
     assert_sqz_ok(sqz_session_run(s, &in, &first));
     pthread_t threads[20];
@@ -482,9 +482,9 @@ static void replay_across_lengths(const char *backend)
                                       .precision = p ? SQZ_PRECISION_FP16 : SQZ_PRECISION_FP32,
                                       .settings = NO_MEASURING};
             sqz_session *graphs = NULL, *plain = NULL;
-            assert_sqz_ok(sqz_session_create_with(m, &so, &graphs));
+            assert_sqz_ok(sqz_session_create(m, &so, &graphs));
             so.settings = NO_MEASURING ";cuda.graphs=0";
-            assert_sqz_ok(sqz_session_create_with(m, &so, &plain));
+            assert_sqz_ok(sqz_session_create(m, &so, &plain));
             /* one and two sequences of 17..23 tokens: one step of the 32-token bucket each */
             enum { N = 4 };
             const int lengths[N] = {20, 17, 23, 18};

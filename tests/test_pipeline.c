@@ -110,7 +110,7 @@ static void test_packed_runs_equal_padded_runs(void **state)
     const char *const models[] = {tmp, ODD "/qa-safetensors", ODD "/mlm-safetensors"};
     for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
         sqz_model *model = NULL;
-        assert_sqz_ok(sqz_model_load(models[m], &model));
+        assert_sqz_ok(sqz_model_load(models[m], NULL, &model));
         sqz_model_info info;
         sqz_model_get_info(model, &info);
         for (size_t k = 0; sqz_backend_name(k); k++) {
@@ -121,7 +121,7 @@ static void test_packed_runs_equal_padded_runs(void **state)
             if (emulated && m > 0)
                 continue; /* cuda-sim: the tiny model only (it is slow) */
             sqz_session *s = NULL;
-            assert_sqz_ok(sqz_session_create(model, backend, &s));
+            assert_sqz_ok(sqz_session_create(model, &(sqz_session_options){.backend = backend}, &s));
             for (int round = 0; round < (emulated ? 1 : 3); round++) {
                 const int longest = round == 2 ? info.max_position_embeddings : 12;
                 random_batch b = make_batch(&info, 1 + round * 3, longest, 100 + round + 7 * (uint64_t)m);
@@ -163,11 +163,11 @@ static void test_packed_input_errors(void **state)
 {
     (void)state;
     sqz_model *model = NULL;
-    assert_sqz_ok(sqz_model_load(ODD "/qa-safetensors", &model));
+    assert_sqz_ok(sqz_model_load(ODD "/qa-safetensors", NULL, &model));
     sqz_model_info info;
     sqz_model_get_info(model, &info);
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_session_create(model, "cpu_ref", &s));
+    assert_sqz_ok(sqz_session_create(model, NULL, &s));
     int64_t offsets[3] = {0, 2, 5}, ids[5] = {1, 2, 3, 4, 5}, types[5] = {0, 0, 1, 1, 1};
     sqz_packed_input in = {2, 0, offsets, ids, types};
     sqz_result *r = NULL;
@@ -290,7 +290,8 @@ static void check_fixture(const char *dir, const char *expected, const sqz_pipel
     sqz_pipeline_info info;
     assert_sqz_ok(sqz_pipeline_get_info(pipe, &info));
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_session_create(sqz_pipeline_model(pipe), backend, &s));
+    const sqz_session_options session_options = {.backend = backend};
+    assert_sqz_ok(sqz_session_create(sqz_pipeline_model(pipe), &session_options, &s));
     assert_sqz_ok(sqz_pipeline_use_session(pipe, s));
     snprintf(path, sizeof path, "%s/input.jsonl", dir);
     size_t n_in, n_want;
@@ -393,7 +394,7 @@ static void test_classify_against_padded_reference(void **state)
             ids[i * width + w] = ti[w], types[i * width + w] = tt[w], mask[i * width + w] = 1;
     }
     sqz_session *ref = NULL;
-    assert_sqz_ok(sqz_session_create(model, "cpu_ref", &ref));
+    assert_sqz_ok(sqz_session_create(model, NULL, &ref));
     sqz_input in = {.batch = (int)n, .seq_len = (int)width, .input_ids = ids, .attention_mask = mask,
                     .token_type_ids = types};
     sqz_result *r = NULL;
@@ -405,7 +406,7 @@ static void test_classify_against_padded_reference(void **state)
         if (sqz_backend_probe(backend) != SQZ_OK || strcmp(backend, "cuda") == 0)
             continue;
         sqz_session *s = NULL;
-        assert_sqz_ok(sqz_session_create(model, backend, &s));
+        assert_sqz_ok(sqz_session_create(model, &(sqz_session_options){.backend = backend}, &s));
         assert_sqz_ok(sqz_pipeline_run(pipe, s, items, n, NULL));
         for (size_t i = 0; i < n; i++) {
             const sqz_answer *a = sqz_pipeline_item_answer(items[i]);
@@ -447,7 +448,7 @@ static void test_per_item_errors_and_order(void **state)
     const sqz_pipeline_options short_qa = {.max_length = 6};
     assert_sqz_ok(sqz_pipeline_open(INFER "/qa", &short_qa, &qa));
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_session_create(sqz_pipeline_model(fill), "cpu_ref", &s));
+    assert_sqz_ok(sqz_session_create(sqz_pipeline_model(fill), NULL, &s));
     assert_sqz_ok(sqz_pipeline_use_session(fill, s));
     const char *texts[] = {"the [MASK] sat", "", "no mask here", "bad \xff byte [MASK]", "a [MASK] and a [MASK] too",
                            "[MASK]"};
@@ -499,7 +500,7 @@ static void test_per_item_errors_and_order(void **state)
                       SQZ_ERR_INVALID_ARGUMENT, "needs a different head");
     assert_null(wrong);
     sqz_model *mc = NULL;
-    assert_sqz_ok(sqz_model_load(ODD "/mc-safetensors", &mc));
+    assert_sqz_ok(sqz_model_load(ODD "/mc-safetensors", NULL, &mc));
     assert_fails_with(sqz_pipeline_create(mc, sqz_pipeline_tokenizer(fill), NULL, &wrong), SQZ_ERR_UNSUPPORTED,
                       "no task for this checkpoint", "multiple");
     sqz_model_free(mc);
@@ -584,7 +585,7 @@ static void test_retry_in_halves(void **state)
     assert_true(clean && faulty);
     const size_t n = encode_copies(pipe, lines, n_lines, COPIES, clean);
     sqz_session *s = NULL;
-    assert_sqz_ok(sqz_session_create(sqz_pipeline_model(pipe), "cpu_ref", &s));
+    assert_sqz_ok(sqz_session_create(sqz_pipeline_model(pipe), NULL, &s));
     size_t retried = 0;
     assert_sqz_ok(sqz_pipeline_run(pipe, s, clean, n, &retried));
     assert_int_equal(retried, 0);
@@ -592,7 +593,7 @@ static void test_retry_in_halves(void **state)
     const char *settings[] = {"37:53", "3:120", "1:1"};
     for (size_t f = 0; f < 3; f++) {
         const sqz_session_options faults = {.backend = "cpu_ref", .fault_launch = settings[f]};
-        assert_sqz_ok(sqz_session_create_with(sqz_pipeline_model(pipe), &faults, &s));
+        assert_sqz_ok(sqz_session_create(sqz_pipeline_model(pipe), &faults, &s));
         for (size_t i = 0; i < n; i++) /* fresh items (an answered item is not run again) */
             sqz_pipeline_item_free(faulty[i]);
         assert_int_equal(encode_copies(pipe, lines, n_lines, COPIES, faulty), n);

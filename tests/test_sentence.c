@@ -398,7 +398,7 @@ static void similarity_matches_the_reference(void **unused)
 static sqz_status load_embedder(const char *dir)
 {
     sqz_model *model = NULL;
-    sqz_status st = sqz_model_load(dir, &model);
+    sqz_status st = sqz_model_load(dir, NULL, &model);
     if (st != SQZ_OK)
         return st;
     sqz_embedder *emb = NULL;
@@ -504,7 +504,7 @@ static void sharded_checkpoints(void **unused)
     const char *dirs[] = {SENT "/st-bert-cls-sqrt", SENT "/st-sqb-dense"};
     for (int i = 0; i < 2; i++) {
         sqz_model *m = NULL;
-        assert_sqz_ok(sqz_model_load(dirs[i], &m));
+        assert_sqz_ok(sqz_model_load(dirs[i], NULL, &m));
         sqz_model_info info;
         assert_sqz_ok(sqz_model_get_info(m, &info));
         assert_non_null(strstr(info.weights_path, ".index.json"));
@@ -533,7 +533,7 @@ static void sharded_checkpoints(void **unused)
             snprintf(cmd, sizeof cmd, "sed -i '%s' '%s/model.safetensors.index.json'", cases[i].edit, dir);
         assert_int_equal(system(cmd), 0);
         sqz_model *m = NULL;
-        assert_fails_with(sqz_model_load(dir, &m), cases[i].status, cases[i].mentions[0], cases[i].mentions[1]);
+        assert_fails_with(sqz_model_load(dir, NULL, &m), cases[i].status, cases[i].mentions[0], cases[i].mentions[1]);
         assert_null(m);
         remove_temp_dir(dir);
     }

@@ -90,7 +90,7 @@ static void check_error(sqz_status got, sqz_status want, ...)
 #define EXPECT_READ_FAIL(path, want, ...)                                                \
     do {                                                                                 \
         sqz_tensor_file *f_ = (sqz_tensor_file *)1;                                      \
-        sqz_status s_ = sqz_tensor_file_read((path), &f_);                               \
+        sqz_status s_ = sqz_tensor_file_read((path), NULL, &f_);                        \
         assert_null(f_);                                                                 \
         check_error(s_, (want), __VA_ARGS__, (const char *)NULL);                        \
     } while (0)
@@ -378,7 +378,7 @@ static void check_against_json(const char *bin_name, const char *json_name)
     assert_true(json_is_array(list));
 
     sqz_tensor_file *file = NULL;
-    sqz_status status = sqz_tensor_file_read(path, &file);
+    sqz_status status = sqz_tensor_file_read(path, NULL, &file);
     if (status != SQZ_OK)
         print_error("%s\n", sqz_last_error());
     assert_int_equal(status, SQZ_OK);
@@ -469,7 +469,7 @@ static void test_torch_tied_and_buffer(void **state)
 {
     (void)state;
     sqz_tensor_file *file = NULL;
-    assert_int_equal(sqz_tensor_file_read(TF_DIR "model_fp32.bin", &file), SQZ_OK);
+    assert_int_equal(sqz_tensor_file_read(TF_DIR "model_fp32.bin", NULL, &file), SQZ_OK);
     const sqz_tf_tensor *emb = sqz_tensor_file_find(file, "embeddings.word_embeddings.weight");
     const sqz_tf_tensor *dec = sqz_tensor_file_find(file, "cls.predictions.decoder.weight");
     const sqz_tf_tensor *pos = sqz_tensor_file_find(file, "embeddings.position_ids");
@@ -511,7 +511,7 @@ static void test_legacy_format(void **state)
     check_against_json("model_fp16_legacy.bin", "model_fp16.json");
     check_against_json("views_legacy.bin", "views.json");
     sqz_tensor_file *f = NULL;
-    assert_int_equal(sqz_tensor_file_read(TF_DIR "legacy.bin", &f), SQZ_OK);
+    assert_int_equal(sqz_tensor_file_read(TF_DIR "legacy.bin", NULL, &f), SQZ_OK);
     assert_int_equal(f->count, 1);
     assert_string_equal(f->tensors[0].name, "a");
     assert_true(f->tensors[0].numel == 2 && f->tensors[0].data[0] == 1.0f && f->tensors[0].data[1] == 1.0f);
@@ -531,7 +531,7 @@ static void test_legacy_damaged(void **state)
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
         write_all(path, data, cuts[i]);
         sqz_tensor_file *f = NULL;
-        sqz_status st = sqz_tensor_file_read(path, &f);
+        sqz_status st = sqz_tensor_file_read(path, NULL, &f);
         assert_int_not_equal(st, SQZ_OK);
         assert_null(f);
         assert_non_null(strstr(sqz_last_error(), path));
@@ -636,7 +636,7 @@ static void test_torch_corrupt_bytes(void **state)
 static sqz_status read_damaged(const char *path)
 {
     sqz_tensor_file *f = NULL;
-    sqz_status s = sqz_tensor_file_read(path, &f);
+    sqz_status s = sqz_tensor_file_read(path, NULL, &f);
     if (s == SQZ_OK) {
         assert_non_null(f);
         sqz_tensor_file_free(f);
@@ -725,7 +725,7 @@ static void test_crafted_valid(void **state)
         write_torch_zip(path, &b, storage6, sizeof storage6, zip64);
         free(b.p);
         sqz_tensor_file *f = NULL;
-        sqz_status s = sqz_tensor_file_read(path, &f);
+        sqz_status s = sqz_tensor_file_read(path, NULL, &f);
         if (s != SQZ_OK)
             print_error("%s\n", sqz_last_error());
         assert_int_equal(s, SQZ_OK);
@@ -1047,7 +1047,7 @@ static void test_zip_structure(void **state)
                       {"pytorch_model/data/0", storage6, 24, 0}};
     write_zip(path, named, 3, 1);
     sqz_tensor_file *f = NULL;
-    assert_int_equal(sqz_tensor_file_read(path, &f), SQZ_OK);
+    assert_int_equal(sqz_tensor_file_read(path, NULL, &f), SQZ_OK);
     assert_int_equal(f->count, 1);
     assert_true(f->tensors[0].data[5] == 100.0f);
     sqz_tensor_file_free(f);
@@ -1259,7 +1259,7 @@ static void test_safetensors_valid_crafted(void **state)
                   "\"none\":{\"dtype\":\"F16\",\"shape\":[0,4],\"data_offsets\":[26,26]}}   ",
                   data, sizeof data);
     sqz_tensor_file *file = NULL;
-    assert_int_equal(sqz_tensor_file_read(path, &file), SQZ_OK);
+    assert_int_equal(sqz_tensor_file_read(path, NULL, &file), SQZ_OK);
     assert_int_equal(file->count, 4);
     assert_string_equal(file->tensors[0].name, "a");
     assert_true(file->tensors[0].data[0] == 1.5f && file->tensors[0].data[1] == -2.0f);
@@ -1271,7 +1271,7 @@ static void test_safetensors_valid_crafted(void **state)
     sqz_tensor_file_free(file);
 
     write_st_json(path, "{}", NULL, 0);
-    assert_int_equal(sqz_tensor_file_read(path, &file), SQZ_OK);
+    assert_int_equal(sqz_tensor_file_read(path, NULL, &file), SQZ_OK);
     assert_int_equal(file->count, 0);
     sqz_tensor_file_free(file);
     remove(path);
@@ -1368,8 +1368,8 @@ static void test_safetensors_bad(void **state)
     EXPECT_READ_FAIL(tmp_dir, SQZ_ERR_IO, tmp_dir, "is not a regular file");
 
     sqz_tensor_file *f = NULL;
-    check_error(sqz_tensor_file_read(NULL, &f), SQZ_ERR_INVALID_ARGUMENT, "NULL", NULL);
-    check_error(sqz_tensor_file_read(path, NULL), SQZ_ERR_INVALID_ARGUMENT, "NULL", NULL);
+    check_error(sqz_tensor_file_read(NULL, NULL, &f), SQZ_ERR_INVALID_ARGUMENT, "NULL", NULL);
+    check_error(sqz_tensor_file_read(path, NULL, NULL), SQZ_ERR_INVALID_ARGUMENT, "NULL", NULL);
 }
 
 /* ---- the writer ---------------------------------------------------------------------- */
@@ -1415,7 +1415,7 @@ static void test_safetensors_write_roundtrip(void **state)
         free(raw);
 
         sqz_tensor_file *file = NULL;
-        sqz_status st = sqz_tensor_file_read(path, &file);
+        sqz_status st = sqz_tensor_file_read(path, NULL, &file);
         if (st != SQZ_OK)
             print_error("%s\n", sqz_last_error());
         assert_int_equal(st, SQZ_OK);

@@ -111,14 +111,14 @@ _PP = POINTER(c_void_p)
 _SIGNATURES = {
     "sqz_status_str": (c_char_p, [c_int]),
     "sqz_last_error": (c_char_p, []),
-    "sqz_model_load": (c_int, [c_char_p, _PP]),
+    "sqz_model_load": (c_int, [c_char_p, c_void_p, _PP]),  # options NULL: the default limits
     "sqz_model_free": (None, [_P]),
     "sqz_backend_name": (c_char_p, [c_size_t]),
     "sqz_backend_probe": (c_int, [c_char_p]),
     "sqz_devices_describe": (c_int, [POINTER(c_void_p)]),
     "sqz_free": (None, [c_void_p]),
     "sqz_precision_from_name": (c_int, [c_char_p, POINTER(c_int)]),
-    "sqz_session_create_with": (c_int, [_P, POINTER(SessionOptions), _PP]),
+    "sqz_session_create": (c_int, [_P, POINTER(SessionOptions), _PP]),
     "sqz_session_free": (None, [_P]),
     "sqz_session_device": (c_char_p, [_P]),
     "sqz_session_select_outputs": (c_int, [_P, POINTER(c_char_p), c_size_t]),
@@ -196,12 +196,12 @@ def check(status: int, what: str) -> None:
 
 def create_session(model: c_void_p, backend: str, device: str | None, precision: int,
                    settings: str | None) -> c_void_p:
-    """The one call that creates a session (kept here: the C function may change its shape)."""
+    """A session of `model` on a backend."""
     options = SessionOptions(backend=backend.encode(),
                              device=device.encode() if device is not None else None,
                              precision=precision,
                              settings=settings.encode() if settings is not None else None)
     session = c_void_p()
-    check(lib.sqz_session_create_with(model, ctypes.byref(options), ctypes.byref(session)),
+    check(lib.sqz_session_create(model, ctypes.byref(options), ctypes.byref(session)),
           f"cannot open a session on backend {backend}")
     return session

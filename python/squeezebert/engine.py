@@ -112,7 +112,7 @@ class Engine:
         self._no_tokenizer: Optional[SqueezeBertError] = None
         path = os.fsencode(model_dir)
         try:
-            check(lib.sqz_model_load(path, byref(self._model)), f"cannot load the model {os.fsdecode(path)}")
+            check(lib.sqz_model_load(path, None, byref(self._model)), f"cannot load the model {os.fsdecode(path)}")
             # a folder without tokenizer files still runs forward(); the text methods say why not
             try:
                 check(lib.sqz_tokenizer_load(path, byref(self._tokenizer)),

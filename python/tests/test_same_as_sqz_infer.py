@@ -39,7 +39,7 @@ def _no_duplicates(pairs):
 
 
 def parse_line(line, qa):
-    """(copied fields, text, pair) as sqz infer reads a line (tools/sqz_infer_line.c)."""
+    """(copied fields, text, pair) as sqz infer reads a line (cli/sqz_infer_line.c)."""
     try:
         obj = json.loads(line, object_pairs_hook=_no_duplicates)
     except ValueError as exc:

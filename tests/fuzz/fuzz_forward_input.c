@@ -3,7 +3,7 @@
  * input whose arrays hold exactly batch x choices x seq_len values. */
 #include "tests/fuzz/fuzz_util.h"
 
-#include "tools/json_io.h"
+#include "cli/json_io.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

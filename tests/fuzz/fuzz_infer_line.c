@@ -1,11 +1,11 @@
 /* One JSON Lines record of sqz infer: parsed and encoded exactly as the reader thread does
- * (tools/sqz_infer_line.c, then the library's sqz_pipeline_encode), for the text/text_pair
+ * (cli/sqz_infer_line.c, then the library's sqz_pipeline_encode), for the text/text_pair
  * tasks, for qa and for fill-mask, with a short max_length so the truncation paths run. Every
  * line must end as either an error or a token list a run can use: within max_length, the
  * last one a [SEP], a qa context token present, and its record must be made. */
 #include "tests/fuzz/fuzz_util.h"
 
-#include "tools/sqz_infer_line.h"
+#include "cli/sqz_infer_line.h"
 
 #define LENGTHS 4
 

@@ -37,7 +37,7 @@ static sqz_model *setup(void)
     static sqz_model *model;
     if (model)
         return model;
-    if (sqz_model_load(FIXTURE, &model) != SQZ_OK) {
+    if (sqz_model_load(FIXTURE, NULL, &model) != SQZ_OK) {
         fprintf(stderr, "fuzz_modules: %s\n", sqz_last_error());
         abort();
     }

@@ -108,7 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     const char *path = fuzz_write("model.bin", zip_buf, zip_len);
     sqz_tensor_file *file = NULL;
-    if (sqz_tensor_file_read(path, &file) == SQZ_OK) {
+    if (sqz_tensor_file_read(path, NULL, &file) == SQZ_OK) {
         for (size_t i = 0; i < file->count; i++) {
             const sqz_tf_tensor *t = &file->tensors[i];
             if (t->data) {

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
-#include "tools/sqz_commands.h"
+#include "cli/sqz_commands.h"
 
 #define EXIT_USAGE 2
 

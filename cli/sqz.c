@@ -9,9 +9,9 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
-#include "tools/cli_options.h"
-#include "tools/json_io.h"
-#include "tools/sqz_commands.h"
+#include "cli/cli_options.h"
+#include "cli/json_io.h"
+#include "cli/sqz_commands.h"
 
 #define EXIT_USAGE 2
 #define EXIT_NO_DEVICE 77 /* the backend is built in but has no device here */
@@ -84,7 +84,7 @@ static int cmd_forward(int argc, char **argv)
     sqz_session *session = NULL;
     sqz_result *result = NULL;
     int rc = 1;
-    sqz_status st = sqz_model_load(model_dir, &model);
+    sqz_status st = cli_load_model(model_dir, &model);
     if (st != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
@@ -105,7 +105,7 @@ static int cmd_forward(int argc, char **argv)
     }
     sqz_session_options so = cli_session_options(backend, device, SQZ_PRECISION_FP32);
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
-        (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK) {
+        (st = sqz_session_create(model, &so, &session)) != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
     }
@@ -181,7 +181,7 @@ static int cmd_graph(int argc, char **argv)
     }
     sqz_model *model = NULL;
     char *dot = NULL;
-    sqz_status st = sqz_model_load(cli_get(opts, n, "model"), &model);
+    sqz_status st = cli_load_model(cli_get(opts, n, "model"), &model);
     if (st == SQZ_OK)
         st = sqz_model_graph_dot(model, (int)tokens, (int)sequences, &dot);
     sqz_model_free(model);
@@ -286,7 +286,7 @@ static int cmd_info(int argc, char **argv)
         return EXIT_USAGE;
     }
     sqz_model *model = NULL;
-    sqz_status st = sqz_model_load(cli_get(opts, n, "model"), &model);
+    sqz_status st = cli_load_model(cli_get(opts, n, "model"), &model);
     if (st != SQZ_OK)
         return fail("info", st);
     sqz_model_info i;
@@ -457,7 +457,7 @@ static int cmd_demo(int argc, char **argv)
     sqz_result *result = NULL;
     int64_t *ids = NULL, *mask = NULL;
     double t1 = now_seconds();
-    sqz_status st = sqz_model_load(dir, &model);
+    sqz_status st = cli_load_model(dir, &model);
     if (st != SQZ_OK) {
         rc = fail("demo", st);
         goto done;
@@ -495,7 +495,7 @@ static int cmd_demo(int argc, char **argv)
     double t_session = now_seconds();
     sqz_session_options so = cli_session_options(backend, device, SQZ_PRECISION_FP32);
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
-        (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK) {
+        (st = sqz_session_create(model, &so, &session)) != SQZ_OK) {
         rc = fail("demo", st);
         goto done;
     }
@@ -687,7 +687,7 @@ static int cmd_validate(int argc, char **argv)
     sqz_model *model = NULL;
     sqz_validation *v = NULL;
     int64_t *ids = NULL, *mask = NULL, *types = NULL;
-    sqz_status st = sqz_model_load(model_dir, &model);
+    sqz_status st = cli_load_model(model_dir, &model);
     if (st != SQZ_OK) {
         rc = fail("validate", st);
         goto done;
@@ -701,7 +701,7 @@ static int cmd_validate(int argc, char **argv)
     if (random_batch(&info, batch, seq, seed, &input, &ids, &mask, &types) != 0)
         goto done;
     sqz_session_options so = cli_session_options(backend, cli_get(opts, n, "device"), precision);
-    if ((st = sqz_validate_with(model, &so, &input, tolerance, &v)) != SQZ_OK) {
+    if ((st = sqz_validate(model, &so, &input, tolerance, &v)) != SQZ_OK) {
         rc = fail("validate", st);
         if (st == SQZ_ERR_NO_DEVICE)
             rc = EXIT_NO_DEVICE; /* a test harness reports this as skipped */
@@ -836,14 +836,14 @@ static int cmd_kernels(int argc, char **argv)
     sqz_model_info info;
     sqz_input input;
     sqz_session_options so = cli_session_options(backend, cli_get(opts, n, "device"), precision);
-    sqz_status st = sqz_model_load(model_dir, &model);
+    sqz_status st = cli_load_model(model_dir, &model);
     if (st == SQZ_OK) {
         sqz_model_get_info(model, &info);
         if (seq > info.max_position_embeddings)
             seq = info.max_position_embeddings;
         if (random_batch(&info, batch, seq, seed, &input, &ids, &mask, &types) != 0)
             goto done;
-        st = sqz_session_create_with(model, &so, &session);
+        st = sqz_session_create(model, &so, &session);
     }
     if (st == SQZ_OK && (st = sqz_session_kernel_report(session, &report)) == SQZ_OK) { /* before a long run */
         sqz_free(report);

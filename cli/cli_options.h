@@ -27,6 +27,9 @@ const char *cli_pick_backend(const char *wanted);
  * command opens: SQZ_CUDA_SYNC, _GRAPHS, _MEASURE, _REPORT and _VARIANTS as cuda.sync, ...,
  * and SQZ_CACHE_DIR as opencl.cache_dir; NULL when none is set. */
 const char *cli_backend_settings(void);
+/* sqz_model_load with the limits a user set in the environment: SQZ_MAX_HEADER_BYTES and
+ * SQZ_MAX_PICKLE_BYTES (positive byte counts; anything else keeps the default). */
+sqz_status cli_load_model(const char *dir, sqz_model **out);
 /* Session options for a command: the backend, device and precision given, the settings above
  * and the checking switches from the environment (SQZ_DEBUG, SQZ_GUARD_BYTES,
  * SQZ_DISABLE_FUSION, SQZ_FAULT_LAUNCH, SQZ_FAULT_ALLOC). The strings stay valid until the

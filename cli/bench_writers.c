@@ -1,7 +1,7 @@
 /* The writers of `sqz bench`: the JSON report itself, and the CSV, the readable table and
- * the SVG plot drawn from it (tools/bench_writers.h). They read only the report, never the
+ * the SVG plot drawn from it (cli/bench_writers.h). They read only the report, never the
  * run, so a report from --json (or one bench/peers.py extended) is drawn the same way. */
-#include "tools/bench_writers.h"
+#include "cli/bench_writers.h"
 
 #include <errno.h>
 #include <math.h>

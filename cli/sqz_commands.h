@@ -7,7 +7,7 @@
 int sqz_cli_tokenize(int argc, char **argv);
 
 /* sqz bench (--random PRESET | --model DIR) [grid, timing and output options]: timings over
- * backends x devices x precisions x batch sizes x lengths; see tools/sqz_bench.c. */
+ * backends x devices x precisions x batch sizes x lengths; see cli/sqz_bench.c. */
 int sqz_cli_bench(int argc, char **argv);
 
 /* sqz infer --model DIR [...]: JSON Lines of text in, one answer per line out, in order;

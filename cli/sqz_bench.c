@@ -1,10 +1,10 @@
 /* sqz bench: the engine timed over a grid of backends x devices x precisions x batch sizes x
  * sequence lengths, plus mixed-length batches that show what packing saves. Uses only the
  * public API. Every figure goes into one JSON report; the table, CSV and SVG are drawn from
- * it by tools/bench_writers.c (see bench/README.md). */
-#include "tools/bench_writers.h"
-#include "tools/cli_options.h"
-#include "tools/sqz_bench.h"
+ * it by cli/bench_writers.c (see bench/README.md). */
+#include "cli/bench_writers.h"
+#include "cli/cli_options.h"
+#include "cli/sqz_bench.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
-#include "tools/sqz_commands.h"
+#include "cli/sqz_commands.h"
 
 #define EXIT_USAGE 2
 #define MAX_LIST 32
@@ -371,7 +371,7 @@ static sqz_status reference_for(bench_ctx *b, int row, int len, const sqz_result
             return SQZ_OK;
         }
     sqz_status st = SQZ_OK;
-    if (!b->ref_session && (st = sqz_session_create(b->model, "cpu_ref", &b->ref_session)) != SQZ_OK)
+    if (!b->ref_session && (st = sqz_session_create(b->model, NULL, &b->ref_session)) != SQZ_OK)
         return st;
     reference *bigger = realloc(b->refs, (b->n_refs + 1) * sizeof *bigger);
     int64_t *ids = malloc((size_t)len * sizeof *ids);
@@ -491,7 +491,7 @@ static sqz_status open_cell(bench_ctx *b, const char *backend, const char *devic
     sqz_session *s = NULL;
     sqz_status st;
     if ((st = sqz_precision_from_name(precision, &so.precision)) != SQZ_OK ||
-        (st = sqz_session_create_with(b->model, &so, &s)) != SQZ_OK) {
+        (st = sqz_session_create(b->model, &so, &s)) != SQZ_OK) {
         snprintf(where, where_size, "creating the session");
         return st;
     }
@@ -899,7 +899,7 @@ static bool precision_supported(const bench_ctx *b, const char *backend, const c
     sqz_session *s = NULL;
     sqz_status st = sqz_precision_from_name(precision, &so.precision);
     if (st == SQZ_OK)
-        st = sqz_session_create_with(b->model, &so, &s);
+        st = sqz_session_create(b->model, &so, &s);
     sqz_session_free(s);
     if (st != SQZ_OK)
         snprintf(why, why_size, "%s", sqz_last_error());
@@ -1289,7 +1289,7 @@ static int load_model(bench_ctx *b, bench_request *r, char *tmp_dir, bool *made)
             return st == SQZ_ERR_INVALID_ARGUMENT ? EXIT_USAGE : 1;
         }
     }
-    sqz_status st = sqz_model_load(r->model_dir, &b->model);
+    sqz_status st = cli_load_model(r->model_dir, &b->model);
     if (st != SQZ_OK) {
         fprintf(stderr, "sqz bench: %s: %s\n", sqz_status_str(st), sqz_last_error());
         return 1;
@@ -1437,7 +1437,8 @@ static bool describe_device(const bench_ctx *b, const char *devtext, const char 
     sqz_session *probe = NULL;
     sqz_status st = sqz_backend_probe(backend);
     if (st == SQZ_OK)
-        st = sqz_session_create_on(b->model, backend, device, &probe);
+        st = sqz_session_create(b->model, &(sqz_session_options){.backend = backend, .device = device},
+                                &probe);
     if (st != SQZ_OK) {
         set_str(dev, "status", "unavailable");
         set_str(dev, "reason", sqz_last_error());

@@ -10,8 +10,8 @@
 #include <string.h>
 
 #include "squeezebert.h"
-#include "tools/cli_options.h"
-#include "tools/sqz_commands.h"
+#include "cli/cli_options.h"
+#include "cli/sqz_commands.h"
 
 #define EXIT_USAGE 2
 #define MAX_TEXTS 512
@@ -132,9 +132,9 @@ int sqz_cli_similarity(int argc, char **argv)
     const char *backend = cli_pick_backend(cli_get(opts, n_opts, "backend") ? cli_get(opts, n_opts, "backend") : "auto");
     sqz_session_options so = cli_session_options(backend, cli_get(opts, n_opts, "device"), SQZ_PRECISION_FP32);
     sqz_status st;
-    if ((st = sqz_model_load(dir, &model)) != SQZ_OK || (st = sqz_tokenizer_load(dir, &tok)) != SQZ_OK ||
+    if ((st = cli_load_model(dir, &model)) != SQZ_OK || (st = sqz_tokenizer_load(dir, &tok)) != SQZ_OK ||
         (st = sqz_embedder_load(model, &emb)) != SQZ_OK || (st = sqz_embedder_use_tokenizer(emb, tok)) != SQZ_OK ||
-        (st = sqz_session_create_with(model, &so, &session)) != SQZ_OK)
+        (st = sqz_session_create(model, &so, &session)) != SQZ_OK)
         goto fail;
     sqz_model_get_info(model, &info);
     sqz_embedder_get_info(emb, &e);

@@ -1,6 +1,6 @@
 /* One line of sqz infer: the JSON Lines record in, the text pipeline's answer (see
  * include/squeezebert_pipeline.h) out as a JSON record. Kept apart from the threaded front end
- * (tools/sqz_infer.c) so that a fuzz target can call it alone; the answer's JSON is here so
+ * (cli/sqz_infer.c) so that a fuzz target can call it alone; the answer's JSON is here so
  * that other front ends can share it. */
 #ifndef SQZ_TOOLS_INFER_LINE_H
 #define SQZ_TOOLS_INFER_LINE_H

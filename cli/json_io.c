@@ -1,4 +1,4 @@
-#include "tools/json_io.h"
+#include "cli/json_io.h"
 
 #include <jansson.h>
 #include <stdbool.h>

@@ -1,9 +1,10 @@
 /* Command-line options shared by every sqz subcommand: --name value or --name=value,
  * flags without a value, integers with a range, --help anywhere. */
-#include "tools/cli_options.h"
+#include "cli/cli_options.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,6 +110,26 @@ const char *cli_backend_settings(void)
                      settings[0] ? ";" : "", map[i].setting, v);
     }
     return settings[0] ? settings : NULL;
+}
+
+/* A positive byte count from the environment; 0 (the library's default) when unset or not one */
+static size_t env_byte_count(const char *name)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return 0;
+    char *end = NULL;
+    const unsigned long long n = strtoull(v, &end, 10);
+    return *end == '\0' && n <= SIZE_MAX ? (size_t)n : 0;
+}
+
+sqz_status cli_load_model(const char *dir, sqz_model **out)
+{
+    const sqz_model_load_options limits = {
+        .max_header_bytes = env_byte_count("SQZ_MAX_HEADER_BYTES"),
+        .max_pickle_bytes = env_byte_count("SQZ_MAX_PICKLE_BYTES"),
+    };
+    return sqz_model_load(dir, &limits, out);
 }
 
 sqz_session_options cli_session_options(const char *backend, const char *device, sqz_precision precision)

@@ -1,6 +1,6 @@
 /* Internals of `sqz bench` that tests/test_bench.c checks: the statistics and the
  * deterministic inputs (bench/peers.py computes the same ones). The report and its writers
- * are in tools/bench_writers.h. */
+ * are in cli/bench_writers.h. */
 #ifndef SQZ_TOOLS_SQZ_BENCH_H
 #define SQZ_TOOLS_SQZ_BENCH_H
 

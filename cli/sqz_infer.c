@@ -33,9 +33,9 @@
 #include <unistd.h>
 
 #include "squeezebert.h"
-#include "tools/cli_options.h"
-#include "tools/sqz_commands.h"
-#include "tools/sqz_infer_line.h"
+#include "cli/cli_options.h"
+#include "cli/sqz_commands.h"
+#include "cli/sqz_infer_line.h"
 
 #define EXIT_USAGE 2
 #define WINDOW_LINES 4096    /* lines sorted together: bigger sorts better, holds more */
@@ -648,7 +648,7 @@ static int open_devices(pipeline *p, const char *backend)
         w->index = i;
         snprintf(w->name, sizeof w->name, "%s%s%s", devs[i].backend, devs[i].device[0] ? ":" : "", devs[i].device);
         sqz_session_options so = cli_session_options(devs[i].backend, devs[i].device[0] ? devs[i].device : NULL, p->opt.precision);
-        sqz_status st = sqz_session_create_with(p->model, &so, &w->session);
+        sqz_status st = sqz_session_create(p->model, &so, &w->session);
         if (st == SQZ_OK) /* only what the task reads crosses to the host */
             st = sqz_pipeline_use_session(p->pipe, w->session);
         p->n_workers = i + 1;
@@ -983,7 +983,7 @@ int sqz_cli_infer(int argc, char **argv)
     if (rc)
         return rc;
     rc = 1;
-    sqz_status st = sqz_model_load(p.opt.model, &p.model);
+    sqz_status st = cli_load_model(p.opt.model, &p.model);
     if (st == SQZ_OK)
         st = sqz_tokenizer_load(p.opt.model, &p.tok);
     if (st != SQZ_OK) {

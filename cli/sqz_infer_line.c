@@ -1,5 +1,5 @@
-/* One line of sqz infer (see tools/sqz_infer_line.h): JSON in, JSON out. */
-#include "tools/sqz_infer_line.h"
+/* One line of sqz infer (see cli/sqz_infer_line.h): JSON in, JSON out. */
+#include "cli/sqz_infer_line.h"
 
 #include <stdio.h>
 #include <stdlib.h>
