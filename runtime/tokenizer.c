@@ -1,5 +1,5 @@
 /* The BERT WordPiece tokenizer, matching transformers' BertTokenizerFast (the Rust
- * `tokenizers` BertNormalizer + BertPreTokenizer + WordPiece + BERT template), spec §9.
+ * `tokenizers` BertNormalizer + BertPreTokenizer + WordPiece + BERT template).
  *
  * Encoding is one streaming pass per text: each input character is cleaned, split off if it
  * is a CJK ideograph, decomposed and stripped of Mn marks, lower-cased and then fed to the

@@ -43,7 +43,8 @@ static void full_size_random_model_has_the_published_shape(void **unused)
     assert_sqz_ok(sqz_model_load(dir, NULL, &m));
     sqz_model_info info;
     assert_sqz_ok(sqz_model_get_info(m, &info));
-    /* 51,094,272 = embeddings + 12 layers + pooler (squeezebert-spec.md section 3) */
+    /* 51,094,272 = embeddings + 12 layers + pooler: the parameter count of the published
+     * squeezebert/squeezebert-uncased checkpoint */
     assert_int_equal(info.num_parameters, 51094272);
     assert_int_equal(info.vocab_size, 30528);
     assert_int_equal(info.q_groups, 4);

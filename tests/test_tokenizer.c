@@ -1,6 +1,6 @@
 /* The tokenizer against transformers: exact ids, token types, mask and byte offsets for every
  * record transformers wrote for the committed corpus (tests/fixtures/tokenizer, see its
- * README), the spec's test vector, every code point against the Rust tables, invalid UTF-8,
+ * README), a fixed test vector, every code point against the Rust tables, invalid UTF-8,
  * hostile input, concurrent use, loading errors and the `sqz tokenize` contract. */
 #include "tests/test_util.h"
 
@@ -95,7 +95,7 @@ static sqz_tokenizer *load_dir(const char *dir)
     return tok;
 }
 
-/* ---- the spec's test vector (§9) -------------------------------------------------------------- */
+/* ---- a fixed test vector: whitespace, accents, CJK, unknown scripts, markup ------------------ */
 
 static void test_spec_vector(void **unused)
 {

@@ -232,8 +232,7 @@ ORDERING = [
 
 def doc_lines():
     """English technical prose: the project's own documentation, one line each."""
-    paths = [os.path.join(ROOT, "README.md"),
-             os.path.join(ROOT, "..", "shared", "docs", "squeezebert-spec.md")]
+    paths = [os.path.join(ROOT, "README.md")]
     docs = os.path.join(ROOT, "docs")
     if os.path.isdir(docs):
         paths += [os.path.join(docs, f) for f in sorted(os.listdir(docs)) if f.endswith(".md")]

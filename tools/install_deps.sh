@@ -14,6 +14,7 @@ packages=(
   ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo   # OpenCL backend, PoCL on CPUs
   libdnnl-dev             # cpu backend: oneDNN's matmul and sgemm (it brings libgomp)
   libmicrohttpd-dev       # sqz serve's HTTP server
+  python3-venv            # the venvs of the Python package's and sqz serve's client tests
 )
 
 if [ "${1:-}" = "--fuzz" ]; then
