@@ -393,7 +393,7 @@ typedef struct text_buffer {
     bool failed;
 } text_buffer;
 
-static void put(text_buffer *b, const char *format, ...)
+__attribute__((format(printf, 2, 3))) static void put(text_buffer *b, const char *format, ...)
 {
     if (b->failed)
         return;
