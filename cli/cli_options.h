@@ -51,6 +51,11 @@ int cli_devices_of(const char *backend, cli_device *out, int max);
  * ...") when an entry is empty, has an empty backend, or there are too many. */
 int cli_parse_devices(const char *command, const char *spec, cli_device *out, int max);
 
+/* Monotonic seconds, for the commands' timings. */
+double cli_now_seconds(void);
+/* Removes a checkpoint written by sqz_random_model_write (config.json, model.safetensors, the folder). */
+void cli_remove_checkpoint(const char *dir);
+
 /* True when --help or -h is among the arguments. */
 bool cli_wants_help(int argc, char **argv);
 

@@ -9,6 +9,7 @@
  * with such an item are marked backend_failed (424). Whatever arrived while a run computed
  * forms the next batch, so batches grow with load and stay small when it is light. */
 #include "cli/serve_engine.h"
+#include "cli/cli_options.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -64,13 +65,6 @@ struct serve_engine {
         batch_size;
     unsigned long long batches, failed_runs;
 };
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 const char *serve_outcome_name(serve_outcome outcome)
 {
@@ -173,7 +167,7 @@ static size_t take_batch(serve_engine *e, sqz_pipeline_item **items, taken *from
         if (n > 0 && *tokens + t > e->opt.max_batch_tokens)
             break;
         if (r->next == 0)
-            r->queue_seconds = now_seconds() - r->queued_at;
+            r->queue_seconds = cli_now_seconds() - r->queued_at;
         items[n] = r->items[r->next];
         from[n] = (taken){r, r->next};
         n++;
@@ -202,7 +196,7 @@ typedef struct flight {
 /* Counts a finished batch and wakes the requests it completed (the lock held). */
 static void batch_finished_locked(serve_engine *e, const flight *f)
 {
-    const double seconds = now_seconds() - f->started;
+    const double seconds = cli_now_seconds() - f->started;
     e->batches++;
     histogram_add(&e->batch_tokens, (double)f->tokens);
     histogram_add(&e->batch_size, (double)f->n);
@@ -261,7 +255,7 @@ static void *inference_main(void *arg)
             f->n = take_batch(e, f->items, f->from, cap, &f->tokens);
             in_flight++;
             pthread_mutex_unlock(&e->lock);
-            f->started = now_seconds();
+            f->started = cli_now_seconds();
             f->submitted = sqz_pipeline_submit(e->pipeline, e->session, f->items, f->n, &f->ticket) == SQZ_OK;
             pthread_mutex_lock(&e->lock);
             if (in_flight < SQZ_MAX_IN_FLIGHT && e->first)
@@ -361,7 +355,7 @@ void serve_engine_run(serve_engine *e, serve_request *r)
     r->next = 0;
     r->remaining = r->n;
     r->later = NULL;
-    r->queued_at = now_seconds();
+    r->queued_at = cli_now_seconds();
     if (e->last)
         e->last->later = r;
     else

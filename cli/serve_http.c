@@ -3,6 +3,7 @@
  * texts (tokenization runs on these threads, in parallel) and then blocks in the engine until
  * its items are answered, so a slow or vanished client holds only its own thread. */
 #include "cli/serve_http.h"
+#include "cli/cli_options.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -52,13 +53,6 @@ typedef struct upload {
     bool holds_place; /* admitted: the place is given back once the answer is sent */
     double started;
 } upload;
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- responses -------------------------------------------------------------------------- */
 
@@ -669,7 +663,7 @@ done:;
     }
     free(in.texts);
     json_decref(root);
-    serve_engine_count(s->engine, f.outcome, now_seconds() - u->started);
+    serve_engine_count(s->engine, f.outcome, cli_now_seconds() - u->started);
     return result;
 }
 
@@ -683,7 +677,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         u = calloc(1, sizeof *u);
         if (!u)
             return MHD_NO;
-        u->started = now_seconds();
+        u->started = cli_now_seconds();
         *state = u;
         return MHD_YES;
     }

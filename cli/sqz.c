@@ -16,13 +16,6 @@
 #define EXIT_USAGE 2
 #define EXIT_NO_DEVICE 77 /* the backend is built in but has no device here */
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int fail(const char *command, sqz_status status)
 {
     fprintf(stderr, "sqz %s: %s: %s\n", command, sqz_status_str(status), sqz_last_error());
@@ -79,7 +72,7 @@ static int cmd_forward(int argc, char **argv)
         fprintf(stderr, "sqz forward: invalid input: %s\n", err);
         return 1;
     }
-    double t0 = now_seconds();
+    double t0 = cli_now_seconds();
     sqz_model *model = NULL;
     sqz_session *session = NULL;
     sqz_result *result = NULL;
@@ -89,7 +82,7 @@ static int cmd_forward(int argc, char **argv)
         rc = fail("forward", st);
         goto done;
     }
-    double t1 = now_seconds();
+    double t1 = cli_now_seconds();
     if (verbose) {
         sqz_model_info info;
         sqz_model_get_info(model, &info);
@@ -109,14 +102,14 @@ static int cmd_forward(int argc, char **argv)
         rc = fail("forward", st);
         goto done;
     }
-    double t2 = now_seconds();
+    double t2 = cli_now_seconds();
     if (verbose)
         fprintf(stderr, "sqz forward: running on %s\n", sqz_session_device(session));
     if ((st = sqz_session_run(session, &input.input, &result)) != SQZ_OK) {
         rc = fail("forward", st);
         goto done;
     }
-    double t3 = now_seconds();
+    double t3 = cli_now_seconds();
     FILE *f = strcmp(out_path, "-") == 0 ? stdout : fopen(out_path, "w");
     if (!f) {
         fprintf(stderr, "sqz forward: cannot write %s: %s\n", out_path, strerror(errno));
@@ -254,12 +247,12 @@ static int cmd_random_model(int argc, char **argv)
     for (char *c = preset; *c; c++) /* the list's commas are the preset's '+' */
         if (*c == ',')
             *c = '+';
-    double t0 = now_seconds();
+    double t0 = cli_now_seconds();
     sqz_status st = sqz_random_model_write(preset, seed, cli_get(opts, n, "out"));
     if (st != SQZ_OK)
         return fail("random-model", st);
     fprintf(stderr, "sqz random-model: wrote %s (seed %llu) to %s in %.2f s\n", preset, seed,
-            cli_get(opts, n, "out"), now_seconds() - t0);
+            cli_get(opts, n, "out"), cli_now_seconds() - t0);
     return 0;
 }
 
@@ -397,16 +390,6 @@ static const char demo_help[] =
     "through it and prints what it computed and how long each step took. With --repeat R the\n"
     "first run (plan compile, kernel build) is reported apart and the median of R runs after.\n";
 
-static void remove_checkpoint(const char *dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    unlink(path);
-    rmdir(dir);
-}
-
 static int cmd_demo(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
@@ -435,7 +418,7 @@ static int cmd_demo(int argc, char **argv)
     char tmp_dir[] = "/tmp/sqz-demo-XXXXXX";
     const char *dir = cli_get(opts, n, "model");
     bool made = false;
-    double t0 = now_seconds();
+    double t0 = cli_now_seconds();
     if (!dir) {
         if (!mkdtemp(tmp_dir)) {
             fprintf(stderr, "sqz demo: cannot create a temporary directory: %s\n", strerror(errno));
@@ -445,18 +428,18 @@ static int cmd_demo(int argc, char **argv)
         dir = tmp_dir;
         sqz_status st = sqz_random_model_write(preset, (uint64_t)seed, dir);
         if (st != SQZ_OK) {
-            remove_checkpoint(dir);
+            cli_remove_checkpoint(dir);
             return fail("demo", st);
         }
         printf("wrote random %s checkpoint (seed %ld) to %s in %.2f s\n", preset, seed, dir,
-               now_seconds() - t0);
+               cli_now_seconds() - t0);
     }
     int rc = 1;
     sqz_model *model = NULL;
     sqz_session *session = NULL;
     sqz_result *result = NULL;
     int64_t *ids = NULL, *mask = NULL;
-    double t1 = now_seconds();
+    double t1 = cli_now_seconds();
     sqz_status st = cli_load_model(dir, &model);
     if (st != SQZ_OK) {
         rc = fail("demo", st);
@@ -466,7 +449,7 @@ static int cmd_demo(int argc, char **argv)
     sqz_model_get_info(model, &info);
     printf("loaded %s: %d layers, hidden %d, groups q/k/v %d/%d/%d, %lld parameters, in %.2f s\n",
            info.architecture, info.num_layers, info.hidden_size, info.q_groups, info.k_groups,
-           info.v_groups, (long long)info.num_parameters, now_seconds() - t1);
+           info.v_groups, (long long)info.num_parameters, cli_now_seconds() - t1);
     if (length > info.max_position_embeddings) {
         fprintf(stderr, "sqz demo: --length %ld exceeds max_position_embeddings %d\n", length,
                 info.max_position_embeddings);
@@ -492,7 +475,7 @@ static int cmd_demo(int argc, char **argv)
             real_tokens += w < len;
         }
     }
-    double t_session = now_seconds();
+    double t_session = cli_now_seconds();
     sqz_session_options so = cli_session_options(backend, device, SQZ_PRECISION_FP32);
     if ((st = sqz_precision_from_name(cli_get(opts, n, "precision"), &so.precision)) != SQZ_OK ||
         (st = sqz_session_create(model, &so, &session)) != SQZ_OK) {
@@ -500,19 +483,19 @@ static int cmd_demo(int argc, char **argv)
         goto done;
     }
     printf("session on %s (%s) ready in %.2f s\n", backend, sqz_session_device(session),
-           now_seconds() - t_session);
+           cli_now_seconds() - t_session);
     sqz_input input = {.batch = (int)batch, .seq_len = (int)length, .input_ids = ids,
                        .attention_mask = mask};
     double times[1001] = {0};
     for (long r = 0; r < repeat + (repeat > 1); r++) {
         sqz_result_free(result);
         result = NULL;
-        double t2 = now_seconds();
+        double t2 = cli_now_seconds();
         if ((st = sqz_session_run(session, &input, &result)) != SQZ_OK) {
             rc = fail("demo", st);
             goto done;
         }
-        times[r] = now_seconds() - t2;
+        times[r] = cli_now_seconds() - t2;
     }
     double elapsed = times[0];
     if (repeat > 1) {
@@ -555,7 +538,7 @@ done:
     free(ids);
     free(mask);
     if (made)
-        remove_checkpoint(dir);
+        cli_remove_checkpoint(dir);
     return rc;
 }
 
@@ -678,7 +661,7 @@ static int cmd_validate(int argc, char **argv)
         }
         sqz_status st = sqz_random_model_write(preset, (uint64_t)seed, tmp_dir);
         if (st != SQZ_OK) {
-            remove_checkpoint(tmp_dir);
+            cli_remove_checkpoint(tmp_dir);
             return fail("validate", st);
         }
         model_dir = tmp_dir;
@@ -737,7 +720,7 @@ done:
     sqz_model_free(model);
     free(ids), free(mask), free(types);
     if (preset)
-        remove_checkpoint(tmp_dir);
+        cli_remove_checkpoint(tmp_dir);
     return rc;
 }
 
@@ -822,7 +805,7 @@ static int cmd_kernels(int argc, char **argv)
         }
         sqz_status st = sqz_random_model_write(preset, (uint64_t)seed, tmp_dir);
         if (st != SQZ_OK) {
-            remove_checkpoint(tmp_dir);
+            cli_remove_checkpoint(tmp_dir);
             return fail("kernels", st);
         }
         model_dir = tmp_dir;
@@ -894,7 +877,7 @@ done:
     sqz_model_free(model);
     free(ids), free(mask), free(types);
     if (preset)
-        remove_checkpoint(tmp_dir);
+        cli_remove_checkpoint(tmp_dir);
     return rc;
 }
 

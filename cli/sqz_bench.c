@@ -97,13 +97,6 @@ static const char bench_help[] =
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static int parse_double(const char *name, const char *text, double min, double *out)
 {
     char *end = NULL;
@@ -486,7 +479,7 @@ static sqz_status open_cell(bench_ctx *b, const char *backend, const char *devic
 {
     *out = NULL;
     *first = NULL;
-    double t0 = now_seconds();
+    double t0 = cli_now_seconds();
     sqz_session_options so = cli_session_options(backend, device, SQZ_PRECISION_FP32);
     sqz_session *s = NULL;
     sqz_status st;
@@ -502,13 +495,13 @@ static sqz_status open_cell(bench_ctx *b, const char *backend, const char *devic
         sqz_session_free(s);
         return st;
     }
-    double t1 = now_seconds();
+    double t1 = cli_now_seconds();
     if ((st = sqz_session_run(s, in, first)) != SQZ_OK) {
         snprintf(where, where_size, "the first run");
         sqz_session_free(s);
         return st;
     }
-    double t2 = now_seconds();
+    double t2 = cli_now_seconds();
     sqz_run_stats stats;
     sqz_session_last_stats(s, &stats);
     json_t *warm = json_object();
@@ -636,9 +629,9 @@ static json_t *run_cell(bench_ctx *b, const char *backend, const char *device, c
     while ((long)count < b->min_repeats || (spent < b->budget && (long)count < b->max_repeats)) {
         sqz_result_free(res);
         res = NULL;
-        double a = now_seconds();
+        double a = cli_now_seconds();
         st = sqz_session_run(s, &in, &res);
-        double z = now_seconds();
+        double z = cli_now_seconds();
         if (st != SQZ_OK) {
             snprintf(where, sizeof where, "timed run %zu", count + 1);
             goto done;
@@ -707,12 +700,12 @@ static void *stream_main(void *arg)
     if (abandon)
         return NULL;
     sqz_session_busy_seconds(d->session, &d->busy_before);
-    d->began = now_seconds();
+    d->began = cli_now_seconds();
     double last = d->began;
     long submitted = 0;
     while (d->st == SQZ_OK) {
         const bool more = submitted < d->max_batches &&
-                          (submitted < d->min_batches || now_seconds() < d->deadline);
+                          (submitted < d->min_batches || cli_now_seconds() < d->deadline);
         if (more && n < SQZ_MAX_IN_FLIGHT) {
             if ((d->st = sqz_session_submit(d->session, d->in, &tickets[n])) == SQZ_OK) {
                 n++;
@@ -728,7 +721,7 @@ static void *stream_main(void *arg)
         for (int i = 1; i < n; i++)
             tickets[i - 1] = tickets[i];
         n--;
-        const double t = now_seconds();
+        const double t = cli_now_seconds();
         d->gaps[d->n_gaps++] = t - last;
         last = t;
         d->batches++;
@@ -798,7 +791,7 @@ static json_t *run_stream_cell(bench_ctx *b, const cli_device *devs, int n, cons
                             &in, row, &x->session, &x->last, where, sizeof where)) != SQZ_OK)
             goto done;
     }
-    const double deadline = now_seconds() + b->budget;
+    const double deadline = cli_now_seconds() + b->budget;
     for (; started < n; started++) {
         d[started].deadline = deadline;
         if (pthread_create(&threads[started], NULL, stream_main, &d[started]) != 0) {
@@ -1042,16 +1035,6 @@ static int read_lengths_file(const char *path, lengths_file *out)
 }
 
 /* ---- the command ------------------------------------------------------------------------------ */
-
-static void remove_checkpoint(const char *dir)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    unlink(path);
-    rmdir(dir);
-}
 
 static void machine_info(json_t *run)
 {
@@ -1648,6 +1631,6 @@ int sqz_cli_bench(int argc, char **argv)
         free_words(b.outputs, b.n_outputs);
     free_request(&r);
     if (made)
-        remove_checkpoint(tmp_dir);
+        cli_remove_checkpoint(tmp_dir);
     return rc;
 }

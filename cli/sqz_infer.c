@@ -258,13 +258,6 @@ typedef struct pipeline {
     double started;
 } pipeline;
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---- reader: parse, tokenize, sort, batch ------------------------------------------------ */
 
 static batch *new_batch(item **items, size_t count, int width)
@@ -403,7 +396,7 @@ static void *reader_main(void *arg)
         r->fd = p->in_fd;
     while (window && r && !stop_signal &&
            (got = read_line(r, p->max_line_bytes, &line, &cap, &len, &too_long, &p->bytes_read)) > 0) {
-        double t0 = now_seconds();
+        double t0 = cli_now_seconds();
         if (++line_no <= p->skip_lines)
             continue; /* --resume: its record is already in the output */
         item *it = calloc(1, sizeof *it);
@@ -424,7 +417,7 @@ static void *reader_main(void *arg)
         infer_encode_line(p->pipe, it);
         window[n++] = it;
         p->lines_read++;
-        p->tokenize_s += now_seconds() - t0;
+        p->tokenize_s += cli_now_seconds() - t0;
         if (n == WINDOW_LINES) {
             flush_window(p, window, n);
             n = 0;
@@ -557,9 +550,9 @@ static void finish_oldest(worker *w, batch **flight, sqz_ticket *tickets, int *n
     for (int i = 1; i < *n; i++)
         flight[i - 1] = flight[i], tickets[i - 1] = tickets[i];
     (*n)--;
-    const double t0 = now_seconds();
+    const double t0 = cli_now_seconds();
     sqz_status st = sqz_session_wait(w->session, ticket, &b->result);
-    w->compute_s += now_seconds() - t0;
+    w->compute_s += cli_now_seconds() - t0;
     if (st != SQZ_OK) {
         batch_failed(w, b, sqz_last_error());
         return;
@@ -601,10 +594,10 @@ static void *worker_main(void *arg)
             send_to_writer(w, b);
             continue;
         }
-        const double t0 = now_seconds();
+        const double t0 = cli_now_seconds();
         const char *why = NULL;
         sqz_status st = submit_batch(w, b, &tickets[n], &why);
-        w->compute_s += now_seconds() - t0;
+        w->compute_s += cli_now_seconds() - t0;
         if (st != SQZ_OK) {
             batch_failed(w, b, why);
             continue;
@@ -669,7 +662,7 @@ typedef struct reorder {
 
 static void show_progress(pipeline *p, bool final)
 {
-    double t = now_seconds() - p->started;
+    double t = cli_now_seconds() - p->started;
     double rate = t > 0 ? (double)p->lines / t : 0;
     char eta[32] = "";
     if (p->input_bytes > 0 && p->bytes_read > 0 && !final) {
@@ -693,7 +686,7 @@ static void *formatter_main(void *arg)
     pipeline *p = f->p;
     batch *b;
     while ((b = queue_pop(&p->to_format)) != NULL) {
-        const double t0 = now_seconds();
+        const double t0 = cli_now_seconds();
         if (!b->skipped && b->width > 0) {
             /* the answers of a batch that ran, or its error for every line */
             sqz_pipeline_item **items = items_of(b);
@@ -708,7 +701,7 @@ static void *formatter_main(void *arg)
             infer_make_record(b->items[r]);
         sqz_result_free(b->result); /* the records hold everything now */
         b->result = NULL;
-        p->format_s[f->index] += now_seconds() - t0;
+        p->format_s[f->index] += cli_now_seconds() - t0;
         queue_push(&p->to_write, b);
     }
     return NULL;
@@ -721,7 +714,7 @@ static void *writer_main(void *arg)
     double last_progress = 0;
     batch *b;
     while ((b = queue_pop(&p->to_write)) != NULL) {
-        double t0 = now_seconds();
+        double t0 = cli_now_seconds();
         for (size_t r = 0; r < b->count; r++) {
             item *it = b->items[r];
             if (b->skipped) { /* interrupted before compute: never written */
@@ -765,10 +758,10 @@ static void *writer_main(void *arg)
             memset(ro.slots + ro.cap - done, 0, done * sizeof *ro.slots);
             ro.base += done;
         }
-        p->write_s += now_seconds() - t0;
-        if (p->progress && now_seconds() - last_progress > 0.5) {
+        p->write_s += cli_now_seconds() - t0;
+        if (p->progress && cli_now_seconds() - last_progress > 0.5) {
             show_progress(p, false);
-            last_progress = now_seconds();
+            last_progress = cli_now_seconds();
         }
     }
     fflush(p->out);
@@ -1040,7 +1033,7 @@ int sqz_cli_infer(int argc, char **argv)
     if (p.in != stdin && fstat(p.in_fd, &in_stat) == 0 && S_ISREG(in_stat.st_mode))
         p.input_bytes = (long)in_stat.st_size;
     p.progress = isatty(STDERR_FILENO);
-    p.started = now_seconds();
+    p.started = cli_now_seconds();
     work wk;
     work_init(&wk, p.n_workers);
     p.work = &wk;
@@ -1095,7 +1088,7 @@ int sqz_cli_infer(int argc, char **argv)
     queue_destroy(&p.to_write);
     if (p.progress)
         show_progress(&p, true);
-    double wall = now_seconds() - p.started;
+    double wall = cli_now_seconds() - p.started;
     report_summary(&p, backend, wall);
     rc = p.failed || p.read_error ? 1 : 0;
     if (stopped_by) {
