@@ -505,7 +505,7 @@ typedef struct linear_job {
     bool packed; /* w is packed_weight's layout, else [cout][k] */
     size_t el;
     dnnl_data_type_t t;
-    int64_t rows, groups, col_blocks;
+    int64_t rows, groups, col_blocks, row_tiles;
     atomic_int failed;
 } linear_job;
 
@@ -549,7 +549,9 @@ static dnnl_status_t linear_tile(const linear_job *j, int64_t g, int64_t r0, int
 static void linear_task(void *arg, int64_t t, int worker)
 {
     linear_job *j = arg;
-    const int64_t gi = t % j->groups, cb = t / j->groups % j->col_blocks, rt = t / j->groups / j->col_blocks;
+    /* row tiles vary fastest: a thread's next tile most often reads the weights it just read,
+     * still in its L2 */
+    const int64_t rt = t % j->row_tiles, cb = t / j->row_tiles % j->col_blocks, gi = t / j->row_tiles / j->col_blocks;
     const int64_t r0 = rt * LINEAR_TILE_ROWS, m = j->rows - r0 < LINEAR_TILE_ROWS ? j->rows - r0 : LINEAR_TILE_ROWS;
     if (linear_tile(j, gi, r0, m, cb * j->nb) != dnnl_success)
         atomic_store(&j->failed, 1);
@@ -595,7 +597,7 @@ static sqz_status run_linear(cpu_ctx *c, const sqz_binding *b, const sqz_node *n
     linear_job job = {c, prim, tensor_base(b, in[0]), w,
                       has_bias ? (const float *)tensor_base(b, in[2]) : NULL, tensor_base(b, node->output),
                       cin, cout, k, n, nb, packed, c->bf16 ? 2 : 4, c->bf16 ? dnnl_bf16 : dnnl_f32,
-                      rows, groups, col_blocks, 0};
+                      rows, groups, col_blocks, row_tiles, 0};
     sqz_cpu_pool_run(c->pool, linear_task, &job, groups * row_tiles * col_blocks);
     if (atomic_load(&job.failed))
         return sqz_fail(SQZ_ERR_BACKEND, "cpu: node '%s': a oneDNN matmul tile failed", node->name);
