@@ -10,7 +10,8 @@ Embeds N mixed-length sentences (default 4,000) with a real sentence-transformer
   included).
 - sentence-transformers: `SentenceTransformer(DIR, device="cpu").encode(texts, batch_size)`
   with `torch.set_num_threads(T)`, timed around `encode` alone (model loaded before), one
-  warm-up call on 64 texts first.
+  warm-up call on 64 texts first. With --st-precisions fp32,bf16 also the model cast to
+  torch.bfloat16 (torch's own bf16 kernels: the like-for-like peer of `sqz --precision bf16`).
 
 Then every sqz embedding is compared with sentence-transformers' (max |difference|), so the
 two rows did the same work. The sentences are made here, deterministically from --seed: words
@@ -115,6 +116,10 @@ def main():
     ap.add_argument("--sentences", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=32, help="sentence-transformers' encode batch")
+    ap.add_argument("--st-precisions", default="fp32",
+                    help="sentence-transformers' precisions, comma-separated: fp32 and/or bf16 (the "
+                         "model cast to torch.bfloat16: the same-precision peer of sqz's bf16 rows); "
+                         "the ratios are against its fp32 row, or its only one")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--venv", default=os.path.join(os.path.expanduser("~"), ".cache", "sqz-bench",
@@ -135,8 +140,15 @@ def main():
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass
-    st = SentenceTransformer(model_dir, device="cpu")
-    st.encode(texts[:64], batch_size=args.batch_size)  # warm-up
+    st_models = {}
+    for precision in args.st_precisions.split(","):
+        if precision not in ("fp32", "bf16"):
+            sys.exit(f"embed_peers: --st-precisions: '{precision}' is not fp32 or bf16")
+        m = SentenceTransformer(model_dir, device="cpu")
+        if precision == "bf16":
+            m = m.to(torch.bfloat16)
+        m.encode(texts[:64], batch_size=args.batch_size)  # warm-up
+        st_models[precision] = m
     results = {"machine": {"cpu": subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo"],
                                                  capture_output=True, text=True).stdout.split(":")[-1].strip(),
                            "cores": os.cpu_count()},
@@ -156,19 +168,26 @@ def main():
                     row, emb = run_sqz(args, model_dir, backend, precision, inp, work)
                     key = f"sqz:{backend}" + ("" if precision == "fp32" else f" {precision}")
                     rnd[key] = dict(row, embeddings=emb)
-            t0 = time.perf_counter()
-            ref = st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
-            secs = time.perf_counter() - t0
-            rnd["sentence-transformers"] = {"seconds": secs, "lines_per_s": len(texts) / secs,
-                                            "summary": f"encode(batch_size={args.batch_size}), "
-                                                       f"torch {torch.__version__}, "
-                                                       f"{torch.get_num_threads()} threads"}
+            ref = None
+            for precision, m in st_models.items():
+                t0 = time.perf_counter()
+                out = m.encode(texts, batch_size=args.batch_size, convert_to_tensor=True)
+                secs = time.perf_counter() - t0
+                out = out.float().cpu().numpy()
+                key = "sentence-transformers" + ("" if precision == "fp32" else f" {precision}")
+                rnd[key] = {"seconds": secs, "lines_per_s": len(texts) / secs,
+                            "summary": f"encode(batch_size={args.batch_size}), torch {torch.__version__}, "
+                                       f"{precision}, {torch.get_num_threads()} threads"}
+                if ref is None or precision == "fp32":  # the others are compared with fp32's
+                    ref = out
+                rnd[key]["embeddings"] = out
             for key in list(rnd):
-                if key.startswith("sqz:"):
-                    got = np.asarray(rnd[key].pop("embeddings"))
+                if key.startswith("sqz:") or (key.startswith("sentence-transformers ")):
+                    got = np.asarray(rnd[key].pop("embeddings"), dtype=np.float32)
                     cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
                     rnd[key]["max_abs_diff_vs_st"] = float(np.max(np.abs(got - ref)))
                     rnd[key]["min_cosine_vs_st"] = float(np.min(cos))
+            rnd.get("sentence-transformers", {}).pop("embeddings", None)
             results["rounds"].append(rnd)
             print(f"embed_peers: round {r + 1}: load {rnd['loadavg']}: " + "; ".join(
                 f"{k} {v['lines_per_s']:.1f} lines/s" for k, v in rnd.items() if k != "loadavg"),
@@ -178,12 +197,14 @@ def main():
             if key != "loadavg" and (key not in results["best"]
                                      or v["lines_per_s"] > results["best"][key]["lines_per_s"]):
                 results["best"][key] = dict(v, loadavg=rnd["loadavg"])
-    st_best = results["best"]["sentence-transformers"]["lines_per_s"]
+    st_key = "sentence-transformers" if "sentence-transformers" in results["best"] else \
+        next(k for k in results["best"] if k.startswith("sentence-transformers"))
+    st_best = results["best"][st_key]["lines_per_s"]
     print(f"{len(texts)} sentences, {args.threads} threads, best of {args.rounds} round(s):")
     for key, v in results["best"].items():
         extra = (f", vs sentence-transformers: max |diff| {v['max_abs_diff_vs_st']:.1e}, "
                  f"min cosine {v['min_cosine_vs_st']:.6f}") if "max_abs_diff_vs_st" in v else ""
-        print(f"  {key:<22} {v['lines_per_s']:8.1f} lines/s  {v['lines_per_s'] / st_best:5.2f}x"
+        print(f"  {key:<26} {v['lines_per_s']:8.1f} lines/s  {v['lines_per_s'] / st_best:5.2f}x"
               f"  (load {v['loadavg']}{extra})")
     if args.json:
         with open(args.json, "w") as f:
