@@ -1,9 +1,16 @@
 /* One line of sqz infer (see cli/sqz_infer_line.h): JSON in, JSON out. */
 #include "cli/sqz_infer_line.h"
 
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "cli/json_real.h"
 
 char *infer_message(const char *what, const char *detail)
 {
@@ -98,9 +105,57 @@ const char *infer_item_error(const infer_item *it)
     return it->error ? it->error : sqz_pipeline_item_error(it->item);
 }
 
+/* An embedding is written as text (cli_json_real) rather than a json_t per value: the record
+ * carries this placeholder string where the array goes, and the dumped text has it replaced.
+ * The random part keeps input fields from imitating it; if the placeholder still appears more
+ * than once, the record is made the slow way. */
+static char embedding_placeholder[48];
+static pthread_once_t placeholder_once = PTHREAD_ONCE_INIT;
+
+static void make_placeholder(void)
+{
+    uint64_t nonce = 0;
+    if (getrandom(&nonce, sizeof nonce, GRND_NONBLOCK) != (ssize_t)sizeof nonce)
+        nonce = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ull ^ (uint64_t)(uintptr_t)&nonce;
+    snprintf(embedding_placeholder, sizeof embedding_placeholder, "sqz-embedding-%016llx",
+             (unsigned long long)nonce);
+}
+
+/* `text` with its one "<placeholder>" replaced by the embedding's array; NULL when the
+ * placeholder is not there exactly once (or memory runs out). Non-finite values are null. */
+static char *splice_embedding(const char *text, const sqz_answer *a)
+{
+    char quoted[sizeof embedding_placeholder + 2];
+    snprintf(quoted, sizeof quoted, "\"%s\"", embedding_placeholder);
+    const char *at = strstr(text, quoted);
+    if (!at || strstr(at + 1, quoted))
+        return NULL;
+    const size_t head = (size_t)(at - text), tail = strlen(at + strlen(quoted));
+    char *out = malloc(head + tail + 3 + (size_t)a->dimension * CLI_JSON_REAL_MAX);
+    if (!out)
+        return NULL;
+    memcpy(out, text, head);
+    char *p = out + head;
+    *p++ = '[';
+    for (int c = 0; c < a->dimension; c++) {
+        if (c)
+            *p++ = ',';
+        if (isfinite(a->embedding[c])) {
+            p += cli_json_real(a->embedding[c], p);
+        } else {
+            memcpy(p, "null", 4);
+            p += 4;
+        }
+    }
+    *p++ = ']';
+    memcpy(p, at + strlen(quoted), tail + 1);
+    return out;
+}
+
 /* The task's fields of an answer. Probabilities and embeddings as JSON reals (printed with 9
- * significant digits by the caller's json_dumps). */
-static json_t *answer_json(const sqz_answer *a)
+ * significant digits by the caller's json_dumps; an embedding as a placeholder when `fast`,
+ * see splice_embedding). */
+static json_t *answer_json(const sqz_answer *a, bool fast)
 {
     json_t *r = json_object();
     switch (a->task) {
@@ -114,6 +169,10 @@ static json_t *answer_json(const sqz_answer *a)
         break;
     }
     case SQZ_TASK_EMBED: {
+        if (fast) {
+            json_object_set_new(r, "embedding", json_string(embedding_placeholder));
+            break;
+        }
         json_t *arr = json_array();
         for (int c = 0; c < a->dimension; c++)
             json_array_append_new(arr, json_real(a->embedding[c]));
@@ -163,19 +222,33 @@ static json_t *answer_json(const sqz_answer *a)
     return r;
 }
 
-void infer_make_record(infer_item *it)
+static char *record_text(const infer_item *it, const sqz_answer *answer, const char *error, bool fast)
 {
-    const char *error = infer_item_error(it);
-    const sqz_answer *answer = error ? NULL : sqz_pipeline_item_answer(it->item);
     json_t *record = it->copied ? json_deep_copy(it->copied) : json_object();
     if (!answer) {
         json_object_set_new(record, "line", json_integer((json_int_t)it->line));
         json_object_set_new(record, "error", json_string(error ? error : "no answer"));
     } else {
-        json_t *fields = answer_json(answer);
+        json_t *fields = answer_json(answer, fast);
         json_object_update(record, fields);
         json_decref(fields);
     }
-    it->record = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    char *text = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(record);
+    return text;
+}
+
+void infer_make_record(infer_item *it)
+{
+    const char *error = infer_item_error(it);
+    const sqz_answer *answer = error ? NULL : sqz_pipeline_item_answer(it->item);
+    if (answer && answer->task == SQZ_TASK_EMBED) {
+        pthread_once(&placeholder_once, make_placeholder);
+        char *text = record_text(it, answer, error, true);
+        it->record = text ? splice_embedding(text, answer) : NULL;
+        free(text);
+        if (it->record)
+            return;
+    }
+    it->record = record_text(it, answer, error, false);
 }
