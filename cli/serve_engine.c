@@ -296,6 +296,8 @@ static void *inference_main(void *arg)
             flight *f = &slots[(oldest + in_flight) % SQZ_MAX_IN_FLIGHT];
             f->n = take_batch(e, f->items, f->from, cap, &f->tokens);
             in_flight++;
+            if (e->first && e->idle_workers > 0) /* more than the budget waits: an idle device takes it */
+                pthread_cond_signal(&e->work);
             pthread_mutex_unlock(&e->lock);
             f->started = cli_now_seconds();
             f->submitted = sqz_pipeline_submit(e->pipeline, w->session, f->items, f->n, &f->ticket) == SQZ_OK;
