@@ -235,6 +235,24 @@ int cli_parse_devices(const char *command, const char *spec, cli_device *out, in
     }
 }
 
+int cli_resolve_devices(const char *command, const char *backend, const char *device, const char *devices,
+                        cli_device *out, int max)
+{
+    if (!devices) {
+        snprintf(out[0].backend, sizeof out[0].backend, "%s", backend);
+        snprintf(out[0].device, sizeof out[0].device, "%s", device ? device : "");
+        return 1;
+    }
+    if (strcmp(devices, "all") == 0) {
+        const int n = cli_devices_of(backend, out, max);
+        if (n == 0)
+            fprintf(stderr, "sqz %s: --devices all: backend %s lists no device (sqz devices)\n", command, backend);
+        return n;
+    }
+    const int n = cli_parse_devices(command, devices, out, max);
+    return n < 0 ? 0 : n;
+}
+
 double cli_now_seconds(void)
 {
     struct timespec ts;

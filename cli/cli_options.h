@@ -50,6 +50,12 @@ int cli_devices_of(const char *backend, cli_device *out, int max);
 /* "BACKEND[:DEVICE],..." into at most `max` entries; -1 (message printed as "sqz COMMAND:
  * ...") when an entry is empty, has an empty backend, or there are too many. */
 int cli_parse_devices(const char *command, const char *spec, cli_device *out, int max);
+/* The devices a command runs on, one session each: `devices` ("all": every device of `backend`
+ * that `sqz devices` lists; else "BACKEND[:DEVICE],...") or, when it is NULL, `backend` with
+ * `device` (NULL: the backend's default). The count, or 0 (message printed as "sqz COMMAND:
+ * ...") when the list is malformed or names no device. */
+int cli_resolve_devices(const char *command, const char *backend, const char *device, const char *devices,
+                        cli_device *out, int max);
 
 /* Monotonic seconds, for the commands' timings. */
 double cli_now_seconds(void);

@@ -1,17 +1,22 @@
 /* The batching core of `sqz serve` (see cli/serve_engine.h).
  *
  * The queue holds requests in arrival order; each has a cursor to its first item not yet
- * taken. The inference thread takes items from the front while their tokens fit the budget
+ * taken. Each device has an inference thread, which takes items from the front while their
+ * tokens fit the budget
  * (the engine packs sequences, so real tokens are what a run costs), submits them as one
  * packed run (two in flight, so the device has the next batch while the host answers the
  * last), copies the logits when asked, and answers them. A run that fails is retried in
  * halves, so an item that fails alone is the only one to get the engine's message; requests
  * with such an item are marked backend_failed (424). Whatever arrived while a run computed
- * forms the next batch, so batches grow with load and stay small when it is light. */
+ * forms the next batch, so batches grow with load and stay small when it is light. With
+ * several devices, a thread takes a second batch for its device only when no other device's
+ * thread is idle, so the batches spread over the devices; a run that fails on a device is
+ * retried in halves there, so a failing device answers only its own items 424. */
 #include "cli/serve_engine.h"
 #include "cli/cli_options.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -45,13 +50,22 @@ static void histogram_add(histogram *h, double value)
     h->sum += value;
 }
 
-struct serve_engine {
-    const sqz_pipeline *pipeline;
+/* One device: its session, its thread and its counts (under the engine's lock). */
+typedef struct worker {
+    struct serve_engine *engine;
     sqz_session *session;
-    serve_engine_options opt;
-    int num_labels;
+    char name[128];
     pthread_t thread;
     bool started;
+    unsigned long long batches, items, failed_runs;
+} worker;
+
+struct serve_engine {
+    const sqz_pipeline *pipeline;
+    worker *workers;
+    int n_workers;
+    serve_engine_options opt;
+    int num_labels;
     pthread_mutex_t lock;
     pthread_cond_t work;       /* items queued, or stopping */
     pthread_cond_t answered;   /* some request's last item got its answer */
@@ -59,6 +73,7 @@ struct serve_engine {
     size_t queued_items;
     bool stopping;
     long in_flight;
+    int idle_workers; /* threads waiting for work */
     /* metrics (under lock) */
     unsigned long long outcomes[SERVE_OUTCOME_COUNT];
     histogram request_seconds, queue_seconds, request_inference_seconds, inference_seconds, batch_tokens,
@@ -73,14 +88,24 @@ const char *serve_outcome_name(serve_outcome outcome)
     return (unsigned)outcome < SERVE_OUTCOME_COUNT ? names[outcome] : "";
 }
 
-int serve_engine_create(const sqz_pipeline *pipeline, sqz_session *session,
+int serve_engine_create(const sqz_pipeline *pipeline, const serve_device *devices, int n_devices,
                         const serve_engine_options *options, serve_engine **out)
 {
     serve_engine *e = calloc(1, sizeof *e);
-    if (!e)
+    if (!e || n_devices < 1 || !(e->workers = calloc((size_t)n_devices, sizeof *e->workers))) {
+        free(e);
         return -1;
+    }
+    e->n_workers = n_devices;
+    for (int i = 0; i < n_devices; i++) {
+        e->workers[i].engine = e;
+        e->workers[i].session = devices[i].session;
+        snprintf(e->workers[i].name, sizeof e->workers[i].name, "%s", devices[i].name);
+        for (char *c = e->workers[i].name; *c; c++) /* a Prometheus label value needs no escapes */
+            if (*c == '"' || *c == '\\' || *c == '\n')
+                *c = '_';
+    }
     e->pipeline = pipeline;
-    e->session = session;
     e->opt = *options;
     sqz_pipeline_info info;
     sqz_pipeline_get_info(pipeline, &info);
@@ -110,10 +135,11 @@ typedef struct taken {
 
 /* Waits for a submitted run, keeps logits when asked, answers its items. Non-zero when the
  * run failed (sqz_last_error says why; no item was answered). */
-static int complete_run(serve_engine *e, sqz_pipeline_item **items, const taken *from, size_t n, sqz_ticket ticket)
+static int complete_run(worker *w, sqz_pipeline_item **items, const taken *from, size_t n, sqz_ticket ticket)
 {
+    serve_engine *e = w->engine;
     sqz_result *result = NULL;
-    if (sqz_session_wait(e->session, ticket, &result) != SQZ_OK)
+    if (sqz_session_wait(w->session, ticket, &result) != SQZ_OK)
         return -1;
     if (e->opt.keep_logits) {
         const sqz_output *logits = sqz_result_find(result, "logits");
@@ -133,10 +159,12 @@ static int complete_run(serve_engine *e, sqz_pipeline_item **items, const taken 
 
 /* The halves of a failed run, each submitted and completed, down to single items that take
  * the engine's message (their requests become 424). */
-static void retry_halves(serve_engine *e, sqz_pipeline_item **items, const taken *from, size_t n)
+static void retry_halves(worker *w, sqz_pipeline_item **items, const taken *from, size_t n)
 {
+    serve_engine *e = w->engine;
     pthread_mutex_lock(&e->lock);
     e->failed_runs++;
+    w->failed_runs++;
     pthread_mutex_unlock(&e->lock);
     if (n == 1) {
         sqz_pipeline_item_set_error(items[0], sqz_last_error());
@@ -149,9 +177,9 @@ static void retry_halves(serve_engine *e, sqz_pipeline_item **items, const taken
         sqz_pipeline_item **part = items + (h ? half : 0);
         const taken *part_from = from + (h ? half : 0);
         sqz_ticket ticket;
-        if (sqz_pipeline_submit(e->pipeline, e->session, part, counts[h], &ticket) != SQZ_OK ||
-            complete_run(e, part, part_from, counts[h], ticket) != 0)
-            retry_halves(e, part, part_from, counts[h]);
+        if (sqz_pipeline_submit(e->pipeline, w->session, part, counts[h], &ticket) != SQZ_OK ||
+            complete_run(w, part, part_from, counts[h], ticket) != 0)
+            retry_halves(w, part, part_from, counts[h]);
     }
 }
 
@@ -194,10 +222,13 @@ typedef struct flight {
 } flight;
 
 /* Counts a finished batch and wakes the requests it completed (the lock held). */
-static void batch_finished_locked(serve_engine *e, const flight *f)
+static void batch_finished_locked(worker *w, const flight *f)
 {
+    serve_engine *e = w->engine;
     const double seconds = cli_now_seconds() - f->started;
     e->batches++;
+    w->batches++;
+    w->items += f->n;
     histogram_add(&e->batch_tokens, (double)f->tokens);
     histogram_add(&e->batch_size, (double)f->n);
     histogram_add(&e->inference_seconds, seconds);
@@ -214,25 +245,33 @@ static void batch_finished_locked(serve_engine *e, const flight *f)
 
 /* Completes a batch (the lock not held); a failed one is retried in halves once no other
  * run is in flight, so the retries have the session to themselves. */
-static void finish_flight(serve_engine *e, flight *f, flight *other_in_flight)
+static void finish_flight(worker *w, flight *f, flight *other_in_flight)
 {
-    if (f->submitted && complete_run(e, f->items, f->from, f->n, f->ticket) == 0)
+    if (f->submitted && complete_run(w, f->items, f->from, f->n, f->ticket) == 0)
         return;
     if (other_in_flight) {
-        finish_flight(e, other_in_flight, NULL);
-        pthread_mutex_lock(&e->lock);
-        batch_finished_locked(e, other_in_flight);
-        pthread_mutex_unlock(&e->lock);
+        finish_flight(w, other_in_flight, NULL);
+        pthread_mutex_lock(&w->engine->lock);
+        batch_finished_locked(w, other_in_flight);
+        pthread_mutex_unlock(&w->engine->lock);
         other_in_flight->n = 0;
     }
-    retry_halves(e, f->items, f->from, f->n);
+    retry_halves(w, f->items, f->from, f->n);
 }
 
-/* The inference thread: up to SQZ_MAX_IN_FLIGHT batches on the session, so the next batch is
- * queued on the device while the host answers the last one. */
+/* Whether a thread with `in_flight` runs on its device takes another batch now: when there is
+ * one, its device has room, and no other device's thread is idle (that one takes it). */
+static bool takes_batch(const serve_engine *e, int in_flight)
+{
+    return e->first && in_flight < SQZ_MAX_IN_FLIGHT && (in_flight == 0 || e->idle_workers == 0);
+}
+
+/* A device's inference thread: up to SQZ_MAX_IN_FLIGHT batches on its session, so the next
+ * batch is queued on the device while the host answers the last one. */
 static void *inference_main(void *arg)
 {
-    serve_engine *e = arg;
+    worker *w = arg;
+    serve_engine *e = w->engine;
     /* a batch never has more items than tokens in the budget (each item has 3 or more) */
     const size_t cap = (size_t)e->opt.max_batch_tokens;
     flight slots[SQZ_MAX_IN_FLIGHT];
@@ -246,26 +285,31 @@ static void *inference_main(void *arg)
     int oldest = 0, in_flight = 0;
     pthread_mutex_lock(&e->lock);
     for (;;) {
-        while (in_flight == 0 && !e->first && !e->stopping)
+        while (in_flight == 0 && !e->first && !e->stopping) {
+            e->idle_workers++;
             pthread_cond_wait(&e->work, &e->lock);
+            e->idle_workers--;
+        }
         if (in_flight == 0 && !e->first)
             break; /* stopping with nothing left */
-        if (in_flight < SQZ_MAX_IN_FLIGHT && e->first) {
+        if (takes_batch(e, in_flight)) {
             flight *f = &slots[(oldest + in_flight) % SQZ_MAX_IN_FLIGHT];
             f->n = take_batch(e, f->items, f->from, cap, &f->tokens);
             in_flight++;
+            if (e->first && e->idle_workers > 0) /* more than the budget waits: an idle device takes it */
+                pthread_cond_signal(&e->work);
             pthread_mutex_unlock(&e->lock);
             f->started = cli_now_seconds();
-            f->submitted = sqz_pipeline_submit(e->pipeline, e->session, f->items, f->n, &f->ticket) == SQZ_OK;
+            f->submitted = sqz_pipeline_submit(e->pipeline, w->session, f->items, f->n, &f->ticket) == SQZ_OK;
             pthread_mutex_lock(&e->lock);
-            if (in_flight < SQZ_MAX_IN_FLIGHT && e->first)
+            if (takes_batch(e, in_flight))
                 continue; /* fill the other place first */
         }
         flight *f = &slots[oldest], *other = in_flight > 1 ? &slots[(oldest + 1) % SQZ_MAX_IN_FLIGHT] : NULL;
         pthread_mutex_unlock(&e->lock);
-        finish_flight(e, f, other);
+        finish_flight(w, f, other);
         pthread_mutex_lock(&e->lock);
-        batch_finished_locked(e, f);
+        batch_finished_locked(w, f);
         oldest = (oldest + 1) % SQZ_MAX_IN_FLIGHT;
         in_flight--;
         if (other && other->n == 0) { /* finished early, before the retries of f */
@@ -281,7 +325,8 @@ static void *inference_main(void *arg)
     return NULL;
 }
 
-int serve_engine_start(serve_engine *e, char *why, size_t size)
+/* Plans, kernels and buffers are made on a session's first run: not on a client's time. */
+static int warm_up(const serve_engine *e, worker *w, char *why, size_t size)
 {
     sqz_pipeline_item *item = NULL;
     const sqz_text text = {SERVE_WARM_UP_TEXT, strlen(SERVE_WARM_UP_TEXT), NULL, 0};
@@ -289,19 +334,26 @@ int serve_engine_start(serve_engine *e, char *why, size_t size)
         snprintf(why, size, "%s", sqz_last_error());
         return -1;
     }
-    /* plans, kernels and buffers are made on the first run: not on a client's time */
-    const sqz_status st = sqz_pipeline_run(e->pipeline, e->session, &item, 1, NULL);
+    const sqz_status st = sqz_pipeline_run(e->pipeline, w->session, &item, 1, NULL);
     const char *error = st != SQZ_OK ? sqz_last_error() : sqz_pipeline_item_error(item);
     if (error)
-        snprintf(why, size, "%s", error);
+        snprintf(why, size, "%s: %s", w->name, error);
     sqz_pipeline_item_free(item);
-    if (error)
-        return -1;
-    if (pthread_create(&e->thread, NULL, inference_main, e) != 0) {
-        snprintf(why, size, "cannot start the inference thread");
-        return -1;
+    return error ? -1 : 0;
+}
+
+int serve_engine_start(serve_engine *e, char *why, size_t size)
+{
+    for (int i = 0; i < e->n_workers; i++)
+        if (warm_up(e, &e->workers[i], why, size) != 0)
+            return -1;
+    for (int i = 0; i < e->n_workers; i++) {
+        if (pthread_create(&e->workers[i].thread, NULL, inference_main, &e->workers[i]) != 0) {
+            snprintf(why, size, "cannot start the inference thread of %s", e->workers[i].name);
+            return -1;
+        }
+        e->workers[i].started = true;
     }
-    e->started = true;
     return 0;
 }
 
@@ -309,16 +361,17 @@ void serve_engine_free(serve_engine *e)
 {
     if (!e)
         return;
-    if (e->started) {
-        pthread_mutex_lock(&e->lock);
-        e->stopping = true;
-        pthread_cond_broadcast(&e->work);
-        pthread_mutex_unlock(&e->lock);
-        pthread_join(e->thread, NULL);
-    }
+    pthread_mutex_lock(&e->lock);
+    e->stopping = true;
+    pthread_cond_broadcast(&e->work);
+    pthread_mutex_unlock(&e->lock);
+    for (int i = 0; i < e->n_workers; i++)
+        if (e->workers[i].started)
+            pthread_join(e->workers[i].thread, NULL);
     pthread_mutex_destroy(&e->lock);
     pthread_cond_destroy(&e->work);
     pthread_cond_destroy(&e->answered);
+    free(e->workers);
     free(e);
 }
 
@@ -455,6 +508,22 @@ char *serve_engine_metrics(serve_engine *e)
     put_value(&b, "te_batch_inference_count", "counter", "Packed runs", e->batches);
     put_value(&b, "sqz_batch_failures", "counter", "Packed runs that failed (before retrying halves)",
               e->failed_runs);
+    const struct {
+        const char *name, *help;
+        size_t offset;
+    } per_device[] = {
+        {"sqz_device_batches", "Packed runs per device", offsetof(worker, batches)},
+        {"sqz_device_items", "Inputs answered or failed per device", offsetof(worker, items)},
+        {"sqz_device_batch_failures", "Packed runs that failed per device", offsetof(worker, failed_runs)},
+    };
+    for (size_t m = 0; m < sizeof per_device / sizeof *per_device; m++) {
+        put(&b, "# HELP %s %s\n# TYPE %s counter\n", per_device[m].name, per_device[m].help, per_device[m].name);
+        for (int i = 0; i < e->n_workers; i++) {
+            const unsigned long long *count =
+                (const unsigned long long *)((const char *)&e->workers[i] + per_device[m].offset);
+            put(&b, "%s{index=\"%d\",device=\"%s\"} %llu\n", per_device[m].name, i, e->workers[i].name, *count);
+        }
+    }
     put_histogram(&b, "te_request_duration", "Seconds from a complete request to its answer", &e->request_seconds);
     put_histogram(&b, "te_request_queue_duration", "Seconds a request's first item waited for a batch",
                   &e->queue_seconds);

@@ -1,6 +1,7 @@
 /* The batching core of `sqz serve`: requests encoded on their connections' threads wait in
- * one queue; one inference thread, the only user of the session, cuts the queue into packed
- * runs under a token budget and answers each request's items. No HTTP and no JSON here
+ * one queue; one inference thread per device, the only user of that device's session, cuts
+ * the front of the queue into packed runs under a token budget and answers each request's
+ * items. No HTTP and no JSON here
  * (cli/serve_http.c speaks those); the metrics it keeps are printed as Prometheus text. */
 #ifndef SQZ_TOOLS_SERVE_ENGINE_H
 #define SQZ_TOOLS_SERVE_ENGINE_H
@@ -36,14 +37,20 @@ typedef struct serve_request {
     struct serve_request *later;
 } serve_request;
 
-/* Borrows the pipeline and the session (the session is used only by the engine's thread
- * once started). */
-int serve_engine_create(const sqz_pipeline *pipeline, sqz_session *session,
+/* One device the engine runs on: its session (borrowed; used only by the engine's thread for
+ * it once started) and its name in /metrics ("cpu", "cuda:1", ...). */
+typedef struct serve_device {
+    sqz_session *session;
+    const char *name;
+} serve_device;
+
+/* Borrows the pipeline and the devices' sessions; copies the names. */
+int serve_engine_create(const sqz_pipeline *pipeline, const serve_device *devices, int n_devices,
                         const serve_engine_options *options, serve_engine **out);
-/* Runs SERVE_WARM_UP_TEXT on the session (on the calling thread), then starts the inference
- * thread. Non-zero with the reason in `why` when the warm-up fails. */
+/* Runs SERVE_WARM_UP_TEXT on every device's session (on the calling thread), then starts one
+ * inference thread per device. Non-zero with the reason in `why` when a warm-up fails. */
 int serve_engine_start(serve_engine *engine, char *why, size_t size);
-/* Waits for the queue to empty and the inference thread to end, then frees the engine. */
+/* Waits for the queue to empty and the inference threads to end, then frees the engine. */
 void serve_engine_free(serve_engine *engine);
 
 /* Takes one of max_concurrent_requests places; false when all are taken (answer 429). */

@@ -354,7 +354,7 @@ static int run_job(serve_http *s, const inputs *in, bool truncate, job *j, failu
 
 /* ---- the routes ------------------------------------------------------------------------- */
 
-typedef enum route { ROUTE_EMBED, ROUTE_OPENAI, ROUTE_PREDICT, ROUTE_TOKENIZE } route;
+typedef enum route { ROUTE_EMBED, ROUTE_OPENAI, ROUTE_PREDICT, ROUTE_RERANK, ROUTE_TOKENIZE } route;
 
 /* An embedding, L2-normalised when asked (torch's F.normalize: x / max(|x|, 1e-12)). */
 static void embedding_values(const sqz_answer *a, bool normalize, float *out)
@@ -449,10 +449,19 @@ static json_t *embed_answer(serve_http *s, const job *j, bool normalize, bool op
     return body;
 }
 
+/* A one-label model's score: sigmoid(logit), as TEI gives it (softmax would be 1 always). */
+static double sigmoid(double logit) { return 1.0 / (1.0 + exp(-logit)); }
+
 /* One input's predictions: every label, highest score first. */
 static json_t *predictions(const sqz_answer *a, const float *logits, bool raw)
 {
     const int n = a->num_labels;
+    if (n == 1) {
+        json_t *p = json_object();
+        json_object_set_new(p, "score", json_real(raw ? logits[0] : sigmoid(logits[0])));
+        json_object_set_new(p, "label", json_string(a->label_names[0]));
+        return json_pack("[o]", p);
+    }
     int *order = malloc((size_t)n * sizeof *order);
     if (!order)
         return NULL;
@@ -491,6 +500,59 @@ static json_t *predict_answer(serve_http *s, const job *j, bool batch, bool raw)
         json_array_append_new(all, p);
     }
     return all;
+}
+
+/* /rerank: {index, score[, text]} per text, highest score first (ties keep the texts' order). */
+static json_t *rerank_answer(const job *j, const inputs *in, bool raw, bool return_text)
+{
+    const size_t n = j->request.n;
+    size_t *order = malloc(n * sizeof *order);
+    if (!order)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        order[i] = i;
+    const float *logits = j->request.logits; /* one label: one logit per input */
+    for (size_t i = 1; i < n; i++) /* insertion sort: at most --max-client-batch-size texts */
+        for (size_t k = i; k > 0 && logits[order[k]] > logits[order[k - 1]]; k--) {
+            const size_t t = order[k];
+            order[k] = order[k - 1];
+            order[k - 1] = t;
+        }
+    json_t *ranks = json_array();
+    for (size_t r = 0; r < n; r++) {
+        const size_t i = order[r];
+        json_t *rank = json_object();
+        json_object_set_new(rank, "index", json_integer((json_int_t)i));
+        if (return_text)
+            json_object_set_new(rank, "text", json_stringn(in->texts[i].pair, in->texts[i].pair_len));
+        json_object_set_new(rank, "score", json_real(raw ? logits[i] : sigmoid(logits[i])));
+        json_array_append_new(ranks, rank);
+    }
+    free(order);
+    return ranks;
+}
+
+/* /rerank's `query` and `texts`: one (query, text) pair per text. */
+static int read_rerank_inputs(json_t *root, inputs *in, failure *f)
+{
+    json_t *query = json_object_get(root, "query");
+    if (!json_is_string(query)) {
+        fail_with(f, SERVE_VALIDATION, HTTP_UNPROCESSABLE, query ? "field 'query' must be a string" : "missing field 'query'");
+        return -1;
+    }
+    if (read_texts(root, "texts", in, f) != 0)
+        return -1;
+    if (!json_is_array(json_object_get(root, "texts"))) {
+        fail_with(f, SERVE_VALIDATION, HTTP_UNPROCESSABLE, "field 'texts' must be a list of strings");
+        return -1;
+    }
+    for (size_t i = 0; i < in->n; i++) { /* the query first, as the model was trained */
+        in->texts[i].pair = in->texts[i].text;
+        in->texts[i].pair_len = in->texts[i].text_len;
+        in->texts[i].text = json_string_value(query);
+        in->texts[i].text_len = json_string_length(query);
+    }
+    return 0;
 }
 
 /* /tokenize: the tokenizer's tokens of each input, with byte offsets into the text. */
@@ -590,6 +652,13 @@ static enum MHD_Result handle_post(serve_http *s, struct MHD_Connection *c, rout
                   s->info.task == SQZ_TASK_EMBED ? "use /embed" : "use /predict");
         goto done;
     }
+    if (r == ROUTE_RERANK && (s->info.task != SQZ_TASK_CLASSIFY || s->info.num_labels != 1)) {
+        /* TEI's answer to /rerank on a model that is not a re-ranker (424) */
+        fail_with(&f, SERVE_BACKEND, 0, "model is not a re-ranker model: /rerank needs a sequence classifier "
+                  "with one label (this one is a %s model with %d labels)", sqz_task_name(s->info.task),
+                  s->info.task == SQZ_TASK_CLASSIFY ? s->info.num_labels : 0);
+        goto done;
+    }
     json_error_t err;
     root = json_loadb(u->body ? u->body : "", u->len, JSON_REJECT_DUPLICATES, &err);
     if (!root || !json_is_object(root)) {
@@ -604,6 +673,7 @@ static enum MHD_Result handle_post(serve_http *s, struct MHD_Connection *c, rout
     const bool normalize = get_bool(root, "normalize", true, &f);
     const bool raw = get_bool(root, "raw_scores", false, &f);
     const bool special = get_bool(root, "add_special_tokens", true, &f);
+    const bool return_text = get_bool(root, "return_text", false, &f);
     if (f.outcome != SERVE_OK)
         goto done;
     json_t *direction = json_object_get(root, "truncation_direction");
@@ -627,7 +697,10 @@ static enum MHD_Result handle_post(serve_http *s, struct MHD_Connection *c, rout
         base64 = strcmp(fmt, "base64") == 0;
         model = json_string_value(json_object_get(root, "model"));
     }
-    if ((r == ROUTE_PREDICT ? read_predict_inputs(root, &in, &f) : read_texts(root, openai ? "input" : "inputs", &in, &f)) != 0)
+    const int read = r == ROUTE_PREDICT  ? read_predict_inputs(root, &in, &f)
+                     : r == ROUTE_RERANK ? read_rerank_inputs(root, &in, &f)
+                                         : read_texts(root, openai ? "input" : "inputs", &in, &f);
+    if (read != 0)
         goto done;
     if (r == ROUTE_TOKENIZE) {
         if (in.n == 0)
@@ -639,10 +712,21 @@ static enum MHD_Result handle_post(serve_http *s, struct MHD_Connection *c, rout
             answer = tokenize_answer(s, &in, special, &f);
         goto done;
     }
+    if (r == ROUTE_RERANK && in.n == 0) {
+        fail_with(&f, SERVE_VALIDATION, 0, "'texts' cannot be empty");
+        goto done;
+    }
     ran = true;
     if (run_job(s, &in, truncate, &j, &f) != 0)
         goto done;
-    answer = r == ROUTE_PREDICT ? predict_answer(s, &j, in.batch, raw) : embed_answer(s, &j, normalize, openai, base64, model);
+    for (size_t i = 0; j.request.logits && i < in.n * (size_t)s->info.num_labels; i++)
+        if (isnan(j.request.logits[i])) { /* JSON has no NaN; TEI answers this 424 too */
+            fail_with(&f, SERVE_BACKEND, 0, "input %zu: the model's score is NaN", i / (size_t)s->info.num_labels);
+            goto done;
+        }
+    answer = r == ROUTE_PREDICT  ? predict_answer(s, &j, in.batch, raw)
+             : r == ROUTE_RERANK ? rerank_answer(&j, &in, raw, return_text)
+                                 : embed_answer(s, &j, normalize, openai, base64, model);
     if (!answer)
         fail_with(&f, SERVE_BACKEND, HTTP_INTERNAL, "out of memory");
 done:;
@@ -707,7 +791,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     const bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0, post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
     static const struct { const char *path; route r; } posts[] = {
         {"/embed", ROUTE_EMBED}, {"/v1/embeddings", ROUTE_OPENAI}, {"/embeddings", ROUTE_OPENAI},
-        {"/predict", ROUTE_PREDICT}, {"/tokenize", ROUTE_TOKENIZE}};
+        {"/predict", ROUTE_PREDICT}, {"/rerank", ROUTE_RERANK}, {"/tokenize", ROUTE_TOKENIZE}};
     for (size_t i = 0; i < sizeof posts / sizeof *posts; i++)
         if (strcmp(url, posts[i].path) == 0) {
             if (!post)

@@ -617,19 +617,9 @@ static void *worker_main(void *arg)
 static int open_devices(pipeline *p, const char *backend)
 {
     cli_device devs[MAX_DEVICES];
-    int n;
-    if (!p->opt.devices) {
-        snprintf(devs[0].backend, sizeof devs[0].backend, "%s", backend);
-        snprintf(devs[0].device, sizeof devs[0].device, "%s", p->opt.device ? p->opt.device : "");
-        n = 1;
-    } else if (strcmp(p->opt.devices, "all") == 0) {
-        if ((n = cli_devices_of(backend, devs, MAX_DEVICES)) == 0) {
-            fprintf(stderr, "sqz infer: --devices all: backend %s lists no device (sqz devices)\n", backend);
-            return 0;
-        }
-    } else if ((n = cli_parse_devices("infer", p->opt.devices, devs, MAX_DEVICES)) < 0) {
+    const int n = cli_resolve_devices("infer", backend, p->opt.device, p->opt.devices, devs, MAX_DEVICES);
+    if (n == 0)
         return 0;
-    }
     p->workers = calloc((size_t)n, sizeof *p->workers);
     if (!p->workers) {
         fprintf(stderr, "sqz infer: out of memory\n");

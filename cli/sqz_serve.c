@@ -2,11 +2,13 @@
  * text pipeline (the contract is docs/serve.md). This file is the command line: options, the
  * model, the session, and the lifecycle (warm up, serve, drain on SIGTERM/SIGINT, stop);
  * cli/serve_http.c answers the routes and cli/serve_engine.c batches. */
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "squeezebert.h"
 #include "squeezebert_pipeline.h"
@@ -14,17 +16,21 @@
 #include "cli/sqz_commands.h"
 
 #define EXIT_USAGE 2
+#define MAX_DEVICES 32
 
 static const char serve_help[] =
     "usage: sqz serve --model DIR [options]\n"
     "\n"
     "Serves the model over HTTP with text-embeddings-inference's API: POST /embed,\n"
-    "/v1/embeddings (OpenAI), /predict, /tokenize and /; GET /health, /info, /metrics.\n"
-    "See docs/serve.md.\n"
+    "/v1/embeddings (OpenAI), /predict, /rerank, /tokenize and /; GET /health, /info,\n"
+    "/metrics. See docs/serve.md.\n"
     "\n"
     "  --model DIR                     checkpoint folder (embedding or classification model)\n"
     "  --backend B                     auto (default), cuda, opencl, cpu, cpu_ref, cuda-sim\n"
     "  --device D                      the backend's device (sqz devices lists them)\n"
+    "  --devices LIST                  several devices, one session each, batches spread over\n"
+    "                                  them: BACKEND[:DEVICE],... (e.g. cuda:0,cuda:1) or all\n"
+    "                                  (every device of --backend)\n"
     "  --precision P                   fp32 (default), tf32, fp16 or bf16 where the backend has it\n"
     "  --host ADDR                     address to listen on (default 127.0.0.1)\n"
     "  --port P                        port (default 3000; 0: any free one, printed at start)\n"
@@ -53,7 +59,7 @@ int sqz_cli_serve(int argc, char **argv)
 #include "cli/serve_http.h"
 
 typedef struct serve_options {
-    const char *model, *backend, *device, *host;
+    const char *model, *backend, *device, *devices, *host;
     sqz_precision precision;
     long port, max_batch_tokens, max_concurrent, max_client_batch, payload_limit;
     bool auto_truncate;
@@ -65,6 +71,7 @@ static int parse_options(int argc, char **argv, serve_options *o)
         {"model", true, NULL},
         {"backend", true, NULL},
         {"device", true, NULL},
+        {"devices", true, NULL},
         {"precision", true, NULL},
         {"host", true, NULL},
         {"port", true, NULL},
@@ -82,10 +89,15 @@ static int parse_options(int argc, char **argv, serve_options *o)
     o->model = cli_get(opts, n, "model");
     o->backend = cli_get(opts, n, "backend") ? cli_get(opts, n, "backend") : "auto";
     o->device = cli_get(opts, n, "device");
+    o->devices = cli_get(opts, n, "devices");
     o->host = cli_get(opts, n, "host") ? cli_get(opts, n, "host") : "127.0.0.1";
     o->auto_truncate = cli_get(opts, n, "auto-truncate") != NULL;
     if (!o->model) {
         fprintf(stderr, "sqz serve: --model is required\n\n%s", serve_help);
+        return EXIT_USAGE;
+    }
+    if (o->device && o->devices) {
+        fprintf(stderr, "sqz serve: --device and --devices contradict each other (--devices takes BACKEND:DEVICE,...)\n");
         return EXIT_USAGE;
     }
     if (sqz_precision_from_name(cli_get(opts, n, "precision"), &o->precision) != SQZ_OK) {
@@ -108,6 +120,28 @@ static int parse_options(int argc, char **argv, serve_options *o)
         if (text && cli_int("serve", numbers[i].name, text, numbers[i].min, numbers[i].max, numbers[i].out))
             return EXIT_USAGE;
     }
+    return 0;
+}
+
+/* The testing hook SQZ_SERVE_WARM_UP_GATE=PATH (docs/serve.md): before the warm-up, wait
+ * until PATH (a FIFO) is opened for writing and closed, so a test sees the server while it is
+ * not ready for as long as it needs, without racing the warm-up. Non-zero when PATH cannot be
+ * opened. */
+static int wait_for_gate(void)
+{
+    const char *path = getenv("SQZ_SERVE_WARM_UP_GATE");
+    if (!path || !*path)
+        return 0;
+    fprintf(stderr, "sqz serve: warm-up held until %s is written and closed (SQZ_SERVE_WARM_UP_GATE)\n", path);
+    const int fd = open(path, O_RDONLY); /* a FIFO: blocks until a writer comes */
+    if (fd < 0) {
+        perror("sqz serve: SQZ_SERVE_WARM_UP_GATE");
+        return -1;
+    }
+    char buf[256];
+    while (read(fd, buf, sizeof buf) > 0) /* until the writer closes */
+        ;
+    close(fd);
     return 0;
 }
 
@@ -151,7 +185,10 @@ int sqz_cli_serve(int argc, char **argv)
     sqz_model *model = NULL;
     sqz_tokenizer *tok = NULL;
     sqz_pipeline *pipe = NULL;
-    sqz_session *session = NULL;
+    sqz_session *sessions[MAX_DEVICES] = {NULL};
+    serve_device devices[MAX_DEVICES];
+    char names[MAX_DEVICES][sizeof((cli_device *)0)->backend + sizeof((cli_device *)0)->device + 1];
+    int n_devices = 0;
     serve_engine *engine = NULL;
     serve_http *http = NULL;
     sqz_status st;
@@ -175,16 +212,28 @@ int sqz_cli_serve(int argc, char **argv)
         goto done;
     }
     const char *backend = cli_pick_backend(o.backend);
-    sqz_session_options so = cli_session_options(backend, o.device, o.precision);
-    if ((st = sqz_session_create(model, &so, &session)) != SQZ_OK ||
-        (st = sqz_pipeline_use_session(pipe, session)) != SQZ_OK) {
-        fprintf(stderr, "sqz serve: %s: %s\n", sqz_status_str(st), sqz_last_error());
+    cli_device chosen[MAX_DEVICES];
+    const int n_chosen = cli_resolve_devices("serve", backend, o.device, o.devices, chosen, MAX_DEVICES);
+    if (n_chosen == 0) {
+        rc = EXIT_USAGE;
         goto done;
+    }
+    for (; n_devices < n_chosen; n_devices++) {
+        const cli_device *d = &chosen[n_devices];
+        snprintf(names[n_devices], sizeof names[0], "%s%s%s", d->backend, d->device[0] ? ":" : "", d->device);
+        sqz_session_options so = cli_session_options(d->backend, d->device[0] ? d->device : NULL, o.precision);
+        if ((st = sqz_session_create(model, &so, &sessions[n_devices])) != SQZ_OK ||
+            (st = sqz_pipeline_use_session(pipe, sessions[n_devices])) != SQZ_OK) {
+            fprintf(stderr, "sqz serve: %s: %s: %s\n", names[n_devices], sqz_status_str(st), sqz_last_error());
+            n_devices++; /* its session, if made, is freed below */
+            goto done;
+        }
+        devices[n_devices] = (serve_device){sessions[n_devices], names[n_devices]};
     }
     const serve_engine_options eo = {.max_batch_tokens = o.max_batch_tokens,
                                      .max_concurrent_requests = o.max_concurrent,
                                      .keep_logits = info.task == SQZ_TASK_CLASSIFY};
-    if (serve_engine_create(pipe, session, &eo, &engine) != 0) {
+    if (serve_engine_create(pipe, devices, n_devices, &eo, &engine) != 0) {
         fprintf(stderr, "sqz serve: out of memory\n");
         goto done;
     }
@@ -207,9 +256,14 @@ int sqz_cli_serve(int argc, char **argv)
     };
     if (serve_http_start(pipe, engine, &ho, &http) != 0)
         goto done;
-    fprintf(stderr, "sqz serve: listening on http://%s%s%s:%d (%s on %s); warming up\n",
+    fprintf(stderr, "sqz serve: listening on http://%s%s%s:%d (%s on %s%s); warming up\n",
             strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "", serve_http_port(http),
-            sqz_task_name(info.task), sqz_session_device(session));
+            sqz_task_name(info.task), sqz_session_device(sessions[0]),
+            n_devices > 1 ? ", and more below" : "");
+    for (int i = 1; i < n_devices; i++)
+        fprintf(stderr, "sqz serve: device %d: %s\n", i, sqz_session_device(sessions[i]));
+    if (wait_for_gate() != 0)
+        goto done;
     char why[1024];
     if (serve_engine_start(engine, why, sizeof why) != 0) {
         fprintf(stderr, "sqz serve: the warm-up run failed: %s\n", why);
@@ -226,7 +280,8 @@ int sqz_cli_serve(int argc, char **argv)
 done:
     serve_http_stop(http);
     serve_engine_free(engine);
-    sqz_session_free(session);
+    for (int i = 0; i < n_devices; i++)
+        sqz_session_free(sessions[i]);
     sqz_pipeline_free(pipe);
     sqz_tokenizer_free(tok);
     sqz_model_free(model);

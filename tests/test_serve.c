@@ -8,17 +8,20 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
 #include "squeezebert_pipeline.h"
 #include "cli/serve_engine.h" /* SERVE_WARM_UP_TEXT */
+#include "runtime/tensor_file.h" /* writing the one-label model */
 
 #define INFER SQZ_FIXTURES_DIR "/infer"
 
@@ -143,8 +146,9 @@ static void expect_error(int port, const char *path, const char *body, int statu
 /* ---- the server ----------------------------------------------------------------------- */
 
 /* Starts sqz serve on a free port (--port 0; the port is read from its log) and waits until
- * /health says ready. env: "NAME=VALUE" or NULL. */
-static server start_server(const char *model, const char *args, const char *env)
+ * its log has `line` after the port, or, with line NULL, until /health says ready.
+ * env: "NAME=VALUE" or NULL. */
+static server start_server_until(const char *model, const char *args, const char *env, const char *line)
 {
     static int count;
     server s = {0};
@@ -166,16 +170,22 @@ static server start_server(const char *model, const char *args, const char *env)
             char *text = (char *)read_whole(s.log, &size);
             fail_msg("sqz serve exited before it was ready: %s", text);
         }
-        if (s.port == 0) {
-            FILE *f = fopen(s.log, "r");
-            char line[512];
-            while (f && fgets(line, sizeof line, f))
-                if (strstr(line, "listening on http://127.0.0.1:"))
-                    s.port = atoi(strstr(line, "127.0.0.1:") + 10);
-            if (f)
-                fclose(f);
+        bool logged = false;
+        FILE *f = fopen(s.log, "r");
+        char text[512];
+        while (f && fgets(text, sizeof text, f)) {
+            if (strstr(text, "listening on http://127.0.0.1:"))
+                s.port = atoi(strstr(text, "127.0.0.1:") + 10);
+            logged |= line && s.port > 0 && strstr(text, line);
         }
-        if (s.port > 0) {
+        if (f)
+            fclose(f);
+        if (logged) {
+            if (n_live < 16)
+                live[n_live++] = s.pid;
+            return s;
+        }
+        if (s.port > 0 && !line) {
             char *body = NULL;
             const int st = http(s.port, "GET", "/health", NULL, 0, &body);
             free(body);
@@ -189,6 +199,11 @@ static server start_server(const char *model, const char *args, const char *env)
     }
     fail_msg("sqz serve was not ready within 120 s (log %s)", s.log);
     return s;
+}
+
+static server start_server(const char *model, const char *args, const char *env)
+{
+    return start_server_until(model, args, env, NULL);
 }
 
 /* A server that has exited (and was waited for) is no longer main's to stop. */
@@ -458,8 +473,10 @@ static void predict_equals_infer(void **unused)
     assert_string_equal(json_string_value(json_object_get(json_array_get(got, 0), "label")),
                         json_string_value(json_object_get(json_array_get(want, 1), "label")));
     json_decref(got), json_decref(req);
-    /* an embedding route on a classifier is the backend's refusal */
+    /* an embedding route on a classifier is the backend's refusal, and so is /rerank on a
+     * classifier with more than one label (TEI: not a re-ranker) */
     expect_error(s.port, "/embed", "{\"inputs\": \"x\"}", 424, "Backend");
+    expect_error(s.port, "/rerank", "{\"query\": \"q\", \"texts\": [\"x\"]}", 424, "Backend");
     assert_int_equal(stop_server(&s), 0);
     json_decref(batch), json_decref(texts), json_decref(want);
 }
@@ -542,6 +559,7 @@ static void every_error_class(void **unused)
     free(answer);
     /* a model without a classifier refuses /predict as TEI does (424) */
     expect_error(s.port, "/predict", "{\"inputs\": \"a\"}", 424, "Backend");
+    expect_error(s.port, "/rerank", "{\"query\": \"q\", \"texts\": [\"a\"]}", 424, "Backend");
     /* after all that, it still answers */
     assert_int_equal(post_text(s.port, "/embed", "{\"inputs\": \"still fine\"}", &answer), 200);
     free(answer);
@@ -753,6 +771,37 @@ static void *client_main(void *arg)
     return NULL;
 }
 
+/* The value of the /metrics line that starts with `name` (a name with its labels), or -1. */
+static double metric(const char *metrics, const char *name)
+{
+    for (const char *at = strstr(metrics, name); at; at = strstr(at + 1, name))
+        if ((at == metrics || at[-1] == '\n') && at[strlen(name)] == ' ')
+            return atof(at + strlen(name) + 1);
+    return -1;
+}
+
+/* Runs the clients of concurrent_clients_under_faults (16 at once, 12 requests each);
+ * fails on any request that is neither 200 with the right embeddings nor 424. */
+static void run_clients(int port, json_t *texts, json_t *want, int *ok, int *failed)
+{
+    enum { CLIENTS = 16 };
+    client clients[CLIENTS];
+    pthread_t threads[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        clients[i] = (client){.port = port, .index = i, .texts = texts, .want = want};
+        assert_int_equal(pthread_create(&threads[i], NULL, client_main, &clients[i]), 0);
+    }
+    *ok = *failed = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        pthread_join(threads[i], NULL);
+        if (clients[i].problem[0])
+            fail_msg("client %d: %s", i, clients[i].problem);
+        *ok += clients[i].ok;
+        *failed += clients[i].failed;
+    }
+    assert_int_equal(*ok + *failed, CLIENTS * 12);
+}
+
 static void concurrent_clients_under_faults(void **unused)
 {
     (void)unused;
@@ -766,22 +815,8 @@ static void concurrent_clients_under_faults(void **unused)
     /* a fault every few runs after the warm-up, at varying places within a run */
     snprintf(env, sizeof env, "SQZ_FAULT_LAUNCH=%u:%u", launches + 3, 3 * launches + 7);
     server s = start_server(INFER "/embed", "--max-batch-tokens 256", env);
-    enum { CLIENTS = 16 };
-    client clients[CLIENTS];
-    pthread_t threads[CLIENTS];
-    for (int i = 0; i < CLIENTS; i++) {
-        clients[i] = (client){.port = s.port, .index = i, .texts = texts, .want = want};
-        assert_int_equal(pthread_create(&threads[i], NULL, client_main, &clients[i]), 0);
-    }
     int ok = 0, failed = 0;
-    for (int i = 0; i < CLIENTS; i++) {
-        pthread_join(threads[i], NULL);
-        if (clients[i].problem[0])
-            fail_msg("client %d: %s", i, clients[i].problem);
-        ok += clients[i].ok;
-        failed += clients[i].failed;
-    }
-    assert_int_equal(ok + failed, CLIENTS * 12);
+    run_clients(s.port, texts, want, &ok, &failed);
     assert_true(ok > 0);
     char *metrics = NULL;
     assert_int_equal(http(s.port, "GET", "/metrics", NULL, 0, &metrics), 200);
@@ -829,6 +864,295 @@ static void vanishing_clients_do_not_hurt_others(void **unused)
     assert_int_equal(stop_server(&s), 0);
 }
 
+/* ---- /rerank ---------------------------------------------------------------------------- */
+
+/* A one-label sequence classifier in `dir`: the classify fixture's encoder and tokenizer with
+ * a fresh random one-row classifier head (from `seed`). */
+static void write_one_label_model(const char *dir, uint64_t seed)
+{
+    assert_int_equal(mkdir(dir, 0777), 0);
+    const char *copied[] = {"vocab.txt", "tokenizer_config.json"};
+    for (size_t i = 0; i < 2; i++) {
+        char *from = test_path(INFER "/classify", copied[i]), *to = test_path(dir, copied[i]);
+        copy_file(from, to);
+        free(from), free(to);
+    }
+    json_t *config = json_load_file(INFER "/classify/config.json", 0, NULL);
+    assert_non_null(config);
+    json_object_set_new(config, "id2label", json_pack("{s:s}", "0", "relevance"));
+    json_object_set_new(config, "label2id", json_pack("{s:i}", "relevance", 0));
+    char *path = test_path(dir, "config.json");
+    assert_int_equal(json_dump_file(config, path, JSON_INDENT(2)), 0);
+    json_decref(config), free(path);
+    sqz_tensor_file *file = NULL;
+    assert_sqz_ok(sqz_tensor_file_read(INFER "/classify/model.safetensors", NULL, &file));
+    sqz_tf_write_tensor *tensors = calloc(file->count, sizeof *tensors);
+    float weight[64], bias;
+    size_t n = 0;
+    for (size_t i = 0; i < file->count; i++) {
+        const sqz_tf_tensor *t = &file->tensors[i];
+        if (!t->data)
+            continue; /* integer buffers the engine does not read */
+        tensors[n] = (sqz_tf_write_tensor){.name = t->name, .ndim = t->ndim, .data = t->data};
+        memcpy(tensors[n].shape, t->shape, sizeof t->shape);
+        if (strcmp(t->name, "classifier.weight") == 0) {
+            assert_true(t->ndim == 2 && t->shape[1] <= 64);
+            for (int64_t k = 0; k < t->shape[1]; k++)
+                weight[k] = test_uniform(&seed);
+            tensors[n].shape[0] = 1;
+            tensors[n].data = weight;
+        } else if (strcmp(t->name, "classifier.bias") == 0) {
+            bias = 0.5f * test_uniform(&seed);
+            tensors[n].shape[0] = 1;
+            tensors[n].data = &bias;
+        }
+        n++;
+    }
+    path = test_path(dir, "model.safetensors");
+    assert_sqz_ok(sqz_safetensors_write(path, tensors, n, SQZ_TF_F32));
+    free(path), free(tensors);
+    sqz_tensor_file_free(file);
+}
+
+/* The one label's logit for (query, text) from the session's padded run of that pair alone:
+ * the tokenizer is shared with the server, nothing else of its path (pipeline, packing,
+ * batching) is. */
+static double reference_logit(sqz_session *session, const sqz_tokenizer *tok, const char *query, const char *text,
+                              int max_length)
+{
+    sqz_encoding *enc = NULL;
+    assert_sqz_ok(sqz_tokenizer_encode(tok, query, strlen(query), text, strlen(text), max_length, &enc));
+    const sqz_input in = {.batch = 1, .seq_len = (int)enc->length, .input_ids = enc->input_ids,
+                          .attention_mask = enc->attention_mask, .token_type_ids = enc->token_type_ids};
+    sqz_result *result = NULL;
+    assert_sqz_ok(sqz_session_run(session, &in, &result));
+    const sqz_output *logits = sqz_result_find(result, "logits");
+    assert_non_null(logits);
+    assert_true(logits->ndim == 2 && logits->shape[0] == 1 && logits->shape[1] == 1);
+    const double logit = logits->data[0];
+    sqz_result_free(result);
+    sqz_encoding_free(enc);
+    return logit;
+}
+
+static json_t *rerank_request(const char *query, json_t *texts, const char *flag, bool value)
+{
+    json_t *req = json_pack("{s:s, s:O, s:b}", "query", query, "texts", texts, "truncate", 1);
+    if (flag)
+        json_object_set_new(req, flag, json_boolean(value));
+    return req;
+}
+
+static void rerank_scores_are_sigmoid_of_logits(void **unused)
+{
+    (void)unused;
+    char *dir = test_path(tmp, "reranker");
+    const uint64_t seed = (uint64_t)time(NULL);
+    print_message("the one-label model's head: seed %llu\n", (unsigned long long)seed);
+    write_one_label_model(dir, seed);
+    json_t *records = infer_records(INFER "/classify", INFER "/classify/input.jsonl", "--task classify");
+    json_t *texts = answerable(INFER "/classify/input.jsonl", &records, 1);
+    const size_t n = json_array_size(texts);
+    const char *query = "Which review says the film was good?";
+    /* the references, independently of the server */
+    sqz_model *model = NULL;
+    sqz_tokenizer *tok = NULL;
+    sqz_session *session = NULL;
+    assert_sqz_ok(sqz_model_load(dir, NULL, &model));
+    assert_sqz_ok(sqz_tokenizer_load(dir, &tok));
+    sqz_model_info mi;
+    assert_sqz_ok(sqz_model_get_info(model, &mi));
+    assert_int_equal(mi.num_labels, 1);
+    sqz_session_options so = {.backend = "cpu_ref"};
+    assert_sqz_ok(sqz_session_create(model, &so, &session));
+    double *logit = malloc(n * sizeof *logit);
+    for (size_t i = 0; i < n; i++)
+        logit[i] = reference_logit(session, tok, query, json_string_value(json_array_get(texts, i)),
+                                   mi.max_position_embeddings);
+    server s = start_server(dir, "--max-client-batch-size 64", NULL);
+    char *answer = NULL;
+    assert_int_equal(http(s.port, "GET", "/info", NULL, 0, &answer), 200);
+    json_t *info = json_loads(answer, 0, NULL);
+    assert_non_null(json_object_get(json_object_get(info, "model_type"), "reranker"));
+    json_decref(info), free(answer);
+    for (int variant = 0; variant < 3; variant++) { /* sigmoid; raw_scores; return_text */
+        json_t *req = rerank_request(query, texts, variant == 1 ? "raw_scores" : variant == 2 ? "return_text" : NULL, true);
+        int status;
+        json_t *got = post_json(s.port, "/rerank", req, &status);
+        assert_int_equal(status, 200);
+        assert_int_equal(json_array_size(got), n);
+        bool *seen = calloc(n, sizeof *seen);
+        double last = INFINITY;
+        for (size_t r = 0; r < n; r++) {
+            json_t *rank = json_array_get(got, r);
+            const json_int_t index = json_integer_value(json_object_get(rank, "index"));
+            assert_true(json_is_integer(json_object_get(rank, "index")) && index >= 0 && (size_t)index < n);
+            assert_false(seen[index]);
+            seen[index] = true;
+            const double score = json_number_value(json_object_get(rank, "score"));
+            assert_true(score <= last); /* highest first */
+            last = score;
+            const double want = variant == 1 ? logit[index] : 1.0 / (1.0 + exp(-logit[index]));
+            if (!(fabs(score - want) <= 1e-6 * fmax(1.0, fabs(want))))
+                fail_msg("rank %zu (text %d): score %.9g, expected %.9g (variant %d)", r, (int)index, score, want, variant);
+            json_t *text = json_object_get(rank, "text");
+            if (variant == 2)
+                assert_string_equal(json_string_value(text), json_string_value(json_array_get(texts, (size_t)index)));
+            else
+                assert_null(text);
+        }
+        free(seen);
+        json_decref(got), json_decref(req);
+    }
+    /* /predict on a one-label model: that label with sigmoid(logit), as TEI answers */
+    json_t *req = json_pack("{s:[s,O]}", "inputs", query, json_array_get(texts, 0));
+    int status;
+    json_t *got = post_json(s.port, "/predict", req, &status);
+    assert_int_equal(status, 200);
+    assert_int_equal(json_array_size(got), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(got, 0), "label")), "relevance");
+    const double score = json_number_value(json_object_get(json_array_get(got, 0), "score"));
+    assert_true(fabs(score - 1.0 / (1.0 + exp(-logit[0]))) <= 1e-6);
+    json_decref(got), json_decref(req);
+    /* the errors: TEI's classes */
+    expect_error(s.port, "/rerank", "{\"query\": \"q\", \"texts\": []}", 413, "Validation");
+    expect_error(s.port, "/rerank", "{\"texts\": [\"a\"]}", 422, "Validation");
+    expect_error(s.port, "/rerank", "{\"query\": 5, \"texts\": [\"a\"]}", 422, "Validation");
+    expect_error(s.port, "/rerank", "{\"query\": \"q\"}", 422, "Validation");
+    expect_error(s.port, "/rerank", "{\"query\": \"q\", \"texts\": \"a\"}", 422, "Validation");
+    expect_error(s.port, "/rerank", "{\"query\": \"q\", \"texts\": [\"a\", 3]}", 422, "Validation");
+    expect_error(s.port, "/rerank", "{\"query\": \"q\", \"texts\": [\"a\"], \"raw_scores\": 1}", 422, "Validation");
+    expect_error(s.port, "/rerank", "{\"query\": \"\", \"texts\": [\"a\", \"\"]}", 422, "Tokenizer");
+    char body[8192] = "{\"query\": \"q\", \"texts\": [\"";
+    for (int i = 0; i < 100; i++)
+        strcat(body, "word ");
+    strcat(body, "\"]}");
+    expect_error(s.port, "/rerank", body, 413, "Validation"); /* too long without truncate */
+    strcpy(body, "{\"query\": \"q\", \"texts\": [\"a\"");
+    for (int i = 0; i < 64; i++)
+        strcat(body, ", \"a\"");
+    strcat(body, "]}");
+    expect_error(s.port, "/rerank", body, 413, "Validation"); /* 65 texts, more than 64 */
+    assert_int_equal(stop_server(&s), 0);
+    free(logit);
+    sqz_session_free(session);
+    sqz_tokenizer_free(tok);
+    sqz_model_free(model);
+    json_decref(texts), json_decref(records);
+    free(dir);
+}
+
+/* ---- several devices ------------------------------------------------------------------ */
+
+static void several_devices_share_the_batches(void **unused)
+{
+    (void)unused;
+    /* --device and --devices together are a usage error */
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s serve --model %s --device 0 --devices cpu_ref,cpu_ref 2>/dev/null", SQZ_SQZ_BINARY,
+             INFER "/embed");
+    const int rc = system(cmd);
+    assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 2);
+    json_t *lists[1] = {infer_records(INFER "/embed", INFER "/embed/input.jsonl", "--task embed --no-normalize")};
+    json_t *texts = answerable(INFER "/embed/input.jsonl", lists, 1);
+    json_t *want = json_array();
+    for (size_t i = 0; i < json_array_size(lists[0]); i++)
+        json_array_append(want, json_object_get(json_array_get(lists[0], i), "embedding"));
+    const char *batches[2] = {"sqz_device_batches{index=\"0\",device=\"cpu_ref\"}",
+                              "sqz_device_batches{index=\"1\",device=\"cpu_ref\"}"};
+    const char *items[2] = {"sqz_device_items{index=\"0\",device=\"cpu_ref\"}",
+                            "sqz_device_items{index=\"1\",device=\"cpu_ref\"}"};
+    const unsigned launches = warm_up_launches(INFER "/embed");
+    char env[128];
+    /* every session gets the faults (a fault every few runs after its own warm-up) */
+    snprintf(env, sizeof env, "SQZ_FAULT_LAUNCH=%u:%u", launches + 3, 3 * launches + 7);
+    for (int faults = 0; faults < 2; faults++) {
+        server s = start_server(INFER "/embed", "--devices cpu_ref,cpu_ref --max-batch-tokens 256", faults ? env : NULL);
+        char *metrics = NULL;
+        int ok = 0, failed = 0, all_ok = 0, all_failed = 0;
+        /* rounds of 16 clients until both devices have run batches (the first round all but
+         * always does: a batch goes to an idle device before a busy one takes a second) */
+        for (int round = 0; round < 5; round++) {
+            run_clients(s.port, texts, want, &ok, &failed);
+            all_ok += ok;
+            all_failed += failed;
+            if (!faults)
+                assert_int_equal(failed, 0);
+            free(metrics);
+            assert_int_equal(http(s.port, "GET", "/metrics", NULL, 0, &metrics), 200);
+            if (metric(metrics, batches[0]) > 0 && metric(metrics, batches[1]) > 0)
+                break;
+        }
+        assert_true(metric(metrics, batches[0]) > 0 && metric(metrics, batches[1]) > 0);
+        /* each item ran on one device: the devices' counts add up to the whole */
+        assert_true(metric(metrics, batches[0]) + metric(metrics, batches[1]) == metric(metrics, "te_batch_inference_count"));
+        assert_true(metric(metrics, items[0]) + metric(metrics, items[1]) == metric(metrics, "te_batch_next_size_sum"));
+        if (faults) { /* the failing runs were answered 424 item by item, the rest 200 */
+            assert_true(metric(metrics, "sqz_batch_failures") > 0);
+            assert_true(metric(metrics, "te_request_failure{err=\"Backend\"}") == all_failed);
+            assert_true(all_ok > 0);
+        }
+        free(metrics);
+        assert_int_equal(stop_server(&s), 0);
+    }
+    json_decref(texts), json_decref(want), json_decref(lists[0]);
+}
+
+/* ---- before the warm-up ------------------------------------------------------------------ */
+
+static void not_ready_is_503_until_the_warm_up(void **unused)
+{
+    (void)unused;
+    char *gate = test_path(tmp, "warm-up-gate");
+    assert_int_equal(mkfifo(gate, 0600), 0);
+    char env[600];
+    snprintf(env, sizeof env, "SQZ_SERVE_WARM_UP_GATE=%s", gate);
+    /* the server holds its warm-up until the gate is written: however long this takes, it is
+     * listening and not ready */
+    server s = start_server_until(INFER "/embed", NULL, env, "warm-up held until");
+    for (int i = 0; i < 3; i++) {
+        char *answer = NULL;
+        assert_int_equal(http(s.port, "GET", "/health", NULL, 0, &answer), 503);
+        json_t *parsed = json_loads(answer, 0, NULL);
+        assert_string_equal(json_string_value(json_object_get(parsed, "error_type")), "Unhealthy");
+        assert_non_null(json_string_value(json_object_get(parsed, "error")));
+        json_decref(parsed), free(answer);
+        expect_error(s.port, "/embed", "{\"inputs\": \"a\"}", 503, "Unhealthy");
+        expect_error(s.port, "/v1/embeddings", "{\"input\": \"a\"}", 503, "Unhealthy");
+    }
+    char *metrics = NULL;
+    assert_int_equal(http(s.port, "GET", "/metrics", NULL, 0, &metrics), 200);
+    assert_true(metric(metrics, "te_request_failure{err=\"Unhealthy\"}") == 6);
+    assert_true(metric(metrics, "te_batch_inference_count") == 0);
+    free(metrics);
+    /* open the gate (the server may not have opened its end yet: ENXIO until it has) */
+    int fd = -1;
+    for (const double deadline = now_s() + 60; fd < 0 && now_s() < deadline;) {
+        fd = open(gate, O_WRONLY | O_NONBLOCK);
+        if (fd < 0)
+            nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    }
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "go", 2), 2);
+    close(fd);
+    int status = -1;
+    for (const double deadline = now_s() + 120; status != 200 && now_s() < deadline;) {
+        char *answer = NULL;
+        status = http(s.port, "GET", "/health", NULL, 0, &answer);
+        free(answer);
+        if (status != 200) {
+            assert_int_equal(status, 503);
+            nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+        }
+    }
+    assert_int_equal(status, 200);
+    char *answer = NULL;
+    assert_int_equal(post_text(s.port, "/embed", "{\"inputs\": \"ready now\"}", &answer), 200);
+    free(answer);
+    assert_int_equal(stop_server(&s), 0);
+    free(gate);
+}
+
 int main(void)
 {
     char cmd[1024];
@@ -848,6 +1172,9 @@ int main(void)
         cmocka_unit_test(overload_is_429_and_sigterm_drains),
         cmocka_unit_test(concurrent_clients_under_faults),
         cmocka_unit_test(vanishing_clients_do_not_hurt_others),
+        cmocka_unit_test(rerank_scores_are_sigmoid_of_logits),
+        cmocka_unit_test(several_devices_share_the_batches),
+        cmocka_unit_test(not_ready_is_503_until_the_warm_up),
     };
     const int failed = cmocka_run_group_tests(tests, NULL, NULL);
     for (int i = 0; i < n_live; i++)

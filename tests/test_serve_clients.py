@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from serve_load import start_server  # noqa: E402 (the tools folder first)
 
 PACKAGES = ["openai", "huggingface_hub", "numpy"]
 SKIP = 77
@@ -36,30 +37,6 @@ def in_venv(venv):
             print("SKIP: pip could not install %s: %s" % (" ".join(PACKAGES), got.stderr.strip()[-400:]))
             sys.exit(SKIP)
     os.execv(python, [python] + sys.argv)
-
-
-def start_server(sqz, model, log_path):
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sqz, "serve", "--model", model, "--backend", "cpu_ref", "--port", "0",
-                             "--auto-truncate"], stderr=log)
-    deadline = time.time() + 120
-    port = None
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            sys.exit("sqz serve exited before it was ready: " + open(log_path).read())
-        text = open(log_path).read()
-        if port is None and "listening on http://127.0.0.1:" in text:
-            port = int(text.split("listening on http://127.0.0.1:")[1].split()[0])
-        if port is not None:
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=5) as r:
-                    if r.status == 200:
-                        return proc, port
-            except OSError:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit("sqz serve was not ready within 120 s")
 
 
 def main():
@@ -94,7 +71,7 @@ def main():
     want = np.array([want[i]["embedding"] for i in keep], dtype=np.float64)
     assert len(texts) >= 10, "too few fixture texts"
 
-    proc, port = start_server(sqz, model, os.path.join(tmp, "serve.log"))
+    proc, port = start_server(sqz, model, ["--backend", "cpu_ref", "--auto-truncate"], os.path.join(tmp, "serve.log"))
     try:
         base = "http://127.0.0.1:%d" % port
         hf = InferenceClient(model=base)
