@@ -1062,12 +1062,17 @@ static void several_devices_share_the_batches(void **unused)
                               "sqz_device_batches{index=\"1\",device=\"cpu_ref\"}"};
     const char *items[2] = {"sqz_device_items{index=\"0\",device=\"cpu_ref\"}",
                             "sqz_device_items{index=\"1\",device=\"cpu_ref\"}"};
+    const char *failures[2] = {"sqz_device_batch_failures{index=\"0\",device=\"cpu_ref\"}",
+                               "sqz_device_batch_failures{index=\"1\",device=\"cpu_ref\"}"};
     const unsigned launches = warm_up_launches(INFER "/embed");
-    char env[128];
-    /* every session gets the faults (a fault every few runs after its own warm-up) */
-    snprintf(env, sizeof env, "SQZ_FAULT_LAUNCH=%u:%u", launches + 3, 3 * launches + 7);
-    for (int faults = 0; faults < 2; faults++) {
-        server s = start_server(INFER "/embed", "--devices cpu_ref,cpu_ref --max-batch-tokens 256", faults ? env : NULL);
+    char env[2][128];
+    /* faults = 1: every session gets the faults (a fault every few runs after its own
+     * warm-up); faults = 2: only the second session the server makes, device 1's ("@2") */
+    snprintf(env[0], sizeof env[0], "SQZ_FAULT_LAUNCH=%u:%u", launches + 3, 3 * launches + 7);
+    snprintf(env[1], sizeof env[1], "SQZ_FAULT_LAUNCH=%u:%u@2", launches + 3, 3 * launches + 7);
+    for (int faults = 0; faults < 3; faults++) {
+        server s = start_server(INFER "/embed", "--devices cpu_ref,cpu_ref --max-batch-tokens 256",
+                                faults ? env[faults - 1] : NULL);
         char *metrics = NULL;
         int ok = 0, failed = 0, all_ok = 0, all_failed = 0;
         /* rounds of 16 clients until both devices have run batches (the first round all but
@@ -1080,7 +1085,8 @@ static void several_devices_share_the_batches(void **unused)
                 assert_int_equal(failed, 0);
             free(metrics);
             assert_int_equal(http(s.port, "GET", "/metrics", NULL, 0, &metrics), 200);
-            if (metric(metrics, batches[0]) > 0 && metric(metrics, batches[1]) > 0)
+            if (metric(metrics, batches[0]) > 0 && metric(metrics, batches[1]) > 0 &&
+                (faults < 2 || metric(metrics, failures[1]) > 0))
                 break;
         }
         assert_true(metric(metrics, batches[0]) > 0 && metric(metrics, batches[1]) > 0);
@@ -1092,6 +1098,8 @@ static void several_devices_share_the_batches(void **unused)
             assert_true(metric(metrics, "te_request_failure{err=\"Backend\"}") == all_failed);
             assert_true(all_ok > 0);
         }
+        if (faults == 2) /* the healthy device failed nothing; the faulty one's failures were all */
+            assert_true(metric(metrics, failures[0]) == 0 && metric(metrics, failures[1]) > 0);
         free(metrics);
         assert_int_equal(stop_server(&s), 0);
     }
