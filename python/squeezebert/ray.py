@@ -68,8 +68,9 @@ class Predictor:
 
 
 def run(model: str, input_path: str, output_path: str, *, task: str = "auto", backend: str = "auto",
-        actors: int = 1, gpus_per_actor: float = 0, cpus_per_actor: float = 1, batch_size: int = 256,
-        text_column: str = "text", pair_column: Optional[str] = None, output_format: str = "") -> None:
+        device: Optional[str] = None, actors: int = 1, gpus_per_actor: float = 0,
+        cpus_per_actor: float = 1, batch_size: int = 256, text_column: str = "text",
+        pair_column: Optional[str] = None, output_format: str = "") -> None:
     """Reads JSON Lines or Parquet (by extension), answers every row with `actors` engines and
     writes the rows with their answer columns (Parquet when the output ends in .parquet or the
     input is Parquet, else JSON Lines) into the folder `output_path`."""
@@ -80,7 +81,7 @@ def run(model: str, input_path: str, output_path: str, *, task: str = "auto", ba
     answered = data.map_batches(
         Predictor, batch_format="numpy", batch_size=batch_size, concurrency=actors,
         num_gpus=gpus_per_actor, num_cpus=cpus_per_actor,
-        fn_constructor_kwargs={"model_dir": model, "task": task, "backend": backend,
+        fn_constructor_kwargs={"model_dir": model, "task": task, "backend": backend, "device": device,
                                "text_column": text_column, "pair_column": pair_column})
     fmt = output_format or ("parquet" if parquet_in or output_path.endswith(".parquet") else "json")
     if fmt == "parquet":
@@ -99,6 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", required=True, help="a folder for the answered rows")
     parser.add_argument("--task", default="auto", choices=["auto", "classify", "embed", "tokens", "qa", "fill-mask"])
     parser.add_argument("--backend", default="auto", help="as sqz --backend (default auto)")
+    parser.add_argument("--device", default=None,
+                        help="as sqz --device, for every actor (threads=N: the cpu backend's threads)")
     parser.add_argument("--actors", type=int, default=1, help="engines (actors) at once")
     parser.add_argument("--gpus-per-actor", type=float, default=0,
                         help="1 for one actor per GPU (Ray assigns each its own)")
@@ -111,8 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import ray
 
     ray.init()
-    run(args.model, args.input, args.output, task=args.task, backend=args.backend, actors=args.actors,
-        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+    run(args.model, args.input, args.output, task=args.task, backend=args.backend, device=args.device,
+        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         batch_size=args.batch_size, text_column=args.text_column, pair_column=args.pair_column,
         output_format=args.output_format)
     return 0
