@@ -66,7 +66,12 @@ def main() -> None:
     parser.add_argument("--backend", default="cpu")
     parser.add_argument("--setups", default="1:threads=2,2:threads=1")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--save-input", metavar="PATH",
+                        help="only write the input lines to PATH (for `sqz infer` on the same job)")
     args = parser.parse_args()
+    if args.save_input:
+        write_input(Path(args.save_input), args.lines)
+        return
 
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="sqz-ray-bench-"))
