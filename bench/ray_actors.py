@@ -10,8 +10,9 @@ MODEL_DIR: a checkpoint with tokenizer files. The input is `lines` JSON lines {"
 cluster for the whole run (its start-up is not timed); the rounds run every setup in turn,
 alternating the order, and each job's output is read back to check every id came back once.
 Figures: lines / wall seconds of the job (read, answer, write), best of the rounds, with the
-load average after each job. Ray's logical CPUs are the machine's cores: each setup's actors
-share all but one of them, so the reader always has one (docs/python.md).
+load average after each job. Ray's logical CPUs are the machine's cores, and the actors reserve
+what `python -m squeezebert.ray` reserves by default: 1 CPU each, less where that would leave
+none to the reader (docs/python.md).
 """
 
 import argparse
@@ -27,7 +28,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 
-from squeezebert.ray import run  # noqa: E402
+from squeezebert.ray import default_cpus_per_actor, run  # noqa: E402
 
 WORDS = ["fine", "rain", "day", "movie", "great", "terrible", "service", "ok", "never", "again",
          "good", "bad", "the", "a", "was", "not", "very", "word", "quick", "brown"]
@@ -89,7 +90,8 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 start = time.perf_counter()
                 run(str(args.model), str(source), str(out), backend=args.backend, device=device or None,
-                    actors=actors, cpus_per_actor=(cores - 1) / actors, batch_size=args.batch_size)
+                    actors=actors, cpus_per_actor=default_cpus_per_actor(actors, cores),
+                    batch_size=args.batch_size)
                 seconds = time.perf_counter() - start
                 if answered_ids(out) != list(range(args.lines)):
                     raise SystemExit(f"{actors} actors: not every line answered exactly once")

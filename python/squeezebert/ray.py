@@ -90,6 +90,12 @@ def run(model: str, input_path: str, output_path: str, *, task: str = "auto", ba
         answered.write_json(output_path)
 
 
+def default_cpus_per_actor(actors: int, cluster_cpus: float) -> float:
+    """1 CPU per actor, less where that would reserve every CPU of the cluster: Ray's read and
+    write tasks need one, and without it the job waits forever (2 actors on a 2-CPU machine)."""
+    return min(1.0, max(cluster_cpus - 1, 0) / max(actors, 1))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m squeezebert.ray",
@@ -105,7 +111,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--actors", type=int, default=1, help="engines (actors) at once")
     parser.add_argument("--gpus-per-actor", type=float, default=0,
                         help="1 for one actor per GPU (Ray assigns each its own)")
-    parser.add_argument("--cpus-per-actor", type=float, default=1)
+    parser.add_argument("--cpus-per-actor", type=float, default=None,
+                        help="CPUs Ray reserves per actor (default: 1, less where the actors would "
+                             "take every CPU of the cluster and leave none to its readers)")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per map_batches call")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--pair-column", default=None)
@@ -114,8 +122,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import ray
 
     ray.init()
+    cpus_per_actor = args.cpus_per_actor
+    if cpus_per_actor is None:
+        cpus_per_actor = default_cpus_per_actor(args.actors, ray.cluster_resources().get("CPU", 1))
     run(args.model, args.input, args.output, task=args.task, backend=args.backend, device=args.device,
-        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=cpus_per_actor,
         batch_size=args.batch_size, text_column=args.text_column, pair_column=args.pair_column,
         output_format=args.output_format)
     return 0
