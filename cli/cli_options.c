@@ -80,22 +80,6 @@ bool cli_wants_help(int argc, char **argv)
     return false;
 }
 
-/* Whether an OpenCL GPU is listed (`sqz devices` marks each OpenCL device's type). */
-static bool opencl_has_gpu(void)
-{
-    char *text = NULL;
-    bool gpu = false;
-    if (sqz_devices_describe(&text) == SQZ_OK)
-        for (const char *line = text; line && *line;) {
-            const char *end = strchr(line, '\n'), *mark = strstr(line, "[GPU]");
-            if (strncmp(line, "opencl ", 7) == 0 && mark && (!end || mark < end))
-                gpu = true;
-            line = end ? end + 1 : NULL;
-        }
-    sqz_free(text);
-    return gpu;
-}
-
 const char *cli_backend_settings(void)
 {
     static const struct { const char *env, *setting; } map[] = {
@@ -154,18 +138,7 @@ sqz_session_options cli_session_options(const char *backend, const char *device,
 
 const char *cli_pick_backend(const char *wanted)
 {
-    if (strcmp(wanted, "auto") != 0)
-        return wanted;
-    if (sqz_backend_probe("cuda") == SQZ_OK)
-        return "cuda";
-    /* without a GPU the cpu backend is the faster one: measured 2-4x PoCL's OpenCL on the same
-     * cores (bench/RESULTS.md); on an OpenCL GPU, OpenCL */
-    const bool opencl = sqz_backend_probe("opencl") == SQZ_OK;
-    if (opencl && opencl_has_gpu())
-        return "opencl";
-    if (sqz_backend_probe("cpu") == SQZ_OK)
-        return "cpu";
-    return opencl ? "opencl" : "cpu_ref";
+    return strcmp(wanted, "auto") == 0 ? sqz_backend_auto() : wanted;
 }
 
 int cli_device_for(const char *command, const char *backend, const char *device, const char *threads,

@@ -20,8 +20,7 @@ int cli_parse(const char *command, int argc, char **argv, cli_option *opts, size
 const char *cli_get(const cli_option *opts, size_t n, const char *name);
 /* Parses an integer option in [min, max]; non-zero (message printed) when it is not one. */
 int cli_int(const char *command, const char *name, const char *text, long min, long max, long *out);
-/* The backend "auto" stands for: cuda if a device is there, else opencl on an OpenCL GPU, else
- * cpu (oneDNN) when built in, else opencl, else cpu_ref; any other name is returned as it is. */
+/* sqz_backend_auto() for "auto"; any other name is returned as it is. */
 const char *cli_pick_backend(const char *wanted);
 /* Backend settings (sqz_session_options.settings) from the environment, for every session a
  * command opens: SQZ_CUDA_SYNC, _GRAPHS, _MEASURE, _REPORT and _VARIANTS as cuda.sync, ...,

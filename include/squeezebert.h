@@ -189,6 +189,13 @@ SQZ_API const char *sqz_backend_name(size_t index);
 /* SQZ_OK when `name` can run here; otherwise the reason is in sqz_last_error().
  * Status: INVALID_ARGUMENT: not a backend of this build; NO_DEVICE: no usable device or driver. */
 SQZ_API sqz_status sqz_backend_probe(const char *name);
+/* The backend "auto" stands for on this machine: cuda when a CUDA device can run, else opencl
+ * when OpenCL lists a GPU, else cpu (oneDNN) when it can run (on a CPU it is faster than an
+ * OpenCL CPU driver), else opencl, else cpu_ref. Never an emulating backend. A static name,
+ * never NULL; it probes the backends (loading their drivers), so the first call takes a while
+ * and sqz_last_error() may then hold a failed probe's reason. The command line's
+ * `--backend auto` and the Python package's backend="auto" are this choice. */
+SQZ_API const char *sqz_backend_auto(void);
 /* True for a backend that emulates device code on the host to check it (cuda-sim): slow,
  * so never the one to measure or to serve with unless asked for by name. */
 SQZ_API bool sqz_backend_is_emulated(const char *name);

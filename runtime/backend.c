@@ -49,6 +49,36 @@ sqz_status sqz_backend_probe(const char *name)
     return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "unknown backend '%s' (this build has: %s)", name, known);
 }
 
+/* Whether OpenCL lists a GPU: its device lines mark each device's type ("... [GPU] (...") */
+static bool opencl_lists_gpu(void)
+{
+    const sqz_backend_ops *ops = sqz_backend_find("opencl");
+    char *text = NULL;
+    bool gpu = false;
+    if (ops && ops->list_devices && ops->list_devices(&text) == SQZ_OK)
+        for (const char *line = text; line && *line && !gpu;) {
+            const char *end = strchr(line, '\n'), *mark = strstr(line, " [GPU] (");
+            gpu = strncmp(line, "opencl ", 7) == 0 && mark && (!end || mark < end);
+            line = end ? end + 1 : NULL;
+        }
+    free(text);
+    return gpu;
+}
+
+const char *sqz_backend_auto(void)
+{
+    if (sqz_backend_probe("cuda") == SQZ_OK)
+        return "cuda";
+    /* without a GPU the cpu backend is the faster one: measured 2-4x PoCL's OpenCL on the same
+     * cores (bench/RESULTS.md); on an OpenCL GPU, OpenCL */
+    const bool opencl = sqz_backend_probe("opencl") == SQZ_OK;
+    if (opencl && opencl_lists_gpu())
+        return "opencl";
+    if (sqz_backend_probe("cpu") == SQZ_OK)
+        return "cpu";
+    return opencl ? "opencl" : "cpu_ref";
+}
+
 sqz_status sqz_backend_check_dtype(const char *backend, const sqz_binding *b, const sqz_node *node, sqz_dtype stored)
 {
     const sqz_dtype written = b->plan->graph.tensors[node->output].dtype;

@@ -258,6 +258,25 @@ static void usage_errors(void **unused)
     free(text);
 }
 
+/* --backend auto, and no --backend, run on the library's sqz_backend_auto() */
+static void auto_backend_is_the_librarys_choice(void **unused)
+{
+    char want[128], log[512], args[1024];
+    snprintf(want, sizeof want, " tokens on %s (", sqz_backend_auto());
+    snprintf(log, sizeof log, "%s/stderr.log", tmp);
+    for (int given = 0; given < 2; given++) {
+        snprintf(args, sizeof args, "--model %s/classify --input /dev/null%s", INFER, given ? " --backend auto" : "");
+        int status;
+        run(args, &status);
+        assert_int_equal(status, 0);
+        size_t n;
+        char *text = (char *)read_whole(log, &n);
+        if (!strstr(text, want))
+            fail_msg("sqz infer %s: expected '%s' in: %s", args, want, text);
+        free(text);
+    }
+}
+
 static int setup(void **unused)
 {
     tmp = make_temp_dir();
@@ -277,6 +296,7 @@ int main(void)
         cmocka_unit_test(results_do_not_depend_on_batching),
         cmocka_unit_test(ten_thousand_lines_in_order_with_errors_in_place),
         cmocka_unit_test(usage_errors),
+        cmocka_unit_test(auto_backend_is_the_librarys_choice),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -181,6 +181,31 @@ static void backends_are_listed_and_probed(void **unused)
     sqz_model_free(m);
 }
 
+/* The auto choice against its documented rule, derived here from the public probes and the
+ * device listing: cuda, else opencl on an OpenCL GPU, else cpu, else opencl, else cpu_ref. */
+static void auto_backend_follows_the_rule(void **unused)
+{
+    const char *picked = sqz_backend_auto();
+    assert_non_null(picked);
+    assert_string_equal(sqz_backend_auto(), picked);
+    assert_sqz_ok(sqz_backend_probe(picked));
+    assert_false(sqz_backend_is_emulated(picked));
+    char *devices = NULL;
+    assert_sqz_ok(sqz_devices_describe(&devices));
+    bool opencl_gpu = false;
+    for (char *line = strtok(devices, "\n"); line; line = strtok(NULL, "\n"))
+        opencl_gpu |= strncmp(line, "opencl ", 7) == 0 && strstr(line, "[GPU]") != NULL;
+    sqz_free(devices);
+    const bool cuda = sqz_backend_probe("cuda") == SQZ_OK, opencl = sqz_backend_probe("opencl") == SQZ_OK;
+    const bool cpu = sqz_backend_probe("cpu") == SQZ_OK;
+    const char *rule = cuda                  ? "cuda"
+                       : opencl && opencl_gpu ? "opencl"
+                       : cpu                  ? "cpu"
+                       : opencl               ? "opencl"
+                                              : "cpu_ref";
+    assert_string_equal(picked, rule);
+}
+
 static void status_strings_are_distinct(void **unused)
 {
     for (int a = 0; a < SQZ_STATUS_COUNT; a++) {
@@ -265,6 +290,7 @@ int main(void)
         cmocka_unit_test(outputs_do_not_depend_on_batch_padding_or_masked_ids),
         cmocka_unit_test(metadata_labels_and_ignored_keys),
         cmocka_unit_test(backends_are_listed_and_probed),
+        cmocka_unit_test(auto_backend_follows_the_rule),
         cmocka_unit_test(status_strings_are_distinct),
         cmocka_unit_test(validate_counts_argmax_rows),
         cmocka_unit_test(selected_outputs_only),

@@ -114,9 +114,7 @@ _SIGNATURES = {
     "sqz_model_load": (c_int, [c_char_p, c_void_p, _PP]),  # options NULL: the default limits
     "sqz_model_free": (None, [_P]),
     "sqz_backend_name": (c_char_p, [c_size_t]),
-    "sqz_backend_probe": (c_int, [c_char_p]),
-    "sqz_devices_describe": (c_int, [POINTER(c_void_p)]),
-    "sqz_free": (None, [c_void_p]),
+    "sqz_backend_auto": (c_char_p, []),
     "sqz_precision_from_name": (c_int, [c_char_p, POINTER(c_int)]),
     "sqz_session_create": (c_int, [_P, POINTER(SessionOptions), _PP]),
     "sqz_session_free": (None, [_P]),

@@ -38,36 +38,11 @@ def _texts(values: Union[TextLike, Sequence[TextLike]], what: str) -> Tuple[List
     return [_utf8(v, f"{what}[{i}]") for i, v in enumerate(values)], False
 
 
-def _devices_text() -> str:
-    out = c_void_p()
-    if lib.sqz_devices_describe(byref(out)) != N.SQZ_OK or not out.value:
-        return ""
-    try:
-        return text(ctypes.string_at(out.value))
-    finally:
-        lib.sqz_free(out)
-
-
 def pick_backend(wanted: str = "auto") -> str:
-    """The backend `sqz --backend auto` takes (the command line's cli_pick_backend): cuda when
-    a CUDA device is there, else opencl on an OpenCL GPU, else cpu, else opencl, else cpu_ref.
-    Any other name is returned as given."""
-    if wanted != "auto":
-        return wanted
-
-    def usable(name: str) -> bool:
-        return lib.sqz_backend_probe(name.encode()) == N.SQZ_OK
-
-    if usable("cuda"):
-        return "cuda"
-    opencl = usable("opencl")
-    opencl_gpu = any(line.startswith("opencl ") and "[GPU]" in line
-                     for line in _devices_text().splitlines())
-    if opencl and opencl_gpu:
-        return "opencl"
-    if usable("cpu"):
-        return "cpu"
-    return "opencl" if opencl else "cpu_ref"
+    """The backend `wanted` stands for: for "auto" the library's choice (sqz_backend_auto, the
+    same as `sqz --backend auto`): cuda when a CUDA device is there, else opencl on an OpenCL
+    GPU, else cpu, else opencl, else cpu_ref. Any other name is returned as given."""
+    return text(lib.sqz_backend_auto()) if wanted == "auto" else wanted
 
 
 def backends() -> List[str]:

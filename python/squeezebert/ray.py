@@ -68,8 +68,9 @@ class Predictor:
 
 
 def run(model: str, input_path: str, output_path: str, *, task: str = "auto", backend: str = "auto",
-        actors: int = 1, gpus_per_actor: float = 0, cpus_per_actor: float = 1, batch_size: int = 256,
-        text_column: str = "text", pair_column: Optional[str] = None, output_format: str = "") -> None:
+        device: Optional[str] = None, actors: int = 1, gpus_per_actor: float = 0,
+        cpus_per_actor: float = 1, batch_size: int = 256, text_column: str = "text",
+        pair_column: Optional[str] = None, output_format: str = "") -> None:
     """Reads JSON Lines or Parquet (by extension), answers every row with `actors` engines and
     writes the rows with their answer columns (Parquet when the output ends in .parquet or the
     input is Parquet, else JSON Lines) into the folder `output_path`."""
@@ -80,13 +81,19 @@ def run(model: str, input_path: str, output_path: str, *, task: str = "auto", ba
     answered = data.map_batches(
         Predictor, batch_format="numpy", batch_size=batch_size, concurrency=actors,
         num_gpus=gpus_per_actor, num_cpus=cpus_per_actor,
-        fn_constructor_kwargs={"model_dir": model, "task": task, "backend": backend,
+        fn_constructor_kwargs={"model_dir": model, "task": task, "backend": backend, "device": device,
                                "text_column": text_column, "pair_column": pair_column})
     fmt = output_format or ("parquet" if parquet_in or output_path.endswith(".parquet") else "json")
     if fmt == "parquet":
         answered.write_parquet(output_path)
     else:
         answered.write_json(output_path)
+
+
+def default_cpus_per_actor(actors: int, cluster_cpus: float) -> float:
+    """1 CPU per actor, less where that would reserve every CPU of the cluster: Ray's read and
+    write tasks need one, and without it the job waits forever (2 actors on a 2-CPU machine)."""
+    return min(1.0, max(cluster_cpus - 1, 0) / max(actors, 1))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -99,10 +106,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", required=True, help="a folder for the answered rows")
     parser.add_argument("--task", default="auto", choices=["auto", "classify", "embed", "tokens", "qa", "fill-mask"])
     parser.add_argument("--backend", default="auto", help="as sqz --backend (default auto)")
+    parser.add_argument("--device", default=None,
+                        help="as sqz --device, for every actor (threads=N: the cpu backend's threads)")
     parser.add_argument("--actors", type=int, default=1, help="engines (actors) at once")
     parser.add_argument("--gpus-per-actor", type=float, default=0,
                         help="1 for one actor per GPU (Ray assigns each its own)")
-    parser.add_argument("--cpus-per-actor", type=float, default=1)
+    parser.add_argument("--cpus-per-actor", type=float, default=None,
+                        help="CPUs Ray reserves per actor (default: 1, less where the actors would "
+                             "take every CPU of the cluster and leave none to its readers)")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per map_batches call")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--pair-column", default=None)
@@ -111,8 +122,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import ray
 
     ray.init()
-    run(args.model, args.input, args.output, task=args.task, backend=args.backend, actors=args.actors,
-        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+    cpus_per_actor = args.cpus_per_actor
+    if cpus_per_actor is None:
+        cpus_per_actor = default_cpus_per_actor(args.actors, ray.cluster_resources().get("CPU", 1))
+    run(args.model, args.input, args.output, task=args.task, backend=args.backend, device=args.device,
+        actors=args.actors, gpus_per_actor=args.gpus_per_actor, cpus_per_actor=cpus_per_actor,
         batch_size=args.batch_size, text_column=args.text_column, pair_column=args.pair_column,
         output_format=args.output_format)
     return 0

@@ -15,7 +15,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import squeezebert  # noqa: E402
-from squeezebert.ray import Predictor  # noqa: E402
+from squeezebert.ray import Predictor, default_cpus_per_actor  # noqa: E402
 from conftest import FIXTURES, sqz_infer  # noqa: E402
 
 LINES = 20000
@@ -106,6 +106,13 @@ def test_two_actors_one_killed(tmp_path, cluster):
     check_rows(rows, reference)
 
 
+def test_default_cpus_per_actor_leaves_one_for_the_readers():
+    assert default_cpus_per_actor(2, 2) == 0.5  # this machine: 2 actors and the reader on 2 CPUs
+    assert default_cpus_per_actor(1, 2) == 1.0
+    assert default_cpus_per_actor(2, 16) == 1.0
+    assert default_cpus_per_actor(3, 1) == 0.0
+
+
 def test_command_line_job(tmp_path):
     model = make_input(tmp_path / "model", 2000)
     reference = sqz_infer(model)
@@ -113,7 +120,7 @@ def test_command_line_job(tmp_path):
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     done = subprocess.run([sys.executable, "-m", "squeezebert.ray", "--model", str(model), "--input",
                            str(model / "input.jsonl"), "--output", str(out), "--backend", "cpu_ref",
-                           "--actors", "2", "--cpus-per-actor", "0.5", "--batch-size", "300"],
+                           "--actors", "2", "--batch-size", "300"],  # CPUs per actor: the default
                           capture_output=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     rows = [json.loads(line) for f in sorted(out.iterdir()) if f.is_file()

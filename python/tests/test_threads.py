@@ -1,6 +1,6 @@
 """Threads: the GIL is released while the engine computes (ctypes.CDLL drops it for each foreign
 call), an engine shared by threads gives each the answers it gives alone, and "auto" picks the
-backend `sqz infer --backend auto` picks."""
+library's sqz_backend_auto, the backend `sqz infer --backend auto` picks."""
 
 import re
 import subprocess
@@ -69,6 +69,19 @@ def test_shared_engine_gives_each_thread_its_answers():
         for t in threads:
             t.join()
     assert together == alone
+
+
+def test_auto_backend_is_the_librarys_choice():
+    """backend="auto" (given or by default) opens what sqz_backend_auto names, and that is a
+    backend that runs here; other names pass through pick_backend unchanged."""
+    library = _native.lib.sqz_backend_auto().decode()
+    assert library in squeezebert.backends()
+    assert squeezebert.pick_backend() == squeezebert.pick_backend("auto") == library
+    assert squeezebert.pick_backend("cpu_ref") == "cpu_ref"
+    for engine in (squeezebert.Engine(CLASSIFY), squeezebert.Engine(CLASSIFY, backend="auto")):
+        with engine:
+            assert engine.backend == library
+            assert engine.classify("a fine day")["label"]
 
 
 def test_auto_backend_is_sqz_infers():
