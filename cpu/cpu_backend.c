@@ -46,6 +46,7 @@
 typedef struct packed_weight {
     size_t offset; /* of the [n][k] original in the weights buffer */
     int64_t cout, k;
+    int groups;
     float *data;
 } packed_weight;
 
@@ -471,7 +472,7 @@ static sqz_status packed_for(cpu_ctx *c, sqz_buffer *w, size_t offset, int64_t c
 {
     for (int i = 0; i < w->n_packed; i++) {
         const packed_weight *p = &w->packed[i];
-        if (p->offset == offset && p->cout == cout && p->k == k) {
+        if (p->offset == offset && p->cout == cout && p->k == k && p->groups == groups) {
             *out = p->data;
             return SQZ_OK;
         }
@@ -487,7 +488,7 @@ static sqz_status packed_for(cpu_ctx *c, sqz_buffer *w, size_t offset, int64_t c
     }
     pack_job job = {(const float *)(w->data + offset), data, k, cout / groups};
     sqz_cpu_pool_run(c->pool, pack_task, &job, groups);
-    w->packed[w->n_packed++] = (packed_weight){offset, cout, k, data};
+    w->packed[w->n_packed++] = (packed_weight){offset, cout, k, groups, data};
     *out = data;
     return SQZ_OK;
 }

@@ -3,9 +3,11 @@
 
 #include <omp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "runtime/error.h"
 
@@ -22,11 +24,57 @@ struct cpu_pool {
     int started;
     pthread_mutex_t mu;
     pthread_cond_t wake, idle;
-    uint64_t generation; /* bumped for every run, so a worker takes each job at most once */
-    job *current;        /* NULL between runs */
-    int active;          /* workers inside the current job */
+    /* written under mu; read without it only while spinning (see spin_until) */
+    atomic_ullong generation; /* bumped for every run, so a worker takes each job at most once */
+    job *current;             /* NULL between runs */
+    atomic_int active;        /* workers inside the current job */
     bool stop;
 };
+
+/* A run's launches follow each other within tens of microseconds, and waking a thread that
+ * sleeps on a condition variable took about as long on this VM, twice per launch (the worker
+ * to start, the caller to see the end). So both sides first poll for a while, then sleep as
+ * before: on a busy machine a thread that has lost its core costs at most this much polling. */
+#define SPIN_NS 100000
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Polls until done(pool, arg) or SPIN_NS pass; the caller then checks again under the lock. */
+static void spin_until(bool (*done)(cpu_pool *, const void *), cpu_pool *pool, const void *arg)
+{
+    const int64_t end = now_ns() + SPIN_NS;
+    for (int i = 1; !done(pool, arg); i++) {
+        if (i % 16 == 0) { /* on a busy machine, let whoever waits for this core run */
+            sched_yield();
+            if (now_ns() > end)
+                return;
+        }
+        cpu_relax();
+    }
+}
+
+static bool new_run(cpu_pool *pool, const void *seen)
+{
+    return atomic_load_explicit(&pool->generation, memory_order_acquire) != *(const uint64_t *)seen;
+}
+
+static bool run_finished(cpu_pool *pool, const void *j)
+{
+    const job *run = j;
+    return atomic_load(&run->done) == run->tasks && atomic_load(&pool->active) == 0;
+}
 
 /* Takes tasks until none is left; true when this thread finished the last one. */
 static bool work(job *j, int worker)
@@ -56,6 +104,11 @@ static void *worker_main(void *p)
     uint64_t seen = 0;
     pthread_mutex_lock(&pool->mu);
     for (;;) {
+        if (!pool->stop && pool->generation == seen) {
+            pthread_mutex_unlock(&pool->mu);
+            spin_until(new_run, pool, &seen); /* stop is seen under the lock below */
+            pthread_mutex_lock(&pool->mu);
+        }
         while (!pool->stop && pool->generation == seen)
             pthread_cond_wait(&pool->wake, &pool->mu);
         if (pool->stop)
@@ -133,6 +186,7 @@ void sqz_cpu_pool_run(cpu_pool *pool, cpu_task_fn fn, void *arg, int64_t tasks)
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mu);
     work(&j, 0);
+    spin_until(run_finished, pool, &j);
     pthread_mutex_lock(&pool->mu);
     while (atomic_load(&j.done) < tasks || pool->active > 0)
         pthread_cond_wait(&pool->idle, &pool->mu);
