@@ -9,53 +9,14 @@
 #include "runtime/error.h"
 #include "runtime/output_rows.h"
 #include "runtime/outputs.h"
+#include "runtime/tensor_file.h"
 
 /* ---- fp16 ------------------------------------------------------------------------------- */
 
-uint16_t sqz_float_to_half(float value)
-{
-    uint32_t x;
-    memcpy(&x, &value, 4);
-    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    const uint32_t abs = x & 0x7fffffffu;
-    if (abs > 0x7f800000u) /* NaN: keep it quiet and non-zero */
-        return (uint16_t)(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));
-    if (abs >= 0x477ff000u) /* rounds to 65520 or more: infinity */
-        return (uint16_t)(sign | 0x7c00u);
-    if (abs < 0x38800000u) {
-        /* below the smallest normal half (2^-14): a subnormal, in units of 2^-24 */
-        if (abs <= 0x33000000u) /* at most half of 2^-24: zero (the tie goes to even, 0) */
-            return sign;
-        /* value / 2^-24 = mant24 x 2^(e - 126) for the biased exponent e (here 103..112) */
-        const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
-        const int shift = 126 - (int)(abs >> 23);
-        const uint32_t q = mant >> shift, rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
-        return (uint16_t)(sign | (q + (rem > half || (rem == half && (q & 1)))));
-    }
-    /* normal: rebias the exponent, round the 13 dropped bits to nearest even */
-    const uint32_t h = ((abs >> 13) - ((127u - 15u) << 10));
-    const uint32_t rem = abs & 0x1fffu;
-    return (uint16_t)(sign | (h + (rem > 0x1000u || (rem == 0x1000u && (h & 1)))));
-}
+/* the public names of the loaders' conversions (round to nearest even; NaN stays NaN) */
+uint16_t sqz_float_to_half(float value) { return sqz_f32_to_f16(value); }
 
-float sqz_half_to_float(uint16_t bits)
-{
-    const uint32_t sign = (uint32_t)(bits & 0x8000u) << 16;
-    const uint32_t exp = (bits >> 10) & 0x1fu, mant = bits & 0x3ffu;
-    float magnitude;
-    if (exp == 0)
-        magnitude = ldexpf((float)mant, -24);
-    else if (exp == 31)
-        magnitude = mant ? NAN : INFINITY;
-    else
-        magnitude = ldexpf((float)(mant | 0x400u), (int)exp - 25);
-    uint32_t x;
-    memcpy(&x, &magnitude, 4);
-    x |= sign;
-    float out;
-    memcpy(&out, &x, 4);
-    return out;
-}
+float sqz_half_to_float(uint16_t bits) { return sqz_f16_to_f32(bits); }
 
 /* ---- the layout of one output --------------------------------------------------------- */
 
