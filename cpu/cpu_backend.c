@@ -1011,8 +1011,9 @@ static bool cpu_supports(void *ctx, const sqz_node *node)
     case SQZ_OP_EMBED_LAYERNORM:
     case SQZ_OP_LINEAR_GELU:
     case SQZ_OP_ADD_LAYERNORM:
-    case SQZ_OP_ATTENTION:
         return true;
+    case SQZ_OP_ATTENTION: /* q, k and v as three tensors, not one QKV output */
+        return !node->params.attention.qkv_groups;
     default:
         return (unsigned)node->op < SQZ_OP_COUNT && !sqz_op_is_fused(node->op);
     }

@@ -158,6 +158,9 @@ void cuda_buffer_free(void *ctx, sqz_buffer *b)
         cudaFree(b->ptr);
     if (b->shadow)
         cudaFree(b->shadow);
+    for (int i = 0; i < b->n_qkv; i++)
+        cudaFree(b->qkv[i].block);
+    free(b->qkv);
     free(b);
 }
 
@@ -185,6 +188,7 @@ sqz_status cuda_upload(void *ctx, sqz_buffer *dst, size_t offset, const void *sr
         return SQZ_OK;
     BIND_DEVICE(c);
     dst->shadow_valid = false;
+    dst->version++;
     if (bytes > STAGING_MAX) {
         CUDA_TRY(cudaMemcpyAsync((char *)dst->ptr + offset, src, bytes, cudaMemcpyHostToDevice, c->stream));
         return cuda_synchronize(c);
@@ -241,6 +245,7 @@ sqz_status cuda_upload_async(void *ctx, int slot, sqz_buffer *dst, size_t offset
     CUDA_TRY(cudaEventRecord(c->ev_begin[slot], c->stream)); /* the run's device time starts */
     c->begun[slot] = true;
     dst->shadow_valid = false;
+    dst->version++;
     if (bytes)
         CUDA_TRY(cudaMemcpyAsync((char *)dst->ptr + offset, src, bytes, cudaMemcpyHostToDevice, c->stream));
     return SQZ_OK;
@@ -388,6 +393,59 @@ sqz_status ensure_shadow(cuda_ctx *c, sqz_buffer *w)
     CUDA_TRY(cudaGetLastError());
     w->shadow_dtype = c->store;
     w->shadow_valid = true;
+    return SQZ_OK;
+}
+
+/* A QKV node's weights side by side (struct qkv_weights), made once per version of the weights
+ * and storage type, after ensure_shadow. */
+sqz_status qkv_weights_for(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const qkv_weights **out)
+{
+    sqz_buffer *w = b->weights;
+    const sqz_graph *g = &b->plan->graph;
+    const int *in = node->inputs;
+    const int query_weight = g->tensors[in[1]].weight_index;
+    qkv_weights *e = NULL;
+    for (int i = 0; i < w->n_qkv && !e; i++)
+        if (w->qkv[i].query_weight == query_weight)
+            e = &w->qkv[i];
+    *out = e;
+    if (e && e->dtype == c->store && e->version == w->version)
+        return SQZ_OK;
+    if (c->capturing >= 0)
+        return sqz_fail(SQZ_ERR_INTERNAL, "%s: QKV weights made during graph capture (node '%s')", SQZ_CUDA_NAME,
+                        node->name);
+    const size_t width = (size_t)g->tensors[in[1]].fixed_rows, cin_g = (size_t)g->tensors[in[1]].cols;
+    const size_t per_group = width / (size_t)node->params.linear.groups, es = sqz_dtype_size(c->store);
+    /* sized for fp32, so that a change of precision reuses the block */
+    const size_t matrix_bytes = (3 * width * cin_g * 4 + 255) & ~(size_t)255;
+    const size_t bias_bytes = (3 * width * 4 + 255) & ~(size_t)255;
+    if (!e) {
+        qkv_weights *grown = (qkv_weights *)realloc(w->qkv, (size_t)(w->n_qkv + 1) * sizeof *grown);
+        if (!grown)
+            return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+        w->qkv = grown;
+        e = &w->qkv[w->n_qkv];
+        memset(e, 0, sizeof *e);
+        e->query_weight = query_weight;
+        CUDA_TRY(cudaMalloc(&e->block, matrix_bytes + 2 * bias_bytes));
+        w->n_qkv++;
+    }
+    char *matrix = (char *)e->block, *bias32 = matrix + matrix_bytes, *bias_stored = bias32 + bias_bytes;
+    for (size_t group = 0; group < width / per_group; group++)
+        for (int part = 0; part < 3; part++) {
+            const size_t row = (3 * group + (size_t)part) * per_group, from = group * per_group;
+            const int weight = in[1 + 2 * part], bias = in[2 + 2 * part];
+            const char *rows_from = (const char *)weight_stored(c, b, weight) + from * cin_g * es;
+            CUDA_TRY(cudaMemcpyAsync(matrix + row * cin_g * es, rows_from, per_group * cin_g * es,
+                                     cudaMemcpyDeviceToDevice, c->stream));
+            CUDA_TRY(cudaMemcpyAsync(bias32 + row * 4, weight_f32(b, bias) + from, per_group * 4,
+                                     cudaMemcpyDeviceToDevice, c->stream));
+            CUDA_TRY(cudaMemcpyAsync(bias_stored + row * es, (const char *)weight_stored(c, b, bias) + from * es,
+                                     per_group * es, cudaMemcpyDeviceToDevice, c->stream));
+        }
+    e->matrix = matrix, e->bias32 = (const float *)bias32, e->bias_stored = bias_stored;
+    e->dtype = c->store, e->version = w->version;
+    *out = e;
     return SQZ_OK;
 }
 
@@ -629,6 +687,9 @@ sqz_status cuda_prepare(void *ctx, const sqz_binding *b)
     size_t hidden_bytes = 0;
     for (size_t k = 0; k < b->plan->n_launches && st == SQZ_OK; k++) {
         const sqz_node *node = &g->nodes[b->plan->launches[k]];
+        const qkv_weights *made = NULL;
+        if (node->op == SQZ_OP_QKV) /* never during a capture */
+            st = qkv_weights_for(c, b, node, &made);
         if (node->op == SQZ_OP_FFN) {
             const size_t bytes = (size_t)b->plan->bucket.max_tokens * (size_t)g->tensors[node->inputs[1]].fixed_rows *
                                  sqz_dtype_size(c->store);

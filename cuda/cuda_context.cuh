@@ -54,6 +54,18 @@
 /* Activations are stored in the dtype the plan gives them (the assign-dtypes pass: one
  * type per plan, the session's: fp32, or 16 bits at fp16 and bf16); downloads are plain
  * copies, and whoever reads a tensor converts by its dtype. */
+/* A QKV node's three projections side by side, as one grouped product takes them: rows
+ * [g][q_g | k_g | v_g] of the weights in the storage type, the biases alike in fp32 and in the
+ * storage type; one device block, keyed by the query weight's index. */
+struct qkv_weights {
+    int query_weight;
+    sqz_dtype dtype;
+    unsigned long version; /* the buffer's version it was made from */
+    void *block;
+    const void *matrix, *bias_stored;
+    const float *bias32;
+};
+
 struct sqz_buffer {
     void *ptr;
     size_t bytes;
@@ -61,6 +73,10 @@ struct sqz_buffer {
     void *shadow;
     sqz_dtype shadow_dtype;
     bool shadow_valid;
+    unsigned long version; /* counts the writes into the buffer */
+    /* weights of QKV nodes, made from the weights (and the copy) once per version and type */
+    qkv_weights *qkv;
+    int n_qkv;
 };
 
 namespace {

@@ -12,7 +12,8 @@
  * A layout of P), and O += P V (V fragments by ldmatrix.trans). A masked key, or a key past
  * the sequence's end, has probability exactly 0; rows past the end read zeros and are not
  * written. The sequence index comes from blockIdx.x, so the number of sequences is limited
- * only by 2^31 / tiles. */
+ * only by 2^31 / tiles. q, k and v are read where `layout` says: three tensors, or the parts
+ * of one QKV output. */
 #ifndef SQZ_CUDA_FLASH_ATTENTION_CUH
 #define SQZ_CUDA_FLASH_ATTENTION_CUH
 
@@ -31,7 +32,7 @@ template <int HD, int WARPS> __host__ __device__ constexpr size_t fa_shared_byte
 
 template <typename T, int HD, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32)
-flash_attention(const T *q, const T *k, const T *v, int ld_in, const int *key_valid, const int *seq_off, T *ctx,
+flash_attention(const T *q, const T *k, const T *v, qkv_layout layout, const int *key_valid, const int *seq_off, T *ctx,
                 int ld_out, int tiles_per_seq, float scale_log2)
 {
     static_assert(HD % 16 == 0 && HD <= 128, "head size a multiple of 16, at most 128");
@@ -48,13 +49,14 @@ flash_attention(const T *q, const T *k, const T *v, int ld_in, const int *key_va
     if (q0 >= end)
         return; /* uniform over the block */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int head_col = h * HD;
+    const int head_col = h * HD, ld_in = layout.ld; /* a chunk of 8 columns lies inside one group */
 
     /* queries of the tile; rows past the end are zeros */
     for (int e = tid; e < BQ * CHUNKS_PER_ROW; e += THREADS) {
         const int r = e / CHUNKS_PER_ROW, c = e % CHUNKS_PER_ROW;
         const bool in = q0 + r < end;
-        cp_async_16(sq + r * LD + c * 8, in ? q + (size_t)(q0 + r) * ld_in + head_col + c * 8 : q, in ? 16 : 0);
+        const T *from = in ? q + (size_t)(q0 + r) * ld_in + layout.column(head_col + c * 8) : q;
+        cp_async_16(sq + r * LD + c * 8, from, in ? 16 : 0);
     }
     auto load_chunk = [&](int chunk, int stage) {
         const int k0 = first + chunk * FA_KEYS;
@@ -62,7 +64,7 @@ flash_attention(const T *q, const T *k, const T *v, int ld_in, const int *key_va
         for (int e = tid; e < FA_KEYS * CHUNKS_PER_ROW; e += THREADS) {
             const int r = e / CHUNKS_PER_ROW, c = e % CHUNKS_PER_ROW;
             const bool in = k0 + r < end;
-            const size_t at = (size_t)(k0 + r) * ld_in + head_col + c * 8;
+            const size_t at = (size_t)(k0 + r) * ld_in + layout.column(head_col + c * 8);
             cp_async_16(dk + r * LD + c * 8, in ? k + at : k, in ? 16 : 0);
             cp_async_16(dv + r * LD + c * 8, in ? v + at : v, in ? 16 : 0); /* zeros: 0 * V stays 0 */
         }

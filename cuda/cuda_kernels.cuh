@@ -186,6 +186,15 @@ layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, con
     }
 }
 
+/* Where the attention kernels read q, k and v: rows `ld` elements apart, column c of a part at
+ * column(c). Three tensors: one group as wide as the part, so c itself. One QKV output
+ * (graph/graph.h, sqz_qkv_column): the pointers are its q, k and v parts of group 0, and a
+ * part's groups lie group_stride columns apart. */
+struct qkv_layout {
+    int ld, group_width, group_stride;
+    __host__ __device__ int column(int c) const { return c / group_width * group_stride + c % group_width; }
+};
+
 /* ---- fused attention over packed variable-length sequences -----------------------------
  * One block per (query tile of ATT_Q tokens, head, sequence); one thread per query. Keys and
  * values of the sequence pass through shared memory in chunks (converted to fp32 once), and
@@ -203,7 +212,7 @@ template <int HD> __host__ __device__ constexpr size_t attention_shared_bytes()
 
 template <typename T, int HD>
 __global__ void __launch_bounds__(ATT_Q)
-attention_varlen(const T *q, const T *k, const T *v, const int *key_valid, const int *seq_off, T *ctx,
+attention_varlen(const T *q, const T *k, const T *v, qkv_layout layout, const int *key_valid, const int *seq_off, T *ctx,
                  int heads, int head_dim, float scale)
 {
     constexpr int KC = attention_keys_per_chunk<HD>(); /* 2 x KC x HD floats of shared memory */
@@ -222,7 +231,7 @@ attention_varlen(const T *q, const T *k, const T *v, const int *key_valid, const
     float qv[HD], acc[HD];
 #pragma unroll
     for (int i = 0; i < HD; i++) {
-        qv[i] = active && i < head_dim ? to_f(q[(size_t)t * width + h * head_dim + i]) * scale : 0.0f;
+        qv[i] = active && i < head_dim ? to_f(q[(size_t)t * layout.ld + layout.column(h * head_dim + i)]) * scale : 0.0f;
         acc[i] = 0.0f;
     }
     float m = -INFINITY, sum = 0.0f;
@@ -232,7 +241,7 @@ attention_varlen(const T *q, const T *k, const T *v, const int *key_valid, const
         for (int e = threadIdx.x; e < KC * HD; e += ATT_Q) {
             const int j = e / HD, i = e % HD;
             const bool in = j < n && i < head_dim;
-            const size_t at = (size_t)(c0 + j) * width + h * head_dim + i;
+            const size_t at = (size_t)(c0 + j) * layout.ld + layout.column(h * head_dim + i);
             ks[j][i] = in ? to_f(k[at]) : 0.0f;
             vs[j][i] = in ? to_f(v[at]) : 0.0f;
         }

@@ -191,6 +191,12 @@ sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *node, co
     case SQZ_OP_LINEAR_GELU:
         st = run_job(c, linear_job(c, linear_args(c, b, node, rows)), act<char>(b, node->output));
         break;
+    case SQZ_OP_QKV: {
+        const qkv_weights *w = NULL;
+        if ((st = qkv_weights_for(c, b, node, &w)) == SQZ_OK)
+            st = run_job(c, linear_job(c, qkv_args(b, node, w, rows)), act<char>(b, node->output));
+        break;
+    }
     case SQZ_OP_ATTENTION:
         st = run_job(c, attention_job(c, b, node, dims), act<char>(b, node->output));
         break;

@@ -8,15 +8,34 @@ namespace {
 
 /* ---- attention variants ---------------------------------------------------------------- */
 
+/* q, k and v of an attention node: three tensors, or the parts of one QKV output */
+template <typename T> struct attention_inputs {
+    const T *q, *k, *v;
+    sqzk::qkv_layout layout;
+};
+
+template <typename T> attention_inputs<T> attention_operands(const sqz_binding *b, const sqz_node *node)
+{
+    const int *in = node->inputs;
+    const sqz_op_params *p = &node->params;
+    const int width = p->attention.heads * p->attention.head_dim;
+    if (!p->attention.qkv_groups)
+        return {act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, in[2]), {width, width, 0}};
+    const int per_group = width / p->attention.qkv_groups;
+    const T *base = act<T>(b, in[0]);
+    return {base, base + per_group, base + 2 * per_group, {3 * width, per_group, 3 * per_group}};
+}
+
 template <typename T, int HD>
 sqz_status attention_simt_hd(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, T *out)
 {
     const int *in = node->inputs;
     const sqz_op_params *p = &node->params;
+    const attention_inputs<T> qkv = attention_operands<T>(b, node);
     dim3 grid(blocks((size_t)dims->max_len, sqzk::ATT_Q), (unsigned)p->attention.heads, (unsigned)dims->sequences);
     sqz_launch("attention_varlen", sqzk::attention_varlen<T, HD>, grid, sqzk::ATT_Q,
-               sqzk::attention_shared_bytes<HD>(), c->stream, act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, in[2]),
-               ints(b, in[3]), ints(b, in[4]), out, p->attention.heads, p->attention.head_dim, p->attention.scale);
+               sqzk::attention_shared_bytes<HD>(), c->stream, qkv.q, qkv.k, qkv.v, qkv.layout, ints(b, in[3]),
+               ints(b, in[4]), out, p->attention.heads, p->attention.head_dim, p->attention.scale);
     LAUNCH_CHECK("attention_varlen", node);
     return SQZ_OK;
 }
@@ -49,6 +68,7 @@ sqz_status flash_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node,
                                       (int)shared));
     const int *in = node->inputs;
     const sqz_op_params *p = &node->params;
+    const attention_inputs<T> qkv = attention_operands<T>(b, node);
     const int tiles = (int)blocks((size_t)dims->max_len, 16 * WARPS);
     const int width = p->attention.heads * HD;
     if ((long long)tiles * dims->sequences > 2147483647LL)
@@ -57,8 +77,7 @@ sqz_status flash_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node,
     const dim3 grid((unsigned)(tiles * dims->sequences), (unsigned)p->attention.heads);
     const float scale_log2 = p->attention.scale * 1.4426950408889634f;
     sqz_launch("flash_attention", sqzk::flash_attention<T, HD, WARPS>, grid, 32 * WARPS, shared, c->stream,
-               act<T>(b, in[0]), act<T>(b, in[1]), act<T>(b, in[2]), width, ints(b, in[3]), ints(b, in[4]), out,
-               width, tiles, scale_log2);
+               qkv.q, qkv.k, qkv.v, qkv.layout, ints(b, in[3]), ints(b, in[4]), out, width, tiles, scale_log2);
     LAUNCH_CHECK("flash_attention", node);
     return SQZ_OK;
 }
@@ -72,10 +91,12 @@ sqz_status attention_run(cuda_ctx *c, const sqz_binding *b, const sqz_node *node
     if (variant == ATTENTION_SIMT)
         return attention_simt<T>(c, b, node, dims, out);
     const int hd = node->params.attention.head_dim;
-    const int *in = node->inputs;
+    const attention_inputs<T> qkv = attention_operands<T>(b, node);
+    /* 16-byte copies: aligned parts, rows and groups, 8 columns never split by a group's end */
     *ran = variant == ATTENTION_FLASH && !std::is_same<T, float>::value && (hd == 32 || hd == 64 || hd == 128) &&
-           aligned16(act<T>(b, in[0])) && aligned16(act<T>(b, in[1])) && aligned16(act<T>(b, in[2])) &&
-           aligned16(out);
+           aligned16(qkv.q) && aligned16(qkv.k) && aligned16(qkv.v) && aligned16(out) &&
+           qkv.layout.ld * sizeof(T) % 16 == 0 && qkv.layout.group_stride * sizeof(T) % 16 == 0 &&
+           qkv.layout.group_width % 8 == 0;
     if (!*ran)
         return SQZ_OK;
     if constexpr (!std::is_same<T, float>::value) {
@@ -308,6 +329,18 @@ variant_job linear_job(cuda_ctx *c, const gemm_args &a)
     return job;
 }
 
+/* a QKV node as one grouped product over its side-by-side weights: group g's output columns
+ * are [q_g | k_g | v_g], the layout sqz_qkv_column describes */
+gemm_args qkv_args(const sqz_binding *b, const sqz_node *node, const qkv_weights *w, int64_t rows)
+{
+    gemm_args a;
+    a.s = linear_shape(b, node, rows); /* cout: the output's 3 x width; a bias */
+    a.w = w->matrix, a.bias32 = w->bias32, a.bias_stored = w->bias_stored;
+    a.x = act<char>(b, node->inputs[0]);
+    a.node = node;
+    return a;
+}
+
 variant_job attention_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims)
 {
     variant_job job;
@@ -315,7 +348,7 @@ variant_job attention_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *nod
     memset(job.key, 0, sizeof job.key);
     job.key[0] = node->params.attention.heads, job.key[1] = node->params.attention.head_dim,
     job.key[2] = pow2_at_least(dims->max_len), job.key[3] = pow2_at_least(dims->sequences),
-    job.key[4] = pow2_at_least(dims->tokens);
+    job.key[4] = pow2_at_least(dims->tokens), job.key[5] = node->params.attention.qkv_groups;
     job.out_bytes = (size_t)(dims->tokens * node->params.attention.heads * node->params.attention.head_dim) *
                     sqz_dtype_size(c->store);
     job.flops = 4.0 * (double)dims->score_rows * node->params.attention.heads * node->params.attention.head_dim;

@@ -16,7 +16,7 @@ static const char *const op_names[SQZ_OP_COUNT] = {
     [SQZ_OP_LINEAR_ATTENTION] = "linear_attention",
     [SQZ_OP_EMBED_LAYERNORM] = "embed_layernorm", [SQZ_OP_LINEAR_GELU] = "linear_gelu",
     [SQZ_OP_ADD_LAYERNORM] = "add_layernorm", [SQZ_OP_ATTENTION] = "attention",
-    [SQZ_OP_FFN] = "ffn",
+    [SQZ_OP_FFN] = "ffn",                     [SQZ_OP_QKV] = "qkv",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == SQZ_OP_COUNT, "op name table");
 
@@ -251,7 +251,7 @@ static const op_signature signatures[SQZ_OP_COUNT] = {
     [SQZ_OP_LINEAR_ATTENTION] = {5, 5, 0x18},
     [SQZ_OP_EMBED_LAYERNORM] = {8, 8, 0x7}, [SQZ_OP_LINEAR_GELU] = {3, 3, 0},
     [SQZ_OP_ADD_LAYERNORM] = {4, 4, 0},   [SQZ_OP_ATTENTION] = {6, 6, 0x38},
-    [SQZ_OP_FFN] = {5, 5, 0},
+    [SQZ_OP_FFN] = {5, 5, 0},             [SQZ_OP_QKV] = {7, 7, 0},
 };
 
 #define VERIFY(cond, ...)                                                                  \
@@ -461,6 +461,18 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
             s = same_rows(out, in[0]) ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
         }
+        case SQZ_OP_QKV: {
+            const int g = node->params.linear.groups;
+            const int64_t width = out->cols / 3;
+            bool fits = g >= 1 && out->cols % 3 == 0 && in[0]->cols % g == 0 && width % g == 0;
+            for (int part = 0; part < 3 && fits; part++)
+                fits = in[1 + 2 * part]->extent == SQZ_EXTENT_FIXED && in[1 + 2 * part]->fixed_rows == width &&
+                       in[1 + 2 * part]->cols == in[0]->cols / g && is_row_vector(in[2 + 2 * part], width);
+            VERIFY(fits, "weights or biases do not fit %lld -> 3 x %lld channels in %d groups",
+                   (long long)in[0]->cols, (long long)width, g);
+            s = same_rows(out, in[0]) ? SQZ_OK : SQZ_ERR_INTERNAL;
+            break;
+        }
         case SQZ_OP_ADD_LAYERNORM:
             s = (same_rows(in[0], in[1]) && in[0]->cols == in[1]->cols &&
                  is_row_vector(in[2], in[0]->cols) && is_row_vector(in[3], in[0]->cols) &&
@@ -470,9 +482,16 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
         case SQZ_OP_ATTENTION:
         case SQZ_OP_LINEAR_ATTENTION: {
             int h = node->params.attention.heads, d = node->params.attention.head_dim;
+            const int qkv_groups = node->params.attention.qkv_groups;
             bool fits = h >= 1 && d >= 1 && out->extent == SQZ_EXTENT_TOKENS && out->cols == (int64_t)h * d;
+            if (qkv_groups) /* one SQZ_OP_QKV output */
+                VERIFY(node->op == SQZ_OP_ATTENTION && qkv_groups > 0 && node->inputs[1] == node->inputs[0] &&
+                           node->inputs[2] == node->inputs[0] && in[0]->cols == 3 * out->cols &&
+                           out->cols % qkv_groups == 0,
+                       "a fused q/k/v input must be one [tokens, 3 x %lld] tensor of %d groups",
+                       (long long)out->cols, qkv_groups);
             for (int i = 0; i < 3; i++)
-                fits = fits && in[i]->extent == SQZ_EXTENT_TOKENS && in[i]->cols == out->cols;
+                fits = fits && in[i]->extent == SQZ_EXTENT_TOKENS && in[i]->cols == out->cols * (qkv_groups ? 3 : 1);
             fits = fits && in[3]->extent == SQZ_EXTENT_TOKENS && in[3]->cols == 1 && is_offsets(in[4]);
             s = fits && (node->op == SQZ_OP_LINEAR_ATTENTION || is_offsets(in[5])) ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
@@ -507,7 +526,8 @@ double sqz_node_flops(const sqz_graph *graph, const sqz_node *node, const sqz_ru
     double rows = (double)sqz_tensor_rows(out, dims);
     switch (node->op) {
     case SQZ_OP_LINEAR:
-    case SQZ_OP_LINEAR_GELU: {
+    case SQZ_OP_LINEAR_GELU:
+    case SQZ_OP_QKV: {
         const sqz_tensor_desc *w = &graph->tensors[node->inputs[1]];
         return 2.0 * rows * (double)out->cols * (double)w->cols;
     }

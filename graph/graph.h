@@ -39,6 +39,10 @@ typedef enum sqz_op {
     SQZ_OP_FFN,             /* gelu(x W1^T + b1) W2^T + b2, both grouped alike, so that group g of
                                the second reads only what group g of the first wrote; the
                                hidden activation is never stored      (x, W1, b1, W2, b2) */
+    SQZ_OP_QKV,             /* the query, key and value projections of one input as one grouped
+                               product: group g of the output is [q_g | k_g | v_g], each
+                               cols / (3 groups) wide (sqz_qkv_column), for an ATTENTION node
+                               that reads them there          (x, Wq, bq, Wk, bk, Wv, bv) */
     SQZ_OP_COUNT
 } sqz_op;
 
@@ -98,8 +102,19 @@ typedef struct sqz_tensor_desc {
 typedef union sqz_op_params {
     struct { float eps; } layernorm;
     struct { int groups; } linear;
-    struct { int heads, head_dim; float scale; } attention;
+    /* qkv_groups > 0: q, k and v are one SQZ_OP_QKV output of that many groups (all three
+       inputs name it), 0: three tensors */
+    struct { int heads, head_dim; float scale; int qkv_groups; } attention;
 } sqz_op_params;
+
+/* Where column `col` (0 <= col < width) of part `part` (0 q, 1 k, 2 v) lies in an SQZ_OP_QKV
+ * output of `groups` groups over `width` channels per part (sqz validate slices by it; the CUDA
+ * kernels' qkv_layout, cuda/cuda_kernels.cuh, is the same rule in device code). */
+static inline int64_t sqz_qkv_column(int64_t width, int groups, int part, int64_t col)
+{
+    const int64_t per_group = width / groups;
+    return (col / per_group) * 3 * per_group + part * per_group + col % per_group;
+}
 
 typedef struct sqz_node {
     sqz_op op;

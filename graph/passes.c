@@ -200,6 +200,42 @@ static bool fuse_attention(fuse_ctx *f, sqz_node *context)
     return true;
 }
 
+/* An ATTENTION node's three projections of one input, alike in groups and bias: one QKV node
+ * (in the query's place) whose output the attention reads through sqz_qkv_column. */
+static bool fuse_qkv(fuse_ctx *f, sqz_node *attention)
+{
+    sqz_node *part[3];
+    for (int i = 0; i < 3; i++) {
+        part[i] = fusable_producer(f, attention->inputs[i], SQZ_OP_LINEAR);
+        if (!part[i] || part[i]->n_inputs != 3 || part[i]->inputs[2] < 0 ||
+            part[i]->inputs[0] != part[0]->inputs[0] ||
+            part[i]->params.linear.groups != part[0]->params.linear.groups)
+            return false;
+    }
+    sqz_tensor_desc *out = &f->g->tensors[part[0]->output];
+    const int groups = part[0]->params.linear.groups;
+    int inputs[7] = {part[0]->inputs[0], part[0]->inputs[1], part[0]->inputs[2], part[1]->inputs[1],
+                     part[1]->inputs[2],  part[2]->inputs[1], part[2]->inputs[2]};
+    retire(f, part[0]), retire(f, part[1]), retire(f, part[2]), retire(f, attention);
+    sqz_node *qkv = part[0];
+    qkv->op = SQZ_OP_QKV;
+    set_inputs(qkv, inputs, 7);
+    char *tail = strrchr(qkv->name, '.'); /* layerN.query -> layerN.qkv */
+    tail = tail ? tail + 1 : qkv->name;
+    snprintf(tail, (size_t)(qkv->name + SQZ_NAME_LEN - tail), "qkv");
+    snprintf(out->name, SQZ_NAME_LEN, "%s", qkv->name);
+    out->cols *= 3;
+    const int attention_inputs[6] = {qkv->output, qkv->output, qkv->output, attention->inputs[3],
+                                     attention->inputs[4], attention->inputs[5]};
+    set_inputs(attention, attention_inputs, 6);
+    attention->params.attention.qkv_groups = groups;
+    for (int i = 0; i < 7; i++)
+        f->readers[inputs[i]]++;
+    for (int i = 0; i < 6; i++)
+        f->readers[attention_inputs[i]]++;
+    return true;
+}
+
 sqz_status sqz_pass_fuse(sqz_graph *g, uint64_t fusable_ops)
 {
     if (!fusable_ops)
@@ -212,6 +248,7 @@ sqz_status sqz_pass_fuse(sqz_graph *g, uint64_t fusable_ops)
             if (g->nodes[n].inputs[i] >= 0)
                 f.readers[g->nodes[n].inputs[i]]++;
 #define ALLOWED(op) (fusable_ops & (1ull << (op)))
+    bool widened = false;
     for (size_t n = 0; n < g->n_nodes; n++) {
         sqz_node *node = &g->nodes[n];
         switch (node->op) {
@@ -225,8 +262,8 @@ sqz_status sqz_pass_fuse(sqz_graph *g, uint64_t fusable_ops)
                 fuse_linear_gelu(&f, node);
             break;
         case SQZ_OP_ATTN_CONTEXT:
-            if (ALLOWED(SQZ_OP_ATTENTION))
-                fuse_attention(&f, node);
+            if (ALLOWED(SQZ_OP_ATTENTION) && fuse_attention(&f, node) && ALLOWED(SQZ_OP_QKV))
+                widened |= fuse_qkv(&f, node);
             break;
         case SQZ_OP_LINEAR: /* after the GELU before it became LINEAR_GELU */
             if (ALLOWED(SQZ_OP_FFN) && ALLOWED(SQZ_OP_LINEAR_GELU))
@@ -237,7 +274,9 @@ sqz_status sqz_pass_fuse(sqz_graph *g, uint64_t fusable_ops)
     }
 #undef ALLOWED
     free(f.readers);
-    return SQZ_OK;
+    /* the retired score nodes still read a projection that is now three times as wide: they go
+     * before the verifier sees them */
+    return widened ? sqz_pass_eliminate_dead_nodes(g) : SQZ_OK;
 }
 
 /* ---- assign-dtypes ------------------------------------------------------------------------ */

@@ -495,9 +495,9 @@ static sqz_status cl_synchronize(void *ctx) { CL_TRY(clFinish(((cl_backend *)ctx
 static bool cl_supports(void *ctx, const sqz_node *node)
 {
     switch (node->op) { /* the fused ops named here; one added later is not taken by default */
-    case SQZ_OP_ATTENTION:
+    case SQZ_OP_ATTENTION: /* q, k and v as three tensors, not one QKV output */
     case SQZ_OP_LINEAR_ATTENTION: /* per-head sums in registers */
-        return node->params.attention.head_dim <= MAX_HEAD_DIM;
+        return node->params.attention.head_dim <= MAX_HEAD_DIM && !node->params.attention.qkv_groups;
     case SQZ_OP_EMBED_LAYERNORM:
     case SQZ_OP_LINEAR_GELU:
     case SQZ_OP_ADD_LAYERNORM:

@@ -1513,6 +1513,61 @@ static void compare_argmax(const sqz_result *got, const sqz_result *want, const 
     }
 }
 
+/* Compares `got` (n_got values of the test session's node `node`) with cpu_ref's activation
+ * named `name`, as the next check of v. */
+static sqz_status check_tensor(sqz_session *test, sqz_session *ref, const sqz_node *node, const char *name,
+                               const float *got, int64_t n_got, double tolerance, sqz_validation *v)
+{
+    const sqz_graph *rg = &ref->last_plan->graph;
+    size_t match = rg->n_tensors;
+    for (size_t t = 0; t < rg->n_tensors && match == rg->n_tensors; t++)
+        if (strcmp(rg->tensors[t].name, name) == 0 && rg->tensors[t].kind == SQZ_TENSOR_ACTIVATION)
+            match = t;
+    if (match == rg->n_tensors)
+        return sqz_fail(SQZ_ERR_INTERNAL, "validate: cpu_ref has no tensor '%s'", name);
+    float *want = NULL;
+    int64_t n_want;
+    sqz_status st = read_tensor(ref, match, &want, &n_want);
+    if (st == SQZ_OK && n_got != n_want)
+        st = sqz_fail(SQZ_ERR_INTERNAL, "validate: '%s' has %lld values on %s, %lld on cpu_ref", name,
+                      (long long)n_got, test->x.ops->name, (long long)n_want);
+    if (st == SQZ_OK) {
+        sqz_node_check *c = &v->checks[v->count];
+        snprintf(v->names[v->count], SQZ_NAME_LEN, "%s", name);
+        c->node = v->names[v->count++];
+        c->op = sqz_op_name(node->op);
+        compare(got, want, n_got, tolerance, c);
+    }
+    free(want);
+    return st;
+}
+
+/* Part `part` (q, k, v) of a QKV node's output against cpu_ref's projection of the same
+ * weight: cpu_ref never fuses, so its three linear nodes still exist, named as before. */
+static sqz_status check_qkv_part(sqz_session *test, sqz_session *ref, const sqz_node *node, int part,
+                                 const float *got, int64_t n_got, double tolerance, sqz_validation *v)
+{
+    const sqz_graph *tg = &test->last_plan->graph, *rg = &ref->last_plan->graph;
+    const char *weight = tg->tensors[node->inputs[1 + 2 * part]].name;
+    const char *name = NULL;
+    for (size_t n = 0; n < rg->n_nodes && !name; n++)
+        if (rg->nodes[n].op == SQZ_OP_LINEAR && strcmp(rg->tensors[rg->nodes[n].inputs[1]].name, weight) == 0)
+            name = rg->tensors[rg->nodes[n].output].name;
+    if (!name)
+        return sqz_fail(SQZ_ERR_INTERNAL, "validate: cpu_ref has no projection by '%s' (part %d of '%s')", weight,
+                        part, node->name);
+    const int64_t cols = tg->tensors[node->output].cols, width = cols / 3, rows = n_got / cols;
+    float *slice = malloc((size_t)(rows * width > 0 ? rows * width : 1) * sizeof *slice);
+    if (!slice)
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < width; c++)
+            slice[r * width + c] = got[r * cols + sqz_qkv_column(width, node->params.linear.groups, part, c)];
+    sqz_status st = check_tensor(test, ref, node, name, slice, rows * width, tolerance, v);
+    free(slice);
+    return st;
+}
+
 sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *options, const sqz_input *input,
                         double tolerance, sqz_validation **out)
 {
@@ -1526,7 +1581,7 @@ sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *optio
     sqz_session *test = NULL, *ref = NULL;
     sqz_result *r1 = NULL, *r2 = NULL;
     sqz_validation *v = calloc(1, sizeof *v);
-    float *got = NULL, *want = NULL;
+    float *got = NULL;
     sqz_status st = v ? SQZ_OK : sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     if (st == SQZ_OK)
         st = session_create(model, options, true, &test);
@@ -1540,41 +1595,26 @@ sqz_status sqz_validate(const sqz_model *model, const sqz_session_options *optio
     if (st == SQZ_OK)
         st = sqz_session_run(ref, input, &r2);
     if (st == SQZ_OK) {
+        /* a QKV node is checked as its three parts */
+        const size_t most = 3 * test->last_plan->n_launches + 1;
         v->device = strdup(sqz_session_device(test));
-        v->checks = calloc(test->last_plan->n_launches + 1, sizeof *v->checks);
-        v->names = calloc(test->last_plan->n_launches + 1, sizeof *v->names);
+        v->checks = calloc(most, sizeof *v->checks);
+        v->names = calloc(most, sizeof *v->names);
         if (!v->device || !v->checks || !v->names)
             st = sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "out of memory");
     }
     for (size_t k = 0; st == SQZ_OK && k < test->last_plan->n_launches; k++) {
-        const sqz_graph *tg = &test->last_plan->graph, *rg = &ref->last_plan->graph;
+        const sqz_graph *tg = &test->last_plan->graph;
         const sqz_node *node = &tg->nodes[test->last_plan->launches[k]];
-        const char *name = tg->tensors[node->output].name;
-        size_t match = rg->n_tensors;
-        for (size_t t = 0; t < rg->n_tensors && match == rg->n_tensors; t++)
-            if (strcmp(rg->tensors[t].name, name) == 0 && rg->tensors[t].kind == SQZ_TENSOR_ACTIVATION)
-                match = t;
-        if (match == rg->n_tensors) {
-            st = sqz_fail(SQZ_ERR_INTERNAL, "validate: cpu_ref has no tensor '%s'", name);
-            break;
-        }
-        int64_t n_got, n_want;
+        int64_t n_got;
         st = read_tensor(test, (size_t)node->output, &got, &n_got);
-        if (st == SQZ_OK)
-            st = read_tensor(ref, match, &want, &n_want);
-        if (st == SQZ_OK && n_got != n_want)
-            st = sqz_fail(SQZ_ERR_INTERNAL, "validate: '%s' has %lld values on %s, %lld on cpu_ref",
-                          name, (long long)n_got, test->x.ops->name, (long long)n_want);
-        if (st == SQZ_OK) {
-            sqz_node_check *c = &v->checks[v->count];
-            snprintf(v->names[v->count], SQZ_NAME_LEN, "%s", node->name);
-            c->node = v->names[v->count++];
-            c->op = sqz_op_name(node->op);
-            compare(got, want, n_got, tolerance, c);
-        }
+        if (st == SQZ_OK && node->op == SQZ_OP_QKV)
+            for (int part = 0; part < 3 && st == SQZ_OK; part++)
+                st = check_qkv_part(test, ref, node, part, got, n_got, tolerance, v);
+        else if (st == SQZ_OK)
+            st = check_tensor(test, ref, node, tg->tensors[node->output].name, got, n_got, tolerance, v);
         free(got);
-        free(want);
-        got = want = NULL;
+        got = NULL;
     }
     sqz_model_info info;
     sqz_model_get_info(model, &info);

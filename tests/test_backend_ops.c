@@ -29,6 +29,7 @@ typedef struct operand {
     int64_t rows, cols; /* rows only for weights */
     sqz_dtype dtype;
     void *data;         /* host data, rows x cols */
+    int alias;          /* 1 + the input whose tensor this one names too (no data), or 0 */
 } operand;
 
 typedef struct op_case op_case;
@@ -94,7 +95,9 @@ static float *run_on(const sqz_backend_ops *ops, const config *cfg, const op_cas
         const operand *o = &c->in[i];
         char name[32];
         snprintf(name, sizeof name, "in%d", i);
-        if (o->extent == SQZ_EXTENT_FIXED) {
+        if (o->alias) {
+            inputs[i] = inputs[o->alias - 1];
+        } else if (o->extent == SQZ_EXTENT_FIXED) {
             inputs[i] = sqz_graph_add_weight(&g, name, i, o->rows, o->cols);
             weight_offsets[i] = weight_bytes;
             weight_bytes += (size_t)(o->rows * o->cols) * 4 + 256;
@@ -136,19 +139,21 @@ static float *run_on(const sqz_backend_ops *ops, const config *cfg, const op_cas
     for (int i = 0; i < c->n_inputs; i++) {
         const operand *o = &c->in[i];
         const int64_t n = operand_rows(o, &c->dims) * o->cols;
-        const sqz_dtype stored = plan->graph.tensors[i].dtype;
-        if (o->extent == SQZ_EXTENT_FIXED) {
+        const sqz_dtype stored = plan->graph.tensors[inputs[i]].dtype;
+        if (o->alias) {
+            continue;
+        } else if (o->extent == SQZ_EXTENT_FIXED) {
             assert_sqz_ok(ops->upload(x.ctx, weights, weight_offsets[i], o->data, (size_t)n * 4));
         } else if (stored == SQZ_DTYPE_F16 || stored == SQZ_DTYPE_BF16) {
             assert_true(stored == (cfg->precision == SQZ_PRECISION_FP16 ? SQZ_DTYPE_F16 : SQZ_DTYPE_BF16));
             uint16_t *bits = malloc((size_t)(n ? n : 1) * 2);
             for (int64_t k = 0; k < n; k++)
                 bits[k] = to_bits(((const float *)o->data)[k], cfg->precision);
-            assert_sqz_ok(ops->upload(x.ctx, arena, (size_t)plan->offsets[i], bits, (size_t)n * 2));
+            assert_sqz_ok(ops->upload(x.ctx, arena, (size_t)plan->offsets[inputs[i]], bits, (size_t)n * 2));
             free(bits);
         } else {
             assert_true(stored == o->dtype);
-            assert_sqz_ok(ops->upload(x.ctx, arena, (size_t)plan->offsets[i], o->data, (size_t)n * 4));
+            assert_sqz_ok(ops->upload(x.ctx, arena, (size_t)plan->offsets[inputs[i]], o->data, (size_t)n * 4));
         }
     }
     sqz_binding bind = {plan, weights, weight_offsets, arena};
@@ -208,6 +213,8 @@ static op_case rounded_case(const op_case *c, sqz_precision p)
     op_case r = *c;
     for (int i = 0; i < c->n_inputs; i++) {
         const operand *o = &c->in[i];
+        if (o->alias)
+            continue;
         const int64_t n = operand_rows(o, &c->dims) * o->cols;
         const size_t bytes = (size_t)(n ? n : 1) * 4;
         r.in[i].data = memcpy(malloc(bytes), o->data, (size_t)n * 4);
@@ -283,17 +290,17 @@ static void check_case(op_case *c)
 
 static operand weight(int64_t rows, int64_t cols, float *data)
 {
-    return (operand){"weight", SQZ_EXTENT_FIXED, rows, cols, SQZ_DTYPE_F32, data};
+    return (operand){"weight", SQZ_EXTENT_FIXED, rows, cols, SQZ_DTYPE_F32, data, 0};
 }
 
 static operand tokens_f32(int64_t cols, float *data)
 {
-    return (operand){"tokens", SQZ_EXTENT_TOKENS, 0, cols, SQZ_DTYPE_F32, data};
+    return (operand){"tokens", SQZ_EXTENT_TOKENS, 0, cols, SQZ_DTYPE_F32, data, 0};
 }
 
 static operand ints(sqz_extent extent, int32_t *data)
 {
-    return (operand){"ints", extent, 0, 1, SQZ_DTYPE_I32, data};
+    return (operand){"ints", extent, 0, 1, SQZ_DTYPE_I32, data, 0};
 }
 
 static int32_t *copy_ints(const int32_t *src, int64_t n)
@@ -385,6 +392,60 @@ static void ffn_cases(void **unused)
         c.out_extent = SQZ_EXTENT_TOKENS;
         c.out_cols = CO;
         c.reference = ref_ffn;
+        check_case(&c);
+        free_inputs(&c);
+    }
+}
+
+/* q, k and v of `width` channels each, [rows][width], into one QKV output's layout */
+static void interleave_qkv(const float *const part[3], int64_t rows, int64_t width, int groups, float *qkv)
+{
+    for (int p = 0; p < 3; p++)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t col = 0; col < width; col++)
+                qkv[r * 3 * width + sqz_qkv_column(width, groups, p, col)] = part[p][r * width + col];
+}
+
+/* the three projections of one input, each by the reference's grouped linear */
+static void ref_qkv(const op_case *c, float *out)
+{
+    const int64_t R = c->dims.tokens, CI = c->in[0].cols, W = c->out_cols / 3;
+    const int G = c->params.linear.groups;
+    float *part[3];
+    for (int p = 0; p < 3; p++) {
+        part[p] = malloc((size_t)(R * W > 0 ? R * W : 1) * sizeof *part[p]);
+        sqz_ref_linear(F(c, 0), R, CI, F(c, 1 + 2 * p), F(c, 2 + 2 * p), W, G, part[p]);
+    }
+    interleave_qkv((const float *const *)part, R, W, G, out);
+    for (int p = 0; p < 3; p++)
+        free(part[p]);
+}
+
+static void qkv_cases(void **unused)
+{
+    /* SqueezeBERT's (192 per group), a small model's, BERT's one group, groups not a multiple
+     * of any tile */
+    const struct { int64_t rows, cin, width; int groups; } shapes[] = {
+        {70, 768, 768, 4}, {1, 128, 128, 4}, {33, 48, 48, 1}, {9, 60, 60, 5}, {260, 64, 64, 2},
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t R = shapes[s].rows, CI = shapes[s].cin, W = shapes[s].width;
+        const int G = shapes[s].groups;
+        op_case c = {0};
+        snprintf(c.name, sizeof c.name, "qkv %lldx%lld->3x%lld g%d", (long long)R, (long long)CI, (long long)W, G);
+        c.op = SQZ_OP_QKV;
+        c.params.linear.groups = G;
+        c.dims = (sqz_run_dims){R, 1, R * R, R, R};
+        c.n_inputs = 7;
+        c.in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
+        for (int p = 0; p < 3; p++) {
+            c.in[1 + 2 * p] = weight(W, CI / G, uniform(W * (CI / G), 0.3f));
+            c.in[2 + 2 * p] = weight(1, W, uniform(W, 0.5f));
+        }
+        c.stored16 = 1u << 1 | 1u << 3 | 1u << 5; /* the three matrices */
+        c.out_extent = SQZ_EXTENT_TOKENS;
+        c.out_cols = 3 * W;
+        c.reference = ref_qkv;
         check_case(&c);
         free_inputs(&c);
     }
@@ -587,14 +648,26 @@ static void ref_context(const op_case *c, float *out)
 static void ref_attention(const op_case *c, float *out)
 {
     const sqz_ref_sequences s = sequences_of(c, 4);
-    const int heads = c->params.attention.heads;
+    const int heads = c->params.attention.heads, d = c->params.attention.head_dim;
     const size_t n = (size_t)(c->dims.score_rows * heads) * 4;
+    const int64_t T = c->dims.tokens, W = (int64_t)heads * d;
+    /* one QKV output: its parts taken apart again, by the graph's rule */
+    float *parts = c->params.attention.qkv_groups ? malloc((size_t)(3 * T * W > 0 ? 3 * T * W : 1) * 4) : NULL;
+    const float *q = F(c, 0), *k = F(c, 1), *v = F(c, 2);
+    if (parts) {
+        for (int p = 0; p < 3; p++)
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t col = 0; col < W; col++)
+                    parts[(p * T + t) * W + col] =
+                        q[t * 3 * W + sqz_qkv_column(W, c->params.attention.qkv_groups, p, col)];
+        q = parts, k = parts + T * W, v = parts + 2 * T * W;
+    }
     float *scores = malloc(n ? n : 4), *probs = malloc(n ? n : 4);
-    sqz_ref_attn_scores(F(c, 0), F(c, 1), heads, c->params.attention.head_dim, c->params.attention.scale, &s, scores);
+    sqz_ref_attn_scores(q, k, heads, d, c->params.attention.scale, &s, scores);
     sqz_ref_attn_key_mask(scores, I(c, 3), heads, &s, scores);
     sqz_ref_attn_softmax(scores, heads, &s, probs);
-    sqz_ref_attn_context(probs, F(c, 2), heads, c->params.attention.head_dim, &s, out);
-    free(scores), free(probs);
+    sqz_ref_attn_context(probs, v, heads, d, &s, out);
+    free(scores), free(probs), free(parts);
 }
 
 static void ref_linear_attention(const op_case *c, float *out)
@@ -636,13 +709,13 @@ static void attention_layouts(const char *label, const int32_t *lengths, int64_t
         {SQZ_OP_ATTN_SCORES, 4, {tokens_f32(W, COPY(q, T * W)), tokens_f32(W, COPY(k, T * W)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, ref_scores},
-        {SQZ_OP_ATTN_KEY_MASK, 4, {{"scores", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(scores, SR * heads)},
+        {SQZ_OP_ATTN_KEY_MASK, 4, {{"scores", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(scores, SR * heads), 0},
           ints(SQZ_EXTENT_TOKENS, copy_ints(valid, T)), ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, ref_key_mask},
-        {SQZ_OP_ATTN_SOFTMAX, 3, {{"scores", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(masked, SR * heads)},
+        {SQZ_OP_ATTN_SOFTMAX, 3, {{"scores", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(masked, SR * heads), 0},
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_SCORES, heads, ref_softmax},
-        {SQZ_OP_ATTN_CONTEXT, 4, {{"probs", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(probs, SR * heads)},
+        {SQZ_OP_ATTN_CONTEXT, 4, {{"probs", SQZ_EXTENT_SCORES, 0, heads, SQZ_DTYPE_F32, COPY(probs, SR * heads), 0},
           tokens_f32(W, COPY(v, T * W)), ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1)),
           ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1))}, SQZ_EXTENT_TOKENS, W, ref_context},
         {SQZ_OP_ATTENTION, 6, {tokens_f32(W, COPY(q, T * W)), tokens_f32(W, COPY(k, T * W)),
@@ -663,6 +736,23 @@ static void attention_layouts(const char *label, const int32_t *lengths, int64_t
         check_case(&c);
         free_inputs(&c);
     }
+    /* the same attention reading one QKV output of the most groups (of 4, 3, 2) that divide the
+     * width: heads inside a group, or split across groups */
+    const int qkv_groups = W % 4 == 0 ? 4 : W % 3 == 0 ? 3 : W % 2 == 0 ? 2 : 1;
+    float *qkv = malloc((size_t)(3 * T * W > 0 ? 3 * T * W : 1) * 4);
+    interleave_qkv((const float *const[3]){q, k, v}, T, W, qkv_groups, qkv);
+    op_case c = {.op = SQZ_OP_ATTENTION, .params = ap, .n_inputs = 6, .dims = dims, .out_extent = SQZ_EXTENT_TOKENS,
+                 .out_cols = W, .reference = ref_attention};
+    c.params.attention.qkv_groups = qkv_groups;
+    c.in[0] = tokens_f32(3 * W, qkv);
+    c.in[1] = c.in[2] = (operand){.role = "tokens", .extent = SQZ_EXTENT_TOKENS, .cols = 3 * W,
+                                  .dtype = SQZ_DTYPE_F32, .alias = 1};
+    c.in[3] = ints(SQZ_EXTENT_TOKENS, copy_ints(valid, T));
+    c.in[4] = ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(seq_off, n + 1));
+    c.in[5] = ints(SQZ_EXTENT_SEQUENCES_PLUS_ONE, copy_ints(score_off, n + 1));
+    snprintf(c.name, sizeof c.name, "attention %s h%d d%d, one qkv of %d groups", label, heads, d, qkv_groups);
+    check_case(&c);
+    free_inputs(&c);
     free(seq_off), free(score_off), free(valid), free(q), free(k), free(v);
     free(scores), free(masked), free(probs);
 }
@@ -692,6 +782,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(linear_cases),
         cmocka_unit_test(ffn_cases),
+        cmocka_unit_test(qkv_cases),
         cmocka_unit_test(elementwise_and_norm_cases),
         cmocka_unit_test(gelu_over_its_whole_range),
         cmocka_unit_test(gather_and_embedding_cases),

@@ -421,6 +421,84 @@ static void the_feed_forward_block_fuses_when_allowed(void **unused)
     sqz_graph_release(&g);
 }
 
+static const sqz_node *node_named(const sqz_graph *g, const char *name)
+{
+    for (size_t i = 0; i < g->n_nodes; i++)
+        if (strcmp(g->nodes[i].name, name) == 0)
+            return &g->nodes[i];
+    return NULL;
+}
+
+static void q_k_and_v_fuse_into_one_product_when_allowed(void **unused)
+{
+    sqz_graph g = small_graph(); /* 64 channels, 4 heads of 16, q/k/v in 4 groups */
+    const uint64_t all = (1ull << SQZ_OP_EMBED_LAYERNORM) | (1ull << SQZ_OP_LINEAR_GELU) |
+                         (1ull << SQZ_OP_ADD_LAYERNORM) | (1ull << SQZ_OP_ATTENTION) | (1ull << SQZ_OP_FFN) |
+                         (1ull << SQZ_OP_QKV);
+    sqz_bucket bucket = {64, 4, 32};
+    sqz_compile_options opts = {.fusable_ops = all};
+    sqz_plan *plan = NULL;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    const sqz_graph *f = &plan->graph;
+    assert_int_equal(count_op(f, SQZ_OP_QKV), 2);
+    /* 6 launches per layer: qkv, attention, post-attention, add+norm, ffn, add+norm */
+    assert_int_equal(plan->n_launches, 1 + 6 * 2 + 3 + 1);
+    const sqz_node *qkv = node_named(f, "layer1.qkv"), *attention = node_named(f, "layer1.context");
+    assert_non_null(qkv);
+    assert_non_null(attention);
+    assert_int_equal(qkv->op, SQZ_OP_QKV);
+    assert_int_equal(qkv->params.linear.groups, 4);
+    assert_int_equal(f->tensors[qkv->output].cols, 3 * 64);
+    assert_string_equal(f->tensors[qkv->output].name, "layer1.qkv");
+    /* the weights in q, k, v order, each with its bias */
+    const char *const weights[6] = {"encoder.layers.1.attention.query.weight", "encoder.layers.1.attention.query.bias",
+                                    "encoder.layers.1.attention.key.weight",   "encoder.layers.1.attention.key.bias",
+                                    "encoder.layers.1.attention.value.weight", "encoder.layers.1.attention.value.bias"};
+    for (int i = 0; i < 6; i++)
+        assert_string_equal(f->tensors[qkv->inputs[1 + i]].name, weights[i]);
+    assert_int_equal(attention->params.attention.qkv_groups, 4);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(attention->inputs[i], qkv->output);
+    assert_null(node_named(f, "layer1.query"));
+    assert_null(node_named(f, "layer1.value"));
+    /* the verifier holds a fused attention to one QKV input in all three places */
+    sqz_graph broken;
+    assert_sqz_ok(sqz_graph_copy(f, &broken));
+    sqz_node *reads = (sqz_node *)node_named(&broken, "layer1.context");
+    reads->inputs[1] = reads->inputs[3]; /* the key_valid input */
+    assert_fails_with(sqz_graph_verify(&broken), SQZ_ERR_INTERNAL, "layer1.context", "one [tokens, 3 x 64] tensor");
+    sqz_graph_release(&broken);
+    sqz_plan_free(plan);
+    /* QKV alone is not enough: it feeds the fused attention, which must be allowed too */
+    opts.fusable_ops = 1ull << SQZ_OP_QKV;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_QKV), 0);
+    sqz_plan_free(plan);
+    /* not without QKV allowed (the other backends) */
+    opts.fusable_ops = all & ~(1ull << SQZ_OP_QKV);
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_QKV), 0);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_ATTENTION), 2);
+    sqz_plan_free(plan);
+    /* layer 0's key in other groups than its query; layer 1's value a graph output */
+    sqz_node *key = NULL;
+    for (size_t i = 0; i < g.n_nodes; i++)
+        if (strcmp(g.nodes[i].name, "layer0.key") == 0)
+            key = &g.nodes[i];
+    assert_non_null(key);
+    key->params.linear.groups = 1;
+    g.tensors[key->inputs[1]].cols = g.tensors[key->inputs[0]].cols;
+    const sqz_node *value = node_named(&g, "layer1.value");
+    assert_non_null(value);
+    assert_sqz_ok(sqz_graph_add_output(&g, "value", value->output, 0, 1, false, SQZ_LAYOUT_PER_TOKEN));
+    opts.fusable_ops = all;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_QKV), 0);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_ATTENTION), 2);
+    sqz_plan_free(plan);
+    sqz_graph_release(&g);
+}
+
 static void bad_buckets_are_rejected(void **unused)
 {
     sqz_graph g = small_graph();
@@ -444,6 +522,7 @@ int main(void)
         cmocka_unit_test(dot_output_draws_the_plan),
         cmocka_unit_test(fusion_makes_nine_launches_per_layer),
         cmocka_unit_test(the_feed_forward_block_fuses_when_allowed),
+        cmocka_unit_test(q_k_and_v_fuse_into_one_product_when_allowed),
         cmocka_unit_test(bad_buckets_are_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
