@@ -511,6 +511,7 @@ void cuda_destroy(void *ctx)
     for (int i = 0; i < GRAPH_CACHE; i++)
         graph_drop(&c->graphs[i]);
 #ifndef SQZ_CUDA_SIM
+    lt_cache_destroy(c); /* the plans' descriptors, before their handle */
     if (c->lt)
         cublasLtDestroy(c->lt);
     if (c->blas)

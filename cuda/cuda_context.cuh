@@ -23,18 +23,26 @@
 #define BIND_DEVICE(c) CUDA_TRY(cudaSetDevice((c)->device))
 
 #ifndef SQZ_CUDA_SIM
+/* the error for a cuBLAS or cuBLASLt call that failed (CUBLAS_TRY, and calls for which some
+ * other statuses are answers) */
+static inline sqz_status cublas_failure(const char *call, cublasStatus_t st, const char *file, int line)
+{
+    return sqz_fail(st == CUBLAS_STATUS_ALLOC_FAILED ? SQZ_ERR_OUT_OF_MEMORY : SQZ_ERR_BACKEND,
+                    "cuda: %s failed: %s (%s) at %s:%d", call, cublasGetStatusName(st), cublasGetStatusString(st),
+                    file, line);
+}
+
 #define CUBLAS_TRY(call)                                                                    \
     do {                                                                                    \
         cublasStatus_t st_ = (call);                                                        \
         if (st_ != CUBLAS_STATUS_SUCCESS)                                                   \
-            return sqz_fail(st_ == CUBLAS_STATUS_ALLOC_FAILED ? SQZ_ERR_OUT_OF_MEMORY       \
-                                                             : SQZ_ERR_BACKEND,             \
-                            "cuda: %s failed: %s (%s) at %s:%d", #call,                     \
-                            cublasGetStatusName(st_), cublasGetStatusString(st_), __FILE__, \
-                            __LINE__);                                                      \
+            return cublas_failure(#call, st_, __FILE__, __LINE__);                          \
     } while (0)
 /* cuBLASLt reports with the cuBLAS status type */
 #define LT_TRY(call) CUBLAS_TRY(call)
+
+/* cuBLASLt plans cached per shape (cuda/cuda_gemm.cuh) */
+struct lt_plan_cache;
 #endif
 
 /* After a kernel launch: configuration errors now, execution errors at the next sync
@@ -142,6 +150,7 @@ struct cuda_ctx {
     cublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_bytes;
+    lt_plan_cache *lt_plans; /* made on first use */
 #endif
     bool sync_each, use_graphs, measure, report;
     int forced[FAMILIES]; /* cuda.variants, or -1 */

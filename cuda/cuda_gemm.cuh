@@ -16,6 +16,43 @@
 #ifndef SQZ_CUDA_GEMM_CUH
 #define SQZ_CUDA_GEMM_CUH
 
+/* ---- the cuBLASLt plan cache: its host logic ---------------------------------------------
+ * Plain C++ without CUDA or the context, so that tests/test_cuda_sim.cc can include this file
+ * on its own and check it; the rest of the file needs cuda/cuda_context.cuh. */
+#include <cstdint>
+#include <cstring>
+
+/* Everything a cuBLASLt plan (its descriptors, layouts and the heuristic's algorithm) depends
+ * on; the operands' addresses enter only through their alignments. All int64_t: no padding,
+ * so memcmp compares exactly the fields. */
+struct lt_key {
+    int64_t rows, cin, cout, cin_g, cout_g, groups;
+    int64_t bias;                                   /* 0/1: the epilogue */
+    int64_t dtype, precision;                       /* storage type, compute type */
+    int64_t align_a, align_b, align_d, align_bias; /* bytes: weights, input, output, bias */
+    int64_t workspace;                              /* bytes the heuristic may use */
+};
+
+/* The slot for key among n entries (each with .used, .key and .last_used): the one holding it
+ * (*hit = true), else the first unused one, else the least recently used (which the caller
+ * empties and refills). */
+template <typename Entry> static int lt_cache_slot(const Entry *entries, int n, const lt_key &key, bool *hit)
+{
+    int slot = 0;
+    *hit = false;
+    for (int i = 0; i < n; i++) {
+        if (entries[i].used && memcmp(&entries[i].key, &key, sizeof key) == 0) {
+            *hit = true;
+            return i;
+        }
+        if (entries[slot].used && (!entries[i].used || entries[i].last_used < entries[slot].last_used))
+            slot = i;
+    }
+    return slot;
+}
+
+#ifdef SQZ_CUDA_CONTEXT_CUH /* the rest: the backend's translation unit only */
+
 enum linear_variant { LINEAR_SIMT, LINEAR_CUBLAS, LINEAR_CUBLASLT, LINEAR_MMA128, LINEAR_MMA64, LINEAR_VARIANTS };
 static const char *const linear_variant_names[LINEAR_VARIANTS] = {"simt", "cublas", "cublaslt", "mma128", "mma64"};
 
@@ -135,91 +172,172 @@ static uint32_t alignment(uintptr_t pointer, size_t batch_stride_bytes, size_t l
     return a;
 }
 
-/* cuBLASLt with the bias in the epilogue. *done = false when cuBLASLt has no algorithm for
- * this shape and precision. */
+/* ---- cuBLASLt: plans cached per key ---------------------------------------------------
+ * A plan is the matmul descriptor, the three matrix layouts and the heuristic's algorithm for
+ * one lt_key, or the fact that cuBLASLt has no algorithm for it (has_algo false: not asked
+ * again). Making one is host work only (descriptors and the heuristic: nothing enqueued, no
+ * device memory), so a capture may make one too (its rows may differ from the measured run's
+ * within a power of two); evicting one only destroys host objects, and a captured matmul keeps
+ * its own copy of the arguments. The bias pointer is a descriptor attribute written before
+ * every cublasLtMatmul, not part of the key: the layers of a model share a shape but each has
+ * its own bias, so keying on it would give one plan and one heuristic call per layer. Its
+ * alignment is in the key, since the heuristic sees the pointer it was given. */
+#define LT_PLANS 64
+
+struct lt_plan {
+    lt_key key;
+    bool used, has_algo;
+    unsigned long last_used;
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulAlgo_t algo;
+};
+
+struct lt_plan_cache {
+    lt_plan plans[LT_PLANS];
+    unsigned long clock;
+};
+
+/* what cuBLASLt answers for a configuration it has no kernel for: the variant does not apply
+ * (any other status is an error) */
+static bool lt_refused(cublasStatus_t st) { return st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE; }
+
+/* empties a slot (host objects only; a half-made plan too) */
+static void lt_plan_release(lt_plan *p)
+{
+    /* destroying a valid descriptor cannot fail in a way a caller could act on */
+    if (p->ld)
+        cublasLtMatrixLayoutDestroy(p->ld);
+    if (p->lb)
+        cublasLtMatrixLayoutDestroy(p->lb);
+    if (p->la)
+        cublasLtMatrixLayoutDestroy(p->la);
+    if (p->op)
+        cublasLtMatmulDescDestroy(p->op);
+    memset(p, 0, sizeof *p);
+}
+
+/* cuda_destroy */
+static void lt_cache_destroy(cuda_ctx *c)
+{
+    if (!c->lt_plans)
+        return;
+    for (int i = 0; i < LT_PLANS; i++)
+        lt_plan_release(&c->lt_plans->plans[i]);
+    free(c->lt_plans);
+    c->lt_plans = NULL;
+}
+
+/* Fills an empty slot for p->key: every handle lands in p or *pref as soon as it exists, so
+ * the caller frees whatever a failure half way left. The first caller's bias pointer is set
+ * before the heuristic (which may look at it). */
+static sqz_status lt_plan_make(cuda_ctx *c, lt_plan *p, const void *bias, cublasLtMatmulPreference_t *pref)
+{
+    const lt_key &k = p->key;
+    const cudaDataType_t dt = data_type((sqz_dtype)k.dtype);
+    const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
+    const int32_t batch = (int32_t)k.groups;
+    const int64_t stride_a = k.cout_g * k.cin_g, stride_b = k.cin_g, stride_d = k.cout_g, bias_stride = k.cout_g;
+    const cublasLtEpilogue_t epilogue = k.bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const size_t ws = (size_t)k.workspace;
+    const uint32_t align_a = (uint32_t)k.align_a, align_b = (uint32_t)k.align_b, align_d = (uint32_t)k.align_d;
+    LT_TRY(cublasLtMatmulDescCreate(&p->op, compute_type((sqz_precision)k.precision), CUDA_R_32F));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof no_trans));
+    LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+    if (k.bias) {
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &bias_stride,
+                                              sizeof bias_stride));
+    }
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->la, dt, (uint64_t)k.cin_g, (uint64_t)k.cout_g, k.cin_g));
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->lb, dt, (uint64_t)k.cin_g, (uint64_t)k.rows, k.cin));
+    LT_TRY(cublasLtMatrixLayoutCreate(&p->ld, dt, (uint64_t)k.cout_g, (uint64_t)k.rows, k.cout));
+    LT_TRY(cublasLtMatrixLayoutSetAttribute(p->la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
+    LT_TRY(cublasLtMatrixLayoutSetAttribute(p->la, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_a,
+                                            sizeof stride_a));
+    LT_TRY(cublasLtMatrixLayoutSetAttribute(p->lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
+    LT_TRY(cublasLtMatrixLayoutSetAttribute(p->lb, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_b,
+                                            sizeof stride_b));
+    LT_TRY(cublasLtMatrixLayoutSetAttribute(p->ld, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
+    LT_TRY(cublasLtMatrixLayoutSetAttribute(p->ld, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_d,
+                                            sizeof stride_d));
+    LT_TRY(cublasLtMatmulPreferenceCreate(pref));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+    /* the heuristic assumes 256-byte alignment unless told: tell it what the pointers and
+     * the group strides really give (odd group sizes give less) */
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                sizeof align_a));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                sizeof align_b));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
+                                                sizeof align_d));
+    LT_TRY(cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+                                                sizeof align_d));
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int found = 0;
+    const cublasStatus_t hs =
+        cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->la, p->lb, p->ld, p->ld, *pref, 1, &heuristic, &found);
+    if (lt_refused(hs) || (hs == CUBLAS_STATUS_SUCCESS && found == 0))
+        return SQZ_OK; /* no algorithm: remembered (has_algo false), the variant does not apply */
+    if (hs != CUBLAS_STATUS_SUCCESS)
+        return cublas_failure("cublasLtMatmulAlgoGetHeuristic", hs, __FILE__, __LINE__);
+    p->algo = heuristic.algo;
+    p->has_algo = true;
+    return SQZ_OK;
+}
+
+/* cuBLASLt with the bias in the epilogue, from the plan cached for this key (made on its first
+ * call). *done = false when cuBLASLt has no algorithm for the key (nothing was enqueued). */
 static sqz_status linear_lt(cuda_ctx *c, const gemm_shape &s, const void *w, const void *x, void *y,
                             const void *bias, bool *done)
 {
     *done = false;
-    const cudaDataType_t dt = data_type(c->store);
-    cublasLtMatmulDesc_t op = NULL;
-    cublasLtMatrixLayout_t la = NULL, lb = NULL, ld = NULL;
-    cublasLtMatmulPreference_t pref = NULL;
-    sqz_status st = SQZ_OK;
-    const cublasOperation_t trans = CUBLAS_OP_T, no_trans = CUBLAS_OP_N;
-    const int32_t batch = s.groups;
-    const int64_t stride_a = s.cout_g * s.cin_g, stride_b = s.cin_g, stride_d = s.cout_g, bias_stride = s.cout_g;
-    const cublasLtEpilogue_t epilogue = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-    const size_t ws = c->lt_workspace_bytes;
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    const float one = 1.0f, zero = 0.0f;
     const size_t es = sqz_dtype_size(c->store);
-    const uint32_t align_a = alignment((uintptr_t)w, (size_t)stride_a * es, (size_t)s.cin_g * es);
-    const uint32_t align_b = alignment((uintptr_t)x, (size_t)stride_b * es, (size_t)s.cin * es);
-    const uint32_t align_d = alignment((uintptr_t)y, (size_t)stride_d * es, (size_t)s.cout * es);
-#define LT_STEP(call)                                                                                      \
-    do {                                                                                                   \
-        cublasStatus_t st_ = (call);                                                                       \
-        if (st_ != CUBLAS_STATUS_SUCCESS) {                                                                \
-            st = sqz_fail(SQZ_ERR_BACKEND, "cuda: %s failed: %s (%s) at %s:%d", #call,                      \
-                          cublasGetStatusName(st_), cublasGetStatusString(st_), __FILE__, __LINE__);      \
-            goto out;                                                                                      \
-        }                                                                                                  \
-    } while (0)
-    LT_STEP(cublasLtMatmulDescCreate(&op, compute_type(c->precision), CUDA_R_32F));
-    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans, sizeof trans));
-    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &no_trans, sizeof no_trans));
-    LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
-    if (bias) {
-        LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-        LT_STEP(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &bias_stride,
-                                               sizeof bias_stride));
+    lt_key key;
+    key.rows = s.rows, key.cin = s.cin, key.cout = s.cout, key.cin_g = s.cin_g, key.cout_g = s.cout_g;
+    key.groups = s.groups;
+    key.bias = bias != NULL;
+    key.dtype = c->store, key.precision = c->precision;
+    key.align_a = alignment((uintptr_t)w, (size_t)(s.cout_g * s.cin_g) * es, (size_t)s.cin_g * es);
+    key.align_b = alignment((uintptr_t)x, (size_t)s.cin_g * es, (size_t)s.cin * es);
+    key.align_d = alignment((uintptr_t)y, (size_t)s.cout_g * es, (size_t)s.cout * es);
+    key.align_bias = bias ? alignment((uintptr_t)bias, (size_t)s.cout_g * es, 0) : 0;
+    key.workspace = (int64_t)c->lt_workspace_bytes;
+    if (!c->lt_plans && !(c->lt_plans = (lt_plan_cache *)calloc(1, sizeof *c->lt_plans)))
+        return sqz_fail(SQZ_ERR_OUT_OF_MEMORY, "cuda: out of memory for the cuBLASLt plan cache");
+    lt_plan_cache *cache = c->lt_plans;
+    bool hit = false;
+    lt_plan *p = &cache->plans[lt_cache_slot(cache->plans, LT_PLANS, key, &hit)];
+    if (!hit) {
+        lt_plan_release(p); /* the least recently used, when every slot is taken */
+        p->key = key;
+        cublasLtMatmulPreference_t pref = NULL;
+        const sqz_status st = lt_plan_make(c, p, bias, &pref);
+        if (pref)
+            cublasLtMatmulPreferenceDestroy(pref); /* the heuristic's input only */
+        if (st != SQZ_OK) {
+            lt_plan_release(p);
+            return st;
+        }
+        p->used = true;
     }
-    LT_STEP(cublasLtMatrixLayoutCreate(&la, dt, (uint64_t)s.cin_g, (uint64_t)s.cout_g, s.cin_g));
-    LT_STEP(cublasLtMatrixLayoutCreate(&lb, dt, (uint64_t)s.cin_g, (uint64_t)s.rows, s.cin));
-    LT_STEP(cublasLtMatrixLayoutCreate(&ld, dt, (uint64_t)s.cout_g, (uint64_t)s.rows, s.cout));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(la, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_a,
-                                             sizeof stride_a));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(lb, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_b,
-                                             sizeof stride_b));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(ld, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch));
-    LT_STEP(cublasLtMatrixLayoutSetAttribute(ld, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride_d,
-                                             sizeof stride_d));
-    LT_STEP(cublasLtMatmulPreferenceCreate(&pref));
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    /* the heuristic assumes 256-byte alignment unless told: tell it what the pointers and
-     * the group strides really give (odd group sizes give less) */
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
-                                                 sizeof align_a));
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
-                                                 sizeof align_b));
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
-                                                 sizeof align_d));
-    LT_STEP(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
-                                                 sizeof align_d));
-    if (cublasLtMatmulAlgoGetHeuristic(c->lt, op, la, lb, ld, ld, pref, 1, &heuristic, &found) !=
-            CUBLAS_STATUS_SUCCESS ||
-        found == 0)
-        goto out; /* no algorithm: not an error, the variant does not apply */
-    /* a refusal here enqueues nothing, so another variant can still run */
-    *done = cublasLtMatmul(c->lt, op, &one, w, la, x, lb, &zero, y, ld, y, ld, &heuristic.algo, c->lt_workspace,
-                           ws, c->stream) == CUBLAS_STATUS_SUCCESS;
-#undef LT_STEP
-out:
-    if (pref)
-        cublasLtMatmulPreferenceDestroy(pref);
-    if (ld)
-        cublasLtMatrixLayoutDestroy(ld);
-    if (lb)
-        cublasLtMatrixLayoutDestroy(lb);
-    if (la)
-        cublasLtMatrixLayoutDestroy(la);
-    if (op)
-        cublasLtMatmulDescDestroy(op);
-    return st;
+    p->last_used = ++cache->clock;
+    if (!p->has_algo)
+        return SQZ_OK;
+    if (bias)
+        LT_TRY(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    const float one = 1.0f, zero = 0.0f;
+    const cublasStatus_t ms = cublasLtMatmul(c->lt, p->op, &one, w, p->la, x, p->lb, &zero, y, p->ld, y, p->ld,
+                                             &p->algo, c->lt_workspace, c->lt_workspace_bytes, c->stream);
+    if (lt_refused(ms)) { /* a refusal enqueues nothing, so another variant can still run */
+        p->has_algo = false;
+        return SQZ_OK;
+    }
+    if (ms != CUBLAS_STATUS_SUCCESS)
+        return cublas_failure("cublasLtMatmul", ms, __FILE__, __LINE__);
+    *done = true;
+    return SQZ_OK;
 }
 #endif
 
@@ -296,5 +414,7 @@ static sqz_status linear_exec(cuda_ctx *c, const gemm_args &a, int variant, void
         return SQZ_OK;
     }
 }
+
+#endif /* SQZ_CUDA_CONTEXT_CUH */
 
 #endif

@@ -17,11 +17,16 @@
  * - CUDA's fp16/bf16 conversions, which cuda-sim uses, round exactly as the formats define;
  * - broken kernels (shuffle outside the mask, misaligned cp.async, ldmatrix outside shared
  *   memory, a lane that ends while its warp waits, divergent collectives, a block that
- *   deadlocks) are stopped with a message naming the kernel, block and thread. */
+ *   deadlocks) are stopped with a message naming the kernel, block and thread.
+ * Also the host logic of the CUDA backend's cuBLASLt plan cache (cuda/cuda_gemm.cuh): keys
+ * found again, every key field telling keys apart, empty slots filled before the least
+ * recently used is replaced (cuBLASLt itself does not exist here). */
 #define SQZ_CUDA_SIM 1
 #define sqzk sqzk_test
 
 #include "cuda/cuda_prims.cuh"
+
+#include "cuda/cuda_gemm.cuh" /* without the backend's context: the plan cache's host logic only */
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -561,6 +566,76 @@ static void broken_kernels_are_stopped(void **unused)
                  "kernel shuffle_outside_mask, block (");
 }
 
+/* ---- the cuBLASLt plan cache's slot choice ----------------------------------------------- */
+
+struct cached_key {
+    lt_key key;
+    bool used;
+    unsigned long last_used;
+};
+
+static lt_key plan_key(int64_t rows)
+{
+    lt_key k;
+    memset(&k, 0, sizeof k);
+    k.rows = rows, k.cin = 768, k.cout = 3072, k.groups = 4, k.cin_g = 192, k.cout_g = 768, k.bias = 1;
+    k.align_a = k.align_b = k.align_d = k.align_bias = 256, k.workspace = 32 << 20;
+    return k;
+}
+
+static void lt_cache_finds_keys_and_replaces_the_least_recently_used(void **unused)
+{
+    (void)unused;
+    cached_key e[4] = {};
+    bool hit = true;
+    unsigned long clock = 0;
+    /* what linear_lt does with a slot: fill it on a miss, mark it used now */
+    auto use = [&](const lt_key &k) {
+        const int i = lt_cache_slot(e, 4, k, &hit);
+        if (!hit)
+            e[i].key = k, e[i].used = true;
+        e[i].last_used = ++clock;
+        return i;
+    };
+    assert_int_equal(lt_cache_slot(e, 4, plan_key(1), &hit), 0);
+    assert_false(hit);
+    for (int r = 1; r <= 4; r++) {
+        assert_int_equal(use(plan_key(r)), r - 1);
+        assert_false(hit);
+    }
+    for (int r = 1; r <= 4; r++) { /* found again; key 1 is now the least recently used */
+        assert_int_equal(use(plan_key(r)), r - 1);
+        assert_true(hit);
+    }
+    /* a key that differs from a cached one in any single field is another key */
+    static_assert(sizeof(lt_key) % sizeof(int64_t) == 0, "lt_key is all int64_t fields");
+    for (size_t f = 0; f < sizeof(lt_key) / sizeof(int64_t); f++) {
+        int64_t fields[sizeof(lt_key) / sizeof(int64_t)];
+        lt_key k = plan_key(2);
+        memcpy(fields, &k, sizeof k);
+        fields[f] += 1000; /* (rows + 1 would be the next key's) */
+        memcpy(&k, fields, sizeof k);
+        assert_int_equal(lt_cache_slot(e, 4, k, &hit), 0); /* a miss: the least recently used */
+        assert_false(hit);
+    }
+    use(plan_key(1)); /* now key 2 is the least recently used */
+    assert_true(hit);
+    assert_int_equal(use(plan_key(5)), 1);
+    assert_false(hit);
+    assert_int_equal(lt_cache_slot(e, 4, plan_key(2), &hit), 2); /* replaced: gone; key 3 is next to go */
+    assert_false(hit);
+    for (int r : {1, 3, 4, 5}) {
+        lt_cache_slot(e, 4, plan_key(r), &hit);
+        assert_true(hit);
+    }
+    /* an emptied slot is filled before anything is replaced, and its old key is not found */
+    e[2].used = false;
+    assert_int_equal(lt_cache_slot(e, 4, plan_key(3), &hit), 2);
+    assert_false(hit);
+    assert_int_equal(lt_cache_slot(e, 4, plan_key(9), &hit), 2);
+    assert_false(hit);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -575,6 +650,7 @@ int main(void)
         cmocka_unit_test(pinned_copies_land_when_the_host_waits),
         cmocka_unit_test(conversions_round_to_nearest_even),
         cmocka_unit_test(broken_kernels_are_stopped),
+        cmocka_unit_test(lt_cache_finds_keys_and_replaces_the_least_recently_used),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
