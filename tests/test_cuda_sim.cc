@@ -18,7 +18,7 @@
  * - broken kernels (shuffle outside the mask, misaligned cp.async, ldmatrix outside shared
  *   memory, a lane that ends while its warp waits, divergent collectives, a block that
  *   deadlocks) are stopped with a message naming the kernel, block and thread.
- * Also the host logic of the CUDA backend's cuBLASLt plan cache (cuda/cuda_gemm.cuh): keys
+ * Also the host logic of the CUDA backend's cuBLASLt plan cache (cuda/cuda_lt_key.h): keys
  * found again, every key field telling keys apart, empty slots filled before the least
  * recently used is replaced (cuBLASLt itself does not exist here). */
 #define SQZ_CUDA_SIM 1
@@ -26,7 +26,7 @@
 
 #include "cuda/cuda_prims.cuh"
 
-#include "cuda/cuda_gemm.cuh" /* without the backend's context: the plan cache's host logic only */
+#include "cuda/cuda_lt_key.h"
 
 #include <signal.h>
 #include <sys/wait.h>
