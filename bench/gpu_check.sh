@@ -4,7 +4,7 @@
 # an H100 or H200. Every step runs even if an earlier one failed; each step's log and a
 # JSON summary go to $OUT (default ./gpu-check-out), and the summary table prints last.
 # GPU_CHECK_STEPS=gpu-info,build,... runs only the steps named (build is needed by most; the
-# issue-12 steps are outputs-tests, bench-outputs, bench-devices, infer-embed, infer-replay,
+# issue-12 steps are outputs-tests, bench-outputs, bench-devices, infer-embed, infer-replay, pdl,
 # torch-peer-compile).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -150,6 +150,14 @@ step infer-embed 240 bash -c 'python3 bench/make_infer_lines.py /tmp/sqb-full --
 # the embeddings must be those of runs without graphs
 step infer-replay 120 bash -c '[ -f /tmp/lines.jsonl ] || python3 bench/make_infer_lines.py /tmp/sqb-full --lines 100000 --out /tmp/lines.jsonl; head -n 3000 /tmp/lines.jsonl > /tmp/l3k.jsonl; for g in 1 0; do echo "-- SQZ_CUDA_GRAPHS=$g"; SQZ_CUDA_GRAPHS=$g build-gpu/sqz infer --model /tmp/sqb-full --task embed --backend cuda --batch-tokens 1 --input /tmp/l3k.jsonl --output /tmp/replay-$g.jsonl 2>&1 | tail -n 1; done
   python3 -c "import json; a=[json.loads(l)[\"embedding\"] for l in open(\"/tmp/replay-1.jsonl\")]; b=[json.loads(l)[\"embedding\"] for l in open(\"/tmp/replay-0.jsonl\")]; d=max(abs(x-y) for u,v in zip(a,b) for x,y in zip(u,v)); print(len(a), \"lines, max |graph - no graph| =\", d); exit(0 if len(a)==len(b)==3000 and d<=1e-5 else 1)"'
+# programmatic dependent launch (cuda.pdl, off by default until measured): validated against
+# cpu_ref with it on, the 3,000 batch-1 lines replayed with graphs compared with it off, and
+# batch 1 and 32 latency with it off and on, in one run
+step pdl 180 bash -c 'set -o pipefail; SQZ_CUDA_PDL=1 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --precision fp16 --batch 4 --seq 64 --seed 5 | tail -n 2 || exit 1
+  SQZ_CUDA_PDL=1 compute-sanitizer --tool racecheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision fp16 --batch 2 --seq 70 --seed 2 | tail -n 1 || exit 3
+  if [ -f /tmp/l3k.jsonl ] && [ -f /tmp/replay-0.jsonl ]; then SQZ_CUDA_PDL=1 build-gpu/sqz infer --model /tmp/sqb-full --task embed --backend cuda --batch-tokens 1 --input /tmp/l3k.jsonl --output /tmp/replay-pdl.jsonl 2>&1 | tail -n 1
+    python3 -c "import json; a=[json.loads(l)[\"embedding\"] for l in open(\"/tmp/replay-pdl.jsonl\")]; b=[json.loads(l)[\"embedding\"] for l in open(\"/tmp/replay-0.jsonl\")]; d=max(abs(x-y) for u,v in zip(a,b) for x,y in zip(u,v)); print(len(a), \"lines, max |pdl - no graph| =\", d); exit(0 if len(a)==len(b)==3000 and d<=1e-5 else 1)" || exit 1; fi
+  for p in 0 1 0 1; do echo "-- SQZ_CUDA_PDL=$p"; SQZ_CUDA_PDL=$p build-gpu/sqz bench --model /tmp/sqb-full --backends cuda --devices cuda:0 --precisions fp16 --batch 1,32 --length 128 --mixed-batch none --budget 0.5 --peak-budget 0 --outputs pooler_output --quiet | grep -E "^engine|sqz:cuda"; done'
 # PyTorch torch.compile (max-autotune when it builds within its budget, else default) and ONNX
 # Runtime's CUDA provider where the image has it, with the host-copy columns (bench/README.md)
 step torch-peer-compile 420 python3 bench/torch_gpu_peer.py /tmp/sqb-full --cells 1x128,32x128,256x128 --fp16 --compile --compile-budget 180 --ort --json "$OUT/torch-12.json"

@@ -85,7 +85,8 @@ const char *cli_backend_settings(void)
     static const struct { const char *env, *setting; } map[] = {
         {"SQZ_CUDA_SYNC", "cuda.sync"},       {"SQZ_CUDA_GRAPHS", "cuda.graphs"},
         {"SQZ_CUDA_MEASURE", "cuda.measure"}, {"SQZ_CUDA_REPORT", "cuda.report"},
-        {"SQZ_CUDA_VARIANTS", "cuda.variants"}, {"SQZ_CACHE_DIR", "opencl.cache_dir"},
+        {"SQZ_CUDA_VARIANTS", "cuda.variants"}, {"SQZ_CUDA_PDL", "cuda.pdl"},
+        {"SQZ_CACHE_DIR", "opencl.cache_dir"},
     };
     static char settings[2048];
     settings[0] = '\0';

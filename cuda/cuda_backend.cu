@@ -329,9 +329,9 @@ void format_launch(cuda_ctx *c, const sqz_output_format *f, const void *src, int
                    const int *positions, const int *key_valid, void *dst)
 {
     const unsigned grid = (unsigned)(f->rows < 8192 ? f->rows : 8192);
-    sqz_launch("format_rows", sqzk::format_rows<TIn, TOut>, grid, sqzk::FORMAT_THREADS, 0, c->stream,
-               (const TIn *)src, src_cols, (int)f->col_begin, (int)f->col_count, (long long)f->rows, (int)f->width,
-               seq_offsets, positions, key_valid, (TOut *)dst);
+    launch_kernel(c, "format_rows", sqzk::format_rows<TIn, TOut>, grid, sqzk::FORMAT_THREADS, 0,
+                  (const TIn *)src, src_cols, (int)f->col_begin, (int)f->col_count, (long long)f->rows, (int)f->width,
+                  seq_offsets, positions, key_valid, (TOut *)dst);
 }
 
 /* One output of a run in its final layout (fp32 or fp16, from a tensor of any float dtype)
@@ -633,6 +633,9 @@ sqz_status create_checked(cuda_ctx *c, const char *device, const char *settings)
     c->store = SQZ_DTYPE_F32;
     cudaDeviceProp prop;
     CUDA_TRY(cudaGetDeviceProperties(&prop, c->device));
+    /* programmatic dependent launch needs sm_90; off until a GPU has measured it (issue 12);
+     * cuda-sim checks that every kernel launched so waits first (cuda/sim/cuda_sim.h) */
+    c->overlap = setting_flag(settings, "pdl", false) && prop.major >= 9;
     int driver = 0;
     CUDA_TRY(cudaDriverGetVersion(&driver));
 #ifdef SQZ_CUDA_SIM
@@ -649,7 +652,7 @@ sqz_status create_checked(cuda_ctx *c, const char *device, const char *settings)
  * SQZ_CUDA_* environment variables (docs/engineering.md, "CUDA backend") */
 sqz_status cuda_create(void **ctx, const char *device, const char *settings)
 {
-    static const char *const known[] = {"sync", "graphs", "measure", "report", "variants", NULL};
+    static const char *const known[] = {"sync", "graphs", "measure", "report", "variants", "pdl", NULL};
     sqz_status st = sqz_settings_check(settings, "cuda", known);
     if (st != SQZ_OK)
         return st;

@@ -153,6 +153,7 @@ struct cuda_ctx {
     lt_plan_cache *lt_plans; /* made on first use */
 #endif
     bool sync_each, use_graphs, measure, report;
+    bool overlap; /* cuda.pdl: kernels launched to overlap the previous one (sm_90 and later) */
     int forced[FAMILIES]; /* cuda.variants, or -1 */
     sqz_precision precision;
     sqz_dtype store; /* the activations' dtype at this precision; weights' copy in it too */
@@ -182,6 +183,15 @@ struct cuda_ctx {
 void graph_drop(graph_entry *e);
 
 /* ---- helpers ---------------------------------------------------------------------------- */
+
+/* A kernel of cuda/ on the session's compute stream, overlapping the previous kernel when the
+ * session allows it (cuda.pdl; sqz_launch_overlapping in cuda/cuda_prims.cuh) */
+template <typename... P, typename... A>
+void launch_kernel(const cuda_ctx *c, const char *name, void (*kernel)(P...), dim3 grid, dim3 block,
+                   size_t shared_bytes, A... args)
+{
+    sqz_launch_overlapping(c->overlap, name, kernel, grid, block, shared_bytes, c->stream, args...);
+}
 
 unsigned blocks(size_t n, unsigned per_block) { return (unsigned)((n + per_block - 1) / per_block); }
 

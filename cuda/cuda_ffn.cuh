@@ -37,6 +37,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 ffn_fused(const T *x, const T *w1, const float *b1, const T *w2, const float *b2, T *y, int rows, int groups,
           int hidden)
 {
+    sqz_wait_for_previous_grid();
     static_assert(K1 % 16 == 0 && N2 % 16 == 0, "whole 16 x 16 blocks");
     constexpr int BM = 16 * WARPS, THREADS = 32 * WARPS, k1 = K1, n2 = N2;
     constexpr int XP = K1 + 8, W1P = K1 + 8, W2P = FFN_CHUNK + 8;

@@ -35,6 +35,7 @@ __global__ void __launch_bounds__(WARPS * 32)
 flash_attention(const T *q, const T *k, const T *v, qkv_layout layout, const int *key_valid, const int *seq_off, T *ctx,
                 int ld_out, int tiles_per_seq, float scale_log2)
 {
+    sqz_wait_for_previous_grid();
     static_assert(HD % 16 == 0 && HD <= 128, "head size a multiple of 16, at most 128");
     constexpr int BQ = 16 * WARPS, LD = fa_pitch<HD>(), THREADS = 32 * WARPS, CHUNKS_PER_ROW = HD / 8;
     SQZ_DYNAMIC_SHARED(smem);

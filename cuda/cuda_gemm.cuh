@@ -47,7 +47,7 @@ template <typename T>
 static sqz_status bias_act_launch(cuda_ctx *c, const sqz_node *node, T *y, const float *bias, size_t n, int cols,
                                   int act)
 {
-    sqz_launch("bias_act", sqzk::bias_act<T>, grid_1d(n), 256, 0, c->stream, y, bias, n, cols, act);
+    launch_kernel(c, "bias_act", sqzk::bias_act<T>, grid_1d(n), 256, 0, y, bias, n, cols, act);
     LAUNCH_CHECK("bias_act", node);
     return SQZ_OK;
 }
@@ -75,11 +75,11 @@ static sqz_status simt_launch(cuda_ctx *c, const sqz_node *node, const gemm_shap
     const dim3 grid(blocks((size_t)s.cout_g, sqzk::SIMT_TILE), blocks((size_t)s.rows, sqzk::SIMT_TILE),
                     (unsigned)s.groups);
     if (s.gelu)
-        sqz_launch("gemm_simt", sqzk::gemm_simt<T, true>, grid, 256, sqzk::SIMT_SHARED_BYTES, c->stream, (const T *)x,
-                   (const T *)w, bias, (T *)y, (int)s.rows, (int)s.cin, (int)s.cout, s.groups);
+        launch_kernel(c, "gemm_simt", sqzk::gemm_simt<T, true>, grid, 256, sqzk::SIMT_SHARED_BYTES, (const T *)x,
+                      (const T *)w, bias, (T *)y, (int)s.rows, (int)s.cin, (int)s.cout, s.groups);
     else
-        sqz_launch("gemm_simt", sqzk::gemm_simt<T, false>, grid, 256, sqzk::SIMT_SHARED_BYTES, c->stream,
-                   (const T *)x, (const T *)w, bias, (T *)y, (int)s.rows, (int)s.cin, (int)s.cout, s.groups);
+        launch_kernel(c, "gemm_simt", sqzk::gemm_simt<T, false>, grid, 256, sqzk::SIMT_SHARED_BYTES,
+                      (const T *)x, (const T *)w, bias, (T *)y, (int)s.rows, (int)s.cin, (int)s.cout, s.groups);
     LAUNCH_CHECK("gemm_simt", node);
     return SQZ_OK;
 }
@@ -94,16 +94,16 @@ static sqz_status mma_launch(cuda_ctx *c, const sqz_node *node, const gemm_shape
         if (shared > 48 * 1024 && c->capturing < 0) /* as in flash_launch */
             CUDA_TRY(cudaFuncSetAttribute(sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, true>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-        sqz_launch("gemm_mma", sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, true>, grid,
-                   32 * WARPS_M * WARPS_N, shared, c->stream, x, w, bias, y, (int)s.rows, (int)s.cin, (int)s.cout,
-                   s.groups);
+        launch_kernel(c, "gemm_mma", sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, true>, grid,
+                      32 * WARPS_M * WARPS_N, shared, x, w, bias, y, (int)s.rows, (int)s.cin, (int)s.cout,
+                      s.groups);
     } else {
         if (shared > 48 * 1024 && c->capturing < 0) /* as in flash_launch */
             CUDA_TRY(cudaFuncSetAttribute(sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, false>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-        sqz_launch("gemm_mma", sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, false>, grid,
-                   32 * WARPS_M * WARPS_N, shared, c->stream, x, w, bias, y, (int)s.rows, (int)s.cin, (int)s.cout,
-                   s.groups);
+        launch_kernel(c, "gemm_mma", sqzk::gemm_mma<T, BM, BN, WARPS_M, WARPS_N, STAGES, false>, grid,
+                      32 * WARPS_M * WARPS_N, shared, x, w, bias, y, (int)s.rows, (int)s.cin, (int)s.cout,
+                      s.groups);
     }
     LAUNCH_CHECK("gemm_mma", node);
     return SQZ_OK;

@@ -106,6 +106,7 @@ layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, con
                const TAB *pos, const TAB *type, int vocab, int max_positions, int type_vocab, const float *gamma,
                const float *beta, T *out, int rows, int cols, float eps)
 {
+    sqz_wait_for_previous_grid();
     constexpr int GROUPS = LN_PER_LANE / E; /* cached groups per lane */
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * LN_ROWS_PER_BLOCK + (threadIdx.x >> 5);
@@ -215,6 +216,7 @@ __global__ void __launch_bounds__(ATT_Q)
 attention_varlen(const T *q, const T *k, const T *v, qkv_layout layout, const int *key_valid, const int *seq_off, T *ctx,
                  int heads, int head_dim, float scale)
 {
+    sqz_wait_for_previous_grid();
     constexpr int KC = attention_keys_per_chunk<HD>(); /* 2 x KC x HD floats of shared memory */
     SQZ_DYNAMIC_SHARED(smem);
     float(*ks)[HD] = (float(*)[HD])smem;
@@ -304,6 +306,7 @@ template <typename T, bool GELU>
 __global__ void __launch_bounds__(256)
 gemm_simt(const T *x, const T *w, const float *bias, T *y, int rows, int cin, int cout, int groups)
 {
+    sqz_wait_for_previous_grid();
     SQZ_DYNAMIC_SHARED(smem);
     float(*xs)[SIMT_TILE + 1] = (float(*)[SIMT_TILE + 1])smem; /* [depth][row]; +1 avoids bank conflicts */
     float(*ws)[SIMT_TILE + 1] = xs + SIMT_DEPTH;                 /* [depth][output column] */
@@ -347,6 +350,7 @@ gemm_simt(const T *x, const T *w, const float *bias, T *y, int rows, int cin, in
 template <typename T>
 __global__ void bias_act(T *y, const float *bias, size_t n, int cols, int act)
 {
+    sqz_wait_for_previous_grid();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float x = to_f(y[i]) + (bias ? bias[i % cols] : 0.0f);
         y[i] = from_f<T>(act ? sqz_gelu_f(x) : x);
@@ -358,6 +362,7 @@ enum UnaryOp { UN_GELU, UN_TANH };
 template <typename T>
 __global__ void unary(const T *x, T *out, size_t n, int op)
 {
+    sqz_wait_for_previous_grid();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float a = to_f(x[i]);
         out[i] = from_f<T>(op == UN_GELU ? sqz_gelu_f(a) : tanhf(a));
@@ -367,6 +372,7 @@ __global__ void unary(const T *x, T *out, size_t n, int op)
 template <typename T>
 __global__ void add(const T *a, const T *b, T *out, size_t n)
 {
+    sqz_wait_for_previous_grid();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = from_f<T>(to_f(a[i]) + to_f(b[i]));
 }
@@ -376,6 +382,7 @@ __global__ void add(const T *a, const T *b, T *out, size_t n)
 template <typename TIn, typename TOut>
 __global__ void gather_rows(const int *index, const TIn *table, TOut *out, int rows, int cols, int table_rows)
 {
+    sqz_wait_for_previous_grid();
     const int r = blockIdx.y;
     if (r >= rows)
         return;
@@ -388,6 +395,7 @@ __global__ void gather_rows(const int *index, const TIn *table, TOut *out, int r
 template <typename T>
 __global__ void convert_from_f32(const float *in, T *out, size_t n)
 {
+    sqz_wait_for_previous_grid();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = from_f<T>(in[i]);
 }

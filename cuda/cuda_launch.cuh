@@ -23,21 +23,21 @@ sqz_status layernorm_launch_e(cuda_ctx *c, const sqz_binding *b, const sqz_node 
     const TAB *no_table = NULL;
     switch (node->op) {
     case SQZ_OP_LAYERNORM:
-        sqz_launch("layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_PLAIN, E>, grid, threads, 0, c->stream,
-                   act<T>(b, in[0]), none, no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0, 0,
-                   weight_f32(b, in[1]), weight_f32(b, in[2]), out, (int)rows, (int)cols, eps);
+        launch_kernel(c, "layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_PLAIN, E>, grid, threads, 0,
+                      act<T>(b, in[0]), none, no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0, 0,
+                      weight_f32(b, in[1]), weight_f32(b, in[2]), out, (int)rows, (int)cols, eps);
         break;
     case SQZ_OP_ADD_LAYERNORM:
-        sqz_launch("add_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_ADD, E>, grid, threads, 0, c->stream,
-                   act<T>(b, in[0]), act<T>(b, in[1]), no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0,
-                   0, weight_f32(b, in[2]), weight_f32(b, in[3]), out, (int)rows, (int)cols, eps);
+        launch_kernel(c, "add_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_ADD, E>, grid, threads, 0,
+                      act<T>(b, in[0]), act<T>(b, in[1]), no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0,
+                      0, weight_f32(b, in[2]), weight_f32(b, in[3]), out, (int)rows, (int)cols, eps);
         break;
     default: /* SQZ_OP_EMBED_LAYERNORM: ids, positions, types, word, pos, type, gamma, beta */
-        sqz_launch("embed_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_EMBED, E>, grid, threads, 0, c->stream,
-                   none, none, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), word, pos, type,
-                   (int)g->tensors[in[3]].fixed_rows, (int)g->tensors[in[4]].fixed_rows,
-                   (int)g->tensors[in[5]].fixed_rows, weight_f32(b, in[6]), weight_f32(b, in[7]), out, (int)rows,
-                   (int)cols, eps);
+        launch_kernel(c, "embed_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_EMBED, E>, grid, threads, 0,
+                      none, none, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), word, pos, type,
+                      (int)g->tensors[in[3]].fixed_rows, (int)g->tensors[in[4]].fixed_rows,
+                      (int)g->tensors[in[5]].fixed_rows, weight_f32(b, in[6]), weight_f32(b, in[7]), out, (int)rows,
+                      (int)cols, eps);
         break;
     }
     LAUNCH_CHECK(sqz_op_name(node->op), node);
@@ -96,21 +96,21 @@ sqz_status launch_typed(cuda_ctx *c, const sqz_binding *b, const sqz_node *node,
         dim3 grid(blocks((size_t)cols, 128) < 8 ? blocks((size_t)cols, 128) : 8, (unsigned)rows);
         const int table_rows = (int)sqz_tensor_rows(&g->tensors[in[1]], dims);
         if (is_weight(b, in[1])) /* an embedding table: fp32 weights into T activations */
-            sqz_launch("gather_rows", sqzk::gather_rows<float, T>, grid, 128, 0, c->stream, ints(b, in[0]),
-                       weight_f32(b, in[1]), act<T>(b, node->output), (int)rows, (int)cols, table_rows);
+            launch_kernel(c, "gather_rows", sqzk::gather_rows<float, T>, grid, 128, 0, ints(b, in[0]),
+                          weight_f32(b, in[1]), act<T>(b, node->output), (int)rows, (int)cols, table_rows);
         else
-            sqz_launch("gather_rows", sqzk::gather_rows<T, T>, grid, 128, 0, c->stream, ints(b, in[0]),
-                       act<T>(b, in[1]), act<T>(b, node->output), (int)rows, (int)cols, table_rows);
+            launch_kernel(c, "gather_rows", sqzk::gather_rows<T, T>, grid, 128, 0, ints(b, in[0]),
+                          act<T>(b, in[1]), act<T>(b, node->output), (int)rows, (int)cols, table_rows);
         break;
     }
     case SQZ_OP_ADD:
-        sqz_launch("add", sqzk::add<T>, grid_1d(n), 256, 0, c->stream, act<T>(b, in[0]), act<T>(b, in[1]),
-                   act<T>(b, node->output), n);
+        launch_kernel(c, "add", sqzk::add<T>, grid_1d(n), 256, 0, act<T>(b, in[0]), act<T>(b, in[1]),
+                      act<T>(b, node->output), n);
         break;
     case SQZ_OP_GELU:
     case SQZ_OP_TANH:
-        sqz_launch("unary", sqzk::unary<T>, grid_1d(n), 256, 0, c->stream, act<T>(b, in[0]), act<T>(b, node->output), n,
-                   (int)(node->op == SQZ_OP_GELU ? sqzk::UN_GELU : sqzk::UN_TANH));
+        launch_kernel(c, "unary", sqzk::unary<T>, grid_1d(n), 256, 0, act<T>(b, in[0]), act<T>(b, node->output), n,
+                      (int)(node->op == SQZ_OP_GELU ? sqzk::UN_GELU : sqzk::UN_TANH));
         break;
     case SQZ_OP_LAYERNORM:
     case SQZ_OP_ADD_LAYERNORM:

@@ -30,6 +30,7 @@ template <typename T, int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, bool
 __global__ void __launch_bounds__(WARPS_M *WARPS_N * 32)
 gemm_mma(const T *x, const T *w, const float *bias, T *y, int rows, int cin, int cout, int groups)
 {
+    sqz_wait_for_previous_grid();
     constexpr int THREADS = WARPS_M * WARPS_N * 32, WM = BM / WARPS_M, WN = BN / WARPS_N;
     constexpr int MT = WM / 16, NT = WN / 8, CHUNKS = GEMM_BK / 8;
     static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tiles of whole 16 x 16 blocks");

@@ -18,6 +18,7 @@ __global__ void __launch_bounds__(FORMAT_THREADS)
 format_rows(const TIn *src, int src_cols, int col_begin, int cols, long long rows, int width, const int *seq_offsets,
             const int *positions, const int *key_valid, TOut *dst)
 {
+    sqz_wait_for_previous_grid();
     for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
         const long long from = sqz_output_source_row(row, width, seq_offsets, positions, key_valid);
         TOut *out = dst + row * cols;

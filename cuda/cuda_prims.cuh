@@ -20,17 +20,50 @@
 
 /* kernel<<<grid, block, shared_bytes, stream>>>(args...), each argument converted to the
  * kernel's parameter type; `name` names the kernel in cuda-sim's reports. Errors are read
- * with cudaGetLastError, as after <<<>>>. */
+ * with cudaGetLastError, as after <<<>>>.
+ * overlap: programmatic dependent launch (sm_90): the kernel's blocks may start while the
+ * previous kernel on the stream is still finishing, so a kernel launched this way must call
+ * sqz_wait_for_previous_grid() before it touches memory that kernel (or any before it) reads or
+ * writes. Every kernel of cuda/ does so first thing; the shared OpenCL kernels do not and are
+ * never launched this way. */
+template <typename... P, typename... A>
+static inline void sqz_launch_overlapping(bool overlap, const char *name, void (*kernel)(P...), dim3 grid, dim3 block,
+                                          size_t shared_bytes, cudaStream_t stream, A... args)
+{
+#ifdef SQZ_CUDA_SIM
+    sqzsim::launch(name, (const void *)kernel, grid, block, shared_bytes, stream,
+                   [=] { kernel(static_cast<P>(args)...); }, overlap);
+#else
+    (void)name;
+    if (!overlap) {
+        kernel<<<grid, block, shared_bytes, stream>>>(static_cast<P>(args)...);
+        return;
+    }
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid, config.blockDim = block, config.dynamicSmemBytes = shared_bytes, config.stream = stream;
+    config.attrs = &attribute, config.numAttrs = 1;
+    (void)cudaLaunchKernelEx(&config, kernel, static_cast<P>(args)...); /* its error: cudaGetLastError */
+#endif
+}
+
 template <typename... P, typename... A>
 static inline void sqz_launch(const char *name, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
                               cudaStream_t stream, A... args)
 {
+    sqz_launch_overlapping(false, name, kernel, grid, block, shared_bytes, stream, args...);
+}
+
+/* The wait of a kernel launched to overlap (sqz_launch_overlapping): returns once the previous
+ * kernels on the stream have finished and their writes are visible. A no-op otherwise. */
+__device__ __forceinline__ void sqz_wait_for_previous_grid()
+{
 #ifdef SQZ_CUDA_SIM
-    sqzsim::launch(name, (const void *)kernel, grid, block, shared_bytes, stream,
-                   [=] { kernel(static_cast<P>(args)...); });
-#else
-    (void)name;
-    kernel<<<grid, block, shared_bytes, stream>>>(static_cast<P>(args)...);
+    sqzsim::wait_for_previous_grid();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
 

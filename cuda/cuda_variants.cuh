@@ -33,9 +33,9 @@ sqz_status attention_simt_hd(cuda_ctx *c, const sqz_binding *b, const sqz_node *
     const sqz_op_params *p = &node->params;
     const attention_inputs<T> qkv = attention_operands<T>(b, node);
     dim3 grid(blocks((size_t)dims->max_len, sqzk::ATT_Q), (unsigned)p->attention.heads, (unsigned)dims->sequences);
-    sqz_launch("attention_varlen", sqzk::attention_varlen<T, HD>, grid, sqzk::ATT_Q,
-               sqzk::attention_shared_bytes<HD>(), c->stream, qkv.q, qkv.k, qkv.v, qkv.layout, ints(b, in[3]),
-               ints(b, in[4]), out, p->attention.heads, p->attention.head_dim, p->attention.scale);
+    launch_kernel(c, "attention_varlen", sqzk::attention_varlen<T, HD>, grid, sqzk::ATT_Q,
+                  sqzk::attention_shared_bytes<HD>(), qkv.q, qkv.k, qkv.v, qkv.layout, ints(b, in[3]),
+                  ints(b, in[4]), out, p->attention.heads, p->attention.head_dim, p->attention.scale);
     LAUNCH_CHECK("attention_varlen", node);
     return SQZ_OK;
 }
@@ -76,8 +76,8 @@ sqz_status flash_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *node,
                         SQZ_CUDA_NAME, (long long)dims->sequences, tiles);
     const dim3 grid((unsigned)(tiles * dims->sequences), (unsigned)p->attention.heads);
     const float scale_log2 = p->attention.scale * 1.4426950408889634f;
-    sqz_launch("flash_attention", sqzk::flash_attention<T, HD, WARPS>, grid, 32 * WARPS, shared, c->stream,
-               qkv.q, qkv.k, qkv.v, qkv.layout, ints(b, in[3]), ints(b, in[4]), out, width, tiles, scale_log2);
+    launch_kernel(c, "flash_attention", sqzk::flash_attention<T, HD, WARPS>, grid, 32 * WARPS, shared,
+                  qkv.q, qkv.k, qkv.v, qkv.layout, ints(b, in[3]), ints(b, in[4]), out, width, tiles, scale_log2);
     LAUNCH_CHECK("flash_attention", node);
     return SQZ_OK;
 }
@@ -114,6 +114,7 @@ sqz_status attention_run(cuda_ctx *c, const sqz_binding *b, const sqz_node *node
 
 template <typename T> __global__ void compare_outputs(const T *got, const T *want, size_t n, unsigned *result)
 {
+    sqz_wait_for_previous_grid();
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float g = sqzk::to_f(got[i]), w = sqzk::to_f(want[i]), d = fabsf(g - w);
         if (!(d <= 3.0e38f) || !(fabsf(w) <= 3.0e38f)) {
@@ -379,8 +380,8 @@ sqz_status ffn_fused_launch(cuda_ctx *c, const sqz_node *node, const gemm_args &
         CUDA_TRY(cudaFuncSetAttribute(sqzk::ffn_fused<T, K1, N2, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)shared));
     const dim3 grid(blocks((size_t)first.s.rows, 16 * WARPS), (unsigned)first.s.groups);
-    sqz_launch("ffn_fused", sqzk::ffn_fused<T, K1, N2, WARPS>, grid, 32 * WARPS, shared, c->stream, first.x, first.w,
-               first.bias32, second.w, second.bias32, y, (int)first.s.rows, first.s.groups, (int)first.s.cout_g);
+    launch_kernel(c, "ffn_fused", sqzk::ffn_fused<T, K1, N2, WARPS>, grid, 32 * WARPS, shared, first.x, first.w,
+                  first.bias32, second.w, second.bias32, y, (int)first.s.rows, first.s.groups, (int)first.s.cout_g);
     LAUNCH_CHECK("ffn_fused", node);
     return SQZ_OK;
 }

@@ -489,6 +489,23 @@ __global__ void ldmatrix_outside_shared(uint32_t *out)
     out[threadIdx.x] = r[0];
 }
 
+__global__ void writes_without_waiting(int *out) { out[threadIdx.x] = 1; }
+
+__global__ void waits_then_writes(int *out)
+{
+    sqz_wait_for_previous_grid();
+    out[threadIdx.x] = 2;
+}
+
+__global__ void copies_before_waiting(const float *src)
+{
+    SQZ_DYNAMIC_SHARED(smem);
+    sqzk::cp_async_16(smem, src, 16);
+    sqz_wait_for_previous_grid();
+    sqzk::cp_async_commit();
+    sqzk::cp_async_wait<0>();
+}
+
 __global__ void lane_ends_early(int *out)
 {
     if (threadIdx.x == 3)
@@ -564,6 +581,18 @@ static void broken_kernels_are_stopped(void **unused)
                  "deadlock in kernel barrier_against_syncwarp");
     expect_fault([] { sqz_launch("shuffle_outside_mask", shuffle_outside_mask, 2, 32, 0, nullptr, out); },
                  "kernel shuffle_outside_mask, block (");
+    /* a launch that may overlap the previous kernel: every thread waits for it first */
+    expect_fault([] { sqz_launch_overlapping(true, "writes_without_waiting", writes_without_waiting, 1, 32, 0, nullptr,
+                                             out); },
+                 "reaches its end before sqz_wait_for_previous_grid()");
+    expect_fault([] { sqz_launch_overlapping(true, "copies_before_waiting", copies_before_waiting, 1, 1, 64, nullptr,
+                                             (const float *)src); },
+                 "reaches cp.async before sqz_wait_for_previous_grid()");
+    sqz_launch_overlapping(true, "waits_then_writes", waits_then_writes, 1, 32, 0, nullptr, out);
+    sqz_launch("writes_without_waiting", writes_without_waiting, 1, 32, 0, nullptr, out + 32); /* not overlapping */
+    assert_int_equal(cudaGetLastError(), cudaSuccess);
+    for (int i = 0; i < 32; i++)
+        assert_true(out[i] == 2 && out[32 + i] == 1);
 }
 
 /* ---- the cuBLASLt plan cache's slot choice ----------------------------------------------- */

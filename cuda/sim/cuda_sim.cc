@@ -85,6 +85,7 @@ struct SimLaunch {
     dim3 grid, block;
     size_t shared_bytes;
     std::function<void()> body;
+    bool overlapped; /* programmatic dependent launch */
 };
 struct CUgraph_st {
     std::vector<SimLaunch> launches;
@@ -132,6 +133,7 @@ struct Fiber {
 #endif
     char *stack = nullptr;
     void *asan_fake = nullptr;
+    bool waited = false;                  /* for the previous grid (griddepcontrol.wait) */
     std::vector<Copy> open;               /* cp.async issued since the last commit */
     std::deque<std::vector<Copy>> groups; /* committed, oldest first */
 };
@@ -155,6 +157,7 @@ struct Block {
     unsigned char *shared = nullptr;
     size_t shared_bytes = 0;
     const std::function<void()> *body = nullptr;
+    bool overlapped = false; /* its threads must wait for the previous grid first */
 #ifdef SIM_FAST_SWITCH
     void *scheduler_sp = nullptr;
 #else
@@ -257,10 +260,20 @@ void land(const Copy &c)
 
 const char *coll_name(const WarpState &w) { return w.what; }
 
+/* A thread of a launch that overlaps the previous kernel reaches `what`: it must have waited
+ * for that kernel by now (the kernels wait first thing; plain memory reads are not seen here,
+ * so this catches a kernel without the wait, not one that reads before it). */
+void require_waited(const char *what)
+{
+    if (cur_block->overlapped && !cur_fiber->waited)
+        fault("launched to overlap the previous kernel, it reaches %s before sqz_wait_for_previous_grid()", what);
+}
+
 void thread_end()
 {
     Fiber &f = *cur_fiber;
     Block &b = *cur_block;
+    require_waited("its end");
     for (auto &g : f.groups)
         for (const Copy &c : g)
             land(c);
@@ -405,6 +418,7 @@ void collective(Coll kind, int detail, unsigned mask, const char *what, const vo
 {
     Fiber &f = *cur_fiber;
     Block &b = *cur_block;
+    require_waited(what);
     const int lane = f.linear % WARP, warp = f.linear / WARP;
     WarpState &w = b.warps[(size_t)warp];
     if (!(mask >> lane & 1))
@@ -475,6 +489,7 @@ void run_block(Block &b, CUstream_st *s, uint3 block_idx, dim3 grid, dim3 dims)
         f.ids.block_dim = dims;
         f.ids.grid_dim = grid;
         f.stack = stack_for((size_t)i);
+        f.waited = false;
         f.open.clear();
         f.groups.clear();
 #ifdef SIM_ASAN
@@ -557,6 +572,7 @@ void execute(CUstream_st *s, const SimLaunch &l)
     b.n_threads = (int)fibers.size();
     b.warps.resize((size_t)((b.n_threads + WARP - 1) / WARP));
     b.body = &l.body;
+    b.overlapped = l.overlapped;
     b.shared_bytes = l.shared_bytes;
     unsigned char *shared = l.shared_bytes ? (unsigned char *)aligned_alloc(128, (l.shared_bytes + 127) / 128 * 128)
                                            : nullptr;
@@ -635,10 +651,18 @@ void land_everything()
     abort();
 }
 
+void wait_for_previous_grid()
+{
+    if (!cur_fiber)
+        fault("griddepcontrol.wait outside a kernel");
+    cur_fiber->waited = true; /* launches run one after another here: the previous one has ended */
+}
+
 void syncthreads()
 {
     if (!cur_fiber)
         fault("__syncthreads outside a kernel");
+    require_waited("__syncthreads");
     cur_fiber->state = State::AtBarrier;
     cur_block->at_barrier++;
     leave_fiber(false);
@@ -690,6 +714,7 @@ void ldmatrix(int matrices, bool trans, uint32_t *regs, const void *row_address)
 void cp_async(void *shared_dst, const void *global_src, unsigned bytes, unsigned src_bytes)
 {
     Block &b = *cur_block;
+    require_waited("cp.async");
     const unsigned char *d = (const unsigned char *)shared_dst, *s = (const unsigned char *)global_src;
     if ((uintptr_t)d % bytes || (uintptr_t)s % bytes)
         fault("cp.async of %u bytes from %p to %p: both addresses must be %u-byte aligned", bytes, global_src,
@@ -730,7 +755,7 @@ void cp_async_wait(int pending_groups_allowed)
 
 /* ---- host side ------------------------------------------------------------------------- */
 cudaError_t launch(const char *name, const void *kernel, dim3 grid, dim3 block, size_t shared_bytes,
-                   cudaStream_t stream, std::function<void()> body)
+                   cudaStream_t stream, std::function<void()> body, bool overlapped)
 {
     const unsigned long long threads = (unsigned long long)block.x * block.y * block.z;
     if (!block.x || !block.y || !block.z || threads > MAX_THREADS || block.z > 64)
@@ -755,7 +780,7 @@ cudaError_t launch(const char *name, const void *kernel, dim3 grid, dim3 block, 
                                  "%d on sm_90)",
                                  name, shared_bytes, limit, MAX_SHARED_OPTIN);
     CUstream_st *s = stream_of(stream);
-    SimLaunch l{name, kernel, grid, block, shared_bytes, std::move(body)};
+    SimLaunch l{name, kernel, grid, block, shared_bytes, std::move(body), overlapped};
     if (s->capturing)
         s->captured.push_back(std::move(l));
     else

@@ -84,11 +84,15 @@ void ldmatrix(int matrices, bool trans, uint32_t *regs, const void *row_address)
 void cp_async(void *shared_dst, const void *global_src, unsigned bytes, unsigned src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending_groups_allowed);
+/* griddepcontrol.wait: marks the thread as having waited (a launch that overlaps the previous
+ * kernel faults when a thread reaches a barrier, a collective, a cp.async or its end first) */
+void wait_for_previous_grid();
 
 /* ---- host side --------------------------------------------------------------------- */
-/* Runs (or, during graph capture, records) one launch; body calls the kernel. */
+/* Runs (or, during graph capture, records) one launch; body calls the kernel. `overlapped`: a
+ * programmatic dependent launch, whose threads must wait for the previous grid first. */
 cudaError_t launch(const char *name, const void *kernel, dim3 grid, dim3 block, size_t shared_bytes,
-                   cudaStream_t stream, std::function<void()> body);
+                   cudaStream_t stream, std::function<void()> body, bool overlapped = false);
 
 /* The order in which a stream's launches run their blocks, and each block its threads between
  * synchronisation points: "forward" (the default), "reverse", "random" or "random:SEED" (a
