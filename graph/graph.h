@@ -39,6 +39,8 @@ typedef enum sqz_op {
     SQZ_OP_FFN,             /* gelu(x W1^T + b1) W2^T + b2, both grouped alike, so that group g of
                                the second reads only what group g of the first wrote; the
                                hidden activation is never stored      (x, W1, b1, W2, b2) */
+    SQZ_OP_FFN_ADD_LAYERNORM, /* LN(residual + ffn(x)): the FFN above, its residual and post-LN
+                               (x, W1, b1, W2, b2, residual, gamma, beta) */
     SQZ_OP_COUNT
 } sqz_op;
 
@@ -99,6 +101,7 @@ typedef union sqz_op_params {
     struct { float eps; } layernorm;
     struct { int groups; } linear;
     struct { int heads, head_dim; float scale; } attention;
+    struct { int groups; float eps; } ffn_layernorm; /* SQZ_OP_FFN_ADD_LAYERNORM */
 } sqz_op_params;
 
 typedef struct sqz_node {

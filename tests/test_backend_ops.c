@@ -347,16 +347,28 @@ static void linear_cases(void **unused)
     }
 }
 
-/* the feed-forward block: two grouped products, GELU between them */
-static void ref_ffn(const op_case *c, float *out)
+/* the feed-forward block from inputs 0-4: two grouped products, GELU between them */
+static void ffn_of(const op_case *c, int groups, float *out)
 {
     const int64_t R = c->dims.tokens, CI = c->in[0].cols, MID = c->in[1].rows, CO = c->out_cols;
-    const int G = c->params.linear.groups;
     float *hidden = malloc((size_t)(R * MID) * sizeof *hidden);
-    sqz_ref_linear(F(c, 0), R, CI, F(c, 1), F(c, 2), MID, G, hidden);
+    sqz_ref_linear(F(c, 0), R, CI, F(c, 1), F(c, 2), MID, groups, hidden);
     sqz_ref_gelu(hidden, R * MID, hidden);
-    sqz_ref_linear(hidden, R, MID, F(c, 3), F(c, 4), CO, G, out);
+    sqz_ref_linear(hidden, R, MID, F(c, 3), F(c, 4), CO, groups, out);
     free(hidden);
+}
+
+static void ref_ffn(const op_case *c, float *out) { ffn_of(c, c->params.linear.groups, out); }
+
+/* and then the residual (input 5) and LayerNorm (gamma, beta: inputs 6, 7) */
+static void ref_ffn_add_layernorm(const op_case *c, float *out)
+{
+    const int64_t R = c->dims.tokens, CO = c->out_cols;
+    float *sum = malloc((size_t)(R * CO) * sizeof *sum);
+    ffn_of(c, c->params.ffn_layernorm.groups, sum);
+    sqz_ref_add(sum, F(c, 5), R * CO, sum);
+    sqz_ref_layernorm(sum, R, CO, F(c, 6), F(c, 7), c->params.ffn_layernorm.eps, out);
+    free(sum);
 }
 
 static void ffn_cases(void **unused)
@@ -385,6 +397,45 @@ static void ffn_cases(void **unused)
         c.out_extent = SQZ_EXTENT_TOKENS;
         c.out_cols = CO;
         c.reference = ref_ffn;
+        check_case(&c);
+        free_inputs(&c);
+    }
+}
+
+static void ffn_add_layernorm_cases(void **unused)
+{
+    /* SqueezeBERT's block and a small model's (the fused kernel's shapes) with rows that are not
+     * a multiple of its 64-row tile, one row and many rows; and a shape only the split variants
+     * take */
+    const struct { int64_t rows, width, mid; int groups; } shapes[] = {
+        {33, 768, 3072, 4}, {70, 128, 512, 4}, {1, 128, 512, 4}, {300, 128, 512, 4}, {9, 60, 90, 3},
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t R = shapes[s].rows, C = shapes[s].width, MID = shapes[s].mid;
+        const int G = shapes[s].groups;
+        op_case c = {0};
+        snprintf(c.name, sizeof c.name, "ffn_add_layernorm %lldx%lld->%lld g%d", (long long)R, (long long)C,
+                 (long long)MID, G);
+        c.op = SQZ_OP_FFN_ADD_LAYERNORM;
+        c.params.ffn_layernorm.groups = G;
+        c.params.ffn_layernorm.eps = 1e-12f;
+        c.dims = (sqz_run_dims){R, 1, R * R, R, R};
+        c.n_inputs = 8;
+        c.in[0] = tokens_f32(C, uniform(R * C, 1.0f));
+        c.in[1] = weight(MID, C / G, uniform(MID * (C / G), 0.15f));
+        c.in[2] = weight(1, MID, uniform(MID, 0.5f));
+        c.in[3] = weight(C, MID / G, uniform(C * (MID / G), 0.1f));
+        c.in[4] = weight(1, C, uniform(C, 0.5f));
+        c.in[5] = tokens_f32(C, uniform(R * C, 1.0f)); /* a residual of its own, not x: the op allows it */
+        float *gamma = uniform(C, 0.5f);
+        for (int64_t i = 0; i < C; i++)
+            gamma[i] += 1.0f;
+        c.in[6] = weight(1, C, gamma);
+        c.in[7] = weight(1, C, uniform(C, 0.5f));
+        c.stored16 = 1u << 1 | 1u << 3; /* both matrices */
+        c.out_extent = SQZ_EXTENT_TOKENS;
+        c.out_cols = C;
+        c.reference = ref_ffn_add_layernorm;
         check_case(&c);
         free_inputs(&c);
     }
@@ -692,6 +743,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(linear_cases),
         cmocka_unit_test(ffn_cases),
+        cmocka_unit_test(ffn_add_layernorm_cases),
         cmocka_unit_test(elementwise_and_norm_cases),
         cmocka_unit_test(gelu_over_its_whole_range),
         cmocka_unit_test(gather_and_embedding_cases),
