@@ -85,9 +85,10 @@ struct graph_entry {
  * means nothing, keeps the highest-numbered one, so that the newest kernels are the ones the
  * tests see). A variant outside the bar is reported on stderr and not used for the shape; in
  * cuda-sim that is a fault, since there it can only be a kernel bug.
- * The setting cuda.variants="linear=NAME,attention=NAME,ffn=NAME" fixes the variants instead
- * (names or numbers), cuda.measure=0 takes the highest-numbered variant that applies without
- * running the others, cuda.report=1 prints every choice (sqz fills them from SQZ_CUDA_*). */
+ * The setting cuda.variants="linear=NAME,attention=NAME,ffn=NAME,ffn_ln=NAME" fixes the
+ * variants instead (names or numbers), cuda.measure=0 takes the highest-numbered variant that
+ * applies without running the others, cuda.report=1 prints every choice (sqz fills them from
+ * SQZ_CUDA_*). */
 enum family { FAMILY_LINEAR, FAMILY_ATTENTION, FAMILY_FFN, FAMILY_FFN_LN, FAMILIES };
 static const char *const family_names[FAMILIES] = {"linear", "attention", "ffn", "ffn_ln"};
 enum attention_variant { ATTENTION_SIMT, ATTENTION_FLASH, ATTENTION_VARIANTS };

@@ -1,6 +1,6 @@
 /* The CUDA backend's variant machinery (cuda/cuda_backend.cu includes it after
  * cuda_gemm.cuh): the attention variants, each checked against variant 0 on its first real
- * inputs and timed, and the jobs of the three families (linear, attention, ffn). */
+ * inputs and timed, and the jobs of the four families (linear, attention, ffn, ffn_ln). */
 #ifndef SQZ_CUDA_VARIANTS_CUH
 #define SQZ_CUDA_VARIANTS_CUH
 

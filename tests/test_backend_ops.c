@@ -371,6 +371,20 @@ static void ref_ffn_add_layernorm(const op_case *c, float *out)
     free(sum);
 }
 
+/* an FFN case's rows, inputs 0-4 (x, W1, b1, W2, b2) and output, fresh random values */
+static void ffn_operands(op_case *c, int64_t R, int64_t CI, int64_t MID, int64_t CO, int G)
+{
+    c->dims = (sqz_run_dims){R, 1, R * R, R, R};
+    c->in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
+    c->in[1] = weight(MID, CI / G, uniform(MID * (CI / G), 0.15f));
+    c->in[2] = weight(1, MID, uniform(MID, 0.5f));
+    c->in[3] = weight(CO, MID / G, uniform(CO * (MID / G), 0.1f));
+    c->in[4] = weight(1, CO, uniform(CO, 0.5f));
+    c->stored16 = 1u << 1 | 1u << 3; /* both matrices */
+    c->out_extent = SQZ_EXTENT_TOKENS;
+    c->out_cols = CO;
+}
+
 static void ffn_cases(void **unused)
 {
     /* SqueezeBERT's block (192 per group), a small model's (32 per group), and sizes only the
@@ -386,16 +400,8 @@ static void ffn_cases(void **unused)
                  (long long)CO, G);
         c.op = SQZ_OP_FFN;
         c.params.linear.groups = G;
-        c.dims = (sqz_run_dims){R, 1, R * R, R, R};
         c.n_inputs = 5;
-        c.in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
-        c.in[1] = weight(MID, CI / G, uniform(MID * (CI / G), 0.15f));
-        c.in[2] = weight(1, MID, uniform(MID, 0.5f));
-        c.in[3] = weight(CO, MID / G, uniform(CO * (MID / G), 0.1f));
-        c.in[4] = weight(1, CO, uniform(CO, 0.5f));
-        c.stored16 = 1u << 1 | 1u << 3; /* both matrices */
-        c.out_extent = SQZ_EXTENT_TOKENS;
-        c.out_cols = CO;
+        ffn_operands(&c, R, CI, MID, CO, G);
         c.reference = ref_ffn;
         check_case(&c);
         free_inputs(&c);
@@ -419,22 +425,14 @@ static void ffn_add_layernorm_cases(void **unused)
         c.op = SQZ_OP_FFN_ADD_LAYERNORM;
         c.params.ffn_layernorm.groups = G;
         c.params.ffn_layernorm.eps = 1e-12f;
-        c.dims = (sqz_run_dims){R, 1, R * R, R, R};
         c.n_inputs = 8;
-        c.in[0] = tokens_f32(C, uniform(R * C, 1.0f));
-        c.in[1] = weight(MID, C / G, uniform(MID * (C / G), 0.15f));
-        c.in[2] = weight(1, MID, uniform(MID, 0.5f));
-        c.in[3] = weight(C, MID / G, uniform(C * (MID / G), 0.1f));
-        c.in[4] = weight(1, C, uniform(C, 0.5f));
+        ffn_operands(&c, R, C, MID, C, G);
         c.in[5] = tokens_f32(C, uniform(R * C, 1.0f)); /* a residual of its own, not x: the op allows it */
         float *gamma = uniform(C, 0.5f);
         for (int64_t i = 0; i < C; i++)
             gamma[i] += 1.0f;
         c.in[6] = weight(1, C, gamma);
         c.in[7] = weight(1, C, uniform(C, 0.5f));
-        c.stored16 = 1u << 1 | 1u << 3; /* both matrices */
-        c.out_extent = SQZ_EXTENT_TOKENS;
-        c.out_cols = C;
         c.reference = ref_ffn_add_layernorm;
         check_case(&c);
         free_inputs(&c);
