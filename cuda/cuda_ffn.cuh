@@ -18,7 +18,8 @@
  * At the end y = Y + b2 is rounded to T and stored. K1 and N2 (per group) are template
  * parameters so that every register array has a fixed size (instantiated for the shapes the
  * models have); the hidden width per group must be a multiple of 8 and rows and pointers
- * 16-byte aligned. The host checks and otherwise runs the two GEMMs. */
+ * 16-byte aligned. The host checks and otherwise runs the two GEMMs. The chunk pipeline
+ * (ffn_groups) is shared with ffn_add_layernorm below, which adds the residual and LayerNorm. */
 #ifndef SQZ_CUDA_FFN_CUH
 #define SQZ_CUDA_FFN_CUH
 
@@ -131,9 +132,8 @@ __device__ __forceinline__ void ffn_groups(const T *sx, int xp, int x_group_cols
     }
 }
 
-/* y = Y + b2 of one group, as ffn_fused stores it (rounded to T once): columns 8j + 2tc and
- * + 1 of rows gr and gr + 8 of the warp's 16, into row r of `dest` (row stride ld) at column
- * col0 + n; rows at or past `rows` are skipped */
+/* y = Y + b2 of one group, rounded to T once, handed out as dest(row of the warp's 16, column
+ * n of the group, the pair of columns n and n + 1 packed) */
 template <typename T, int N2, typename Dest>
 __device__ __forceinline__ void ffn_store_group(const float (&acc)[N2 / 8][4], const float *b2g, Dest &&dest)
 {

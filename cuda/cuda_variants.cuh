@@ -377,8 +377,8 @@ sqz_status ffn_fused_run(cuda_ctx *c, const sqz_node *node, const gemm_args &fir
 
 /* the FFN's two products as the unfused plan had them, from inputs 0-4 (x, W1, b1, W2, b2) of an
  * FFN or FFN_ADD_LAYERNORM node; the second's x is the hidden activation, where a variant puts it */
-void ffn_products(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int groups, int64_t rows, gemm_args *first_out,
-                  gemm_args *second_out)
+void ffn_products(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int groups, int64_t rows,
+                  gemm_args *first_out, gemm_args *second_out)
 {
     const sqz_graph *g = &b->plan->graph;
     const int *in = node->inputs;

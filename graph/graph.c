@@ -520,7 +520,7 @@ double sqz_node_flops(const sqz_graph *graph, const sqz_node *node, const sqz_ru
         return 2.0 * rows * (double)out->cols * (double)w->cols;
     }
     case SQZ_OP_FFN:
-    case SQZ_OP_FFN_ADD_LAYERNORM: { /* the LayerNorm's few operations per value are not counted, as for ADD_LAYERNORM */
+    case SQZ_OP_FFN_ADD_LAYERNORM: { /* the LayerNorm not counted, as for ADD_LAYERNORM */
         const sqz_tensor_desc *w1 = &graph->tensors[node->inputs[1]], *w2 = &graph->tensors[node->inputs[3]];
         return 2.0 * rows * ((double)w1->fixed_rows * (double)w1->cols + (double)out->cols * (double)w2->cols);
     }
