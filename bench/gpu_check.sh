@@ -95,12 +95,12 @@ step validate-cuda 120 bash -c 'v() { build-gpu/sqz validate --random squeezeber
 # FFN and GEMM variants see partial tiles. In parallel (cpu_ref is one core each). Then
 # racecheck and memcheck on the tensor-core kernels.
 step variants 150 bash -c 'set -o pipefail
-  { for p in fp32 tf32 fp16 bf16; do for v in linear=simt,attention=simt,ffn=simt linear=cublas,ffn=split linear=cublaslt,ffn=split; do echo "$v $p"; done; done
-    for p in fp16 bf16; do for v in linear=mma128,attention=flash,ffn=fused linear=mma64,attention=flash,ffn=split; do echo "$v $p"; done; done; } |
+  { for p in fp32 tf32 fp16 bf16; do for v in linear=simt,attention=simt,ffn=simt,ffn_ln=simt linear=cublas,ffn=split,ffn_ln=split linear=cublaslt,ffn=split,ffn_ln=split; do echo "$v $p"; done; done
+    for p in fp16 bf16; do for v in linear=mma128,attention=flash,ffn=fused,ffn_ln=split linear=mma64,attention=flash,ffn=split,ffn_ln=split linear=mma128,attention=flash,ffn_ln=fused; do echo "$v $p"; done; done; } |
   while read v p; do echo "$v $p 3 70"; echo "$v $p 2 200"; done |
   xargs -P 16 -n 4 sh -c '"'"'out=$(SQZ_CUDA_VARIANTS=$0 build-gpu/sqz validate --random squeezebert-uncased --backend cuda --precision $1 --batch $2 --seq $3 --seed 3 2>&1); rc=$?; echo "$rc $0 $1 $2x$3: $(echo "$out" | tail -n 1) | worst: $(echo "$out" | grep -E " (pass|FAIL)$" | sort -g -k4 | tail -n 1 | tr -s " ")"'"'"' | sort | tee /tmp/variants-summary
   rc=0; grep -qv "^0 " /tmp/variants-summary && rc=1
-  for v in linear=mma128,attention=flash,ffn=fused linear=mma64,ffn=fused; do
+  for v in linear=mma128,attention=flash,ffn=fused,ffn_ln=split linear=mma64,ffn_ln=fused; do
     SQZ_CUDA_VARIANTS=$v compute-sanitizer --tool racecheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision fp16 --batch 2 --seq 150 --seed 4 | tail -n 1 || rc=3
     SQZ_CUDA_VARIANTS=$v compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/sqz validate --random tiny --backend cuda --precision bf16 --batch 3 --seq 70 --seed 4 | tail -n 1 || rc=3
   done

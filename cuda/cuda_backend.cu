@@ -519,7 +519,7 @@ void cuda_destroy(void *ctx)
     if (c->lt_workspace)
         cudaFree(c->lt_workspace);
 #endif
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < SCRATCH_LEVELS; i++)
         if (c->scratch[i])
             cudaFree(c->scratch[i]);
     if (c->hidden)
@@ -561,8 +561,8 @@ sqz_status read_forced_variants(cuda_ctx *c, const char *settings)
 {
     static const char *const *const families = family_names;
     static const char *const *const names[FAMILIES] = {linear_variant_names, attention_variant_names,
-                                                       ffn_variant_names};
-    static const int counts[FAMILIES] = {LINEAR_VARIANTS, ATTENTION_VARIANTS, FFN_VARIANTS};
+                                                       ffn_variant_names, ffn_ln_variant_names};
+    static const int counts[FAMILIES] = {LINEAR_VARIANTS, ATTENTION_VARIANTS, FFN_VARIANTS, FFN_LN_VARIANTS};
     for (int f = 0; f < FAMILIES; f++)
         c->forced[f] = -1;
     char buffer[256];
@@ -576,7 +576,7 @@ sqz_status read_forced_variants(cuda_ctx *c, const char *settings)
             f++;
         if (f == FAMILIES)
             return sqz_fail(SQZ_ERR_INVALID_ARGUMENT, "cuda.variants (SQZ_CUDA_VARIANTS): '%s' is not "
-                            "FAMILY=VARIANT with FAMILY linear, attention or ffn", item);
+                            "FAMILY=VARIANT with FAMILY linear, attention, ffn or ffn_ln", item);
         int v = 0;
         while (v < counts[f] && strcmp(eq + 1, names[f][v]) != 0 && !(eq[1] == '0' + v && eq[2] == '\0'))
             v++;
@@ -694,7 +694,7 @@ sqz_status cuda_prepare(void *ctx, const sqz_binding *b)
         const qkv_weights *made = NULL;
         if (node->op == SQZ_OP_QKV) /* never during a capture */
             st = qkv_weights_for(c, b, node, &made);
-        if (node->op == SQZ_OP_FFN) {
+        if (node->op == SQZ_OP_FFN || node->op == SQZ_OP_FFN_ADD_LAYERNORM) {
             const size_t bytes = (size_t)b->plan->bucket.max_tokens * (size_t)g->tensors[node->inputs[1]].fixed_rows *
                                  sqz_dtype_size(c->store);
             hidden_bytes = bytes > hidden_bytes ? bytes : hidden_bytes;
@@ -728,7 +728,7 @@ sqz_status cuda_kernel_report(void *ctx, char **text)
             snprintf(shape, sizeof shape, "heads %lld x %lld, length <= %lld, <= %lld sequences, <= %lld tokens",
                      (long long)ch.key[0], (long long)ch.key[1], (long long)ch.key[2], (long long)ch.key[3],
                      (long long)ch.key[4]);
-        else if (ch.family == FAMILY_FFN)
+        else if (ch.family == FAMILY_FFN || ch.family == FAMILY_FFN_LN)
             snprintf(shape, sizeof shape, "%lld -> %lld -> %lld, %lld groups, <= %lld rows", (long long)ch.key[0],
                      (long long)ch.key[1], (long long)ch.key[2], (long long)ch.key[3], (long long)ch.key[4]);
         else

@@ -109,18 +109,27 @@ struct graph_entry {
  * means nothing, keeps the highest-numbered one, so that the newest kernels are the ones the
  * tests see). A variant outside the bar is reported on stderr and not used for the shape; in
  * cuda-sim that is a fault, since there it can only be a kernel bug.
- * The setting cuda.variants="linear=NAME,attention=NAME,ffn=NAME" fixes the variants instead
- * (names or numbers), cuda.measure=0 takes the highest-numbered variant that applies without
- * running the others, cuda.report=1 prints every choice (sqz fills them from SQZ_CUDA_*). */
-enum family { FAMILY_LINEAR, FAMILY_ATTENTION, FAMILY_FFN, FAMILIES };
-static const char *const family_names[FAMILIES] = {"linear", "attention", "ffn"};
+ * The setting cuda.variants="linear=NAME,attention=NAME,ffn=NAME,ffn_ln=NAME" fixes the
+ * variants instead (names or numbers), cuda.measure=0 takes the highest-numbered variant that
+ * applies without running the others, cuda.report=1 prints every choice (sqz fills them from
+ * SQZ_CUDA_*). */
+enum family { FAMILY_LINEAR, FAMILY_ATTENTION, FAMILY_FFN, FAMILY_FFN_LN, FAMILIES };
+static const char *const family_names[FAMILIES] = {"linear", "attention", "ffn", "ffn_ln"};
 enum attention_variant { ATTENTION_SIMT, ATTENTION_FLASH, ATTENTION_VARIANTS };
 static const char *const attention_variant_names[ATTENTION_VARIANTS] = {"simt", "flash"};
 /* the fused feed-forward block: 0 both products by gemm_simt (the reference), 1 each product by
  * its own measured linear variant (the unfused plan's speed), 2 ffn_fused (cuda/cuda_ffn.cuh) */
 enum ffn_variant { FFN_SIMT, FFN_SPLIT, FFN_FUSED, FFN_VARIANTS };
 static const char *const ffn_variant_names[FFN_VARIANTS] = {"simt", "split", "fused"};
+/* the FFN with its residual and LayerNorm (SQZ_OP_FFN_ADD_LAYERNORM): a family of its own
+ * rather than more FFN variants, so that its split variant runs the FFN job's own measured
+ * choice one nesting level down and its choices are keyed and reported apart. 0 the FFN by
+ * gemm_simt then the add_layernorm kernel (the reference), 1 the FFN's chosen variant then
+ * add_layernorm, 2 ffn_add_layernorm (cuda/cuda_ffn.cuh), the only one in one launch */
+enum ffn_ln_variant { FFN_LN_SIMT, FFN_LN_SPLIT, FFN_LN_FUSED, FFN_LN_VARIANTS };
+static const char *const ffn_ln_variant_names[FFN_LN_VARIANTS] = {"simt", "split", "fused"};
 constexpr int MAX_VARIANTS = 8;
+constexpr int SCRATCH_LEVELS = 3;
 constexpr int VARIANT_CHOICES = 256;
 
 struct variant_choice {
@@ -162,9 +171,9 @@ struct cuda_ctx {
     char *pinned;
     size_t pinned_bytes, pinned_used;
     /* device scratch: variant outputs under check (one per nesting level: a variant of the FFN
-     * block runs linear choices of its own) */
-    void *scratch[2];
-    size_t scratch_bytes[2];
+     * block runs linear choices of its own, one of ffn_ln an FFN choice) */
+    void *scratch[SCRATCH_LEVELS];
+    size_t scratch_bytes[SCRATCH_LEVELS];
     int depth;
     /* the FFN block's hidden activation where a variant stores it; only grows, and graphs that
      * captured the old one are dropped when it does */

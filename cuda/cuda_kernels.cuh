@@ -100,29 +100,13 @@ template <typename T, typename TAB, LnMode mode, int E> struct LnRow {
     }
 };
 
+/* One row by one warp (all 32 lanes call it): o = LN(row) with gamma and beta. */
 template <typename T, typename TAB, LnMode mode, int E>
-__global__ void __launch_bounds__(32 * LN_ROWS_PER_BLOCK)
-layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, const int *types, const TAB *word,
-               const TAB *pos, const TAB *type, int vocab, int max_positions, int type_vocab, const float *gamma,
-               const float *beta, T *out, int rows, int cols, float eps)
+__device__ __forceinline__ void layernorm_row(const LnRow<T, TAB, mode, E> &row, const float *gamma,
+                                              const float *beta, T *o, int cols, float eps)
 {
-    sqz_wait_for_previous_grid();
     constexpr int GROUPS = LN_PER_LANE / E; /* cached groups per lane */
     const int lane = threadIdx.x & 31;
-    const int r = blockIdx.x * LN_ROWS_PER_BLOCK + (threadIdx.x >> 5);
-    if (r >= rows)
-        return;
-    LnRow<T, TAB, mode, E> row;
-    const size_t base = (size_t)r * cols;
-    if (mode == LN_EMBED) {
-        row.word = word + (size_t)clamp_index(ids[r], vocab) * cols;
-        row.pos = pos + (size_t)clamp_index(positions[r], max_positions) * cols;
-        row.type = type + (size_t)clamp_index(types[r], type_vocab) * cols;
-    } else {
-        row.a = a + base;
-        row.b = mode == LN_ADD ? b + base : nullptr;
-    }
-    T *o = out + base;
     const int n_groups = cols / E;
     const bool cached = n_groups <= 32 * GROUPS;
     float v[GROUPS][E];
@@ -185,6 +169,29 @@ layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, con
             normalize(q, x);
         }
     }
+}
+
+template <typename T, typename TAB, LnMode mode, int E>
+__global__ void __launch_bounds__(32 * LN_ROWS_PER_BLOCK)
+layernorm_rows(const T *a, const T *b, const int *ids, const int *positions, const int *types, const TAB *word,
+               const TAB *pos, const TAB *type, int vocab, int max_positions, int type_vocab, const float *gamma,
+               const float *beta, T *out, int rows, int cols, float eps)
+{
+    sqz_wait_for_previous_grid();
+    const int r = blockIdx.x * LN_ROWS_PER_BLOCK + (threadIdx.x >> 5);
+    if (r >= rows)
+        return;
+    LnRow<T, TAB, mode, E> row;
+    const size_t base = (size_t)r * cols;
+    if (mode == LN_EMBED) {
+        row.word = word + (size_t)clamp_index(ids[r], vocab) * cols;
+        row.pos = pos + (size_t)clamp_index(positions[r], max_positions) * cols;
+        row.type = type + (size_t)clamp_index(types[r], type_vocab) * cols;
+    } else {
+        row.a = a + base;
+        row.b = mode == LN_ADD ? b + base : nullptr;
+    }
+    layernorm_row(row, gamma, beta, out + base, cols, eps);
 }
 
 /* Where the attention kernels read q, k and v: rows `ld` elements apart, column c of a part at

@@ -27,11 +27,6 @@ sqz_status layernorm_launch_e(cuda_ctx *c, const sqz_binding *b, const sqz_node 
                       act<T>(b, in[0]), none, no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0, 0,
                       weight_f32(b, in[1]), weight_f32(b, in[2]), out, (int)rows, (int)cols, eps);
         break;
-    case SQZ_OP_ADD_LAYERNORM:
-        launch_kernel(c, "add_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_ADD, E>, grid, threads, 0,
-                      act<T>(b, in[0]), act<T>(b, in[1]), no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0,
-                      0, weight_f32(b, in[2]), weight_f32(b, in[3]), out, (int)rows, (int)cols, eps);
-        break;
     default: /* SQZ_OP_EMBED_LAYERNORM: ids, positions, types, word, pos, type, gamma, beta */
         launch_kernel(c, "embed_layernorm", sqzk::layernorm_rows<T, TAB, sqzk::LN_EMBED, E>, grid, threads, 0,
                       none, none, ints(b, in[0]), ints(b, in[1]), ints(b, in[2]), word, pos, type,
@@ -51,17 +46,17 @@ sqz_status layernorm_launch(cuda_ctx *c, const sqz_binding *b, const sqz_node *n
 {
     constexpr int E = 16 / sizeof(T);
     const int *in = node->inputs;
-    const int n_ptr = node->op == SQZ_OP_EMBED_LAYERNORM ? 5 : node->op == SQZ_OP_ADD_LAYERNORM ? 5 : 4;
+    if (node->op == SQZ_OP_ADD_LAYERNORM) /* shared with the FFN_ADD_LAYERNORM variants */
+        return add_layernorm_rows<T>(c, node, act<T>(b, in[0]), act<T>(b, in[1]), weight_f32(b, in[2]),
+                                     weight_f32(b, in[3]), act<T>(b, node->output), rows, cols,
+                                     node->params.layernorm.eps);
+    const int n_ptr = node->op == SQZ_OP_EMBED_LAYERNORM ? 5 : 4;
     const void *ptrs[5] = {act<T>(b, node->output)};
     if (node->op == SQZ_OP_EMBED_LAYERNORM) {
         ptrs[1] = weight_stored(c, b, in[3]), ptrs[2] = weight_stored(c, b, in[4]), ptrs[3] = weight_stored(c, b, in[5]);
         ptrs[4] = weight_f32(b, in[6]);
     } else {
-        ptrs[1] = act<T>(b, in[0]);
-        ptrs[2] = weight_f32(b, in[node->op == SQZ_OP_ADD_LAYERNORM ? 2 : 1]);
-        ptrs[3] = weight_f32(b, in[node->op == SQZ_OP_ADD_LAYERNORM ? 3 : 2]);
-        if (node->op == SQZ_OP_ADD_LAYERNORM)
-            ptrs[4] = act<T>(b, in[1]);
+        ptrs[1] = act<T>(b, in[0]), ptrs[2] = weight_f32(b, in[1]), ptrs[3] = weight_f32(b, in[2]);
     }
     bool vec = cols % E == 0;
     for (int i = 0; i < n_ptr; i++)
@@ -201,7 +196,10 @@ sqz_status cuda_launch(void *ctx, const sqz_binding *b, const sqz_node *node, co
         st = run_job(c, attention_job(c, b, node, dims), act<char>(b, node->output));
         break;
     case SQZ_OP_FFN:
-        st = run_job(c, ffn_job(c, b, node, dims, rows), act<char>(b, node->output));
+        st = run_job(c, ffn_job(c, b, node, rows), act<char>(b, node->output));
+        break;
+    case SQZ_OP_FFN_ADD_LAYERNORM:
+        st = run_job(c, ffn_ln_job(c, b, node, rows), act<char>(b, node->output));
         break;
     case SQZ_OP_ATTN_SCORES:
     case SQZ_OP_ATTN_KEY_MASK:

@@ -1,6 +1,6 @@
 /* The CUDA backend's variant machinery (cuda/cuda_backend.cu includes it after
  * cuda_gemm.cuh): the attention variants, each checked against variant 0 on its first real
- * inputs and timed, and the jobs of the three families (linear, attention, ffn). */
+ * inputs and timed, and the jobs of the four families (linear, attention, ffn, ffn_ln). */
 #ifndef SQZ_CUDA_VARIANTS_CUH
 #define SQZ_CUDA_VARIANTS_CUH
 
@@ -165,16 +165,23 @@ struct variant_job {
 
 int variant_count(int family)
 {
-    return family == FAMILY_LINEAR ? (int)LINEAR_VARIANTS : family == FAMILY_ATTENTION ? (int)ATTENTION_VARIANTS
-                                                                                      : (int)FFN_VARIANTS;
+    return family == FAMILY_LINEAR      ? (int)LINEAR_VARIANTS
+           : family == FAMILY_ATTENTION ? (int)ATTENTION_VARIANTS
+           : family == FAMILY_FFN       ? (int)FFN_VARIANTS
+                                        : (int)FFN_LN_VARIANTS;
 }
 
 const char *variant_name(int family, int v)
 {
-    return family == FAMILY_LINEAR ? linear_variant_names[v]
+    return family == FAMILY_LINEAR      ? linear_variant_names[v]
            : family == FAMILY_ATTENTION ? attention_variant_names[v]
-                                        : ffn_variant_names[v];
+           : family == FAMILY_FFN       ? ffn_variant_names[v]
+                                        : ffn_ln_variant_names[v];
 }
+
+/* the choice levels a family's variants open below their own: an FFN's split runs linear
+ * jobs, an ffn_ln's split an FFN job; each level checks its candidates in its own scratch */
+int levels_below(int family) { return family == FAMILY_FFN_LN ? 2 : family == FAMILY_FFN ? 1 : 0; }
 
 /* seconds per run of a variant that has just run once (warm): MEASURE_RUNS more, timed */
 sqz_status time_variant(cuda_ctx *c, const variant_job &job, int v, void *out, double *seconds)
@@ -226,7 +233,7 @@ sqz_status choose_variant(cuda_ctx *c, const variant_job &job, void *out, int *c
             return SQZ_OK;
         }
     }
-    if (c->forced[family] >= 0 || c->capturing >= 0 || c->depth >= 1 + (family == FAMILY_FFN ? 0 : 1)) {
+    if (c->forced[family] >= 0 || c->capturing >= 0 || c->depth + levels_below(family) >= SCRATCH_LEVELS) {
         /* forced, or (never expected) a new shape inside a capture: nothing is measured */
         *chosen = c->forced[family] >= 0 ? c->forced[family] : 0;
         return SQZ_OK;
@@ -402,14 +409,16 @@ sqz_status ffn_fused_run(cuda_ctx *c, const sqz_node *node, const gemm_args &fir
     return ffn_fused_launch<T, 32, 32, 4>(c, node, first, second, y);
 }
 
-variant_job ffn_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, const sqz_run_dims *dims, int64_t rows)
+/* the FFN's two products as the unfused plan had them, from inputs 0-4 (x, W1, b1, W2, b2) of an
+ * FFN or FFN_ADD_LAYERNORM node; the second's x is the hidden activation, where a variant puts it */
+void ffn_products(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int groups, int64_t rows,
+                  gemm_args *first_out, gemm_args *second_out)
 {
     const sqz_graph *g = &b->plan->graph;
     const int *in = node->inputs;
-    /* the two products as the unfused plan had them */
-    gemm_args first, second;
+    gemm_args &first = *first_out, &second = *second_out;
     first.s.rows = second.s.rows = rows;
-    first.s.groups = second.s.groups = node->params.linear.groups;
+    first.s.groups = second.s.groups = groups;
     first.s.cin = g->tensors[in[0]].cols;
     first.s.cout = second.s.cin = g->tensors[in[1]].fixed_rows;
     second.s.cout = g->tensors[node->output].cols;
@@ -419,10 +428,15 @@ variant_job ffn_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, con
     first.s.gelu = true, second.s.gelu = false;
     first.x = act<char>(b, in[0]);
     first.w = weight_stored(c, b, in[1]), first.bias32 = weight_f32(b, in[2]), first.bias_stored = weight_stored(c, b, in[2]);
-    second.x = NULL; /* the hidden activation, where the variant puts it */
+    second.x = NULL;
     second.w = weight_stored(c, b, in[3]), second.bias32 = weight_f32(b, in[4]), second.bias_stored = weight_stored(c, b, in[4]);
     first.node = second.node = node;
-    (void)dims;
+}
+
+variant_job ffn_job_of(cuda_ctx *c, const gemm_args &first, const gemm_args &second)
+{
+    const sqz_node *node = first.node;
+    const int64_t rows = first.s.rows;
     variant_job job;
     job.family = FAMILY_FFN;
     memset(job.key, 0, sizeof job.key);
@@ -461,6 +475,131 @@ variant_job ffn_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, con
         }
         sqz_status st = run_job(c, linear_job(c, first), c->hidden); /* FFN_SPLIT */
         return st != SQZ_OK ? st : run_job(c, linear_job(c, second_in), out);
+    };
+    return job;
+}
+
+variant_job ffn_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows)
+{
+    gemm_args first, second;
+    ffn_products(c, b, node, node->params.linear.groups, rows, &first, &second);
+    return ffn_job_of(c, first, second);
+}
+
+/* ---- the FFN with its residual and LayerNorm ------------------------------------------- */
+
+/* out = LN(a + b) by the add_layernorm kernel, 16-byte accesses where rows and pointers allow;
+ * out may be a (each lane writes only what it read). The ADD_LAYERNORM node's launch too. */
+template <typename T>
+sqz_status add_layernorm_rows(cuda_ctx *c, const sqz_node *node, const T *a, const T *b, const float *gamma,
+                              const float *beta, T *out, int64_t rows, int64_t cols, float eps)
+{
+    constexpr int E = 16 / sizeof(T);
+    const unsigned grid = blocks((size_t)rows, sqzk::LN_ROWS_PER_BLOCK), threads = 32 * sqzk::LN_ROWS_PER_BLOCK;
+    const int *no_ints = NULL;
+    const float *no_table = NULL;
+    if (cols % E == 0 && aligned16(a) && aligned16(b) && aligned16(gamma) && aligned16(beta) && aligned16(out))
+        launch_kernel(c, "add_layernorm", sqzk::layernorm_rows<T, float, sqzk::LN_ADD, E>, grid, threads, 0, a, b,
+                      no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0, 0, gamma, beta, out, (int)rows,
+                      (int)cols, eps);
+    else
+        launch_kernel(c, "add_layernorm", sqzk::layernorm_rows<T, float, sqzk::LN_ADD, 1>, grid, threads, 0, a, b,
+                      no_ints, no_ints, no_ints, no_table, no_table, no_table, 0, 0, 0, gamma, beta, out, (int)rows,
+                      (int)cols, eps);
+    LAUNCH_CHECK("add_layernorm", node);
+    return SQZ_OK;
+}
+
+/* what follows the FFN in FFN_ADD_LAYERNORM: inputs 5-7 and eps */
+struct ffn_ln_operands {
+    const void *residual;
+    const float *gamma, *beta;
+    float eps;
+};
+
+/* sm_90's dynamic shared memory per block (with cudaFuncSetAttribute); a smaller device
+ * refuses the attribute and the split variant runs instead */
+constexpr size_t SHARED_OPTIN_MAX = 227 * 1024;
+
+/* ffn_add_layernorm for K inputs and outputs per group, 4 warps (8 would not fit 64 more rows
+ * of SqueezeBERT's 4 x 192-column x tile beside the weight stages) */
+template <typename T, int K>
+sqz_status ffn_ln_fused_launch(cuda_ctx *c, const gemm_args &first, const gemm_args &second, const ffn_ln_operands &ln,
+                               void *out, bool *ran)
+{
+    constexpr int WARPS = 4;
+    const size_t shared = sqzk::ffn_ln_shared_bytes<K, K, WARPS>(first.s.groups);
+    *ran = shared <= SHARED_OPTIN_MAX;
+    if (!*ran)
+        return SQZ_OK;
+    /* per function and device: set on the first (never captured) run of each shape, cheap */
+    if (shared > 48 * 1024 && c->capturing < 0 &&
+        cudaFuncSetAttribute(sqzk::ffn_add_layernorm<T, K, K, WARPS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)shared) != cudaSuccess) {
+        (void)cudaGetLastError(); /* more than this device has: not an error, the variant does not apply */
+        *ran = false;
+        return SQZ_OK;
+    }
+    launch_kernel(c, "ffn_add_layernorm", sqzk::ffn_add_layernorm<T, K, K, WARPS>,
+                  blocks((size_t)first.s.rows, 16 * WARPS), 32 * WARPS, shared, first.x, first.w, first.bias32,
+                  second.w, second.bias32, ln.residual, ln.gamma, ln.beta, out, (int)first.s.rows, first.s.groups,
+                  (int)first.s.cout_g, ln.eps);
+    LAUNCH_CHECK("ffn_add_layernorm", first.node);
+    return SQZ_OK;
+}
+
+template <typename T>
+sqz_status ffn_ln_fused_run(cuda_ctx *c, const gemm_args &first, const gemm_args &second, const ffn_ln_operands &ln,
+                            void *out, bool *ran)
+{
+    const int64_t k1 = first.s.cin_g, n2 = second.s.cout_g;
+    const uintptr_t any = (uintptr_t)first.x | (uintptr_t)first.w | (uintptr_t)second.w | (uintptr_t)ln.residual |
+                          (uintptr_t)ln.gamma | (uintptr_t)ln.beta | (uintptr_t)out;
+    *ran = (any & 15) == 0 && first.s.cout_g % 8 == 0 && k1 == n2 && (k1 == 192 || k1 == 32);
+    if (!*ran)
+        return SQZ_OK;
+    return k1 == 192 ? ffn_ln_fused_launch<T, 192>(c, first, second, ln, out, ran)
+                     : ffn_ln_fused_launch<T, 32>(c, first, second, ln, out, ran);
+}
+
+variant_job ffn_ln_job(cuda_ctx *c, const sqz_binding *b, const sqz_node *node, int64_t rows)
+{
+    gemm_args first, second;
+    ffn_products(c, b, node, node->params.ffn_layernorm.groups, rows, &first, &second);
+    const int *in = node->inputs;
+    const ffn_ln_operands ln = {act<char>(b, in[5]), weight_f32(b, in[6]), weight_f32(b, in[7]),
+                                node->params.ffn_layernorm.eps};
+    variant_job job = ffn_job_of(c, first, second); /* the same shape key and work, plus the residual read */
+    job.family = FAMILY_FFN_LN;
+    job.bytes += (double)(rows * second.s.cout) * sqz_dtype_size(c->store);
+    job.run = [c, first, second, ln](int v, void *out, bool *ran) -> sqz_status {
+        *ran = true;
+        if (v == FFN_LN_FUSED) {
+            if (c->store == SQZ_DTYPE_F32) {
+                *ran = false;
+                return SQZ_OK;
+            }
+            return c->store == SQZ_DTYPE_F16 ? ffn_ln_fused_run<__half>(c, first, second, ln, out, ran)
+                                             : ffn_ln_fused_run<__nv_bfloat16>(c, first, second, ln, out, ran);
+        }
+        /* the FFN into out, then the residual and LayerNorm in place */
+        const variant_job ffn = ffn_job_of(c, first, second);
+        sqz_status st = v == FFN_LN_SIMT ? ffn.run(FFN_SIMT, out, ran) : run_job(c, ffn, out);
+        if (st != SQZ_OK)
+            return st;
+        const int64_t n = first.s.rows, cols = second.s.cout;
+        switch (c->store) {
+        case SQZ_DTYPE_F32:
+            return add_layernorm_rows<float>(c, first.node, (const float *)out, (const float *)ln.residual, ln.gamma,
+                                             ln.beta, (float *)out, n, cols, ln.eps);
+        case SQZ_DTYPE_F16:
+            return add_layernorm_rows<__half>(c, first.node, (const __half *)out, (const __half *)ln.residual, ln.gamma,
+                                              ln.beta, (__half *)out, n, cols, ln.eps);
+        default:
+            return add_layernorm_rows<__nv_bfloat16>(c, first.node, (const __nv_bfloat16 *)out,
+                                                     (const __nv_bfloat16 *)ln.residual, ln.gamma, ln.beta,
+                                                     (__nv_bfloat16 *)out, n, cols, ln.eps);
+        }
     };
     return job;
 }

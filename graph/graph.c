@@ -17,6 +17,7 @@ static const char *const op_names[SQZ_OP_COUNT] = {
     [SQZ_OP_EMBED_LAYERNORM] = "embed_layernorm", [SQZ_OP_LINEAR_GELU] = "linear_gelu",
     [SQZ_OP_ADD_LAYERNORM] = "add_layernorm", [SQZ_OP_ATTENTION] = "attention",
     [SQZ_OP_FFN] = "ffn",                     [SQZ_OP_QKV] = "qkv",
+    [SQZ_OP_FFN_ADD_LAYERNORM] = "ffn_add_layernorm",
 };
 _Static_assert(sizeof op_names / sizeof op_names[0] == SQZ_OP_COUNT, "op name table");
 
@@ -252,6 +253,7 @@ static const op_signature signatures[SQZ_OP_COUNT] = {
     [SQZ_OP_EMBED_LAYERNORM] = {8, 8, 0x7}, [SQZ_OP_LINEAR_GELU] = {3, 3, 0},
     [SQZ_OP_ADD_LAYERNORM] = {4, 4, 0},   [SQZ_OP_ATTENTION] = {6, 6, 0x38},
     [SQZ_OP_FFN] = {5, 5, 0},             [SQZ_OP_QKV] = {7, 7, 0},
+    [SQZ_OP_FFN_ADD_LAYERNORM] = {8, 8, 0},
 };
 
 #define VERIFY(cond, ...)                                                                  \
@@ -448,8 +450,10 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
             s = same_rows(out, in[0]) ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
         }
-        case SQZ_OP_FFN: {
-            const int g = node->params.linear.groups;
+        case SQZ_OP_FFN:
+        case SQZ_OP_FFN_ADD_LAYERNORM: {
+            const bool ln = node->op == SQZ_OP_FFN_ADD_LAYERNORM;
+            const int g = ln ? node->params.ffn_layernorm.groups : node->params.linear.groups;
             const int64_t mid = in[1]->fixed_rows;
             VERIFY(g >= 1 && in[0]->cols % g == 0 && mid % g == 0 && out->cols % g == 0 &&
                        in[1]->extent == SQZ_EXTENT_FIXED && in[1]->cols == in[0]->cols / g &&
@@ -458,6 +462,10 @@ sqz_status sqz_graph_verify(const sqz_graph *graph)
                    "weights [%lld, %lld] and [%lld, %lld] or biases do not fit %lld -> %lld -> %lld channels in %d "
                    "groups", (long long)in[1]->fixed_rows, (long long)in[1]->cols, (long long)in[3]->fixed_rows,
                    (long long)in[3]->cols, (long long)in[0]->cols, (long long)mid, (long long)out->cols, g);
+            VERIFY(!ln || (same_rows(in[5], in[0]) && in[5]->cols == out->cols && is_row_vector(in[6], out->cols) &&
+                           is_row_vector(in[7], out->cols) && node->params.ffn_layernorm.eps > 0.0f),
+                   "the residual must be [rows of x, %lld], gamma and beta [1, %lld], eps > 0", (long long)out->cols,
+                   (long long)out->cols);
             s = same_rows(out, in[0]) ? SQZ_OK : SQZ_ERR_INTERNAL;
             break;
         }
@@ -531,7 +539,8 @@ double sqz_node_flops(const sqz_graph *graph, const sqz_node *node, const sqz_ru
         const sqz_tensor_desc *w = &graph->tensors[node->inputs[1]];
         return 2.0 * rows * (double)out->cols * (double)w->cols;
     }
-    case SQZ_OP_FFN: {
+    case SQZ_OP_FFN:
+    case SQZ_OP_FFN_ADD_LAYERNORM: { /* the LayerNorm not counted, as for ADD_LAYERNORM */
         const sqz_tensor_desc *w1 = &graph->tensors[node->inputs[1]], *w2 = &graph->tensors[node->inputs[3]];
         return 2.0 * rows * ((double)w1->fixed_rows * (double)w1->cols + (double)out->cols * (double)w2->cols);
     }

@@ -43,6 +43,8 @@ typedef enum sqz_op {
                                product: group g of the output is [q_g | k_g | v_g], each
                                cols / (3 groups) wide (sqz_qkv_column), for an ATTENTION node
                                that reads them there          (x, Wq, bq, Wk, bk, Wv, bv) */
+    SQZ_OP_FFN_ADD_LAYERNORM, /* LN(residual + ffn(x)): the FFN above, its residual and post-LN
+                               (x, W1, b1, W2, b2, residual, gamma, beta) */
     SQZ_OP_COUNT
 } sqz_op;
 
@@ -105,6 +107,7 @@ typedef union sqz_op_params {
     /* qkv_groups > 0: q, k and v are one SQZ_OP_QKV output of that many groups (all three
        inputs name it), 0: three tensors */
     struct { int heads, head_dim; float scale; int qkv_groups; } attention;
+    struct { int groups; float eps; } ffn_layernorm; /* SQZ_OP_FFN_ADD_LAYERNORM */
 } sqz_op_params;
 
 /* Where column `col` (0 <= col < width) of part `part` (0 q, 1 k, 2 v) lies in an SQZ_OP_QKV

@@ -182,6 +182,30 @@ static bool fuse_ffn(fuse_ctx *f, sqz_node *output)
     return true;
 }
 
+/* ADD_LAYERNORM whose one addend is an FFN output read nowhere else: the FFN with its residual
+ * and LayerNorm, which a backend may run without storing the FFN output. Which addend is the
+ * FFN does not matter (fp32 addition commutes). */
+static bool fuse_ffn_add_layernorm(fuse_ctx *f, sqz_node *ln)
+{
+    int side = 0;
+    sqz_node *ffn = fusable_producer(f, ln->inputs[0], SQZ_OP_FFN);
+    if (!ffn && (ffn = fusable_producer(f, ln->inputs[1], SQZ_OP_FFN)) != NULL)
+        side = 1;
+    if (!ffn)
+        return false;
+    int inputs[8] = {ffn->inputs[0], ffn->inputs[1], ffn->inputs[2], ffn->inputs[3], ffn->inputs[4],
+                     ln->inputs[1 - side], ln->inputs[2], ln->inputs[3]};
+    const float eps = ln->params.layernorm.eps;
+    retire(f, ln), retire(f, ffn);
+    ln->op = SQZ_OP_FFN_ADD_LAYERNORM;
+    ln->params.ffn_layernorm.groups = ffn->params.linear.groups;
+    ln->params.ffn_layernorm.eps = eps;
+    set_inputs(ln, inputs, 8);
+    for (int i = 0; i < 8; i++)
+        f->readers[inputs[i]]++;
+    return true;
+}
+
 static bool fuse_attention(fuse_ctx *f, sqz_node *context)
 {
     sqz_node *softmax = fusable_producer(f, context->inputs[0], SQZ_OP_ATTN_SOFTMAX);
@@ -253,9 +277,10 @@ sqz_status sqz_pass_fuse(sqz_graph *g, uint64_t fusable_ops)
         sqz_node *node = &g->nodes[n];
         switch (node->op) {
         case SQZ_OP_LAYERNORM:
+            /* the FFN before it, if any, is fused already: its output layer came first */
             if (!(ALLOWED(SQZ_OP_EMBED_LAYERNORM) && fuse_embedding(&f, node)) &&
-                ALLOWED(SQZ_OP_ADD_LAYERNORM))
-                fuse_add_layernorm(&f, node);
+                ALLOWED(SQZ_OP_ADD_LAYERNORM) && fuse_add_layernorm(&f, node) && ALLOWED(SQZ_OP_FFN_ADD_LAYERNORM))
+                fuse_ffn_add_layernorm(&f, node);
             break;
         case SQZ_OP_GELU:
             if (ALLOWED(SQZ_OP_LINEAR_GELU))

@@ -198,7 +198,7 @@ static int configs_for(const sqz_backend_ops *ops, config *out)
     static unsigned turn;
     const bool sim = strcmp(ops->name, "cuda-sim") == 0;
     int n = 0;
-    turn++;
+    turn += sim; /* counted by cuda-sim's calls only: with three backends the order would never turn */
     for (int p = 0; p < SQZ_PRECISION_COUNT; p++) {
         if (p != SQZ_PRECISION_FP32 && !ops->set_precision)
             continue;
@@ -354,16 +354,42 @@ static void linear_cases(void **unused)
     }
 }
 
-/* the feed-forward block: two grouped products, GELU between them */
-static void ref_ffn(const op_case *c, float *out)
+/* the feed-forward block from inputs 0-4: two grouped products, GELU between them */
+static void ffn_of(const op_case *c, int groups, float *out)
 {
     const int64_t R = c->dims.tokens, CI = c->in[0].cols, MID = c->in[1].rows, CO = c->out_cols;
-    const int G = c->params.linear.groups;
     float *hidden = malloc((size_t)(R * MID) * sizeof *hidden);
-    sqz_ref_linear(F(c, 0), R, CI, F(c, 1), F(c, 2), MID, G, hidden);
+    sqz_ref_linear(F(c, 0), R, CI, F(c, 1), F(c, 2), MID, groups, hidden);
     sqz_ref_gelu(hidden, R * MID, hidden);
-    sqz_ref_linear(hidden, R, MID, F(c, 3), F(c, 4), CO, G, out);
+    sqz_ref_linear(hidden, R, MID, F(c, 3), F(c, 4), CO, groups, out);
     free(hidden);
+}
+
+static void ref_ffn(const op_case *c, float *out) { ffn_of(c, c->params.linear.groups, out); }
+
+/* and then the residual (input 5) and LayerNorm (gamma, beta: inputs 6, 7) */
+static void ref_ffn_add_layernorm(const op_case *c, float *out)
+{
+    const int64_t R = c->dims.tokens, CO = c->out_cols;
+    float *sum = malloc((size_t)(R * CO) * sizeof *sum);
+    ffn_of(c, c->params.ffn_layernorm.groups, sum);
+    sqz_ref_add(sum, F(c, 5), R * CO, sum);
+    sqz_ref_layernorm(sum, R, CO, F(c, 6), F(c, 7), c->params.ffn_layernorm.eps, out);
+    free(sum);
+}
+
+/* an FFN case's rows, inputs 0-4 (x, W1, b1, W2, b2) and output, fresh random values */
+static void ffn_operands(op_case *c, int64_t R, int64_t CI, int64_t MID, int64_t CO, int G)
+{
+    c->dims = (sqz_run_dims){R, 1, R * R, R, R};
+    c->in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
+    c->in[1] = weight(MID, CI / G, uniform(MID * (CI / G), 0.15f));
+    c->in[2] = weight(1, MID, uniform(MID, 0.5f));
+    c->in[3] = weight(CO, MID / G, uniform(CO * (MID / G), 0.1f));
+    c->in[4] = weight(1, CO, uniform(CO, 0.5f));
+    c->stored16 = 1u << 1 | 1u << 3; /* both matrices */
+    c->out_extent = SQZ_EXTENT_TOKENS;
+    c->out_cols = CO;
 }
 
 static void ffn_cases(void **unused)
@@ -381,17 +407,41 @@ static void ffn_cases(void **unused)
                  (long long)CO, G);
         c.op = SQZ_OP_FFN;
         c.params.linear.groups = G;
-        c.dims = (sqz_run_dims){R, 1, R * R, R, R};
         c.n_inputs = 5;
-        c.in[0] = tokens_f32(CI, uniform(R * CI, 1.0f));
-        c.in[1] = weight(MID, CI / G, uniform(MID * (CI / G), 0.15f));
-        c.in[2] = weight(1, MID, uniform(MID, 0.5f));
-        c.in[3] = weight(CO, MID / G, uniform(CO * (MID / G), 0.1f));
-        c.in[4] = weight(1, CO, uniform(CO, 0.5f));
-        c.stored16 = 1u << 1 | 1u << 3; /* both matrices */
-        c.out_extent = SQZ_EXTENT_TOKENS;
-        c.out_cols = CO;
+        ffn_operands(&c, R, CI, MID, CO, G);
         c.reference = ref_ffn;
+        check_case(&c);
+        free_inputs(&c);
+    }
+}
+
+static void ffn_add_layernorm_cases(void **unused)
+{
+    /* SqueezeBERT's block and a small model's (the fused kernel's shapes) with rows that are not
+     * a multiple of its 64-row tile, one row and many rows; 72 hidden columns per group (a
+     * partial last chunk of 64); and a shape only the split variants take */
+    const struct { int64_t rows, width, mid; int groups; } shapes[] = {
+        {33, 768, 3072, 4}, {70, 128, 512, 4}, {1, 128, 512, 4}, {300, 128, 512, 4}, {17, 128, 288, 4},
+        {9, 60, 90, 3},
+    };
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int64_t R = shapes[s].rows, C = shapes[s].width, MID = shapes[s].mid;
+        const int G = shapes[s].groups;
+        op_case c = {0};
+        snprintf(c.name, sizeof c.name, "ffn_add_layernorm %lldx%lld->%lld g%d", (long long)R, (long long)C,
+                 (long long)MID, G);
+        c.op = SQZ_OP_FFN_ADD_LAYERNORM;
+        c.params.ffn_layernorm.groups = G;
+        c.params.ffn_layernorm.eps = 1e-12f;
+        c.n_inputs = 8;
+        ffn_operands(&c, R, C, MID, C, G);
+        c.in[5] = tokens_f32(C, uniform(R * C, 1.0f)); /* a residual of its own, not x: the op allows it */
+        float *gamma = uniform(C, 0.5f);
+        for (int64_t i = 0; i < C; i++)
+            gamma[i] += 1.0f;
+        c.in[6] = weight(1, C, gamma);
+        c.in[7] = weight(1, C, uniform(C, 0.5f));
+        c.reference = ref_ffn_add_layernorm;
         check_case(&c);
         free_inputs(&c);
     }
@@ -782,6 +832,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(linear_cases),
         cmocka_unit_test(ffn_cases),
+        cmocka_unit_test(ffn_add_layernorm_cases),
         cmocka_unit_test(qkv_cases),
         cmocka_unit_test(elementwise_and_norm_cases),
         cmocka_unit_test(gelu_over_its_whole_range),

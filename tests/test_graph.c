@@ -429,6 +429,87 @@ static const sqz_node *node_named(const sqz_graph *g, const char *name)
     return NULL;
 }
 
+static int node_output(const sqz_graph *g, const char *name)
+{
+    const sqz_node *node = node_named(g, name);
+    return node ? node->output : -1;
+}
+
+static void the_ffn_takes_its_residual_and_layernorm_when_allowed(void **unused)
+{
+    sqz_graph g = small_graph();
+    const uint64_t ffn = (1ull << SQZ_OP_EMBED_LAYERNORM) | (1ull << SQZ_OP_LINEAR_GELU) |
+                         (1ull << SQZ_OP_ADD_LAYERNORM) | (1ull << SQZ_OP_ATTENTION) | (1ull << SQZ_OP_FFN);
+    const uint64_t all = ffn | (1ull << SQZ_OP_FFN_ADD_LAYERNORM);
+    sqz_bucket bucket = {64, 4, 32};
+    sqz_compile_options opts = {.fusable_ops = all};
+    sqz_plan *plan = NULL;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    const sqz_graph *f = &plan->graph;
+    assert_int_equal(count_op(f, SQZ_OP_FFN_ADD_LAYERNORM), 2);
+    assert_int_equal(count_op(f, SQZ_OP_FFN), 0);
+    assert_int_equal(count_op(f, SQZ_OP_ADD_LAYERNORM), 2); /* the post-attention ones */
+    /* 7 launches per layer; the node keeps the LayerNorm's name and output tensor, which sqz
+     * validate compares with cpu_ref's */
+    assert_int_equal(plan->n_launches, 1 + 7 * 2 + 3 + 1);
+    float eps = 0.0f;
+    for (size_t i = 0; i < g.n_nodes; i++)
+        if (strcmp(g.nodes[i].name, "layer1.output_norm") == 0)
+            eps = g.nodes[i].params.layernorm.eps;
+    assert_true(eps > 0.0f);
+    bool found = false;
+    for (size_t i = 0; i < f->n_nodes; i++) {
+        const sqz_node *n = &f->nodes[i];
+        if (n->op != SQZ_OP_FFN_ADD_LAYERNORM || strcmp(n->name, "layer1.output_norm") != 0)
+            continue;
+        /* SqueezeBERT's residual is the FFN's own input; weights in the FFN's order */
+        found = strcmp(f->tensors[n->output].name, "layer1.output_norm") == 0 && n->n_inputs == 8 &&
+                n->inputs[5] == n->inputs[0] && n->params.ffn_layernorm.groups == 4 &&
+                n->params.ffn_layernorm.eps == eps &&
+                strstr(f->tensors[n->inputs[1]].name, "intermediate") != NULL &&
+                strstr(f->tensors[n->inputs[3]].name, "output.conv1d") != NULL &&
+                strstr(f->tensors[n->inputs[6]].name, "output.layernorm") != NULL;
+    }
+    assert_true(found);
+    /* the verifier's rules for it: eps > 0, a residual as wide as the output */
+    sqz_graph broken;
+    assert_sqz_ok(sqz_graph_copy(f, &broken));
+    sqz_node *fused = &broken.nodes[0];
+    while (fused->op != SQZ_OP_FFN_ADD_LAYERNORM)
+        fused++;
+    fused->params.ffn_layernorm.eps = 0.0f;
+    assert_fails_with(sqz_graph_verify(&broken), SQZ_ERR_INTERNAL, fused->name, "eps > 0");
+    fused->params.ffn_layernorm.eps = eps;
+    assert_sqz_ok(sqz_graph_verify(&broken));
+    fused->inputs[5] = fused->inputs[2]; /* b1: [1, hidden] */
+    assert_fails_with(sqz_graph_verify(&broken), SQZ_ERR_INTERNAL, fused->name, "residual");
+    sqz_graph_release(&broken);
+    sqz_plan_free(plan);
+
+    /* not allowed: the FFN and a separate add + LayerNorm, as before */
+    opts.fusable_ops = ffn;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_FFN_ADD_LAYERNORM), 0);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_FFN), 2);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_ADD_LAYERNORM), 4);
+    sqz_plan_free(plan);
+
+    /* an FFN output that is a graph output, or that another node reads, must stay */
+    const int out0 = node_output(&g, "layer0.output"), out1 = node_output(&g, "layer1.output");
+    assert_true(out0 >= 0 && out1 >= 0);
+    assert_sqz_ok(sqz_graph_add_output(&g, "ffn0", out0, 0, 1, false, SQZ_LAYOUT_PER_TOKEN));
+    const int also = sqz_graph_add_node(&g, SQZ_OP_TANH, "also_reads_ffn1", &out1, 1, (sqz_op_params){0},
+                                        SQZ_EXTENT_TOKENS, g.tensors[out1].cols);
+    assert_true(also >= 0);
+    assert_sqz_ok(sqz_graph_add_output(&g, "also", also, 0, 1, false, SQZ_LAYOUT_PER_TOKEN));
+    opts.fusable_ops = all;
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &plan));
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_FFN_ADD_LAYERNORM), 0);
+    assert_int_equal(count_op(&plan->graph, SQZ_OP_FFN), 2);
+    sqz_plan_free(plan);
+    sqz_graph_release(&g);
+}
+
 static void q_k_and_v_fuse_into_one_product_when_allowed(void **unused)
 {
     sqz_graph g = small_graph(); /* 64 channels, 4 heads of 16, q/k/v in 4 groups */
@@ -443,6 +524,13 @@ static void q_k_and_v_fuse_into_one_product_when_allowed(void **unused)
     assert_int_equal(count_op(f, SQZ_OP_QKV), 2);
     /* 6 launches per layer: qkv, attention, post-attention, add+norm, ffn, add+norm */
     assert_int_equal(plan->n_launches, 1 + 6 * 2 + 3 + 1);
+    /* 5 with the FFN's residual and LayerNorm too (issue 12's count) */
+    sqz_plan *every = NULL;
+    opts.fusable_ops = all | (1ull << SQZ_OP_FFN_ADD_LAYERNORM);
+    assert_sqz_ok(sqz_plan_compile(&g, &bucket, &opts, &every));
+    assert_int_equal(every->n_launches, 1 + 5 * 2 + 3 + 1);
+    sqz_plan_free(every);
+    opts.fusable_ops = all;
     const sqz_node *qkv = node_named(f, "layer1.qkv"), *attention = node_named(f, "layer1.context");
     assert_non_null(qkv);
     assert_non_null(attention);
@@ -522,6 +610,7 @@ int main(void)
         cmocka_unit_test(dot_output_draws_the_plan),
         cmocka_unit_test(fusion_makes_nine_launches_per_layer),
         cmocka_unit_test(the_feed_forward_block_fuses_when_allowed),
+        cmocka_unit_test(the_ffn_takes_its_residual_and_layernorm_when_allowed),
         cmocka_unit_test(q_k_and_v_fuse_into_one_product_when_allowed),
         cmocka_unit_test(bad_buckets_are_rejected),
     };
