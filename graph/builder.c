@@ -146,7 +146,8 @@ static int encoder_layer(builder *b, int l, int x)
     int v = linear(b, NAME("value"), x, W("attention.value"), n->v_groups,
                    SQZ_EXTENT_TOKENS);
     const int head_dim = n->hidden_size / n->num_heads;
-    sqz_op_params attn = {.attention = {n->num_heads, head_dim, (float)(1.0 / sqrt(head_dim))}};
+    sqz_op_params attn = {
+        .attention = {.heads = n->num_heads, .head_dim = head_dim, .scale = (float)(1.0 / sqrt(head_dim))}};
     int ctx = n->linear_attention ? linear_attention(b, NAME("context"), q, k, v, attn)
                                   : softmax_attention(b, l, q, k, v, attn);
     int pa = linear(b, NAME("post_attention"), ctx, W("post_attention.conv1d"),

@@ -753,7 +753,7 @@ static void attention_layouts(const char *label, const int32_t *lengths, int64_t
     sqz_ref_attn_scores(q, k, heads, d, scale, &seqs, scores);
     sqz_ref_attn_key_mask(scores, valid, heads, &seqs, masked);
     sqz_ref_attn_softmax(masked, heads, &seqs, probs);
-    sqz_op_params ap = {.attention = {heads, d, scale}};
+    sqz_op_params ap = {.attention = {.heads = heads, .head_dim = d, .scale = scale}};
 #define COPY(ptr, count) memcpy(malloc((size_t)(count) * 4), ptr, (size_t)(count) * 4)
     struct { sqz_op op; int n; operand in[6]; sqz_extent out; int64_t cols; reference_fn ref; } parts[] = {
         {SQZ_OP_ATTN_SCORES, 4, {tokens_f32(W, COPY(q, T * W)), tokens_f32(W, COPY(k, T * W)),
