@@ -2,8 +2,9 @@
  * order (the contract is docs/infer.md).
  *
  * Threads form a pipeline so the devices never wait on text work:
- *   reader   reads and parses lines, tokenizes, sorts a window of lines by length and cuts
- *            it into batches under a token budget;
+ *   reader   reads and parses lines, tokenizes them (a window at a time, on
+ *            --tokenize-threads threads), sorts the window by length and cuts it into
+ *            batches under a token budget;
  *   workers  one per device (--devices; one by default), each with its own session, each
  *            packing batch i+1 and submitting it while batch i computes and batch i-1's
  *            outputs come back (two runs in flight per session); the engine packs the
@@ -39,6 +40,7 @@
 
 #define EXIT_USAGE 2
 #define WINDOW_LINES 4096    /* lines sorted together: bigger sorts better, holds more */
+#define MAX_TOKENIZE_THREADS 16
 #define QUEUE_DEPTH 4        /* batches in flight between two threads */
 #define MAX_DEVICES 32       /* --devices: one bit of a batch's failed_on each */
 #define RETIRE_AFTER 3       /* batches failed in a row that retire a device while others work */
@@ -59,6 +61,7 @@ typedef struct options {
     int normalize;       /* -1: from the checkpoint */
     bool resume, verbose;
     long batch_tokens, max_length, top_k, max_answer_length;
+    long tokenize_threads; /* 0: from the cores */
 } options;
 
 typedef infer_item item;
@@ -249,6 +252,7 @@ typedef struct pipeline {
     queue to_format;      /* workers -> formatters */
     queue to_write;       /* formatters -> writer */
     int n_formatters;
+    int n_tokenizers;     /* threads tokenizing a window (the reader is one) */
     double *format_s;     /* busy time of each formatter */
     /* statistics; each counter is written by one thread only (workers keep their own) */
     size_t lines, failed, tokens, lines_read;
@@ -312,6 +316,54 @@ static void flush_window(pipeline *p, item **window, size_t n)
         work_push(p->work, new_batch(failed, ends[b] - start, (int)sqz_pipeline_item_tokens(encoded[ends[b] - 1], NULL, NULL)));
     }
     free(failed), free(encoded), free(ends);
+}
+
+/* One thread's share of a window to tokenize. */
+typedef struct tokenize_share {
+    const sqz_pipeline *pipe;
+    item **items;
+    size_t count;
+    pthread_t thread;
+    bool started;
+} tokenize_share;
+
+static void *tokenize_share_main(void *arg)
+{
+    tokenize_share *share = arg;
+    for (size_t i = 0; i < share->count; i++)
+        infer_encode_line(share->pipe, share->items[i]);
+    return NULL;
+}
+
+/* Tokenizes a window's parsed lines on up to n_tokenizers threads, the reader being one: a
+ * pipeline encodes from any number of threads at once, and one thread's tokenizer is slower
+ * than a GPU's batches of short lines. Each line's item is its own, so the window comes out
+ * the same whatever the thread count. The helpers block the stop signals, which stay the
+ * reader's. */
+static void tokenize_window(pipeline *p, item **window, size_t n)
+{
+    size_t threads = (size_t)p->n_tokenizers;
+    if (threads > n / 256 + 1)
+        threads = n / 256 + 1; /* a share worth a thread */
+    tokenize_share shares[MAX_TOKENIZE_THREADS];
+    sigset_t stop_set, before;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_set, &before);
+    for (size_t t = 0; t < threads; t++) {
+        const size_t start = n * t / threads, end = n * (t + 1) / threads;
+        shares[t] = (tokenize_share){p->pipe, window + start, end - start, 0, false};
+        /* share 0 is the reader's; a thread that cannot start leaves its share to the reader */
+        shares[t].started = t > 0 && pthread_create(&shares[t].thread, NULL, tokenize_share_main, &shares[t]) == 0;
+    }
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    for (size_t t = 0; t < threads; t++)
+        if (!shares[t].started)
+            tokenize_share_main(&shares[t]);
+    for (size_t t = 1; t < threads; t++)
+        if (shares[t].started)
+            pthread_join(shares[t].thread, NULL);
 }
 
 /* A line reader over a file descriptor that never holds more than the line limit: a longer
@@ -414,11 +466,13 @@ static void *reader_main(void *arg)
         } else {
             infer_parse_line(p->info.task == SQZ_TASK_QA, it, line ? line : "", len);
         }
-        infer_encode_line(p->pipe, it);
         window[n++] = it;
         p->lines_read++;
         p->tokenize_s += cli_now_seconds() - t0;
         if (n == WINDOW_LINES) {
+            t0 = cli_now_seconds();
+            tokenize_window(p, window, n);
+            p->tokenize_s += cli_now_seconds() - t0;
             flush_window(p, window, n);
             n = 0;
         }
@@ -433,8 +487,12 @@ static void *reader_main(void *arg)
         fprintf(stderr, "sqz infer: out of memory\n");
         exit(1);
     }
-    if (n)
-        flush_window(p, window, n); /* interrupted: the compute thread skips them */
+    if (n) { /* the last window, or an interrupted one (the compute thread skips its lines) */
+        const double t0 = cli_now_seconds();
+        tokenize_window(p, window, n);
+        p->tokenize_s += cli_now_seconds() - t0;
+        flush_window(p, window, n);
+    }
     free(window);
     free(r);
     free(line);
@@ -785,11 +843,11 @@ static void report_summary(const pipeline *p, const char *backend, double wall)
     else
         snprintf(where, sizeof where, "%d devices", p->n_workers);
     fprintf(stderr, "sqz infer: %zu lines (%zu failed), %zu tokens on %s in %.2f s: %.1f lines/s; "
-            "packing skipped %zu padded tokens (%.0f%%); busy time: tokenize %.2f s, compute %.2f s, "
+            "packing skipped %zu padded tokens (%.0f%%); busy time: tokenize %.2f s (%d threads), compute %.2f s, "
             "format %.2f s (%d threads), write %.2f s; device busy %.2f s (%.0f%% of the wall time)\n", p->lines,
             p->failed, p->tokens, where, wall, wall > 0 ? p->lines / wall : 0.0, padded - computed,
-            padded ? 100.0 * (double)(padded - computed) / (double)padded : 0.0, p->tokenize_s, compute_s, format_s,
-            p->n_formatters, p->write_s, busy, wall > 0 ? 100.0 * busy / (wall * p->n_workers) : 0.0);
+            padded ? 100.0 * (double)(padded - computed) / (double)padded : 0.0, p->tokenize_s, p->n_tokenizers,
+            compute_s, format_s, p->n_formatters, p->write_s, busy, wall > 0 ? 100.0 * busy / (wall * p->n_workers) : 0.0);
     for (int i = 0; p->n_workers > 1 && i < p->n_workers; i++) {
         const worker *w = &p->workers[i];
         double seconds = 0;
@@ -812,7 +870,7 @@ static const char infer_help[] =
     "                 [--task auto|classify|embed|tokens|qa|fill-mask] [--batch-tokens N]\n"
     "                 [--max-length N] [--input FILE|-] [--output FILE|-]\n"
     "                 [--pooling MODE[,MODE...]] [--normalize|--no-normalize] [--top-k K]\n"
-    "                 [--max-answer-length L] [--resume] [--verbose]\n"
+    "                 [--max-answer-length L] [--tokenize-threads N] [--resume] [--verbose]\n"
     "\n"
     "Reads JSON Lines ({\"text\": ..., \"text_pair\": ...}, or {\"question\": ..., \"context\": ...}\n"
     "for qa; other fields such as \"id\" are copied through) and writes one JSON line per input\n"
@@ -840,6 +898,8 @@ static const char infer_help[] =
     "                      modules.json and its Pooling say (sentence-transformers), else pooler\n"
     "  --normalize         embed: L2-normalise (default: when modules.json has Normalize);\n"
     "                      --no-normalize turns a Normalize module off\n"
+    "  --tokenize-threads N  threads tokenizing each window of lines (default: a quarter of the\n"
+    "                      cores, 1 to 4); the output does not depend on it\n"
     "  --resume            append to --output FILE, skipping the input lines it already has a\n"
     "                      record for (after an interrupted run)\n"
     "  --verbose           report every batch retry\n"
@@ -860,6 +920,7 @@ static int parse_options(int argc, char **argv, options *o)
         {"normalize", false, NULL}, {"top-k", true, NULL},        {"max-answer-length", true, NULL},
         {"resume", false, NULL},    {"verbose", false, NULL},     {"precision", true, NULL},
         {"no-normalize", false, NULL}, {"threads", true, NULL}, {"devices", true, NULL},
+        {"tokenize-threads", true, NULL},
     };
     const size_t n = sizeof opts / sizeof opts[0];
     if (cli_parse("infer", argc, argv, opts, n))
@@ -924,7 +985,8 @@ static int parse_options(int argc, char **argv, options *o)
     if ((cli_get(opts, n, "batch-tokens") && cli_int("infer", "batch-tokens", cli_get(opts, n, "batch-tokens"), 1, 1L << 24, &o->batch_tokens)) ||
         (cli_get(opts, n, "max-length") && cli_int("infer", "max-length", cli_get(opts, n, "max-length"), 3, 1L << 20, &o->max_length)) ||
         (cli_get(opts, n, "top-k") && cli_int("infer", "top-k", cli_get(opts, n, "top-k"), 1, 1000, &o->top_k)) ||
-        (cli_get(opts, n, "max-answer-length") && cli_int("infer", "max-answer-length", cli_get(opts, n, "max-answer-length"), 1, 100000, &o->max_answer_length)))
+        (cli_get(opts, n, "max-answer-length") && cli_int("infer", "max-answer-length", cli_get(opts, n, "max-answer-length"), 1, 100000, &o->max_answer_length)) ||
+        (cli_get(opts, n, "tokenize-threads") && cli_int("infer", "tokenize-threads", cli_get(opts, n, "tokenize-threads"), 1, MAX_TOKENIZE_THREADS, &o->tokenize_threads)))
         return EXIT_USAGE;
     return 0;
 }
@@ -1032,6 +1094,11 @@ int sqz_cli_infer(int argc, char **argv)
     /* formatters: half the cores, 1 to 8 (printing an embedding's numbers is the slow part) */
     const long cores = sysconf(_SC_NPROCESSORS_ONLN);
     p.n_formatters = cores / 2 < 1 ? 1 : cores / 2 > 8 ? 8 : (int)(cores / 2);
+    /* tokenizers: a quarter of the cores, 1 to 4 (they run while the formatters do) */
+    p.n_tokenizers = p.opt.tokenize_threads ? (int)p.opt.tokenize_threads
+                     : cores / 4 < 1       ? 1
+                     : cores / 4 > 4       ? 4
+                                           : (int)(cores / 4);
     formatter formatters[8];
     double format_s[8] = {0};
     p.format_s = format_s;

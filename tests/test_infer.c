@@ -224,6 +224,21 @@ static void ten_thousand_lines_in_order_with_errors_in_place(void **unused)
     char *summary = (char *)read_whole(log, &ln);
     assert_non_null(strstr(summary, "10000 lines (21 failed)"));
     free(summary);
+    /* the windows (4096 lines) tokenized on several threads: the same bytes, in the same order */
+    char threaded[512];
+    snprintf(threaded, sizeof threaded, "%s/many-out-threaded.jsonl", tmp);
+    snprintf(args, sizeof args, "--model %s/classify --backend cpu_ref --batch-tokens 512 --tokenize-threads 4 "
+             "--input %s --output %s", INFER, in, threaded);
+    run(args, &status);
+    assert_int_equal(status, 1);
+    size_t n_one, n_four;
+    unsigned char *one = read_whole(out, &n_one), *four = read_whole(threaded, &n_four);
+    assert_int_equal(n_one, n_four);
+    assert_memory_equal(one, four, n_one);
+    free(one), free(four);
+    summary = (char *)read_whole(log, &ln);
+    assert_non_null(strstr(summary, "(4 threads)"));
+    free(summary);
 }
 
 static void usage_errors(void **unused)
@@ -239,6 +254,12 @@ static void usage_errors(void **unused)
     run(args, &status);
     assert_int_equal(status, 1);
     snprintf(args, sizeof args, "--model %s/classify --batch-tokens 0", INFER);
+    run(args, &status);
+    assert_int_equal(status, 2);
+    snprintf(args, sizeof args, "--model %s/classify --tokenize-threads 0", INFER);
+    run(args, &status);
+    assert_int_equal(status, 2);
+    snprintf(args, sizeof args, "--model %s/classify --tokenize-threads 17", INFER);
     run(args, &status);
     assert_int_equal(status, 2);
     snprintf(args, sizeof args, "--model %s/classify --device 0 --devices cpu_ref,cpu_ref", INFER);
