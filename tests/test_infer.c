@@ -241,36 +241,30 @@ static void ten_thousand_lines_in_order_with_errors_in_place(void **unused)
     free(summary);
 }
 
+/* sqz infer on the classify fixture with `args` after --model exits with `want` */
+static void classify_exits_with(const char *args, int want)
+{
+    char all[1024];
+    snprintf(all, sizeof all, "--model %s/classify %s", INFER, args);
+    int status;
+    run(all, &status);
+    if (status != want)
+        fail_msg("sqz infer --model .../classify %s: exit %d, expected %d", args, status, want);
+}
+
 static void usage_errors(void **unused)
 {
     int status;
     run("--task classify", &status);
     assert_int_equal(status, 2);
-    char args[1024];
-    snprintf(args, sizeof args, "--model %s/classify --task qa --input /dev/null", INFER);
-    run(args, &status);
-    assert_int_equal(status, 2);
-    snprintf(args, sizeof args, "--model %s/classify --input /nonexistent/file", INFER);
-    run(args, &status);
-    assert_int_equal(status, 1);
-    snprintf(args, sizeof args, "--model %s/classify --batch-tokens 0", INFER);
-    run(args, &status);
-    assert_int_equal(status, 2);
-    snprintf(args, sizeof args, "--model %s/classify --tokenize-threads 0", INFER);
-    run(args, &status);
-    assert_int_equal(status, 2);
-    snprintf(args, sizeof args, "--model %s/classify --tokenize-threads 17", INFER);
-    run(args, &status);
-    assert_int_equal(status, 2);
-    snprintf(args, sizeof args, "--model %s/classify --device 0 --devices cpu_ref,cpu_ref", INFER);
-    run(args, &status);
-    assert_int_equal(status, 2);
-    snprintf(args, sizeof args, "--model %s/classify --devices cpu_ref,,cpu_ref --input /dev/null", INFER);
-    run(args, &status);
-    assert_int_equal(status, 1);
-    snprintf(args, sizeof args, "--model %s/classify --devices cpu_ref,nosuch:1 --input /dev/null", INFER);
-    run(args, &status);
-    assert_int_equal(status, 1);
+    classify_exits_with("--task qa --input /dev/null", 2);
+    classify_exits_with("--input /nonexistent/file", 1);
+    classify_exits_with("--batch-tokens 0", 2);
+    classify_exits_with("--tokenize-threads 0", 2);
+    classify_exits_with("--tokenize-threads 17", 2);
+    classify_exits_with("--device 0 --devices cpu_ref,cpu_ref", 2);
+    classify_exits_with("--devices cpu_ref,,cpu_ref --input /dev/null", 1);
+    classify_exits_with("--devices cpu_ref,nosuch:1 --input /dev/null", 1);
     char log[512];
     snprintf(log, sizeof log, "%s/stderr.log", tmp);
     size_t n;
